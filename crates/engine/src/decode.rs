@@ -1,0 +1,405 @@
+//! The decoder: turns a chunk of raw lines into keyed records for the shards,
+//! routed events for sinks, and dead letters, in parallel with other decoders.
+//!
+//! Per line: trim, size check, scan and validate JSON, choose a flow, check
+//! its rules, read event time, run its stages, then extract (key, time,
+//! value) for every feature the flow feeds. A bad line never stops the
+//! chunk: it becomes one DLQ record with the reason, source, partition and
+//! offset. Everything is written into buffers that are reused or shipped
+//! whole; nothing is allocated per line on the accepted path.
+
+use std::io::Write;
+
+use crate::aggregate::AggFn;
+use crate::event::Fields;
+use crate::features::emit::{Outputs, write_json_str};
+use crate::features::keys::{hash_bytes, push_part};
+use crate::flow::Outcome;
+use crate::json::{self, JsonError, Kind};
+use crate::pipeline::{Pipeline, Unmatched};
+use crate::record::{Record, RecordBatch, RecordValue};
+use crate::time::PartitionId;
+
+/// A line too long to keep, cut by the reader: only a prefix is kept.
+#[derive(Debug, Clone)]
+pub struct Oversized {
+    /// Offset (line number) in the partition.
+    pub offset: u64,
+    /// Full length in bytes.
+    pub len: u64,
+    /// The first bytes of the line.
+    pub prefix: Vec<u8>,
+}
+
+/// A block of whole lines from one source partition.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Source index.
+    pub source: u16,
+    /// Partition within the source.
+    pub partition: u32,
+    /// Offset (line number in the partition) of the first line.
+    pub first_offset: u64,
+    /// Lines, each ending in `\n` (the last may not).
+    pub data: Vec<u8>,
+    /// Lines removed from `data` for being too long, in offset order.
+    pub oversized: Vec<Oversized>,
+    /// Wall time the chunk was read (ms).
+    pub ingest_ms: i64,
+    /// Monotonic instant the chunk was read (µs, runtime-defined), for latency.
+    pub ingest_us: u64,
+    /// Whether the partition ends after this chunk.
+    pub end_of_partition: bool,
+}
+
+impl Chunk {
+    /// The partition id.
+    pub fn partition_id(&self) -> PartitionId {
+        (self.source, self.partition)
+    }
+}
+
+/// Why a line went to the dead-letter sink, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// Not JSON, or not an object, or too deep, or bad bytes.
+    InvalidJson,
+    /// An empty line.
+    Empty,
+    /// Longer than the maximum event size.
+    TooLarge,
+    /// No flow takes it.
+    Unmatched,
+    /// A field rule failed.
+    FieldRule,
+    /// JSON Schema failed.
+    Schema,
+    /// Event time missing or not an integer.
+    EventTime,
+}
+
+impl RejectKind {
+    /// All kinds, for metric registration.
+    pub const ALL: [RejectKind; 7] = [
+        RejectKind::InvalidJson,
+        RejectKind::Empty,
+        RejectKind::TooLarge,
+        RejectKind::Unmatched,
+        RejectKind::FieldRule,
+        RejectKind::Schema,
+        RejectKind::EventTime,
+    ];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectKind::InvalidJson => "invalid_json",
+            RejectKind::Empty => "empty",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::Unmatched => "unmatched",
+            RejectKind::FieldRule => "field_rule",
+            RejectKind::Schema => "schema",
+            RejectKind::EventTime => "event_time",
+        }
+    }
+}
+
+/// Counters for one chunk.
+#[derive(Debug, Default, Clone)]
+pub struct DecodeStats {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines accepted by a flow.
+    pub accepted: u64,
+    /// Rejections by kind (index = position in `RejectKind::ALL`).
+    pub rejected: [u64; 7],
+    /// Events dropped by filters.
+    pub filtered: u64,
+    /// Unmatched events dropped by policy.
+    pub dropped_unmatched: u64,
+    /// Per flow: events in.
+    pub flow_in: Vec<u64>,
+    /// Records emitted to features.
+    pub records: u64,
+    /// Feature inputs skipped for a missing key or value.
+    pub feature_skipped: u64,
+}
+
+/// Everything one chunk produced.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Records per shard.
+    pub shards: Vec<RecordBatch>,
+    /// Routed events and dead letters per sink.
+    pub outputs: Outputs,
+    /// Largest accepted event time.
+    pub max_ts: Option<i64>,
+    /// Counters.
+    pub stats: DecodeStats,
+}
+
+/// Decodes chunks for a pipeline; one per decoder thread.
+pub struct Decoder<'p> {
+    pipeline: &'p Pipeline,
+    fields: Fields,
+    scratch: String,
+    text: Vec<u8>,
+}
+
+impl<'p> Decoder<'p> {
+    /// A decoder for `pipeline`.
+    pub fn new(pipeline: &'p Pipeline) -> Self {
+        Self { pipeline, fields: Fields::default(), scratch: String::new(), text: Vec::new() }
+    }
+
+    /// An empty output sized for the pipeline (reuse it across chunks after shipping).
+    pub fn output(&self) -> Decoded {
+        let p = self.pipeline;
+        Decoded {
+            shards: (0..p.shards).map(|_| RecordBatch::default()).collect(),
+            outputs: Outputs::new(p.sinks.len(), p.features.len()),
+            max_ts: None,
+            stats: DecodeStats { flow_in: vec![0; p.flows.len()], ..DecodeStats::default() },
+        }
+    }
+
+    /// Decodes every line of `chunk` into `out`.
+    pub fn decode(&mut self, chunk: &Chunk, out: &mut Decoded) {
+        let mut offset = chunk.first_offset;
+        let mut oversized = chunk.oversized.iter().peekable();
+        let data = &chunk.data[..];
+        let mut start = 0;
+        while start < data.len() {
+            while let Some(o) = oversized.next_if(|o| o.offset == offset) {
+                self.dead_letter(
+                    chunk,
+                    o.offset,
+                    &o.prefix,
+                    RejectKind::TooLarge,
+                    &JsonError::TooLarge(self.max_bytes()),
+                    out,
+                );
+                out.stats.lines += 1;
+                offset += 1;
+            }
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            self.line(chunk, offset, &data[start..end], out);
+            out.stats.lines += 1;
+            offset += 1;
+            start = end + 1;
+        }
+        for o in oversized {
+            self.dead_letter(
+                chunk,
+                o.offset,
+                &o.prefix,
+                RejectKind::TooLarge,
+                &JsonError::TooLarge(self.max_bytes()),
+                out,
+            );
+            out.stats.lines += 1;
+        }
+    }
+
+    fn max_bytes(&self) -> u32 {
+        self.pipeline.limits.max_event_bytes.min(u32::MAX as usize) as u32
+    }
+
+    fn dead_letter(
+        &mut self,
+        chunk: &Chunk,
+        offset: u64,
+        raw: &[u8],
+        kind: RejectKind,
+        reason: &dyn std::fmt::Display,
+        out: &mut Decoded,
+    ) {
+        let i = RejectKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        out.stats.rejected[i] += 1;
+        let Some(sink) = self.pipeline.dead_letter else { return };
+        let buf = &mut out.outputs.sinks[sink as usize];
+        let o = &mut buf.data;
+        self.text.clear();
+        let _ = write!(self.text, "{reason}");
+        o.extend_from_slice(b"{\"reason\":");
+        write_json_str(o, &self.text);
+        o.extend_from_slice(b",\"source\":");
+        write_json_str(o, self.pipeline.sources.get(chunk.source as usize).map_or("", |s| s).as_bytes());
+        let _ = write!(o, ",\"partition\":{},\"offset\":{offset},\"raw\":", chunk.partition);
+        write_json_str(o, raw);
+        o.extend_from_slice(b"}\n");
+        buf.rows += 1;
+    }
+
+    fn line(&mut self, chunk: &Chunk, offset: u64, raw: &[u8], out: &mut Decoded) {
+        let p = self.pipeline;
+        let line = json::trim(raw);
+        if line.len() > p.limits.max_event_bytes {
+            let cut = &raw[..p.limits.max_event_bytes.min(raw.len()).min(4096)];
+            self.dead_letter(chunk, offset, cut, RejectKind::TooLarge, &JsonError::TooLarge(self.max_bytes()), out);
+            return;
+        }
+        let mut ev = match self.fields.decode(line, p.limits.max_depth) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let kind = if e == JsonError::Empty { RejectKind::Empty } else { RejectKind::InvalidJson };
+                // Re-borrow: the failed decode holds no borrow.
+                return self.dead_letter(chunk, offset, raw, kind, &e, out);
+            }
+        };
+        let scratch = &mut self.scratch;
+        let Some(fi) = p.flows.iter().position(|f| f.when.eval(&mut ev, scratch)) else {
+            drop(ev);
+            return match p.unmatched {
+                Unmatched::DeadLetter => {
+                    self.dead_letter(chunk, offset, raw, RejectKind::Unmatched, &"no flow matches the event", out)
+                }
+                Unmatched::Drop => out.stats.dropped_unmatched += 1,
+            };
+        };
+        let flow = &p.flows[fi];
+        out.stats.flow_in[fi] += 1;
+        for rule in &flow.rules {
+            if let Err(r) = rule.check(&mut ev) {
+                drop(ev);
+                return self.dead_letter(
+                    chunk,
+                    offset,
+                    raw,
+                    RejectKind::FieldRule,
+                    &format_args!("flow {}: {}", flow.name, r.0),
+                    out,
+                );
+            }
+        }
+        if let Some(schema) = &flow.schema
+            && let Err(r) = schema.check(line)
+        {
+            drop(ev);
+            return self.dead_letter(
+                chunk,
+                offset,
+                raw,
+                RejectKind::Schema,
+                &format_args!("flow {}: {}", flow.name, r.0),
+                out,
+            );
+        }
+        let Some(ts) = ev.get(&flow.time_field).and_then(|v| v.as_i64()) else {
+            drop(ev);
+            let tf = &flow.time_field;
+            return self.dead_letter(
+                chunk,
+                offset,
+                raw,
+                RejectKind::EventTime,
+                &format_args!("flow {}: event time field {tf} missing or not an integer", flow.name),
+                out,
+            );
+        };
+        out.stats.accepted += 1;
+        out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
+        let sinks = &mut out.outputs.sinks;
+        let outcome = flow.run_stages(&mut ev, scratch, |sink, ev| {
+            let buf = &mut sinks[sink as usize];
+            ev.write_json(&mut buf.data);
+            buf.data.push(b'\n');
+            buf.rows += 1;
+        });
+        if outcome == Outcome::Filtered {
+            out.stats.filtered += 1;
+            return;
+        }
+        let nshards = out.shards.len() as u64;
+        for &fid in &flow.features {
+            let spec = &p.features[fid as usize];
+            if let Some(filter) = &spec.filter
+                && !filter.eval(&mut ev, scratch)
+            {
+                continue;
+            }
+            // Build the key, entity first; parts are the fields' texts.
+            self.text.clear();
+            let mut ok = true;
+            let mut entity_end = 0;
+            for (i, path) in spec.key.iter().enumerate() {
+                let Some(v) = ev.get(path) else {
+                    ok = false;
+                    break;
+                };
+                match v.plain_str() {
+                    Some(s) => push_part(&mut self.text, s),
+                    None if v.kind == Kind::String => {
+                        let mut unescaped = Vec::new();
+                        if !v.write_text(&mut unescaped, scratch) {
+                            ok = false;
+                            break;
+                        }
+                        push_part(&mut self.text, &unescaped);
+                    }
+                    None => push_part(&mut self.text, v.raw),
+                }
+                if i == 0 {
+                    entity_end = self.text.len();
+                }
+            }
+            if !ok {
+                out.stats.feature_skipped += 1;
+                continue;
+            }
+            let value = match (&spec.field, spec.agg) {
+                (Some(field), agg) if agg.needs_field() => match ev.get(field) {
+                    Some(v) if agg.numeric() => match v.as_f64() {
+                        Some(x) => Val::Num(x),
+                        None => Val::Skip,
+                    },
+                    Some(v) => Val::Text(v.kind == Kind::String && v.escaped, v.raw),
+                    None => Val::Skip,
+                },
+                (_, AggFn::Count | AggFn::DecayedCount(_)) => Val::None,
+                _ => Val::Skip,
+            };
+            let shard = (hash_bytes(&self.text[..entity_end]) % nshards) as usize;
+            let batch = &mut out.shards[shard];
+            let ks = batch.bytes.len() as u32;
+            batch.bytes.extend_from_slice(&self.text);
+            let ke = batch.bytes.len() as u32;
+            let value = match value {
+                Val::Skip => {
+                    batch.bytes.truncate(ks as usize);
+                    out.stats.feature_skipped += 1;
+                    continue;
+                }
+                Val::None => RecordValue::None,
+                Val::Num(x) => RecordValue::Num(x),
+                Val::Text(escaped, raw) => {
+                    let vs = batch.bytes.len() as u32;
+                    if escaped {
+                        scratch.clear();
+                        if !json::unescape_into(&raw[1..raw.len() - 1], scratch) {
+                            batch.bytes.truncate(ks as usize);
+                            out.stats.feature_skipped += 1;
+                            continue;
+                        }
+                        batch.bytes.extend_from_slice(scratch.as_bytes());
+                    } else if raw.first() == Some(&b'"') {
+                        batch.bytes.extend_from_slice(&raw[1..raw.len() - 1]);
+                    } else {
+                        batch.bytes.extend_from_slice(raw);
+                    }
+                    RecordValue::Text(vs, batch.bytes.len() as u32)
+                }
+            };
+            let hash = hash_bytes(&batch.bytes[ks as usize..ke as usize]);
+            batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset });
+            out.stats.records += 1;
+        }
+    }
+}
+
+enum Val<'a> {
+    None,
+    Skip,
+    Num(f64),
+    Text(bool, &'a [u8]),
+}

@@ -1,0 +1,13 @@
+//! Windowed, keyed features: their definition, keys, per-shard state,
+//! result formatting and serving views.
+
+pub mod emit;
+pub mod keys;
+mod spec;
+mod state;
+pub mod view;
+
+pub use emit::{Outputs, SinkBuffer};
+pub use spec::{Entity, FeatureSpec, Format};
+pub use state::FeatureState;
+pub use view::{EntityView, FeatureView, GroupView, Views, WindowValue};

@@ -1,0 +1,56 @@
+//! A windowed feature as planned from config: what it reads, how it keys,
+//! windows and aggregates, and where results go.
+
+use crate::aggregate::AggFn;
+use crate::event::FieldPath;
+use crate::predicate::Predicate;
+use crate::window::WindowSpec;
+
+/// Which serving resource a feature belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// `/v1/users/{id}/features`.
+    User,
+    /// `/v1/items/{id}/features`.
+    Item,
+    /// Not served per entity.
+    None,
+}
+
+/// Output format of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `window_start,window_end,key...,value`, no header.
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// One windowed, keyed aggregation.
+#[derive(Debug, Clone)]
+pub struct FeatureSpec {
+    /// Unique name.
+    pub name: String,
+    /// Index of the flow whose events feed it.
+    pub flow: usize,
+    /// Key fields; the first is the entity.
+    pub key: Vec<FieldPath>,
+    /// Serving resource.
+    pub entity: Entity,
+    /// Optional extra condition on the flow's events.
+    pub filter: Option<Predicate>,
+    /// The window.
+    pub window: WindowSpec,
+    /// The aggregate.
+    pub agg: AggFn,
+    /// The field aggregated, when the function reads one.
+    pub field: Option<FieldPath>,
+    /// Sink index and format for closed-window results.
+    pub sink: Option<(u16, Format)>,
+    /// Sink index for events too late for every window they belong to.
+    pub late_sink: Option<u16>,
+    /// Allowed lateness in ms: closed windows still accept (and re-emit) late events this long.
+    pub allowed_lateness: i64,
+    /// Whether values are published for serving reads.
+    pub serve: bool,
+}

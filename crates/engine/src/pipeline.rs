@@ -1,0 +1,70 @@
+//! The resolved pipeline the engine runs: flows, features, sinks and limits,
+//! as planned from config by the binary. Plain data; no I/O.
+
+use crate::features::{FeatureSpec, Format};
+use crate::flow::Flow;
+
+/// What to do with an event that no flow takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Send it to the dead-letter sink.
+    DeadLetter,
+    /// Drop it (counted).
+    Drop,
+}
+
+/// A sink as the engine sees it: a name and a format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// Sink name.
+    pub name: String,
+    /// Format.
+    pub format: Format,
+}
+
+/// Limits on input.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest accepted line in bytes.
+    pub max_event_bytes: usize,
+    /// Deepest accepted JSON nesting.
+    pub max_depth: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_event_bytes: 1 << 20, max_depth: crate::json::DEFAULT_MAX_DEPTH }
+    }
+}
+
+/// Event-time settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTime {
+    /// Bounded out-of-orderness (ms).
+    pub max_out_of_orderness: i64,
+    /// A partition without events this long (wall ms) stops holding the watermark.
+    pub idle_timeout: i64,
+}
+
+/// Everything the engine needs to run a job.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Flows, in match order.
+    pub flows: Vec<Flow>,
+    /// Features.
+    pub features: Vec<FeatureSpec>,
+    /// Sinks by index.
+    pub sinks: Vec<SinkSpec>,
+    /// The dead-letter sink.
+    pub dead_letter: Option<u16>,
+    /// Policy for unmatched events.
+    pub unmatched: Unmatched,
+    /// Source names by index (for DLQ records).
+    pub sources: Vec<String>,
+    /// Input limits.
+    pub limits: Limits,
+    /// Event time.
+    pub event_time: EventTime,
+    /// Number of shards.
+    pub shards: usize,
+}

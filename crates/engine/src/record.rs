@@ -1,0 +1,90 @@
+//! The unit of exchange between decoders and shards: a batch of keyed
+//! records, one per (event, feature) pair, with their key and value bytes in
+//! one buffer.
+//!
+//! Decoders run every stateless step (parse, validate, flows, key and value
+//! extraction) in parallel; a shard then only touches its own keyed state.
+//! Records carry the source position so a late event can be traced.
+
+use crate::aggregate::Input;
+use crate::time::PartitionId;
+
+/// A record's value.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordValue {
+    /// No value (count).
+    None,
+    /// A number.
+    Num(f64),
+    /// Text at `bytes[start..end]` of the batch.
+    Text(u32, u32),
+}
+
+/// One input to one feature.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// Feature index.
+    pub feature: u16,
+    /// Event time.
+    pub ts: i64,
+    /// Hash of the encoded key.
+    pub hash: u64,
+    /// Encoded key at `bytes[key.0..key.1]`.
+    pub key: (u32, u32),
+    /// The aggregated value.
+    pub value: RecordValue,
+    /// Offset of the event in its source partition.
+    pub offset: u64,
+}
+
+/// Records bound for one shard from one chunk.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    /// The records, in input order.
+    pub records: Vec<Record>,
+    /// Key and value bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl RecordBatch {
+    /// The encoded key of `r`.
+    #[inline]
+    pub fn key(&self, r: &Record) -> &[u8] {
+        &self.bytes[r.key.0 as usize..r.key.1 as usize]
+    }
+
+    /// The accumulator input of `r`.
+    #[inline]
+    pub fn input(&self, r: &Record) -> Input<'_> {
+        match r.value {
+            RecordValue::None => Input::None,
+            RecordValue::Num(x) => Input::Num(x),
+            RecordValue::Text(a, b) => Input::Text(&self.bytes[a as usize..b as usize]),
+        }
+    }
+
+    /// Removes all records, keeping capacity.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.bytes.clear();
+    }
+}
+
+/// What a shard receives for one chunk, in chunk order.
+#[derive(Debug)]
+pub struct ShardInput {
+    /// Sequence number of the chunk.
+    pub seq: u64,
+    /// The partition the chunk came from; `None` for a wall-clock tick.
+    pub partition: Option<PartitionId>,
+    /// Largest event time in the chunk, over all shards' records.
+    pub max_ts: Option<i64>,
+    /// Whether the partition ended with this chunk.
+    pub end_of_partition: bool,
+    /// Wall time the chunk was read (ms), for idleness.
+    pub ingest_ms: i64,
+    /// Monotonic instant the chunk was read (µs, runtime-defined), for latency.
+    pub ingest_us: u64,
+    /// This shard's records.
+    pub batch: RecordBatch,
+}

@@ -1,0 +1,125 @@
+//! A shard: the single-threaded owner of one hash range of every feature's
+//! keyed state.
+//!
+//! It takes record batches in chunk order, folds each record into its
+//! feature, advances the combined watermark from the chunk's partition
+//! progress, fires complete windows, and publishes changed values to the
+//! serving views. It holds no locks; the runtime gives it one thread and
+//! bounded channels.
+
+use crate::features::{FeatureState, Outputs, Views};
+use crate::pipeline::Pipeline;
+use crate::record::ShardInput;
+use crate::time::{PartitionId, Watermarks};
+
+/// Counters of one shard step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardStats {
+    /// Records applied.
+    pub records: u64,
+    /// Whether the watermark advanced.
+    pub watermark_advanced: bool,
+}
+
+/// One shard's state.
+pub struct Shard {
+    features: Vec<FeatureState>,
+    watermarks: Watermarks,
+    outputs: Outputs,
+    views: Option<Views>,
+    sinks: usize,
+}
+
+impl Shard {
+    /// An empty shard for `pipeline`, publishing into `views` when given.
+    pub fn new(pipeline: &Pipeline, views: Option<Views>) -> Self {
+        let features =
+            pipeline.features.iter().enumerate().map(|(i, spec)| FeatureState::new(i as u16, spec.clone())).collect();
+        let et = pipeline.event_time;
+        Self {
+            features,
+            watermarks: Watermarks::new(et.max_out_of_orderness, et.idle_timeout),
+            outputs: Outputs::new(pipeline.sinks.len(), pipeline.features.len()),
+            views,
+            sinks: pipeline.sinks.len(),
+        }
+    }
+
+    /// Declares a partition before its first chunk, so it holds the watermark back from the start.
+    pub fn register(&mut self, partition: PartitionId, now_ms: i64) {
+        self.watermarks.observe(partition, None, now_ms);
+    }
+
+    /// Applies one chunk's records and advances event time.
+    pub fn process(&mut self, input: &ShardInput) -> ShardStats {
+        let wm = self.watermarks.current();
+        let batch = &input.batch;
+        for r in &batch.records {
+            let f = &mut self.features[r.feature as usize];
+            f.apply(r.hash, batch.key(r), r.ts, batch.input(r), r.offset, wm, &mut self.outputs);
+        }
+        if let Some(partition) = input.partition {
+            self.watermarks.observe(partition, input.max_ts, input.ingest_ms);
+            if input.end_of_partition {
+                self.watermarks.finish(partition);
+            }
+        }
+        let advanced = self.advance(input.ingest_ms);
+        ShardStats { records: batch.records.len() as u64, watermark_advanced: advanced }
+    }
+
+    /// Re-evaluates idleness at wall time `now_ms`; fires windows if the watermark moved.
+    pub fn advance(&mut self, now_ms: i64) -> bool {
+        let before = self.watermarks.current();
+        let wm = self.watermarks.advance(now_ms);
+        if wm == before {
+            return false;
+        }
+        for f in &mut self.features {
+            f.on_watermark(wm, &mut self.outputs);
+        }
+        true
+    }
+
+    /// The combined watermark.
+    pub fn watermark(&self) -> i64 {
+        self.watermarks.current()
+    }
+
+    /// Whether every partition has ended.
+    pub fn finished(&self) -> bool {
+        self.watermarks.all_finished()
+    }
+
+    /// Publishes changed entities to the views; returns how many.
+    pub fn publish(&mut self) -> usize {
+        let Some(views) = &self.views else { return 0 };
+        self.features.iter_mut().zip(views.iter()).filter(|(f, _)| f.spec().serve).map(|(f, v)| f.publish(v)).sum()
+    }
+
+    /// Takes the filled sink buffers, leaving empty ones.
+    pub fn take_outputs(&mut self) -> Outputs {
+        let fresh = Outputs::new(self.sinks, self.features.len());
+        std::mem::replace(&mut self.outputs, fresh)
+    }
+
+    /// Bytes waiting in sink buffers.
+    pub fn output_bytes(&self) -> usize {
+        self.outputs.sinks.iter().map(|s| s.data.len()).sum()
+    }
+
+    /// Whether sink buffers hold data.
+    pub fn has_output(&self) -> bool {
+        self.outputs.has_data()
+    }
+
+    /// Keys held, per feature.
+    pub fn key_counts(&self) -> Vec<usize> {
+        self.features.iter().map(FeatureState::key_count).collect()
+    }
+
+    /// Approximate heap bytes of keyed state.
+    pub fn heap_bytes(&self) -> usize {
+        self.features.iter().map(FeatureState::heap_bytes).sum()
+    }
+}

@@ -1,0 +1,125 @@
+//! Event time: per-partition watermarks, idleness, and the combined watermark
+//! an operator sees.
+//!
+//! Conventions follow Flink: a watermark `w` says that no event with
+//! `ts <= w` is still expected, so a partition's watermark is
+//! `max_ts - max_out_of_orderness - 1`, and a window `[start, end)` is
+//! complete once `w >= end - 1`. The combined watermark is the minimum over
+//! partitions that are neither idle nor finished; it never goes back. Wall
+//! time is passed in by the runtime (milliseconds), never read here.
+
+use hashbrown::HashMap;
+
+/// The watermark before any event: nothing is complete.
+pub const WATERMARK_MIN: i64 = i64::MIN;
+/// The watermark at end of input: everything is complete.
+pub const WATERMARK_MAX: i64 = i64::MAX;
+
+/// Identifies a source partition: (source index, partition number).
+pub type PartitionId = (u16, u32);
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_ts: i64,
+    last_active_ms: i64,
+    finished: bool,
+}
+
+/// Tracks every partition's progress and derives the combined watermark.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    partitions: HashMap<PartitionId, PartitionClock>,
+    out_of_orderness: i64,
+    idle_timeout_ms: i64,
+    current: i64,
+}
+
+impl Watermarks {
+    /// Watermarks with a bounded out-of-orderness and an idle timeout (both ms).
+    pub fn new(out_of_orderness: i64, idle_timeout_ms: i64) -> Self {
+        Self { partitions: HashMap::new(), out_of_orderness, idle_timeout_ms, current: WATERMARK_MIN }
+    }
+
+    /// Records that `partition` delivered data (maybe without event times) at wall time `now_ms`.
+    pub fn observe(&mut self, partition: PartitionId, max_ts: Option<i64>, now_ms: i64) {
+        let p = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: i64::MIN,
+            last_active_ms: now_ms,
+            finished: false,
+        });
+        if let Some(ts) = max_ts {
+            p.max_ts = p.max_ts.max(ts);
+            p.last_active_ms = now_ms;
+        }
+    }
+
+    /// Marks a partition as finished (end of input): it no longer holds the watermark back.
+    pub fn finish(&mut self, partition: PartitionId) {
+        let p = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: i64::MIN,
+            last_active_ms: 0,
+            finished: true,
+        });
+        p.finished = true;
+    }
+
+    /// Recomputes the combined watermark at wall time `now_ms` and returns it.
+    pub fn advance(&mut self, now_ms: i64) -> i64 {
+        let mut min: Option<i64> = None;
+        let mut all_finished = !self.partitions.is_empty();
+        for p in self.partitions.values() {
+            if p.finished {
+                continue;
+            }
+            all_finished = false;
+            if now_ms.saturating_sub(p.last_active_ms) >= self.idle_timeout_ms {
+                continue;
+            }
+            let w = if p.max_ts == i64::MIN { WATERMARK_MIN } else { p.max_ts - self.out_of_orderness - 1 };
+            min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+        let next = if all_finished { WATERMARK_MAX } else { min.unwrap_or(self.current) };
+        self.current = self.current.max(next);
+        self.current
+    }
+
+    /// The combined watermark as last computed.
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Whether every known partition has finished.
+    pub fn all_finished(&self) -> bool {
+        !self.partitions.is_empty() && self.partitions.values().all(|p| p.finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_watermark_is_min_over_active_partitions() {
+        let mut w = Watermarks::new(5000, 30_000);
+        w.observe((0, 0), Some(100_000), 0);
+        w.observe((0, 1), Some(50_000), 0);
+        assert_eq!(w.advance(0), 50_000 - 5001);
+        // Partition 1 falls idle: it stops holding the watermark back.
+        w.observe((0, 0), Some(200_000), 40_000);
+        assert_eq!(w.advance(40_000), 200_000 - 5001);
+        // It never goes back when partition 1 wakes up behind.
+        w.observe((0, 1), Some(60_000), 41_000);
+        assert_eq!(w.advance(41_000), 200_000 - 5001);
+    }
+
+    #[test]
+    fn all_idle_holds_and_all_finished_releases_everything() {
+        let mut w = Watermarks::new(0, 10);
+        w.observe((0, 0), Some(1000), 0);
+        assert_eq!(w.advance(0), 999);
+        assert_eq!(w.advance(100), 999);
+        w.finish((0, 0));
+        assert_eq!(w.advance(100), WATERMARK_MAX);
+        assert!(w.all_finished());
+    }
+}

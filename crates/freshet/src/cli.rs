@@ -1,0 +1,122 @@
+//! The command line: subcommands and process knobs (flags with env fallbacks).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Freshet: streaming features and recommendations in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "freshet", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "FRESHET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline (with no --config: the embedded default with HTTP ingest).
+    Run(RunArgs),
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write a synthetic event stream (the schema of shared/workload/gen_events.py).
+    Gen(GenArgs),
+    /// Run a bounded pipeline and report events/s, latency and memory as JSON.
+    Bench(BenchArgs),
+}
+
+/// `freshet config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate config files without running them; exit 2 on problems.
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Process knobs shared by run and bench.
+#[derive(Debug, Args, Clone)]
+pub struct ProcessArgs {
+    /// Address of the HTTP API (ingest, features, metrics).
+    #[arg(long, env = "FRESHET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for state and the embedded default's files.
+    #[arg(long, env = "FRESHET_DATA_DIR", default_value = "freshet-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `freshet run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline config (TOML). Without it, the embedded default runs.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Add a generator source so features change at once (a live demo).
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo events per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub demo_rate: f64,
+    /// Serve the HTTP API even for a bounded job (it always runs for unbounded ones).
+    #[arg(long)]
+    pub serve: bool,
+    /// Process knobs.
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+/// `freshet gen` (same knobs as gen_events.py).
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Total lines written.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Users.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// Initial items.
+    #[arg(long, default_value_t = 50_000)]
+    pub items: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of malformed lines.
+    #[arg(long, default_value_t = 0.001)]
+    pub malformed_rate: f64,
+    /// Fraction of duplicated lines.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Max out-of-orderness in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub disorder_ms: i64,
+    /// Event-time rate (events per second of event time).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate_per_s: f64,
+    /// Event-time start (epoch ms).
+    #[arg(long, default_value_t = 1_767_225_600_000)]
+    pub start_ms: i64,
+    /// Output file; '-' for stdout.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+}
+
+/// `freshet bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A bounded pipeline config (e.g. examples/reference-job.toml with FRESHET_INPUT set).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Repetitions; the report gives each run and the best.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+}

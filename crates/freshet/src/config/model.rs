@@ -1,0 +1,297 @@
+//! The pipeline config file as serde reads it: plain data, strict about
+//! unknown keys. Each field's doc states its default; this text is the
+//! user's reference (docs/config.md points here).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide pipeline settings.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Event-time settings.
+    #[serde(default)]
+    pub event_time: EventTimeConfig,
+    /// Named sources.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Named sinks.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Flows, matched in order.
+    #[serde(default)]
+    pub flows: Vec<FlowConfig>,
+    /// Windowed features.
+    #[serde(default)]
+    pub features: Vec<FeatureConfig>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Shard threads owning keyed state. Default: the number of cores.
+    pub shards: Option<usize>,
+    /// Decoder threads parsing and running flows. Default: the number of cores.
+    pub decoders: Option<usize>,
+    /// Sink for rejected events (NDJSON records with reason, source, partition, offset, raw). Default: none (counted only).
+    pub dead_letter: Option<String>,
+    /// What to do with events no flow takes: `dead_letter` (default) or `drop`.
+    pub unmatched: Option<String>,
+    /// Longest accepted event line in bytes. Default: 1048576 (1 MiB).
+    pub max_event_bytes: Option<usize>,
+    /// Deepest accepted JSON nesting. Default: 64.
+    pub max_depth: Option<u32>,
+    /// How often shards publish changed feature values for serving. Default: "5ms".
+    pub publish_interval: Option<String>,
+    /// Bytes read per source block. Default: 262144.
+    pub read_block_bytes: Option<usize>,
+}
+
+/// `[event_time]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// Field with the event time (integer epoch ms). Default: "ts".
+    pub field: Option<String>,
+    /// Bounded out-of-orderness. Default: "5s".
+    pub max_out_of_orderness: Option<String>,
+    /// A partition silent this long stops holding the watermark back. Default: "30s".
+    pub idle_timeout: Option<String>,
+    /// Default allowed lateness of features. Default: "0s".
+    pub allowed_lateness: Option<String>,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// NDJSON file, optionally gzip; bounded.
+    File {
+        /// Path of the file.
+        path: String,
+    },
+    /// `POST /v1/events` on the serving address.
+    Http {},
+    /// The built-in workload generator (shared/workload's schema).
+    Generator {
+        /// Lines to generate. Default: unbounded.
+        events: Option<u64>,
+        /// Wall-clock events per second; 0 = as fast as possible. Default: 200.
+        emit_per_s: Option<f64>,
+        /// Users. Default: 100000.
+        users: Option<u64>,
+        /// Initial items. Default: 50000.
+        items: Option<u64>,
+        /// Seed. Default: 42.
+        seed: Option<u64>,
+        /// Fraction of malformed lines. Default: 0.001.
+        malformed_rate: Option<f64>,
+        /// Fraction of duplicated lines. Default: 0.
+        duplicate_rate: Option<f64>,
+        /// Max event-time disorder in ms. Default: 5000.
+        disorder_ms: Option<i64>,
+        /// Start event time at the wall clock instead of 2026-01-01. Default: true.
+        start_now: Option<bool>,
+    },
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// A file (created or truncated).
+    File {
+        /// Path.
+        path: String,
+        /// `csv` or `ndjson`. Default: from the extension (`.csv` → csv), else ndjson.
+        format: Option<String>,
+    },
+    /// Standard output.
+    Stdout {
+        /// `csv` or `ndjson`. Default: ndjson.
+        format: Option<String>,
+    },
+}
+
+/// A condition, written as a table with one operator:
+/// `{ field = "type", eq = "view" }`, `{ field = "price", gt = 10 }`,
+/// `{ field = "type", in = ["view", "click"] }`, `{ field = "x", exists = true }`,
+/// `{ all = [...] }`, `{ any = [...] }`, `{ not = {...} }`.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PredicateConfig {
+    /// The field the operator applies to.
+    pub field: Option<String>,
+    /// Equal to this string, number or boolean.
+    pub eq: Option<toml::Value>,
+    /// Not equal to this value (or missing).
+    pub ne: Option<toml::Value>,
+    /// Equal to one of these.
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<toml::Value>>,
+    /// Equal to none of these (or missing).
+    pub not_in: Option<Vec<toml::Value>>,
+    /// Numeric `>`.
+    pub gt: Option<f64>,
+    /// Numeric `>=`.
+    pub gte: Option<f64>,
+    /// Numeric `<`.
+    pub lt: Option<f64>,
+    /// Numeric `<=`.
+    pub lte: Option<f64>,
+    /// Present (true) or absent (false).
+    pub exists: Option<bool>,
+    /// String starts with this.
+    pub prefix: Option<String>,
+    /// All of these hold.
+    pub all: Option<Vec<PredicateConfig>>,
+    /// Any of these holds.
+    pub any: Option<Vec<PredicateConfig>>,
+    /// This does not hold.
+    pub not: Option<Box<PredicateConfig>>,
+}
+
+/// A field rule: a type name (`"string"`) or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FieldRuleConfig {
+    /// Required field of this type: string, integer, number, boolean, object, array, any.
+    Type(String),
+    /// `{ type = "string", required = false }`.
+    Full {
+        /// The type.
+        #[serde(rename = "type")]
+        ty: String,
+        /// Whether it must be present. Default: true.
+        required: Option<bool>,
+    },
+}
+
+/// `[[flows]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Unique name.
+    pub name: String,
+    /// Which events the flow takes. Default: all.
+    pub when: Option<PredicateConfig>,
+    /// Typed field rules, by field path. Default: none.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldRuleConfig>,
+    /// Path of a JSON Schema file the events must satisfy. Default: none.
+    pub schema: Option<String>,
+    /// Event-time field. Default: `event_time.field`.
+    pub time_field: Option<String>,
+    /// Stages, in order. Default: none.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+/// One stage, tagged by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageConfig {
+    /// Keep events matching `when`.
+    Filter {
+        /// The condition.
+        when: PredicateConfig,
+    },
+    /// Set a field to a constant (use it to mask).
+    Set {
+        /// Field path.
+        field: String,
+        /// The value (string, number, boolean, array or table).
+        value: toml::Value,
+    },
+    /// Copy a field.
+    Copy {
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Rename (move) a field.
+    Rename {
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Remove fields.
+    Remove {
+        /// Field paths.
+        fields: Vec<String>,
+    },
+    /// Write the event to a sink and go on.
+    Route {
+        /// Sink name.
+        sink: String,
+    },
+}
+
+/// A window: `{ type = "tumbling", size = "5m" }`, `{ type = "hopping", size = "1h", slide = "5m" }`,
+/// `{ type = "session", gap = "30m" }`, `{ type = "global" }`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowConfig {
+    /// Tumbling.
+    Tumbling {
+        /// Length.
+        size: String,
+    },
+    /// Hopping (sliding).
+    Hopping {
+        /// Length.
+        size: String,
+        /// Step.
+        slide: String,
+    },
+    /// Session.
+    Session {
+        /// Inactivity gap.
+        gap: String,
+    },
+    /// One window over all time.
+    Global {},
+}
+
+/// `[[features]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Unique name.
+    pub name: String,
+    /// The flow whose events feed it.
+    pub flow: String,
+    /// Key fields; the first is the entity (user or item id).
+    pub key: Vec<String>,
+    /// The window.
+    pub window: WindowConfig,
+    /// count, sum, min, max, mean, distinct, last_n, decayed_count. Default: count.
+    pub aggregate: Option<String>,
+    /// Field aggregated (required by all but count and decayed_count).
+    pub field: Option<String>,
+    /// last_n: how many values. Default: 10.
+    pub n: Option<usize>,
+    /// decayed_count: half-life. Default: "1h".
+    pub half_life: Option<String>,
+    /// distinct: HyperLogLog precision 4..=18. Default: 12.
+    pub precision: Option<u8>,
+    /// Extra condition on the flow's events. Default: none.
+    pub filter: Option<PredicateConfig>,
+    /// Sink for closed-window results. Default: none (served only).
+    pub sink: Option<String>,
+    /// Sink for events too late for all their windows. Default: none (counted only).
+    pub late_sink: Option<String>,
+    /// Allowed lateness. Default: `event_time.allowed_lateness`.
+    pub allowed_lateness: Option<String>,
+    /// `user`, `item` or `none`. Default: `user` when key[0] is user_id, `item` when item_id.
+    pub entity: Option<String>,
+    /// Publish values for `GET /v1/{users,items}/{id}/features`. Default: true.
+    pub serve: Option<bool>,
+}

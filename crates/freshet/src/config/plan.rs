@@ -1,0 +1,574 @@
+//! Planning: from what serde read ([`Config`]) to what the runtime runs
+//! ([`Plan`]): names resolved to indices, durations parsed, predicates built,
+//! and every problem reported at once with its key path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use freshet_engine::aggregate::AggFn;
+use freshet_engine::event::FieldPath;
+use freshet_engine::features::{Entity, FeatureSpec, Format};
+use freshet_engine::flow::{Flow, Stage};
+use freshet_engine::json::Kind;
+use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
+use freshet_engine::predicate::{Literal, Ordering, Predicate};
+use freshet_engine::validate::{FieldRule, FieldType, Schema};
+use freshet_engine::window::WindowSpec;
+use freshet_io::generator::GenOptions;
+use freshet_io::sink::Target;
+
+use super::load::{ConfigError, Problem};
+use super::model::*;
+
+/// How a source produces chunks.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A bounded NDJSON file.
+    File(PathBuf),
+    /// HTTP ingest.
+    Http,
+    /// The generator, at `emit_per_s` lines per wall second (0: unthrottled).
+    Generator {
+        /// Generator knobs.
+        options: GenOptions,
+        /// Wall-clock rate.
+        emit_per_s: f64,
+    },
+}
+
+/// A planned source.
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    /// Its name.
+    pub name: String,
+    /// What it reads.
+    pub kind: SourceKind,
+}
+
+/// A planned sink.
+#[derive(Debug, Clone)]
+pub struct SinkPlan {
+    /// Its name.
+    pub name: String,
+    /// Where it writes.
+    pub target: Target,
+}
+
+/// Everything needed to run a job.
+#[derive(Debug)]
+pub struct Plan {
+    /// The engine's view.
+    pub pipeline: Pipeline,
+    /// Sources, indexed like `pipeline.sources`.
+    pub sources: Vec<SourcePlan>,
+    /// Sinks, indexed like `pipeline.sinks`.
+    pub sinks: Vec<SinkPlan>,
+    /// Decoder threads.
+    pub decoders: usize,
+    /// View publishing interval.
+    pub publish_interval: Duration,
+    /// Source read block size.
+    pub read_block: usize,
+}
+
+impl Plan {
+    /// Whether every source is bounded (the job ends with its input).
+    pub fn bounded(&self) -> bool {
+        self.sources.iter().all(|s| match &s.kind {
+            SourceKind::File(_) => true,
+            SourceKind::Http => false,
+            SourceKind::Generator { options, .. } => options.events != u64::MAX,
+        })
+    }
+
+    /// Whether a source takes HTTP ingest.
+    pub fn has_http_source(&self) -> Option<u16> {
+        self.sources.iter().position(|s| matches!(s.kind, SourceKind::Http)).map(|i| i as u16)
+    }
+}
+
+/// Collects problems while planning.
+struct Planner {
+    problems: Vec<Problem>,
+}
+
+impl Planner {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn duration_ms(&mut self, path: &str, text: Option<&str>, default: i64) -> i64 {
+        let Some(t) = text else { return default };
+        match humantime::parse_duration(t) {
+            Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+            Err(e) => {
+                self.err(path, format!("expected a duration like \"5s\" or \"250ms\", got {t:?} ({e})"));
+                default
+            }
+        }
+    }
+
+    fn field(&mut self, path: &str, text: &str) -> FieldPath {
+        FieldPath::parse(text).unwrap_or_else(|e| {
+            self.err(path, e);
+            FieldPath::parse("_").unwrap_or_else(|_| unreachable!("\"_\" is a valid path"))
+        })
+    }
+
+    fn literal(&mut self, path: &str, v: &toml::Value) -> Literal {
+        match v {
+            toml::Value::String(s) => Literal::Str(s.clone()),
+            toml::Value::Integer(i) => Literal::Num(*i as f64),
+            toml::Value::Float(f) => Literal::Num(*f),
+            toml::Value::Boolean(b) => Literal::Bool(*b),
+            other => {
+                self.err(path, format!("expected a string, number or boolean, got {}", other.type_str()));
+                Literal::Null
+            }
+        }
+    }
+
+    fn predicate(&mut self, path: &str, p: &PredicateConfig) -> Predicate {
+        let mut ops: Vec<Predicate> = Vec::new();
+        let field = p.field.as_deref().map(|f| self.field(&format!("{path}.field"), f));
+        let need_field = |me: &mut Self, op: &str| -> Option<FieldPath> {
+            if field.is_none() {
+                me.err(path, format!("`{op}` needs `field`"));
+            }
+            field.clone()
+        };
+        if let Some(v) = &p.eq
+            && let Some(f) = need_field(self, "eq")
+        {
+            ops.push(Predicate::Eq(f, self.literal(&format!("{path}.eq"), v)));
+        }
+        if let Some(v) = &p.ne
+            && let Some(f) = need_field(self, "ne")
+        {
+            ops.push(Predicate::Not(Box::new(Predicate::Eq(f, self.literal(&format!("{path}.ne"), v)))));
+        }
+        if let Some(vs) = &p.in_
+            && let Some(f) = need_field(self, "in")
+        {
+            let lits = vs.iter().enumerate().map(|(i, v)| self.literal(&format!("{path}.in[{i}]"), v)).collect();
+            ops.push(Predicate::In(f, lits));
+        }
+        if let Some(vs) = &p.not_in
+            && let Some(f) = need_field(self, "not_in")
+        {
+            let lits = vs.iter().enumerate().map(|(i, v)| self.literal(&format!("{path}.not_in[{i}]"), v)).collect();
+            ops.push(Predicate::Not(Box::new(Predicate::In(f, lits))));
+        }
+        for (op, bound, ord) in [
+            ("gt", p.gt, Ordering::Gt),
+            ("gte", p.gte, Ordering::Gte),
+            ("lt", p.lt, Ordering::Lt),
+            ("lte", p.lte, Ordering::Lte),
+        ] {
+            if let Some(b) = bound
+                && let Some(f) = need_field(self, op)
+            {
+                ops.push(Predicate::Compare(f, ord, b));
+            }
+        }
+        if let Some(e) = p.exists
+            && let Some(f) = need_field(self, "exists")
+        {
+            let x = Predicate::Exists(f);
+            ops.push(if e { x } else { Predicate::Not(Box::new(x)) });
+        }
+        if let Some(prefix) = &p.prefix
+            && let Some(f) = need_field(self, "prefix")
+        {
+            ops.push(Predicate::Prefix(f, prefix.clone()));
+        }
+        if let Some(all) = &p.all {
+            ops.push(Predicate::All(
+                all.iter().enumerate().map(|(i, q)| self.predicate(&format!("{path}.all[{i}]"), q)).collect(),
+            ));
+        }
+        if let Some(any) = &p.any {
+            ops.push(Predicate::Any(
+                any.iter().enumerate().map(|(i, q)| self.predicate(&format!("{path}.any[{i}]"), q)).collect(),
+            ));
+        }
+        if let Some(not) = &p.not {
+            ops.push(Predicate::Not(Box::new(self.predicate(&format!("{path}.not"), not))));
+        }
+        match ops.len() {
+            0 => {
+                self.err(
+                    path,
+                    "expected one operator: eq, ne, in, not_in, gt, gte, lt, lte, exists, prefix, all, any or not",
+                );
+                Predicate::True
+            }
+            1 => ops.pop().unwrap_or(Predicate::True),
+            _ => Predicate::All(ops),
+        }
+    }
+}
+
+fn format_of(p: &mut Planner, path: &str, format: Option<&str>, default: Format) -> Format {
+    match format {
+        None => default,
+        Some("csv") => Format::Csv,
+        Some("ndjson") => Format::Ndjson,
+        Some(other) => {
+            p.err(path, format!("expected \"csv\" or \"ndjson\", got {other:?}"));
+            default
+        }
+    }
+}
+
+fn json_of(v: &toml::Value) -> (Vec<u8>, Kind) {
+    let kind = match v {
+        toml::Value::String(_) => Kind::String,
+        toml::Value::Integer(_) => Kind::Integer,
+        toml::Value::Float(_) => Kind::Float,
+        toml::Value::Boolean(_) => Kind::Bool,
+        toml::Value::Array(_) => Kind::Array,
+        _ => Kind::Object,
+    };
+    (serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()), kind)
+}
+
+/// Plans `config`. `cores` sizes the default thread counts; `config_dir`
+/// resolves relative schema paths.
+pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path::Path) -> Result<Plan, ConfigError> {
+    let mut p = Planner { problems: Vec::new() };
+    let pc = &config.pipeline;
+
+    // Sinks.
+    let mut sinks = Vec::new();
+    let mut sink_specs = Vec::new();
+    for (name, s) in &config.sinks {
+        let path = format!("sinks.{name}");
+        let (target, format) = match s {
+            SinkConfig::File { path: file, format } => {
+                let default = if file.ends_with(".csv") { Format::Csv } else { Format::Ndjson };
+                (Target::File(file.into()), format_of(&mut p, &format!("{path}.format"), format.as_deref(), default))
+            }
+            SinkConfig::Stdout { format } => {
+                (Target::Stdout, format_of(&mut p, &format!("{path}.format"), format.as_deref(), Format::Ndjson))
+            }
+        };
+        sinks.push(SinkPlan { name: name.clone(), target });
+        sink_specs.push(SinkSpec { name: name.clone(), format });
+    }
+    let sink_index = |p: &mut Planner, path: &str, name: &str| -> Option<u16> {
+        let i = sink_specs.iter().position(|s| s.name == name).map(|i| i as u16);
+        if i.is_none() {
+            let known: Vec<_> = sink_specs.iter().map(|s| s.name.as_str()).collect();
+            p.err(
+                path,
+                format!(
+                    "no sink named {name:?} (sinks: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                ),
+            );
+        }
+        i
+    };
+    let dead_letter = pc.dead_letter.as_deref().and_then(|n| sink_index(&mut p, "pipeline.dead_letter", n));
+    let unmatched = match pc.unmatched.as_deref() {
+        None | Some("dead_letter") => Unmatched::DeadLetter,
+        Some("drop") => Unmatched::Drop,
+        Some(other) => {
+            p.err("pipeline.unmatched", format!("expected \"dead_letter\" or \"drop\", got {other:?}"));
+            Unmatched::DeadLetter
+        }
+    };
+
+    // Sources.
+    let mut sources = Vec::new();
+    if config.sources.is_empty() {
+        p.err("sources", "at least one source is required");
+    }
+    for (name, s) in &config.sources {
+        let kind = match s {
+            SourceConfig::File { path } => SourceKind::File(path.into()),
+            SourceConfig::Http {} => SourceKind::Http,
+            SourceConfig::Generator {
+                events,
+                emit_per_s,
+                users,
+                items,
+                seed,
+                malformed_rate,
+                duplicate_rate,
+                disorder_ms,
+                start_now,
+            } => {
+                let d = GenOptions::default();
+                let start_ms = if start_now.unwrap_or(true) {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(d.start_ms, |t| t.as_millis() as i64)
+                } else {
+                    d.start_ms
+                };
+                let options = GenOptions {
+                    events: events.unwrap_or(u64::MAX),
+                    users: users.unwrap_or(d.users),
+                    items: items.unwrap_or(d.items),
+                    seed: seed.unwrap_or(d.seed),
+                    malformed_rate: malformed_rate.unwrap_or(d.malformed_rate),
+                    duplicate_rate: duplicate_rate.unwrap_or(d.duplicate_rate),
+                    disorder_ms: disorder_ms.unwrap_or(d.disorder_ms),
+                    rate_per_s: emit_per_s.filter(|r| *r > 0.0).unwrap_or(d.rate_per_s),
+                    start_ms,
+                };
+                if let Err(e) = options.validate() {
+                    p.err(format!("sources.{name}"), e);
+                }
+                let emit = emit_per_s.unwrap_or(200.0);
+                if emit < 0.0 {
+                    p.err(format!("sources.{name}.emit_per_s"), "must be >= 0");
+                }
+                SourceKind::Generator { options, emit_per_s: emit }
+            }
+        };
+        sources.push(SourcePlan { name: name.clone(), kind });
+    }
+    if sources.iter().filter(|s| matches!(s.kind, SourceKind::Http)).count() > 1 {
+        p.err("sources", "at most one http source");
+    }
+
+    // Event time.
+    let et = &config.event_time;
+    let time_field = et.field.clone().unwrap_or_else(|| "ts".into());
+    let ooo = p.duration_ms("event_time.max_out_of_orderness", et.max_out_of_orderness.as_deref(), 5000);
+    let idle = p.duration_ms("event_time.idle_timeout", et.idle_timeout.as_deref(), 30_000);
+    let lateness = p.duration_ms("event_time.allowed_lateness", et.allowed_lateness.as_deref(), 0);
+
+    // Flows.
+    let mut flows: Vec<Flow> = Vec::new();
+    for (i, f) in config.flows.iter().enumerate() {
+        let path = format!("flows[{i}]");
+        if flows.iter().any(|g| g.name == f.name) {
+            p.err(format!("{path}.name"), format!("duplicate flow name {:?}", f.name));
+        }
+        let when = f.when.as_ref().map_or(Predicate::True, |w| p.predicate(&format!("{path}.when"), w));
+        let mut rules = Vec::new();
+        for (field, rule) in &f.fields {
+            let rpath = format!("{path}.fields.{field}");
+            let (ty, required) = match rule {
+                FieldRuleConfig::Type(t) => (t.as_str(), true),
+                FieldRuleConfig::Full { ty, required } => (ty.as_str(), required.unwrap_or(true)),
+            };
+            let ty = match ty {
+                "string" => FieldType::String,
+                "integer" => FieldType::Integer,
+                "number" => FieldType::Number,
+                "boolean" => FieldType::Boolean,
+                "object" => FieldType::Object,
+                "array" => FieldType::Array,
+                "any" => FieldType::Any,
+                other => {
+                    p.err(
+                        &rpath,
+                        format!("expected one of string, integer, number, boolean, object, array, any; got {other:?}"),
+                    );
+                    FieldType::Any
+                }
+            };
+            rules.push(FieldRule { path: p.field(&rpath, field), ty, required });
+        }
+        let schema = f.schema.as_ref().and_then(|s| {
+            let file = config_dir.join(s);
+            let loaded = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{} is not JSON: {e}", file.display())))
+                .and_then(|v| Schema::compile(&v).map_err(|e| format!("invalid JSON Schema: {e}")));
+            loaded.map_err(|e| p.err(format!("{path}.schema"), e)).ok()
+        });
+        let tf = f.time_field.clone().unwrap_or_else(|| time_field.clone());
+        let time_field = p.field(&format!("{path}.time_field"), &tf);
+        let mut stages = Vec::new();
+        for (j, s) in f.stages.iter().enumerate() {
+            let spath = format!("{path}.stages[{j}]");
+            stages.push(match s {
+                StageConfig::Filter { when } => Stage::Filter(p.predicate(&format!("{spath}.when"), when)),
+                StageConfig::Set { field, value } => {
+                    let (raw, kind) = json_of(value);
+                    Stage::Set { path: p.field(&format!("{spath}.field"), field), raw, kind }
+                }
+                StageConfig::Copy { from, to } => Stage::Copy {
+                    from: p.field(&format!("{spath}.from"), from),
+                    to: p.field(&format!("{spath}.to"), to),
+                },
+                StageConfig::Rename { from, to } => Stage::Rename {
+                    from: p.field(&format!("{spath}.from"), from),
+                    to: p.field(&format!("{spath}.to"), to),
+                },
+                StageConfig::Remove { fields } => Stage::Remove(
+                    fields.iter().enumerate().map(|(k, f)| p.field(&format!("{spath}.fields[{k}]"), f)).collect(),
+                ),
+                StageConfig::Route { sink } => {
+                    let i = sink_index(&mut p, &format!("{spath}.sink"), sink).unwrap_or(0);
+                    if sink_specs.get(i as usize).is_some_and(|s| s.format == Format::Csv) {
+                        p.err(format!("{spath}.sink"), "events are routed as NDJSON; the sink's format is csv");
+                    }
+                    Stage::Route(i)
+                }
+            });
+        }
+        flows.push(Flow { name: f.name.clone(), when, rules, schema, time_field, stages, features: Vec::new() });
+    }
+
+    // Features.
+    let mut features: Vec<FeatureSpec> = Vec::new();
+    for (i, f) in config.features.iter().enumerate() {
+        let path = format!("features[{i}]");
+        if features.iter().any(|g| g.name == f.name) {
+            p.err(format!("{path}.name"), format!("duplicate feature name {:?}", f.name));
+        }
+        let flow = flows.iter().position(|g| g.name == f.flow).unwrap_or_else(|| {
+            p.err(format!("{path}.flow"), format!("no flow named {:?}", f.flow));
+            0
+        });
+        if f.key.is_empty() {
+            p.err(format!("{path}.key"), "at least one key field is required");
+        }
+        let key: Vec<FieldPath> =
+            f.key.iter().enumerate().map(|(k, s)| p.field(&format!("{path}.key[{k}]"), s)).collect();
+        let window = match &f.window {
+            WindowConfig::Tumbling { size } => {
+                WindowSpec::Tumbling { size: p.duration_ms(&format!("{path}.window.size"), Some(size), 1) }
+            }
+            WindowConfig::Hopping { size, slide } => WindowSpec::Hopping {
+                size: p.duration_ms(&format!("{path}.window.size"), Some(size), 1),
+                slide: p.duration_ms(&format!("{path}.window.slide"), Some(slide), 1),
+            },
+            WindowConfig::Session { gap } => {
+                WindowSpec::Session { gap: p.duration_ms(&format!("{path}.window.gap"), Some(gap), 1) }
+            }
+            WindowConfig::Global {} => WindowSpec::Global,
+        };
+        if let Err(e) = window.validate() {
+            p.err(format!("{path}.window"), e);
+        }
+        let agg = match f.aggregate.as_deref().unwrap_or("count") {
+            "count" => AggFn::Count,
+            "sum" => AggFn::Sum,
+            "min" => AggFn::Min,
+            "max" => AggFn::Max,
+            "mean" => AggFn::Mean,
+            "distinct" => {
+                let precision = f.precision.unwrap_or(12);
+                if !(4..=18).contains(&precision) {
+                    p.err(format!("{path}.precision"), "must be between 4 and 18");
+                }
+                AggFn::Distinct(precision.clamp(4, 18))
+            }
+            "last_n" => {
+                let n = f.n.unwrap_or(10);
+                if n == 0 || n > 1000 {
+                    p.err(format!("{path}.n"), "must be between 1 and 1000");
+                }
+                AggFn::LastN(n.clamp(1, 1000))
+            }
+            "decayed_count" => {
+                let h = p.duration_ms(&format!("{path}.half_life"), f.half_life.as_deref(), 3_600_000);
+                if h <= 0 {
+                    p.err(format!("{path}.half_life"), "must be > 0");
+                }
+                AggFn::DecayedCount(h.max(1) as f64)
+            }
+            other => {
+                p.err(
+                    format!("{path}.aggregate"),
+                    format!("expected count, sum, min, max, mean, distinct, last_n or decayed_count; got {other:?}"),
+                );
+                AggFn::Count
+            }
+        };
+        let field = f.field.as_ref().map(|s| p.field(&format!("{path}.field"), s));
+        if agg.needs_field() && field.is_none() {
+            p.err(format!("{path}.field"), format!("aggregate {} needs a field", agg.name()));
+        }
+        let entity = match f.entity.as_deref() {
+            Some("user") => Entity::User,
+            Some("item") => Entity::Item,
+            Some("none") => Entity::None,
+            Some(other) => {
+                p.err(format!("{path}.entity"), format!("expected \"user\", \"item\" or \"none\", got {other:?}"));
+                Entity::None
+            }
+            None => match f.key.first().map(String::as_str) {
+                Some("user_id") => Entity::User,
+                Some("item_id") => Entity::Item,
+                _ => Entity::None,
+            },
+        };
+        let sink = f
+            .sink
+            .as_deref()
+            .and_then(|s| sink_index(&mut p, &format!("{path}.sink"), s))
+            .map(|i| (i, sink_specs[i as usize].format));
+        let late_sink = f.late_sink.as_deref().and_then(|s| sink_index(&mut p, &format!("{path}.late_sink"), s));
+        let filter = f.filter.as_ref().map(|q| p.predicate(&format!("{path}.filter"), q));
+        let allowed_lateness =
+            p.duration_ms(&format!("{path}.allowed_lateness"), f.allowed_lateness.as_deref(), lateness);
+        if let Some(flow) = flows.get_mut(flow) {
+            flow.features.push(i as u16);
+        }
+        features.push(FeatureSpec {
+            name: f.name.clone(),
+            flow,
+            key,
+            entity,
+            filter,
+            window,
+            agg,
+            field,
+            sink,
+            late_sink,
+            allowed_lateness,
+            serve: f.serve.unwrap_or(true) && entity != Entity::None,
+        });
+    }
+    if features.len() > u16::MAX as usize {
+        p.err("features", "too many features");
+    }
+
+    let shards = pc.shards.unwrap_or(cores).max(1);
+    let decoders = pc.decoders.unwrap_or(cores).max(1);
+    if pc.shards == Some(0) {
+        p.err("pipeline.shards", "must be >= 1");
+    }
+    if pc.decoders == Some(0) {
+        p.err("pipeline.decoders", "must be >= 1");
+    }
+    let publish_ms = p.duration_ms("pipeline.publish_interval", pc.publish_interval.as_deref(), 5);
+    let limits = Limits {
+        max_event_bytes: pc.max_event_bytes.unwrap_or(1 << 20),
+        max_depth: pc.max_depth.unwrap_or(freshet_engine::json::DEFAULT_MAX_DEPTH),
+    };
+    if limits.max_event_bytes == 0 {
+        p.err("pipeline.max_event_bytes", "must be > 0");
+    }
+
+    if !p.problems.is_empty() {
+        return Err(ConfigError { origin: origin.into(), problems: p.problems });
+    }
+    Ok(Plan {
+        pipeline: Pipeline {
+            flows,
+            features,
+            sinks: sink_specs,
+            dead_letter,
+            unmatched,
+            sources: sources.iter().map(|s| s.name.clone()).collect(),
+            limits,
+            event_time: EventTime { max_out_of_orderness: ooo, idle_timeout: idle },
+            shards,
+        },
+        sources,
+        sinks,
+        decoders,
+        publish_interval: Duration::from_millis(publish_ms.max(1) as u64),
+        read_block: pc.read_block_bytes.unwrap_or(1 << 18).max(4096),
+    })
+}

@@ -1,0 +1,126 @@
+//! The HTTP API: one module per resource, one router, one error type.
+//!
+//! Handlers never touch the write path: ingest hands bodies to the pipeline's
+//! bounded channel (waiting off the async threads), and feature reads go to
+//! the lock-free serving views.
+
+mod error;
+mod events;
+mod features;
+mod ops;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use freshet_engine::features::Views;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::plan::Plan;
+use crate::topology::{IngestHandle, Job};
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    views: Views,
+    ingest: Option<IngestHandle>,
+    prometheus: PrometheusHandle,
+    plan: Arc<Plan>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 64 << 20;
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(events::ingest))
+        .route("/v1/users/{id}/features", get(features::user))
+        .route("/v1/items/{id}/features", get(features::item))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(record_latency))
+        .with_state(state)
+}
+
+async fn record_latency(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route, "status" => status)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// A running HTTP server.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves the API for `job` on `listener` from a background runtime.
+    pub fn start(
+        listener: std::net::TcpListener,
+        job: &Job,
+        plan: Arc<Plan>,
+        prometheus: PrometheusHandle,
+    ) -> Result<Server> {
+        let addr = listener.local_addr().context("reading the listen address")?;
+        listener.set_nonblocking(true).context("configuring the listener")?;
+        let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, plan, ready: job.ready_probe() };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("http")
+            .enable_all()
+            .build()
+            .context("starting the HTTP runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("http-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!(%e, "Cannot serve HTTP."),
+                    };
+                    let app = router(state);
+                    let shutdown = async move {
+                        let _ = rx.await;
+                    };
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(%e, "HTTP server failed.");
+                    }
+                });
+            })
+            .context("spawning the HTTP thread")?;
+        tracing::info!(%addr, "Serving HTTP.");
+        Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits for in-flight requests.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

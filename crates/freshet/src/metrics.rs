@@ -1,0 +1,149 @@
+//! Metric names and the handles each thread records through.
+//!
+//! Names follow `freshet_<subsystem>_<what>_<unit|total>`; labels are config
+//! names (flows, sinks, features, reasons), never entity ids. Handles are
+//! registered once per thread and incremented once per chunk.
+
+use freshet_engine::decode::{DecodeStats, RejectKind};
+use freshet_io::sink::SinkWriter;
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use crate::config::plan::Plan;
+
+/// Lines read, by source.
+pub const SOURCE_LINES: &str = "freshet_source_lines_total";
+/// Events accepted by a flow.
+pub const EVENTS_ACCEPTED: &str = "freshet_events_accepted_total";
+/// Lines rejected to the dead-letter sink, by reason.
+pub const EVENTS_REJECTED: &str = "freshet_dlq_events_total";
+/// Events into each flow.
+pub const FLOW_EVENTS: &str = "freshet_flow_events_total";
+/// Events dropped by filter stages.
+pub const FLOW_FILTERED: &str = "freshet_flow_filtered_total";
+/// Records folded into features, by shard.
+pub const FEATURE_RECORDS: &str = "freshet_feature_records_total";
+/// Feature inputs skipped for a missing key or value.
+pub const FEATURE_SKIPPED: &str = "freshet_feature_skipped_total";
+/// Events too late for every window, by feature.
+pub const FEATURE_LATE: &str = "freshet_feature_late_events_total";
+/// Rows written, by sink.
+pub const SINK_ROWS: &str = "freshet_sink_rows_total";
+/// Wall clock minus the watermark, by shard.
+pub const WATERMARK_LAG: &str = "freshet_watermark_lag_seconds";
+/// Ingest to visible in serving views, per chunk.
+pub const PIPELINE_LATENCY: &str = "freshet_pipeline_latency_seconds";
+/// HTTP request duration, by route and status.
+pub const HTTP_DURATION: &str = "freshet_http_request_duration_seconds";
+/// Events taken by HTTP ingest.
+pub const HTTP_INGESTED: &str = "freshet_http_ingested_events_total";
+
+/// Histogram buckets (seconds) for latencies from 50 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A decoder thread's handles.
+pub struct DecoderMetrics {
+    sources: Vec<(String, Counter)>,
+    accepted: Counter,
+    rejected: Vec<Counter>,
+    flows: Vec<Counter>,
+    filtered: Counter,
+    skipped: Counter,
+}
+
+impl DecoderMetrics {
+    /// Registers the handles.
+    pub fn new(plan: &Plan) -> Self {
+        Self {
+            sources: plan
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), counter!(SOURCE_LINES, "source" => s.name.clone())))
+                .collect(),
+            accepted: counter!(EVENTS_ACCEPTED),
+            rejected: RejectKind::ALL.iter().map(|k| counter!(EVENTS_REJECTED, "reason" => k.label())).collect(),
+            flows: plan.pipeline.flows.iter().map(|f| counter!(FLOW_EVENTS, "flow" => f.name.clone())).collect(),
+            filtered: counter!(FLOW_FILTERED),
+            skipped: counter!(FEATURE_SKIPPED),
+        }
+    }
+
+    /// Records one chunk's counters.
+    pub fn record(&self, s: &DecodeStats, source: &str) {
+        if let Some((_, c)) = self.sources.iter().find(|(n, _)| n == source) {
+            c.increment(s.lines);
+        }
+        self.accepted.increment(s.accepted);
+        for (c, n) in self.rejected.iter().zip(s.rejected) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        for (c, n) in self.flows.iter().zip(&s.flow_in) {
+            if *n > 0 {
+                c.increment(*n);
+            }
+        }
+        self.filtered.increment(s.filtered);
+        self.skipped.increment(s.feature_skipped);
+    }
+}
+
+/// A shard thread's handles.
+pub struct ShardMetrics {
+    records: Counter,
+    late: Vec<Counter>,
+    lag: Gauge,
+    latency: Histogram,
+}
+
+impl ShardMetrics {
+    /// Registers the handles.
+    pub fn new(plan: &Plan, shard: usize) -> Self {
+        Self {
+            records: counter!(FEATURE_RECORDS, "shard" => shard.to_string()),
+            late: plan.pipeline.features.iter().map(|f| counter!(FEATURE_LATE, "feature" => f.name.clone())).collect(),
+            lag: gauge!(WATERMARK_LAG, "shard" => shard.to_string()),
+            latency: histogram!(PIPELINE_LATENCY),
+        }
+    }
+
+    /// Records a step.
+    pub fn record(&self, records: u64, watermark: i64) {
+        self.records.increment(records);
+        if watermark > i64::MIN && watermark < i64::MAX {
+            self.lag.set((crate::topology::wall_ms_pub() - watermark) as f64 / 1000.0);
+        }
+    }
+
+    /// Records late events per feature.
+    pub fn record_late(&self, late: &[u64]) {
+        for (c, n) in self.late.iter().zip(late) {
+            if *n > 0 {
+                c.increment(*n);
+            }
+        }
+    }
+
+    /// Records one chunk's ingest-to-visible latency.
+    pub fn latency(&self, micros: u64) {
+        self.latency.record(micros as f64 / 1e6);
+    }
+}
+
+/// The writer thread's handles.
+pub struct WriterMetrics {
+    rows: Vec<Counter>,
+}
+
+impl WriterMetrics {
+    /// Registers the handles.
+    pub fn new(writers: &[SinkWriter]) -> Self {
+        Self { rows: writers.iter().map(|w| counter!(SINK_ROWS, "sink" => w.name().to_owned())).collect() }
+    }
+
+    /// Counts rows written to sink `i`.
+    pub fn rows(&self, i: usize, n: u64) {
+        self.rows[i].increment(n);
+    }
+}

@@ -1,0 +1,262 @@
+//! The running job: threads and bounded channels around the engine.
+//!
+//! ```text
+//! sources ─► dispatcher ─► decoder[d] ─► shard[s] ─► writer ─► sinks
+//!  file        seq, ticks    parse,        keyed        files,
+//!  generator                 flows,        state,       stdout,
+//!  http ingest               records       windows      DLQ
+//! ```
+//!
+//! The dispatcher numbers chunks and deals them round-robin to decoders;
+//! every decoder sends each shard one input per chunk (maybe empty), and a
+//! shard reads decoders in sequence order, so every shard sees every chunk in
+//! source order and derives the same watermark. All channels are bounded:
+//! a slow shard or sink pushes back to the sources. Metrics are counted per
+//! chunk, never per event.
+
+pub(crate) mod sources;
+mod workers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Sender, bounded};
+use freshet_engine::decode::Chunk;
+use freshet_engine::features::{FeatureView, Views};
+use freshet_io::sink::SinkWriter;
+
+use crate::config::plan::Plan;
+pub use sources::IngestHandle;
+
+/// Counters of a finished job.
+#[derive(Debug, Default, Clone)]
+pub struct JobSummary {
+    /// Lines read from all sources.
+    pub lines: u64,
+    /// Events accepted by a flow.
+    pub accepted: u64,
+    /// Lines sent to the dead-letter sink (or counted as rejected).
+    pub rejected: u64,
+    /// Rows written per sink (name, rows).
+    pub sink_rows: Vec<(String, u64)>,
+    /// Wall time from start to the last flush.
+    pub elapsed: Duration,
+    /// Ingest-to-visible latency of each chunk, µs.
+    pub latencies_us: Vec<u64>,
+}
+
+/// Shared state of a running job.
+pub(crate) struct Shared {
+    pub stop: AtomicBool,
+    pub error: std::sync::Mutex<Option<anyhow::Error>>,
+    pub epoch: Instant,
+    pub lines: AtomicU64,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn fail(&self, e: anyhow::Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(error = %format!("{e:#}"), "Job failed; stopping.");
+            *slot = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Wall-clock milliseconds since the epoch (for metrics).
+pub fn wall_ms_pub() -> i64 {
+    wall_ms()
+}
+
+/// A started job.
+pub struct Job {
+    shared: Arc<Shared>,
+    views: Views,
+    ingest: Option<IngestHandle>,
+    threads: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<Result<Vec<(String, u64)>>>>,
+    shards: Vec<JoinHandle<Vec<u64>>>,
+    started: Instant,
+}
+
+impl Job {
+    /// Opens every source and sink, then starts the threads. Fails before
+    /// starting anything when an input or output cannot be opened.
+    pub fn start(plan: Arc<Plan>) -> Result<Job> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            error: std::sync::Mutex::new(None),
+            epoch: Instant::now(),
+            lines: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        });
+        let p = &plan.pipeline;
+        let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
+
+        // Open everything first: a bad path is one clear error, before any thread.
+        let mut opened = Vec::new();
+        for (i, s) in plan.sources.iter().enumerate() {
+            opened.push(sources::open(i as u16, s, &plan).with_context(|| format!("source {}", s.name))?);
+        }
+        let mut writers = Vec::new();
+        for s in &plan.sinks {
+            writers.push(SinkWriter::open(&s.name, &s.target).with_context(|| format!("sink {}", s.name))?);
+        }
+
+        let decoders = plan.decoders;
+        let shards = p.shards;
+        let (source_tx, source_rx) = bounded::<Chunk>(decoders * 2);
+        let (writer_tx, writer_rx) = bounded(64);
+        let mut decoder_txs = Vec::new();
+        let mut decoder_rxs = Vec::new();
+        for _ in 0..decoders {
+            let (tx, rx) = bounded(2);
+            decoder_txs.push(tx);
+            decoder_rxs.push(rx);
+        }
+        // shard_links[d][s]: decoder d → shard s.
+        let mut shard_txs: Vec<Vec<Sender<_>>> = Vec::new();
+        let mut shard_rxs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+        for _ in 0..decoders {
+            let mut row = Vec::new();
+            for rxs in shard_rxs.iter_mut() {
+                let (tx, rx) = bounded(4);
+                row.push(tx);
+                rxs.push(rx);
+            }
+            shard_txs.push(row);
+        }
+
+        let mut threads = Vec::new();
+        let mut ingest = None;
+        for (i, src) in opened.into_iter().enumerate() {
+            match src {
+                sources::Opened::Thread(run) => {
+                    let tx = source_tx.clone();
+                    let sh = shared.clone();
+                    let name = format!("source-{}", plan.sources[i].name);
+                    threads.push(spawn(&name, move || run(tx, sh))?);
+                }
+                sources::Opened::Http => {
+                    ingest = Some(IngestHandle::new(
+                        i as u16,
+                        source_tx.clone(),
+                        shared.clone(),
+                        plan.pipeline.limits.max_event_bytes,
+                    ));
+                }
+            }
+        }
+        drop(source_tx);
+
+        {
+            let sh = shared.clone();
+            threads.push(spawn("dispatcher", move || workers::dispatch(source_rx, decoder_txs, sh))?);
+        }
+        for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
+            let (plan, sh, wtx) = (plan.clone(), shared.clone(), writer_tx.clone());
+            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, rx, txs, wtx, sh))?);
+        }
+        let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
+        let mut shard_handles = Vec::new();
+        for (s, rxs) in shard_rxs.into_iter().enumerate() {
+            let (plan, sh, wtx, views, parts) =
+                (plan.clone(), shared.clone(), writer_tx.clone(), views.clone(), partitions.clone());
+            shard_handles
+                .push(spawn(&format!("shard-{s}"), move || workers::shard(&plan, s, rxs, wtx, views, parts, sh))?);
+        }
+        drop(writer_tx);
+        let sh = shared.clone();
+        let writer = spawn("writer", move || workers::write(writers, writer_rx, sh))?;
+        shared.ready.store(true, Ordering::SeqCst);
+        let bounded_job = plan.bounded();
+        tracing::info!(
+            sources = plan.sources.len(),
+            decoders,
+            shards,
+            features = p.features.len(),
+            bounded = bounded_job,
+            "Job started."
+        );
+        Ok(Job { shared, views, ingest, threads, writer: Some(writer), shards: shard_handles, started: Instant::now() })
+    }
+
+    /// The serving views.
+    pub fn views(&self) -> Views {
+        self.views.clone()
+    }
+
+    /// The HTTP ingest handle, when the job has an http source.
+    pub fn ingest(&self) -> Option<IngestHandle> {
+        self.ingest.clone()
+    }
+
+    /// A probe that answers whether the job still runs (for `/readyz`).
+    pub fn ready_probe(&self) -> std::sync::Arc<dyn Fn() -> bool + Send + Sync> {
+        let shared = self.shared.clone();
+        std::sync::Arc::new(move || shared.ready.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst))
+    }
+
+    /// A flag that turns true when the job stops for any reason.
+    pub fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks the job to stop (unbounded jobs end this way; open windows are not emitted).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the job to end and returns its summary, or its first error.
+    pub fn wait(mut self) -> Result<JobSummary> {
+        drop(self.ingest.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut latencies = Vec::new();
+        for s in self.shards.drain(..) {
+            latencies.extend(s.join().unwrap_or_default());
+        }
+        let sink_rows = match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(Ok(rows))) => rows,
+            Some(Ok(Err(e))) => {
+                self.shared.fail(e);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(e) = self.shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        Ok(JobSummary {
+            lines: self.shared.lines.load(Ordering::SeqCst),
+            accepted: self.shared.accepted.load(Ordering::SeqCst),
+            rejected: self.shared.rejected.load(Ordering::SeqCst),
+            sink_rows,
+            elapsed: self.started.elapsed(),
+            latencies_us: latencies,
+        })
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>> {
+    std::thread::Builder::new().name(name.into()).spawn(f).with_context(|| format!("spawning thread {name}"))
+}

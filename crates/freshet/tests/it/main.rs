@@ -1,0 +1,14 @@
+//! End-to-end tests of the `freshet` binary, in one test binary (one link on
+//! 2-core machines): the reference job against two oracles over generated
+//! workloads, bad and odd input through the file source, and configuration
+//! and environment errors.
+//!
+//! They run the built binary as a child process; generated inputs and the
+//! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
+//! else `<repo>/../shared`) and need `python3` on PATH.
+
+mod bad_input;
+mod config_errors;
+mod oracle;
+mod reference_job;
+mod support;
