@@ -298,6 +298,7 @@ impl<'p> Decoder<'p> {
             );
         };
         out.stats.accepted += 1;
+        let prior_max_ts = out.max_ts.unwrap_or(i64::MIN);
         out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
         let sinks = &mut out.outputs.sinks;
         let outcome = flow.run_stages(&mut ev, scratch, |sink, ev| {
@@ -391,7 +392,7 @@ impl<'p> Decoder<'p> {
                 }
             };
             let hash = hash_bytes(&batch.bytes[ks as usize..ke as usize]);
-            batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset });
+            batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
         }
     }

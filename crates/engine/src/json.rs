@@ -601,7 +601,10 @@ mod tests {
             let i = cut.index(bad.len());
             bad[i] = byte;
             let ours = scan_object(&bad, 1000, &mut Vec::new()).is_ok();
-            let theirs = matches!(serde_json::from_slice::<serde_json::Value>(&bad), Ok(serde_json::Value::Object(_)));
+            let parsed = serde_json::from_slice::<serde_json::Value>(&bad);
+            // serde_json refuses numbers beyond f64 (1e309); the grammar, and Python, accept them.
+            prop_assume!(!matches!(&parsed, Err(e) if e.to_string().contains("number out of range")));
+            let theirs = matches!(parsed, Ok(serde_json::Value::Object(_)));
             prop_assert_eq!(ours, theirs, "disagree on {:?}", String::from_utf8_lossy(&bad));
         }
     }

@@ -35,6 +35,11 @@ pub struct Record {
     pub value: RecordValue,
     /// Offset of the event in its source partition.
     pub offset: u64,
+    /// Largest event time of the events before this one in its chunk
+    /// (`i64::MIN` if none): with the partition's progress before the chunk,
+    /// it gives the watermark this event meets, so lateness is decided per
+    /// event and does not depend on where chunks are cut.
+    pub prior_max_ts: i64,
 }
 
 /// Records bound for one shard from one chunk.

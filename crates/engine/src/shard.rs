@@ -51,10 +51,29 @@ impl Shard {
     }
 
     /// Applies one chunk's records and advances event time.
+    ///
+    /// Each record meets the watermark as it stood just before it (its
+    /// partition's progress, including the chunk's earlier events, and the
+    /// other partitions' minimum), and windows fire as soon as that
+    /// watermark passes them, as with a watermark after every event.
     pub fn process(&mut self, input: &ShardInput) -> ShardStats {
-        let wm = self.watermarks.current();
+        let mut wm = self.watermarks.current();
+        let before = wm;
         let batch = &input.batch;
+        let (others, partition_max) = match input.partition {
+            Some(p) => (self.watermarks.others_min(p, input.ingest_ms), self.watermarks.partition_max(p)),
+            None => (wm, i64::MIN),
+        };
         for r in &batch.records {
+            let seen = self.watermarks.partition_watermark(partition_max.max(r.prior_max_ts));
+            let record_wm = others.min(seen);
+            if record_wm > wm {
+                wm = record_wm;
+                self.watermarks.raise(wm);
+                for f in &mut self.features {
+                    f.on_watermark(wm, &mut self.outputs);
+                }
+            }
             let f = &mut self.features[r.feature as usize];
             f.apply(r.hash, batch.key(r), r.ts, batch.input(r), r.offset, wm, &mut self.outputs);
         }
@@ -64,7 +83,7 @@ impl Shard {
                 self.watermarks.finish(partition);
             }
         }
-        let advanced = self.advance(input.ingest_ms);
+        let advanced = self.advance(input.ingest_ms) || self.watermarks.current() > before;
         ShardStats { records: batch.records.len() as u64, watermark_advanced: advanced }
     }
 
@@ -97,9 +116,13 @@ impl Shard {
         self.features.iter_mut().zip(views.iter()).filter(|(f, _)| f.spec().serve).map(|(f, v)| f.publish(v)).sum()
     }
 
-    /// Takes the filled sink buffers, leaving empty ones.
-    pub fn take_outputs(&mut self) -> Outputs {
-        let fresh = Outputs::new(self.sinks, self.features.len());
+    /// Takes the filled sink buffers, leaving fresh ones made by `buffer`
+    /// (so the runtime can recycle allocations).
+    pub fn take_outputs(&mut self, mut buffer: impl FnMut() -> Vec<u8>) -> Outputs {
+        let mut fresh = Outputs::new(self.sinks, self.features.len());
+        for s in &mut fresh.sinks {
+            s.data = buffer();
+        }
         std::mem::replace(&mut self.outputs, fresh)
     }
 

@@ -83,6 +83,35 @@ impl Watermarks {
         self.current
     }
 
+    /// The watermark `partition` gives when its largest event time is `max_ts`.
+    #[inline]
+    pub fn partition_watermark(&self, max_ts: i64) -> i64 {
+        if max_ts == i64::MIN { WATERMARK_MIN } else { max_ts - self.out_of_orderness - 1 }
+    }
+
+    /// Largest event time seen on `partition` so far.
+    pub fn partition_max(&self, partition: PartitionId) -> i64 {
+        self.partitions.get(&partition).map_or(i64::MIN, |p| p.max_ts)
+    }
+
+    /// Minimum watermark over active partitions other than `partition`
+    /// (`WATERMARK_MAX` when there are none).
+    pub fn others_min(&self, partition: PartitionId, now_ms: i64) -> i64 {
+        let mut min = WATERMARK_MAX;
+        for (id, p) in &self.partitions {
+            if *id == partition || p.finished || now_ms.saturating_sub(p.last_active_ms) >= self.idle_timeout_ms {
+                continue;
+            }
+            min = min.min(self.partition_watermark(p.max_ts));
+        }
+        min
+    }
+
+    /// Raises the combined watermark to at least `wm` (never lowers it).
+    pub fn raise(&mut self, wm: i64) {
+        self.current = self.current.max(wm);
+    }
+
     /// The combined watermark as last computed.
     pub fn current(&self) -> i64 {
         self.current

@@ -89,15 +89,19 @@ impl KeyTable {
     pub fn intern(&mut self, hash: u64, key: &[u8]) -> (u32, bool) {
         let arena = &self.arena;
         let spans = &self.spans;
+        // Short keys compare as one fixed-width array: no call, no length-dependent loop.
+        let mut probe = [0u8; INLINE];
+        let n = key.len().min(INLINE);
+        probe[..n].copy_from_slice(&key[..n]);
+        let long = key.len() > INLINE;
         let found = self.table.find(hash, |s| {
             s.hash == hash
                 && s.len as usize == key.len()
-                && if key.len() <= INLINE {
-                    &s.inline[..key.len()] == key
-                } else {
+                && s.inline == probe
+                && (!long || {
                     let (a, b) = spans[s.id as usize];
                     &arena[a as usize..b as usize] == key
-                }
+                })
         });
         if let Some(s) = found {
             return (s.id, false);
@@ -106,10 +110,7 @@ impl KeyTable {
         let start = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
         self.spans.push((start, self.arena.len() as u32));
-        let mut inline = [0u8; INLINE];
-        let n = key.len().min(INLINE);
-        inline[..n].copy_from_slice(&key[..n]);
-        self.table.insert_unique(hash, Slot { hash, id, len: key.len() as u32, inline }, |s| s.hash);
+        self.table.insert_unique(hash, Slot { hash, id, len: key.len() as u32, inline: probe }, |s| s.hash);
         (id, true)
     }
 

@@ -34,13 +34,19 @@ struct Pane {
     fired: bool,
 }
 
+/// The hot part of a key's state, touched per record.
 #[derive(Debug, Clone)]
 struct KeyEntry {
     panes: SmallVec<[Pane; 2]>,
     max_ts: i64,
-    last_closed: Option<(i64, i64, AggValue)>,
     mark: u32,
     dirty: bool,
+}
+
+/// The serving part of a key's state, kept apart so records touch fewer cache lines.
+#[derive(Debug, Clone)]
+struct Serving {
+    last_closed: Option<(i64, i64, AggValue)>,
     group: u32,
     next_in_group: u32,
 }
@@ -58,6 +64,8 @@ pub struct FeatureState {
     index: u16,
     keys: KeyTable,
     entries: Vec<KeyEntry>,
+    /// Indexed like `entries` when the feature is served; empty otherwise.
+    serving: Vec<Serving>,
     /// Aligned and global windows: pane start → keys holding that pane, by start.
     touched: VecDeque<(i64, Vec<u32>)>,
     spare_lists: Vec<Vec<u32>>,
@@ -65,6 +73,8 @@ pub struct FeatureState {
     /// Sessions: end → keys with a session ending there (stale entries are skipped).
     timers: BTreeMap<i64, Vec<u32>>,
     mark: u32,
+    /// No window fires and no pane expires before the watermark reaches this.
+    next_deadline: i64,
     dirty: Vec<u32>,
     group_table: HashTable<(u64, u32)>,
     groups: Vec<Group>,
@@ -79,11 +89,13 @@ impl FeatureState {
             index,
             keys: KeyTable::default(),
             entries: Vec::new(),
+            serving: Vec::new(),
             touched: VecDeque::new(),
             spare_lists: Vec::new(),
             fired_until: i64::MIN,
             timers: BTreeMap::new(),
             mark: 0,
+            next_deadline: i64::MAX,
             dirty: Vec::new(),
             group_table: HashTable::new(),
             groups: Vec::new(),
@@ -103,21 +115,15 @@ impl FeatureState {
 
     /// Approximate heap bytes used.
     pub fn heap_bytes(&self) -> usize {
-        self.keys.heap_bytes() + self.entries.capacity() * std::mem::size_of::<KeyEntry>()
+        self.keys.heap_bytes()
+            + self.entries.capacity() * std::mem::size_of::<KeyEntry>()
+            + self.serving.capacity() * std::mem::size_of::<Serving>()
     }
 
     fn entry_for(&mut self, hash: u64, key: &[u8]) -> u32 {
         let (id, new) = self.keys.intern(hash, key);
         if new {
-            let mut entry = KeyEntry {
-                panes: SmallVec::new(),
-                max_ts: i64::MIN,
-                last_closed: None,
-                mark: 0,
-                dirty: false,
-                group: NONE,
-                next_in_group: NONE,
-            };
+            self.entries.push(KeyEntry { panes: SmallVec::new(), max_ts: i64::MIN, mark: 0, dirty: false });
             if self.spec.serve {
                 let entity = &key[..first_part_len(key)];
                 let eh = hash_bytes(entity);
@@ -138,11 +144,10 @@ impl FeatureState {
                         g
                     }
                 };
-                entry.group = g;
-                entry.next_in_group = self.groups[g as usize].head;
+                let next_in_group = self.groups[g as usize].head;
                 self.groups[g as usize].head = id;
+                self.serving.push(Serving { last_closed: None, group: g, next_in_group });
             }
-            self.entries.push(entry);
         }
         id
     }
@@ -223,6 +228,10 @@ impl FeatureState {
                 let i = found.map_or(0, |i| i + 1);
                 e.panes.insert(i, Pane { start: pane, end: pane + width, acc: Acc::new(&self.spec.agg), fired: false });
                 touch(&mut self.touched, &mut self.spare_lists, pane, id);
+                let first = self.spec.window.first_window_containing(pane).unwrap_or(pane);
+                let fire_at = first.max(self.fired_until).saturating_add(size - 1);
+                let expire_at = last_window.saturating_add(size - 1).saturating_add(lateness);
+                self.next_deadline = self.next_deadline.min(fire_at).min(expire_at);
                 i
             }
         };
@@ -281,6 +290,7 @@ impl FeatureState {
         let pos = e.panes.iter().position(|p| p.start > merged.start).unwrap_or(e.panes.len());
         e.panes.insert(pos, merged);
         self.timers.entry(end).or_default().push(id);
+        self.next_deadline = self.next_deadline.min(end - 1);
         if was_fired && end - 1 <= wm {
             // A late event extended a fired session within lateness: re-emit it.
             self.fire_session(id, wm, out, true);
@@ -289,7 +299,11 @@ impl FeatureState {
     }
 
     /// Fires every window complete at watermark `wm`.
+    #[inline]
     pub fn on_watermark(&mut self, wm: i64, out: &mut Outputs) {
+        if wm < self.next_deadline {
+            return;
+        }
         match self.spec.window {
             WindowSpec::Session { .. } => {
                 while let Some(entry) = self.timers.first_entry() {
@@ -301,6 +315,7 @@ impl FeatureState {
                         self.fire_session(id, wm, out, false);
                     }
                 }
+                self.next_deadline = self.timers.keys().next().map_or(i64::MAX, |end| end - 1);
             }
             WindowSpec::Global => {
                 if wm == WATERMARK_MAX
@@ -339,6 +354,7 @@ impl FeatureState {
                 self.timers.entry(p.end + lateness).or_default().push(id);
             }
         }
+        self.next_deadline = self.timers.keys().next().map_or(i64::MAX, |end| end - 1);
         for (s, t, v) in fired {
             self.emit(id, s, t, v, out);
         }
@@ -372,6 +388,24 @@ impl FeatureState {
             self.fired_until = s + slide;
         }
         self.cleanup_aligned(wm, size, slide);
+        self.next_deadline = self.aligned_deadline(size, slide);
+    }
+
+    /// The lowest watermark at which an aligned window fires or a pane expires.
+    fn aligned_deadline(&self, size: i64, slide: i64) -> i64 {
+        let mut deadline = i64::MAX;
+        let idx = self.touched.partition_point(|(p, _)| *p < self.fired_until);
+        if let Some(&(pane, _)) = self.touched.get(idx) {
+            let first = self.spec.window.first_window_containing(pane).unwrap_or(pane);
+            deadline = first.max(self.fired_until).saturating_add(size - 1);
+        }
+        if let Some(&(pane, _)) = self.touched.front()
+            && pane < self.fired_until
+        {
+            let expire = align(pane, slide).saturating_add(size - 1).saturating_add(self.spec.allowed_lateness);
+            deadline = deadline.min(expire);
+        }
+        deadline
     }
 
     /// Drops panes whose every window has fired and run out of lateness.
@@ -416,8 +450,8 @@ impl FeatureState {
             write_row(&mut out.sinks[sink as usize], format, &self.spec, start, end, self.keys.key(id), &value);
         }
         if self.spec.serve {
+            self.serving[id as usize].last_closed = Some((start, end, value));
             let e = &mut self.entries[id as usize];
-            e.last_closed = Some((start, end, value));
             if !e.dirty {
                 e.dirty = true;
                 self.dirty.push(id);
@@ -452,9 +486,8 @@ impl FeatureState {
     /// Publishes the values of every entity updated since the last call.
     pub fn publish(&mut self, view: &FeatureView) -> usize {
         for id in std::mem::take(&mut self.dirty) {
-            let e = &mut self.entries[id as usize];
-            e.dirty = false;
-            let g = e.group as usize;
+            self.entries[id as usize].dirty = false;
+            let g = self.serving[id as usize].group as usize;
             if !self.groups[g].dirty {
                 self.groups[g].dirty = true;
                 self.dirty_groups.push(g as u32);
@@ -474,14 +507,18 @@ impl FeatureState {
                 } else {
                     ps.next();
                 }
-                let e = &self.entries[id as usize];
+                let serving = &self.serving[id as usize];
                 groups.push(GroupView {
                     group: ps.map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
                     current: self.current(id),
-                    last_closed: e.last_closed.clone().map(|(start, end, value)| WindowValue { start, end, value }),
-                    event_time: e.max_ts,
+                    last_closed: serving.last_closed.clone().map(|(start, end, value)| WindowValue {
+                        start,
+                        end,
+                        value,
+                    }),
+                    event_time: self.entries[id as usize].max_ts,
                 });
-                id = e.next_in_group;
+                id = serving.next_in_group;
             }
             groups.sort_by(|a, b| a.group.cmp(&b.group));
             if let Some(entity) = entity {

@@ -123,12 +123,12 @@ impl Job {
 
         let decoders = plan.decoders;
         let shards = p.shards;
-        let (source_tx, source_rx) = bounded::<Chunk>(decoders * 2);
+        let (source_tx, source_rx) = bounded::<Chunk>(decoders * 4);
         let (writer_tx, writer_rx) = bounded(64);
         let mut decoder_txs = Vec::new();
         let mut decoder_rxs = Vec::new();
         for _ in 0..decoders {
-            let (tx, rx) = bounded(2);
+            let (tx, rx) = bounded(4);
             decoder_txs.push(tx);
             decoder_rxs.push(rx);
         }
@@ -138,13 +138,14 @@ impl Job {
         for _ in 0..decoders {
             let mut row = Vec::new();
             for rxs in shard_rxs.iter_mut() {
-                let (tx, rx) = bounded(4);
+                let (tx, rx) = bounded(8);
                 row.push(tx);
                 rxs.push(rx);
             }
             shard_txs.push(row);
         }
 
+        let pools = workers::Pools::new(decoders);
         let mut threads = Vec::new();
         let mut ingest = None;
         for (i, src) in opened.into_iter().enumerate() {
@@ -172,20 +173,21 @@ impl Job {
             threads.push(spawn("dispatcher", move || workers::dispatch(source_rx, decoder_txs, sh))?);
         }
         for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
-            let (plan, sh, wtx) = (plan.clone(), shared.clone(), writer_tx.clone());
-            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, rx, txs, wtx, sh))?);
+            let (plan, sh, wtx, pools) = (plan.clone(), shared.clone(), writer_tx.clone(), pools.clone());
+            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, wtx, pools, sh))?);
         }
         let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();
         for (s, rxs) in shard_rxs.into_iter().enumerate() {
-            let (plan, sh, wtx, views, parts) =
-                (plan.clone(), shared.clone(), writer_tx.clone(), views.clone(), partitions.clone());
-            shard_handles
-                .push(spawn(&format!("shard-{s}"), move || workers::shard(&plan, s, rxs, wtx, views, parts, sh))?);
+            let (plan, sh, wtx, views, parts, pools) =
+                (plan.clone(), shared.clone(), writer_tx.clone(), views.clone(), partitions.clone(), pools.clone());
+            shard_handles.push(spawn(&format!("shard-{s}"), move || {
+                workers::shard(&plan, s, rxs, wtx, views, parts, pools, sh)
+            })?);
         }
         drop(writer_tx);
         let sh = shared.clone();
-        let writer = spawn("writer", move || workers::write(writers, writer_rx, sh))?;
+        let writer = spawn("writer", move || workers::write(writers, writer_rx, pools, sh))?;
         shared.ready.store(true, Ordering::SeqCst);
         let bounded_job = plan.bounded();
         tracing::info!(

@@ -36,6 +36,48 @@ pub(super) struct WriterMsg {
     buf: SinkBuffer,
 }
 
+/// Recycled allocations: sink buffers go back from the writer to whoever
+/// fills them, record batches from shards to their decoder. Fresh pages cost
+/// more than the work (the kernel zeroes them), so the hot path reuses.
+#[derive(Clone)]
+pub(super) struct Pools {
+    pub buffers: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// batches[d]: record batches returning to decoder d.
+    pub batches: Vec<(Sender<RecordBatch>, Receiver<RecordBatch>)>,
+}
+
+/// Buffers larger than this are freed rather than pooled.
+const POOL_MAX_CAPACITY: usize = 8 << 20;
+
+impl Pools {
+    pub fn new(decoders: usize) -> Self {
+        Self {
+            buffers: crossbeam_channel::bounded(256),
+            batches: (0..decoders).map(|_| crossbeam_channel::bounded(64)).collect(),
+        }
+    }
+
+    fn buffer(&self) -> Vec<u8> {
+        self.buffers.1.try_recv().unwrap_or_default()
+    }
+
+    fn give_buffer(&self, mut b: Vec<u8>) {
+        if b.capacity() > 0 && b.capacity() <= POOL_MAX_CAPACITY {
+            b.clear();
+            let _ = self.buffers.0.try_send(b);
+        }
+    }
+
+    fn batch(&self, decoder: usize) -> RecordBatch {
+        self.batches[decoder].1.try_recv().unwrap_or_default()
+    }
+
+    fn give_batch(&self, decoder: usize, mut b: RecordBatch) {
+        b.clear();
+        let _ = self.batches[decoder].0.try_send(b);
+    }
+}
+
 /// Sends, re-checking the stop flag while the channel is full.
 fn send<T>(tx: &Sender<T>, mut msg: T, shared: &Shared) -> bool {
     loop {
@@ -75,19 +117,23 @@ pub(super) fn dispatch(rx: Receiver<Chunk>, txs: Vec<Sender<DecoderMsg>>, shared
 /// Decodes chunks and fans their records out to every shard.
 pub(super) fn decode(
     plan: &Plan,
+    index: usize,
     rx: Receiver<DecoderMsg>,
     txs: Vec<Sender<ShardInput>>,
     wtx: Sender<WriterMsg>,
+    pools: Pools,
     shared: Arc<Shared>,
 ) {
     let pipeline = &plan.pipeline;
     let mut decoder = Decoder::new(pipeline);
     let metrics = DecoderMetrics::new(plan);
-    let mut hint = (0usize, 0usize);
     while let Ok(msg) = rx.recv() {
         let mut out = decoder.output();
         for b in out.shards.iter_mut() {
-            *b = RecordBatch { records: Vec::with_capacity(hint.0), bytes: Vec::with_capacity(hint.1) };
+            *b = pools.batch(index);
+        }
+        for s in out.outputs.sinks.iter_mut() {
+            s.data = pools.buffer();
         }
         let (partition, end, ingest_ms, ingest_us) = match &msg.chunk {
             Some(c) => {
@@ -101,9 +147,6 @@ pub(super) fn decode(
             }
             None => (None, false, msg.now_ms, msg.now_us),
         };
-        if let Some(b) = out.shards.iter().max_by_key(|b| b.records.len()) {
-            hint = (b.records.len() + b.records.len() / 8, b.bytes.len() + b.bytes.len() / 8);
-        }
         for (tx, batch) in txs.iter().zip(out.shards.drain(..)) {
             let input = ShardInput {
                 seq: msg.seq,
@@ -119,7 +162,9 @@ pub(super) fn decode(
             }
         }
         for (sink, buf) in out.outputs.sinks.into_iter().enumerate() {
-            if !buf.data.is_empty() && !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
+            if buf.data.is_empty() {
+                pools.give_buffer(buf.data);
+            } else if !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
                 return;
             }
         }
@@ -135,6 +180,7 @@ pub(super) fn shard(
     wtx: Sender<WriterMsg>,
     views: Views,
     partitions: Vec<PartitionId>,
+    pools: Pools,
     shared: Arc<Shared>,
 ) -> Vec<u64> {
     let mut shard = Shard::new(&plan.pipeline, Some(views));
@@ -147,21 +193,26 @@ pub(super) fn shard(
     let mut last_publish = Instant::now();
     let mut seq = 0usize;
     let ship = |shard: &mut Shard| -> bool {
-        let outputs = shard.take_outputs();
+        let outputs = shard.take_outputs(|| pools.buffer());
         metrics.record_late(&outputs.late);
         for (sink, buf) in outputs.sinks.into_iter().enumerate() {
-            if !buf.data.is_empty() && !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
+            if buf.data.is_empty() {
+                pools.give_buffer(buf.data);
+            } else if !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
                 return false;
             }
         }
         true
     };
     loop {
-        let Ok(input) = rxs[seq % rxs.len()].recv() else { break };
+        let from = seq % rxs.len();
+        let Ok(mut input) = rxs[from].recv() else { break };
         seq += 1;
         let stats = shard.process(&input);
+        let had_records = !input.batch.records.is_empty();
+        pools.give_batch(from, std::mem::take(&mut input.batch));
         metrics.record(stats.records, shard.watermark());
-        if !input.batch.records.is_empty() {
+        if had_records {
             pending.push(input.ingest_us);
         }
         let due = last_publish.elapsed() >= plan.publish_interval;
@@ -199,6 +250,7 @@ fn shard_output_large(shard: &Shard) -> bool {
 pub(super) fn write(
     mut writers: Vec<SinkWriter>,
     rx: Receiver<WriterMsg>,
+    pools: Pools,
     shared: Arc<Shared>,
 ) -> Result<Vec<(String, u64)>> {
     let metrics = WriterMetrics::new(&writers);
@@ -212,6 +264,7 @@ pub(super) fn write(
                     continue;
                 }
                 metrics.rows(msg.sink as usize, msg.buf.rows);
+                pools.give_buffer(msg.buf.data);
                 dirty = true;
             }
             Err(RecvTimeoutError::Timeout) => {

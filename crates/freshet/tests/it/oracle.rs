@@ -44,8 +44,11 @@ pub enum LineKind {
         /// `ts`, epoch ms (wide enough for any 64-bit JSON integer).
         ts: i128,
     },
-    /// An `item_upsert` line.
-    Catalog,
+    /// An `item_upsert` line, with its `ts` when that is a JSON integer.
+    Catalog {
+        /// `ts`, epoch ms.
+        ts: Option<i128>,
+    },
     /// Anything else: must be dead-lettered.
     Malformed,
 }
@@ -57,15 +60,15 @@ pub fn classify(line: &[u8]) -> LineKind {
         return LineKind::Malformed;
     };
     let kind = object.get("type").and_then(Value::as_str);
-    if kind == Some("item_upsert") {
-        return LineKind::Catalog;
-    }
     let ts = match object.get("ts") {
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
             n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
         }
         _ => None,
     };
+    if kind == Some("item_upsert") {
+        return LineKind::Catalog { ts };
+    }
     let user_id = object.get("user_id").and_then(Value::as_str);
     let item_id = object.get("item_id").and_then(Value::as_str);
     match (kind, user_id, item_id, ts) {
@@ -97,25 +100,67 @@ pub struct Expected {
     pub interactions: usize,
     /// Number of catalog lines.
     pub catalog: usize,
+    /// Interactions dropped from at least one window as late.
+    pub late_events: usize,
 }
 
-/// Recomputes the reference job over the whole input.
+/// Bounded out-of-orderness of the reference job.
+pub const OUT_OF_ORDERNESS_MS: i128 = 5000;
+
+/// The reference job as Flink computes it with a watermark after every event
+/// (`max event time so far - 5 s - 1`): a window whose end - 1 is at or below
+/// the watermark an event meets does not take that event. When no event is
+/// late this equals plain grouping (check_ref_job.py's rule).
 pub fn compute(input: &[u8]) -> Expected {
+    compute_with(input, true)
+}
+
+/// Plain grouping, ignoring lateness: check_ref_job.py's rule.
+pub fn compute_grouping(input: &[u8]) -> Expected {
+    compute_with(input, false)
+}
+
+/// Recomputes the reference job over the whole input, from scratch.
+fn compute_with(input: &[u8], lateness: bool) -> Expected {
     let mut expected = Expected::default();
     let mut per_user_type: HashMap<(i128, String, String), u64> = HashMap::new();
-    let mut views_per_slice: HashMap<(i128, String), u64> = HashMap::new();
+    let mut per_item_window: HashMap<(i128, String), u64> = HashMap::new();
+    let mut max_ts: Option<i128> = None;
     for (offset, line) in input_lines(input).into_iter().enumerate() {
         match classify(line) {
             LineKind::Malformed => expected.malformed.push(offset),
-            LineKind::Catalog => expected.catalog += 1,
+            LineKind::Catalog { ts } => {
+                expected.catalog += 1;
+                if let Some(ts) = ts {
+                    max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+                }
+            }
             LineKind::Interaction { kind, user_id, item_id, ts } => {
                 expected.interactions += 1;
+                let watermark = match (lateness, max_ts) {
+                    (true, Some(m)) => m - OUT_OF_ORDERNESS_MS - 1,
+                    _ => i128::MIN,
+                };
+                let mut late = false;
                 if kind == "view" {
                     let slice = window_start(ts, FIVE_MINUTES_MS);
-                    *views_per_slice.entry((slice, item_id)).or_default() += 1;
+                    for k in 0..ONE_HOUR_MS / FIVE_MINUTES_MS {
+                        let start = slice - k * FIVE_MINUTES_MS;
+                        if start + ONE_HOUR_MS - 1 <= watermark {
+                            late = true;
+                            continue;
+                        }
+                        *per_item_window.entry((start, item_id.clone())).or_default() += 1;
+                    }
                 }
                 let start = window_start(ts, FIVE_MINUTES_MS);
-                *per_user_type.entry((start, user_id, kind)).or_default() += 1;
+                if start + FIVE_MINUTES_MS - 1 <= watermark {
+                    late = true;
+                } else {
+                    *per_user_type.entry((start, user_id, kind)).or_default() += 1;
+                }
+                expected.late_events += usize::from(late);
+                max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
             }
         }
     }
@@ -125,12 +170,6 @@ pub fn compute(input: &[u8]) -> Expected {
         .collect();
     // Each 5-minute slice of views lies in the 12 hopping windows that start
     // at the slice and at the 11 slides before it.
-    let mut per_item_window: HashMap<(i128, &str), u64> = HashMap::new();
-    for ((slice, item), count) in &views_per_slice {
-        for k in 0..ONE_HOUR_MS / FIVE_MINUTES_MS {
-            *per_item_window.entry((slice - k * FIVE_MINUTES_MS, item.as_str())).or_default() += count;
-        }
-    }
     expected.lines_b = per_item_window
         .into_iter()
         .map(|((start, item), count)| format!("{start},{},{item},{count}", start + ONE_HOUR_MS))
@@ -173,7 +212,7 @@ fn oracle_matches_check_ref_job() {
         &["--input".into(), input.display().to_string(), "--expect-dir".into(), expect_dir.display().to_string()],
     );
 
-    let ours = compute(&std::fs::read(&input).unwrap());
+    let ours = compute_grouping(&std::fs::read(&input).unwrap());
     let theirs_a = support::read_sorted_csv(&expect_dir.join("expected_a.csv"));
     let theirs_b = support::read_sorted_csv(&expect_dir.join("expected_b.csv"));
     support::assert_same_lines("job (a): oracle vs check_ref_job.py", &ours.lines_a, &theirs_a);
@@ -198,4 +237,21 @@ fn oracle_window_start_floors_negative_timestamps() {
     assert_eq!(window_start(1_767_225_899_999, FIVE_MINUTES_MS), 1_767_225_600_000);
     assert_eq!(window_start(-1, FIVE_MINUTES_MS), -300_000);
     assert_eq!(window_start(0, ONE_HOUR_MS), 0);
+}
+
+#[test]
+fn oracle_drops_events_only_from_windows_the_watermark_has_passed() {
+    let line = |ty: &str, ts: i64| format!(r#"{{"type":"{ty}","user_id":"u1","item_id":"i1","ts":{ts}}}"#);
+    // 1_000_000 drives the watermark to 994_999; the view at 600_000 is then
+    // late for tumbling window [600000, 900000) but on time for the hopping
+    // windows ending after 994_999 (those starting at 0 and later).
+    let input = [line("view", 1_000_000), line("view", 600_000)].join("\n");
+    let e = compute(input.as_bytes());
+    assert_eq!(e.late_events, 1);
+    assert_eq!(e.lines_a, vec!["900000,1200000,u1,view,1".to_string()]);
+    assert!(e.lines_b.contains(&"0,3600000,i1,2".to_string()), "{:?}", e.lines_b);
+    assert!(!e.lines_b.iter().any(|l| l.starts_with("-2700000,")), "{:?}", e.lines_b);
+    let g = compute_grouping(input.as_bytes());
+    assert_eq!(g.late_events, 0);
+    assert_eq!(g.lines_a.len(), 2);
 }

@@ -94,6 +94,8 @@ fn check_case(case: Case) {
     support::assert_dlq(&label, &records, &lines, &expected.malformed, |_| RawCheck::Exact);
 
     if case.flink_checker {
+        // The checker groups plainly; that equals Flink only when nothing is late.
+        assert_eq!(expected.late_events, 0, "[{label}] a checker case must have no late events");
         check_with_flink_checker(&label, &input, &out, &dir.path().join("exp"));
     }
 }
