@@ -249,7 +249,6 @@ impl<'p> Decoder<'p> {
         };
         let scratch = &mut self.scratch;
         let Some(fi) = p.flows.iter().position(|f| f.when.eval(&mut ev, scratch)) else {
-            drop(ev);
             return match p.unmatched {
                 Unmatched::DeadLetter => {
                     self.dead_letter(chunk, offset, raw, RejectKind::Unmatched, &"no flow matches the event", out)
@@ -261,7 +260,6 @@ impl<'p> Decoder<'p> {
         out.stats.flow_in[fi] += 1;
         for rule in &flow.rules {
             if let Err(r) = rule.check(&mut ev) {
-                drop(ev);
                 return self.dead_letter(
                     chunk,
                     offset,
@@ -275,7 +273,6 @@ impl<'p> Decoder<'p> {
         if let Some(schema) = &flow.schema
             && let Err(r) = schema.check(line)
         {
-            drop(ev);
             return self.dead_letter(
                 chunk,
                 offset,
@@ -286,7 +283,6 @@ impl<'p> Decoder<'p> {
             );
         }
         let Some(ts) = ev.get(&flow.time_field).and_then(|v| v.as_i64()) else {
-            drop(ev);
             let tf = &flow.time_field;
             return self.dead_letter(
                 chunk,

@@ -75,7 +75,7 @@ impl Shard {
                 }
             }
             let f = &mut self.features[r.feature as usize];
-            f.apply(r.hash, batch.key(r), r.ts, batch.input(r), r.offset, wm, &mut self.outputs);
+            f.apply(batch, r, wm, &mut self.outputs);
         }
         if let Some(partition) = input.partition {
             self.watermarks.observe(partition, input.max_ts, input.ingest_ms);

@@ -5,8 +5,11 @@ use std::io::Write;
 use crate::file::FileSource;
 use crate::sink::{SinkWriter, Target};
 
+/// What reading a whole input gave: (offset, line), (offset, length) of oversized lines, chunks.
+type ReadAll = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, usize);
+
 /// Reads every chunk and returns (offset, line) pairs plus oversized offsets.
-fn read_all(bytes: &[u8], block: usize, max_line: usize) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, usize) {
+fn read_all(bytes: &[u8], block: usize, max_line: usize) -> ReadAll {
     let reader = Box::new(std::io::Cursor::new(bytes.to_vec()));
     let mut src = FileSource::from_reader("mem".into(), reader, block, max_line);
     let (mut lines, mut big, mut chunks) = (Vec::new(), Vec::new(), 0);

@@ -20,6 +20,7 @@ use super::keys::{KeyTable, first_part_len, hash_bytes, parts};
 use super::spec::FeatureSpec;
 use super::view::{EntityView, FeatureView, GroupView, WindowValue};
 use crate::aggregate::{Acc, AggValue, Input};
+use crate::record::{Record, RecordBatch};
 use crate::time::WATERMARK_MAX;
 use crate::window::{WindowSpec, align};
 
@@ -154,16 +155,8 @@ impl FeatureState {
 
     /// Folds one record in. `watermark` is the shard's current watermark.
     #[inline]
-    pub fn apply(
-        &mut self,
-        hash: u64,
-        key: &[u8],
-        ts: i64,
-        input: Input<'_>,
-        offset: u64,
-        watermark: i64,
-        out: &mut Outputs,
-    ) {
+    pub fn apply(&mut self, batch: &RecordBatch, r: &Record, watermark: i64, out: &mut Outputs) {
+        let (hash, key, ts, input, offset) = (r.hash, batch.key(r), r.ts, batch.input(r), r.offset);
         match self.spec.window {
             WindowSpec::Session { gap } => self.apply_session(hash, key, ts, gap, input, offset, watermark, out),
             WindowSpec::Global => {

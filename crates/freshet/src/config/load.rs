@@ -178,7 +178,7 @@ mod tests {
     fn unknown_keys_are_reported_with_their_path() {
         let text = "[[features]]\nname = \"a\"\nflow = \"f\"\nkey = [\"user_id\"]\nwindow = { type = \"tumbling\", size = \"5m\" }\nbogus = 1\n";
         let err = parse(text, "t.toml", &env).unwrap_err();
-        assert_eq!(err.problems[0].path, "features[0]");
+        assert_eq!(err.problems[0].path, "features[0].bogus");
         assert!(err.problems[0].message.contains("bogus"), "{err}");
         let err = parse("[pipeline]\nshards = \"two\"\n", "t.toml", &env).unwrap_err();
         assert_eq!(err.problems[0].path, "pipeline.shards");

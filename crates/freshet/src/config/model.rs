@@ -199,7 +199,7 @@ pub enum StageConfig {
     /// Keep events matching `when`.
     Filter {
         /// The condition.
-        when: PredicateConfig,
+        when: Box<PredicateConfig>,
     },
     /// Set a field to a constant (use it to mask).
     Set {

@@ -124,3 +124,6 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

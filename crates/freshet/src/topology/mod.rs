@@ -31,6 +31,9 @@ use freshet_io::sink::SinkWriter;
 use crate::config::plan::Plan;
 pub use sources::IngestHandle;
 
+/// Rows written per sink: (name, rows).
+pub type SinkRows = Vec<(String, u64)>;
+
 /// Counters of a finished job.
 #[derive(Debug, Default, Clone)]
 pub struct JobSummary {
@@ -90,7 +93,7 @@ pub struct Job {
     views: Views,
     ingest: Option<IngestHandle>,
     threads: Vec<JoinHandle<()>>,
-    writer: Option<JoinHandle<Result<Vec<(String, u64)>>>>,
+    writer: Option<JoinHandle<Result<SinkRows>>>,
     shards: Vec<JoinHandle<Vec<u64>>>,
     started: Instant,
 }
@@ -146,6 +149,7 @@ impl Job {
         }
 
         let pools = workers::Pools::new(decoders);
+        let links = workers::Links { writer: writer_tx.clone(), pools: pools.clone(), shared: shared.clone() };
         let mut threads = Vec::new();
         let mut ingest = None;
         for (i, src) in opened.into_iter().enumerate() {
@@ -173,18 +177,17 @@ impl Job {
             threads.push(spawn("dispatcher", move || workers::dispatch(source_rx, decoder_txs, sh))?);
         }
         for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
-            let (plan, sh, wtx, pools) = (plan.clone(), shared.clone(), writer_tx.clone(), pools.clone());
-            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, wtx, pools, sh))?);
+            let (plan, links) = (plan.clone(), links.clone());
+            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, links))?);
         }
         let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();
         for (s, rxs) in shard_rxs.into_iter().enumerate() {
-            let (plan, sh, wtx, views, parts, pools) =
-                (plan.clone(), shared.clone(), writer_tx.clone(), views.clone(), partitions.clone(), pools.clone());
-            shard_handles.push(spawn(&format!("shard-{s}"), move || {
-                workers::shard(&plan, s, rxs, wtx, views, parts, pools, sh)
-            })?);
+            let (plan, views, parts, links) = (plan.clone(), views.clone(), partitions.clone(), links.clone());
+            shard_handles
+                .push(spawn(&format!("shard-{s}"), move || workers::shard(&plan, s, rxs, views, parts, links))?);
         }
+        drop(links);
         drop(writer_tx);
         let sh = shared.clone();
         let writer = spawn("writer", move || workers::write(writers, writer_rx, pools, sh))?;

@@ -78,6 +78,14 @@ impl Pools {
     }
 }
 
+/// What every decoder and shard thread sends through.
+#[derive(Clone)]
+pub(super) struct Links {
+    pub writer: Sender<WriterMsg>,
+    pub pools: Pools,
+    pub shared: Arc<Shared>,
+}
+
 /// Sends, re-checking the stop flag while the channel is full.
 fn send<T>(tx: &Sender<T>, mut msg: T, shared: &Shared) -> bool {
     loop {
@@ -115,15 +123,8 @@ pub(super) fn dispatch(rx: Receiver<Chunk>, txs: Vec<Sender<DecoderMsg>>, shared
 }
 
 /// Decodes chunks and fans their records out to every shard.
-pub(super) fn decode(
-    plan: &Plan,
-    index: usize,
-    rx: Receiver<DecoderMsg>,
-    txs: Vec<Sender<ShardInput>>,
-    wtx: Sender<WriterMsg>,
-    pools: Pools,
-    shared: Arc<Shared>,
-) {
+pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: Vec<Sender<ShardInput>>, links: Links) {
+    let Links { writer: wtx, pools, shared } = links;
     let pipeline = &plan.pipeline;
     let mut decoder = Decoder::new(pipeline);
     let metrics = DecoderMetrics::new(plan);
@@ -177,12 +178,11 @@ pub(super) fn shard(
     plan: &Plan,
     index: usize,
     rxs: Vec<Receiver<ShardInput>>,
-    wtx: Sender<WriterMsg>,
     views: Views,
     partitions: Vec<PartitionId>,
-    pools: Pools,
-    shared: Arc<Shared>,
+    links: Links,
 ) -> Vec<u64> {
+    let Links { writer: wtx, pools, shared } = links;
     let mut shard = Shard::new(&plan.pipeline, Some(views));
     let metrics = ShardMetrics::new(plan, index);
     for p in partitions {

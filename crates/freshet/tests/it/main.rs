@@ -11,4 +11,5 @@ mod bad_input;
 mod config_errors;
 mod oracle;
 mod reference_job;
+mod serve;
 mod support;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything CI checks, on a fresh machine: formatting, lints, every example
+# config, unit and integration tests, doc tests. Needs ../shared beside the
+# clone (or FRESHET_SHARED) for the reference-job tests, and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED="${FRESHET_SHARED:-$(cd .. && pwd)/shared}"
+if [ ! -f "$SHARED/workload/gen_events.py" ]; then
+  echo "error: the shared folder was not found at $SHARED (set FRESHET_SHARED); the reference-job tests need it" >&2
+  exit 1
+fi
+export FRESHET_SHARED="$SHARED"
+command -v python3 >/dev/null || { echo "error: python3 is required by the tests" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== freshet config check examples/*.toml"
+cargo build --locked -p freshet
+FRESHET_INPUT=/dev/null FRESHET_OUTPUT="$(mktemp -d)" FRESHET_DATA_DIR="$(mktemp -d)" \
+  ./target/debug/freshet config check examples/*.toml
+
+echo "== tests"
+if command -v cargo-nextest >/dev/null || cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+echo "== doc tests"
+cargo test --workspace --doc --locked
