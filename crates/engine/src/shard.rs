@@ -24,6 +24,7 @@ pub struct ShardStats {
 /// One shard's state.
 pub struct Shard {
     features: Vec<FeatureState>,
+    ids: Vec<u32>,
     watermarks: Watermarks,
     outputs: Outputs,
     views: Option<Views>,
@@ -38,6 +39,7 @@ impl Shard {
         let et = pipeline.event_time;
         Self {
             features,
+            ids: Vec::new(),
             watermarks: Watermarks::new(et.max_out_of_orderness, et.idle_timeout),
             outputs: Outputs::new(pipeline.sinks.len(), pipeline.features.len()),
             views,
@@ -64,7 +66,17 @@ impl Shard {
             Some(p) => (self.watermarks.others_min(p, input.ingest_ms), self.watermarks.partition_max(p)),
             None => (wm, i64::MIN),
         };
+        // Two passes: the key lookups are independent, so the CPU overlaps
+        // their cache misses; then records apply in order.
+        self.ids.clear();
+        let mut warm = 0i64;
         for r in &batch.records {
+            let (id, max_ts) = self.features[r.feature as usize].intern(r.hash, batch.key(r));
+            warm ^= max_ts;
+            self.ids.push(id);
+        }
+        std::hint::black_box(warm);
+        for (r, &id) in batch.records.iter().zip(&self.ids) {
             let seen = self.watermarks.partition_watermark(partition_max.max(r.prior_max_ts));
             let record_wm = others.min(seen);
             if record_wm > wm {
@@ -75,7 +87,7 @@ impl Shard {
                 }
             }
             let f = &mut self.features[r.feature as usize];
-            f.apply(batch, r, wm, &mut self.outputs);
+            f.apply_interned(batch, r, id, wm, &mut self.outputs);
         }
         if let Some(partition) = input.partition {
             self.watermarks.observe(partition, input.max_ts, input.ingest_ms);

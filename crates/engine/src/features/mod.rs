@@ -7,6 +7,9 @@ mod spec;
 mod state;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use emit::{Outputs, SinkBuffer};
 pub use spec::{Entity, FeatureSpec, Format};
 pub use state::FeatureState;

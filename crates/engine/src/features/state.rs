@@ -26,10 +26,15 @@ use crate::window::{WindowSpec, align};
 
 const NONE: u32 = u32::MAX;
 
-/// A partial aggregate over `[start, end)`.
+/// A partial aggregate starting at `start`.
 #[derive(Debug, Clone)]
 struct Pane {
     start: i64,
+    /// Sessions and global windows: the exclusive end. Aligned panes: the
+    /// earliest window start the pane counts in. Windows that the watermark
+    /// had already passed when the pane was created (they were empty then,
+    /// so they never fired) must not take its events, as in Flink, where an
+    /// event skips every window that is late for it.
     end: i64,
     acc: Acc,
     fired: bool,
@@ -121,6 +126,15 @@ impl FeatureState {
             + self.serving.capacity() * std::mem::size_of::<Serving>()
     }
 
+    /// The id of a key, creating its (empty) state when new, and the key's
+    /// newest event time (reading it pulls the entry into cache early).
+    #[inline]
+    pub fn intern(&mut self, hash: u64, key: &[u8]) -> (u32, i64) {
+        let id = self.entry_for(hash, key);
+        (id, self.entries[id as usize].max_ts)
+    }
+
+    #[inline]
     fn entry_for(&mut self, hash: u64, key: &[u8]) -> u32 {
         let (id, new) = self.keys.intern(hash, key);
         if new {
@@ -156,11 +170,17 @@ impl FeatureState {
     /// Folds one record in. `watermark` is the shard's current watermark.
     #[inline]
     pub fn apply(&mut self, batch: &RecordBatch, r: &Record, watermark: i64, out: &mut Outputs) {
-        let (hash, key, ts, input, offset) = (r.hash, batch.key(r), r.ts, batch.input(r), r.offset);
+        let id = self.entry_for(r.hash, batch.key(r));
+        self.apply_interned(batch, r, id, watermark, out);
+    }
+
+    /// Folds one record in whose key was interned as `id`.
+    #[inline]
+    pub fn apply_interned(&mut self, batch: &RecordBatch, r: &Record, id: u32, watermark: i64, out: &mut Outputs) {
+        let (key, ts, input, offset) = (batch.key(r), r.ts, batch.input(r), r.offset);
         match self.spec.window {
-            WindowSpec::Session { gap } => self.apply_session(hash, key, ts, gap, input, offset, watermark, out),
+            WindowSpec::Session { gap } => self.apply_session(id, key, ts, gap, input, offset, watermark, out),
             WindowSpec::Global => {
-                let id = self.entry_for(hash, key);
                 let e = &mut self.entries[id as usize];
                 if e.panes.is_empty() {
                     e.panes.push(Pane { start: ts, end: ts + 1, acc: Acc::new(&self.spec.agg), fired: false });
@@ -172,7 +192,7 @@ impl FeatureState {
                 p.acc.update(&self.spec.agg, ts, input);
                 self.after_update(id, ts);
             }
-            _ => self.apply_aligned(hash, key, ts, input, offset, watermark, out),
+            _ => self.apply_aligned(id, key, ts, input, offset, watermark, out),
         }
     }
 
@@ -196,7 +216,7 @@ impl FeatureState {
     #[allow(clippy::too_many_arguments)]
     fn apply_aligned(
         &mut self,
-        hash: u64,
+        id: u32,
         key: &[u8],
         ts: i64,
         input: Input<'_>,
@@ -213,15 +233,19 @@ impl FeatureState {
             self.late(key, ts, offset, wm, out);
             return;
         }
-        let id = self.entry_for(hash, key);
         let e = &mut self.entries[id as usize];
         let pos = match e.panes.iter().rposition(|p| p.start <= pane) {
             Some(i) if e.panes[i].start == pane => i,
             found => {
                 let i = found.map_or(0, |i| i + 1);
-                e.panes.insert(i, Pane { start: pane, end: pane + width, acc: Acc::new(&self.spec.agg), fired: false });
-                touch(&mut self.touched, &mut self.spare_lists, pane, id);
                 let first = self.spec.window.first_window_containing(pane).unwrap_or(pane);
+                // Windows starting at or before `due` were complete before this pane existed.
+                let from = match wm.checked_sub(size - 1) {
+                    Some(due) if wm > i64::MIN => first.max(align(due, slide) + slide),
+                    _ => first,
+                };
+                e.panes.insert(i, Pane { start: pane, end: from, acc: Acc::new(&self.spec.agg), fired: false });
+                touch(&mut self.touched, &mut self.spare_lists, pane, id);
                 let fire_at = first.max(self.fired_until).saturating_add(size - 1);
                 let expire_at = last_window.saturating_add(size - 1).saturating_add(lateness);
                 self.next_deadline = self.next_deadline.min(fire_at).min(expire_at);
@@ -246,7 +270,7 @@ impl FeatureState {
     #[allow(clippy::too_many_arguments)]
     fn apply_session(
         &mut self,
-        hash: u64,
+        id: u32,
         key: &[u8],
         ts: i64,
         gap: i64,
@@ -261,7 +285,6 @@ impl FeatureState {
             return;
         }
         let agg = self.spec.agg;
-        let id = self.entry_for(hash, key);
         let e = &mut self.entries[id as usize];
         let mut merged = Pane { start: ts, end: ts + gap, acc: Acc::new(&agg), fired: false };
         merged.acc.update(&agg, ts, input);
@@ -421,9 +444,10 @@ impl FeatureState {
         }
     }
 
+    /// The value of aligned window `[start, end)` for key `id`.
     fn merged(&self, id: u32, start: i64, end: i64) -> Option<AggValue> {
         let e = &self.entries[id as usize];
-        let mut it = e.panes.iter().filter(|p| p.start >= start && p.start < end);
+        let mut it = e.panes.iter().filter(|p| p.start >= start && p.start < end && p.end <= start);
         let first = it.next()?;
         let mut acc = first.acc.clone();
         for p in it {

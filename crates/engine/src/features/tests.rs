@@ -1,0 +1,245 @@
+//! Property tests of windowed state against recomputation from scratch.
+//!
+//! The driver feeds events one by one with a watermark of
+//! `max event time so far - out_of_orderness - 1` (what a shard does per
+//! record), then the end-of-input watermark. The oracles recompute each
+//! window from the raw events with Flink's lateness rule: a window whose
+//! `end - 1 <= watermark` does not take an event that meets that watermark.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::emit::Outputs;
+use super::keys::{hash_bytes, push_part};
+use super::spec::{Entity, FeatureSpec, Format};
+use super::state::FeatureState;
+use super::view::FeatureView;
+use crate::aggregate::AggFn;
+use crate::event::FieldPath;
+use crate::record::{Record, RecordBatch, RecordValue};
+use crate::time::WATERMARK_MAX;
+use crate::window::{WindowSpec, align};
+
+fn spec(window: WindowSpec, agg: AggFn, lateness: i64) -> FeatureSpec {
+    FeatureSpec {
+        name: "f".into(),
+        flow: 0,
+        key: vec![FieldPath::parse("k").unwrap()],
+        entity: Entity::User,
+        filter: None,
+        window,
+        agg,
+        field: None,
+        sink: Some((0, Format::Csv)),
+        late_sink: Some(1),
+        allowed_lateness: lateness,
+        serve: true,
+    }
+}
+
+/// One input event: key, event time, value.
+type Ev = (u8, i64, f64);
+
+/// Runs events through one feature; returns sorted CSV rows and late rows.
+fn run(state: &mut FeatureState, events: &[Ev], ooo: i64) -> (Vec<String>, usize) {
+    let mut out = Outputs::new(2, 1);
+    let (mut max, mut wm) = (i64::MIN, i64::MIN);
+    for (offset, &(k, ts, v)) in events.iter().enumerate() {
+        let w = if max == i64::MIN { i64::MIN } else { max - ooo - 1 };
+        if w > wm {
+            wm = w;
+            state.on_watermark(wm, &mut out);
+        }
+        let mut batch = RecordBatch::default();
+        push_part(&mut batch.bytes, format!("k{k}").as_bytes());
+        let key = (0, batch.bytes.len() as u32);
+        let hash = hash_bytes(&batch.bytes);
+        let record =
+            Record { feature: 0, ts, hash, key, value: RecordValue::Num(v), offset: offset as u64, prior_max_ts: max };
+        batch.records.push(record);
+        state.apply(&batch, &batch.records[0], wm, &mut out);
+        max = max.max(ts);
+    }
+    state.on_watermark(WATERMARK_MAX, &mut out);
+    let text = String::from_utf8(std::mem::take(&mut out.sinks[0].data)).unwrap();
+    let mut rows: Vec<String> = text.lines().map(str::to_owned).collect();
+    rows.sort();
+    (rows, out.late[0] as usize)
+}
+
+/// Aligned windows recomputed from scratch; values as the engine prints them.
+fn oracle_aligned(events: &[Ev], size: i64, slide: i64, agg: AggFn, ooo: i64) -> (Vec<String>, usize) {
+    let mut windows: BTreeMap<(i64, u8), Vec<f64>> = BTreeMap::new();
+    let mut max = i64::MIN;
+    let mut late = 0;
+    for &(k, ts, v) in events {
+        let wm = if max == i64::MIN { i64::MIN } else { max - ooo - 1 };
+        let mut taken = false;
+        let mut start = align(ts, slide);
+        while start > ts - size {
+            if start + size - 1 > wm {
+                windows.entry((start, k)).or_default().push(v);
+                taken = true;
+            }
+            start -= slide;
+        }
+        late += usize::from(!taken);
+        max = max.max(ts);
+    }
+    let mut rows: Vec<String> = windows
+        .into_iter()
+        .map(|((start, k), vs)| {
+            let value = match agg {
+                AggFn::Count => vs.len().to_string(),
+                AggFn::Sum => vs.iter().sum::<f64>().to_string(),
+                AggFn::Min => vs.iter().cloned().fold(f64::INFINITY, f64::min).to_string(),
+                AggFn::Max => vs.iter().cloned().fold(f64::NEG_INFINITY, f64::max).to_string(),
+                _ => unreachable!("not used"),
+            };
+            format!("{start},{},k{k},{value}", start + size)
+        })
+        .collect();
+    rows.sort();
+    (rows, late)
+}
+
+/// Events with bounded disorder: each ts is above (max so far - disorder).
+fn events(disorder: i64) -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec((0u8..4, 0i64..40_000, 0i64..=disorder.max(0), -50i64..50), 1..120).prop_map(|raw| {
+        let mut base = 0;
+        raw.into_iter()
+            .map(|(k, step, jitter, v)| {
+                base += step / 100;
+                (k, base - jitter, v as f64)
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// Tumbling and hopping windows equal recomputation, late events included.
+    #[test]
+    fn aligned_windows_equal_recompute(evs in events(3000), ooo in 0i64..2000, size_slots in 1i64..8, slide_slots in 1i64..8, agg_i in 0usize..4) {
+        let slide = slide_slots * 500;
+        let size = slide * size_slots;
+        let agg = [AggFn::Count, AggFn::Sum, AggFn::Min, AggFn::Max][agg_i];
+        let window = if size == slide { WindowSpec::Tumbling { size } } else { WindowSpec::Hopping { size, slide } };
+        let mut state = FeatureState::new(0, spec(window, agg, 0));
+        let (rows, late) = run(&mut state, &evs, ooo);
+        let (expected, expected_late) = oracle_aligned(&evs, size, slide, agg, ooo);
+        prop_assert_eq!(rows, expected);
+        prop_assert_eq!(late, expected_late);
+    }
+
+    /// Reordering events within the out-of-orderness changes no closed window.
+    #[test]
+    fn shuffling_within_the_bound_changes_nothing(evs in events(0), seed in any::<u64>()) {
+        let ooo = 1000;
+        let mut shuffled = evs.clone();
+        // Swap neighbours whose times are within the bound: each stays above max - ooo.
+        let mut s = seed;
+        for i in 1..shuffled.len() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if s >> 63 == 1 && (shuffled[i].1 - shuffled[i - 1].1).abs() < ooo {
+                shuffled.swap(i - 1, i);
+            }
+        }
+        let w = WindowSpec::Hopping { size: 3000, slide: 1000 };
+        let a = run(&mut FeatureState::new(0, spec(w, AggFn::Sum, 0)), &evs, ooo);
+        let b = run(&mut FeatureState::new(0, spec(w, AggFn::Sum, 0)), &shuffled, ooo);
+        prop_assert_eq!(a.1, 0);
+        prop_assert_eq!(a, b);
+    }
+
+    /// Sessions of in-order events equal grouping by gaps.
+    #[test]
+    fn sessions_equal_gap_grouping(evs in events(0), gap in 1i64..3000) {
+        let mut state = FeatureState::new(0, spec(WindowSpec::Session { gap }, AggFn::Count, 0));
+        let (rows, late) = run(&mut state, &evs, 0);
+        prop_assert_eq!(late, 0);
+        let mut per_key: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+        for &(k, ts, _) in &evs {
+            per_key.entry(k).or_default().push(ts);
+        }
+        let mut expected = Vec::new();
+        for (k, mut ts) in per_key {
+            ts.sort();
+            let (mut start, mut end, mut n) = (ts[0], ts[0] + gap, 0);
+            for t in ts {
+                if t > end {
+                    expected.push(format!("{start},{end},k{k},{n}"));
+                    (start, n) = (t, 0);
+                }
+                end = end.max(t + gap);
+                n += 1;
+            }
+            expected.push(format!("{start},{end},k{k},{n}"));
+        }
+        expected.sort();
+        prop_assert_eq!(rows, expected);
+    }
+}
+
+#[test]
+fn allowed_lateness_re_emits_updated_windows_then_drops() {
+    let mut state = FeatureState::new(0, spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 2000));
+    // 2500 closes [0,1000); 500 is late but within lateness: window re-emitted with 2.
+    // 5000 moves the watermark past 1000 - 1 + 2000: 600 is then dropped.
+    let evs = [(1, 100, 0.0), (1, 2500, 0.0), (1, 500, 0.0), (1, 5000, 0.0), (1, 600, 0.0)];
+    let (rows, late) = run(&mut state, &evs, 0);
+    assert_eq!(rows, ["0,1000,k1,1", "0,1000,k1,2", "2000,3000,k1,1", "5000,6000,k1,1"]);
+    assert_eq!(late, 1);
+}
+
+#[test]
+fn late_events_go_to_the_late_sink_with_their_position() {
+    let mut state = FeatureState::new(0, spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0));
+    let mut out = Outputs::new(2, 1);
+    let mut batch = RecordBatch::default();
+    push_part(&mut batch.bytes, b"u1");
+    let key = (0, batch.bytes.len() as u32);
+    let hash = hash_bytes(&batch.bytes);
+    batch.records.push(Record {
+        feature: 0,
+        ts: 10,
+        hash,
+        key,
+        value: RecordValue::None,
+        offset: 7,
+        prior_max_ts: 5000,
+    });
+    state.apply(&batch, &batch.records[0], 3999, &mut out);
+    let late = String::from_utf8(out.sinks[1].data.clone()).unwrap();
+    assert_eq!(
+        late,
+        "{\"reason\":\"late\",\"feature\":\"f\",\"key\":[\"u1\"],\"ts\":10,\"offset\":7,\"watermark\":3999}\n"
+    );
+    assert_eq!(out.late[0], 1);
+}
+
+#[test]
+fn views_show_running_and_last_closed_values() {
+    let mut state = FeatureState::new(0, spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0));
+    let view = FeatureView::new(state.spec());
+    run(&mut state, &[(1, 100, 0.0), (1, 200, 0.0)], 0);
+    state.publish(&view);
+    let v = view.get("k1").unwrap();
+    assert_eq!(v[0].last_closed.as_ref().map(|w| (w.start, w.end)), Some((0, 1000)));
+    assert_eq!(v[0].event_time, 200);
+    // Everything closed at end of input: no open window remains.
+    assert_eq!(v[0].current, None);
+}
+
+#[test]
+fn windows_passed_before_a_pane_exists_do_not_take_its_events() {
+    // Found by `aligned_windows_equal_recompute`: at watermark -2 the event at
+    // -1501 is late for windows ending at -1500, -1000 and -500, which were
+    // empty (so never fired) when the watermark passed them.
+    let w = WindowSpec::Hopping { size: 2000, slide: 500 };
+    let evs = [(0, 45, 0.0), (0, -1501, 0.0)];
+    let (rows, late) = run(&mut FeatureState::new(0, spec(w, AggFn::Count, 0)), &evs, 46);
+    assert_eq!(late, 0);
+    assert_eq!(rows, oracle_aligned(&evs, 2000, 500, AggFn::Count, 46).0);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+}
