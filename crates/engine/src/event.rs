@@ -210,7 +210,8 @@ impl<'a> Event<'a> {
                 self.f.unescape.clear();
                 json::unescape_into(kb, &mut self.f.unescape) && self.f.unescape == key
             } else {
-                kb == key.as_bytes()
+                // Length and first byte settle most misses without a memcmp call.
+                kb.len() == key.len() && kb.first() == key.as_bytes().first() && kb == key.as_bytes()
             };
             if hit {
                 return Some(i);

@@ -124,7 +124,10 @@ pub fn write_row(
     let out = &mut buf.data;
     match format {
         Format::Csv => {
-            let _ = write!(out, "{start},{end}");
+            let mut num = itoa::Buffer::new();
+            out.extend_from_slice(num.format(start).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(num.format(end).as_bytes());
             for part in parts(key) {
                 out.push(b',');
                 write_csv_field(out, part);
@@ -132,6 +135,7 @@ pub fn write_row(
             out.push(b',');
             match value {
                 AggValue::List(items) => write_csv_field(out, items.join("|").as_bytes()),
+                AggValue::Int(n) => out.extend_from_slice(num.format(*n).as_bytes()),
                 v => {
                     let _ = write!(out, "{v}");
                 }
