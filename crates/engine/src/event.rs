@@ -10,10 +10,27 @@
 use crate::json::{self, Kind, RawMember};
 
 /// A field path such as `context.device`, split once at planning time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct FieldPath {
     segments: Box<[Box<str>]>,
     text: Box<str>,
+    /// Hash of the first segment: the key of the per-event lookup cache, so
+    /// every path naming the same top-level field shares one cached answer.
+    id: u64,
+}
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for FieldPath {}
+
+impl std::hash::Hash for FieldPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
 }
 
 impl FieldPath {
@@ -22,7 +39,9 @@ impl FieldPath {
         if text.is_empty() || text.split('.').any(str::is_empty) {
             return Err(format!("invalid field path {text:?}: segments must be non-empty"));
         }
-        Ok(Self { segments: text.split('.').map(Into::into).collect(), text: text.into() })
+        let segments: Box<[Box<str>]> = text.split('.').map(Into::into).collect();
+        let id = crate::features::keys::hash_bytes(segments[0].as_bytes());
+        Ok(Self { segments, text: text.into(), id })
     }
 
     /// The path as written.
@@ -67,6 +86,11 @@ struct Member {
     removed: bool,
 }
 
+/// Entries in the per-event lookup cache.
+const CACHED: usize = 8;
+/// Cached answer for a field that is absent.
+const ABSENT: u32 = u32::MAX;
+
 /// Scratch storage for one event at a time, reused across events.
 #[derive(Debug, Default)]
 pub struct Fields {
@@ -75,6 +99,11 @@ pub struct Fields {
     arena: Vec<u8>,
     edited: bool,
     unescape: String,
+    /// Recent top-level lookups of this event: (path id, member index or
+    /// `ABSENT`). Flows, rules and features read the same few fields several
+    /// times per event; edits clear it.
+    cache: [(u64, u32); CACHED],
+    cached: usize,
 }
 
 /// A read-only view of one value inside an event.
@@ -174,6 +203,7 @@ impl Fields {
         self.members.clear();
         self.arena.clear();
         self.edited = false;
+        self.cached = 0;
         self.members.extend(self.raw.iter().map(|m| Member {
             key: Span { home: Home::Line, start: m.key_start, end: m.key_end },
             key_escaped: m.key_escaped,
@@ -220,10 +250,26 @@ impl<'a> Event<'a> {
         None
     }
 
+    /// Index of the top-level member of `path`, through the lookup cache.
+    #[inline]
+    fn top_index(&mut self, path: &FieldPath) -> Option<usize> {
+        let first = &path.segments()[0];
+        let id = path.id;
+        if let Some(&(_, i)) = self.f.cache[..self.f.cached].iter().find(|(p, _)| *p == id) {
+            return (i != ABSENT).then_some(i as usize);
+        }
+        let found = self.find_top(first);
+        if self.f.cached < CACHED {
+            self.f.cache[self.f.cached] = (id, found.map_or(ABSENT, |i| i as u32));
+            self.f.cached += 1;
+        }
+        found
+    }
+
     /// The value at `path`, if present.
     pub fn get(&mut self, path: &FieldPath) -> Option<Value<'_>> {
         let segs = path.segments();
-        let i = self.find_top(&segs[0])?;
+        let i = self.top_index(path)?;
         let m = self.f.members[i];
         let mut v = Value { kind: m.kind, raw: self.bytes(m.value), escaped: m.value_escaped };
         for seg in &segs[1..] {
@@ -251,6 +297,7 @@ impl<'a> Event<'a> {
     /// Missing parent objects are created.
     pub fn set(&mut self, path: &FieldPath, raw: &[u8], kind: Kind) {
         self.f.edited = true;
+        self.f.cached = 0;
         let segs = path.segments();
         let existing = self.find_top(&segs[0]);
         let (value, kind) = if segs.len() == 1 {
@@ -275,6 +322,7 @@ impl<'a> Event<'a> {
 
     /// Removes `path`; returns whether it was present.
     pub fn remove(&mut self, path: &FieldPath) -> bool {
+        self.f.cached = 0;
         let segs = path.segments();
         let Some(i) = self.find_top(&segs[0]) else { return false };
         if segs.len() == 1 {

@@ -277,6 +277,40 @@ fn hex4(b: &[u8]) -> u32 {
     })
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Marks (high bit of each byte) the bytes of `w` equal to zero; exact for the lowest marked byte.
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & HIGHS
+}
+
+/// Index of the first byte at or after `i` that ends a plain run inside a
+/// JSON string: a quote, a backslash, or a control byte. Eight bytes at a
+/// time (SWAR); bytes of multi-byte UTF-8 characters are never marked.
+#[inline]
+fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let marks = control | zero_bytes(w ^ (ONES * b'"' as u64)) | zero_bytes(w ^ (ONES * b'\\' as u64));
+        if marks != 0 {
+            return i + (marks.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// Cursor over validated UTF-8 bytes.
 struct Scanner<'a> {
     b: &'a [u8],
@@ -311,6 +345,7 @@ impl Scanner<'_> {
         self.i += 1;
         let mut escaped = false;
         loop {
+            self.i = skip_plain(self.b, self.i);
             let c = *self.b.get(self.i).ok_or(JsonError::Syntax(self.i as u32))?;
             match c {
                 b'"' => {
@@ -554,6 +589,16 @@ mod tests {
         let mut v = Vec::new();
         assert_eq!(scan_object(b"{\"a\":\"\xff\"}", 8, &mut v).unwrap_err(), JsonError::InvalidUtf8);
         assert!(matches!(scan(r#"{"a":1} x"#).unwrap_err(), JsonError::Trailing(_)));
+    }
+
+    #[test]
+    fn skip_plain_stops_at_the_first_special_byte() {
+        for text in ["abcdefghijklmnop\"", "ab\\cdefghijklmnopq", "üüüüüüüü\u{1}x", "abcdefgh", "", "abcdefg\""]
+        {
+            let b = text.as_bytes();
+            let expected = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
+            assert_eq!(skip_plain(b, 0), expected, "{text:?}");
+        }
     }
 
     #[test]

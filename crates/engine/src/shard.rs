@@ -66,8 +66,14 @@ impl Shard {
             Some(p) => (self.watermarks.others_min(p, input.ingest_ms), self.watermarks.partition_max(p)),
             None => (wm, i64::MIN),
         };
-        // Two passes: the key lookups are independent, so the CPU overlaps
-        // their cache misses; then records apply in order.
+        // Three passes, because keyed state waits on memory: load every
+        // record's table slot (independent loads, whose misses overlap), then
+        // intern (hits) while loading each key's entry, then apply in order.
+        let mut warm_slots = 0u32;
+        for r in &batch.records {
+            warm_slots ^= self.features[r.feature as usize].warm(r.hash);
+        }
+        std::hint::black_box(warm_slots);
         self.ids.clear();
         let mut warm = 0i64;
         for r in &batch.records {

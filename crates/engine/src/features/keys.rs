@@ -7,11 +7,6 @@
 //! chase, no `memcmp` through the arena on a hit), which matters because
 //! keyed state waits on memory (shared PERFORMANCE.md).
 
-use hashbrown::HashTable;
-
-/// Bytes kept inline in a table slot.
-const INLINE: usize = 24;
-
 /// Appends one key part to an encoded key.
 #[inline]
 pub fn push_part(key: &mut Vec<u8>, part: &[u8]) {
@@ -67,57 +62,115 @@ pub fn hash_bytes(b: &[u8]) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(b)
 }
 
+/// Bytes of a key kept in its slot.
+const INLINE_BYTES: usize = 20;
+const EMPTY: u32 = u32::MAX;
+
+/// One open-addressing slot: 32 bytes, two per cache line.
 #[derive(Clone, Copy)]
 struct Slot {
-    hash: u64,
     id: u32,
+    tag: u32,
     len: u32,
-    inline: [u8; INLINE],
+    inline: [u8; INLINE_BYTES],
 }
 
+const VACANT: Slot = Slot { id: EMPTY, tag: 0, len: 0, inline: [0; INLINE_BYTES] };
+
 /// Interns encoded keys to dense `u32` ids and keeps their bytes.
-#[derive(Default)]
+///
+/// Hand-written (hot path): a linear-probing table whose slots hold the key
+/// inline, so a lookup costs one cache miss, and [`KeyTable::warm`] can load
+/// a slot ahead of use (a batch warms all its slots first, and the CPU
+/// overlaps those misses). A general swiss table needs two dependent misses
+/// (control bytes, then the slot) and exposes no way to warm a slot.
 pub struct KeyTable {
-    table: HashTable<Slot>,
+    slots: Vec<Slot>,
+    mask: usize,
     arena: Vec<u8>,
     spans: Vec<(u32, u32)>,
 }
 
+impl Default for KeyTable {
+    fn default() -> Self {
+        Self { slots: vec![VACANT; 1024], mask: 1023, arena: Vec::new(), spans: Vec::new() }
+    }
+}
+
+#[inline]
+fn inline_of(key: &[u8]) -> [u8; INLINE_BYTES] {
+    let mut probe = [0u8; INLINE_BYTES];
+    let n = key.len().min(INLINE_BYTES);
+    probe[..n].copy_from_slice(&key[..n]);
+    probe
+}
+
 impl KeyTable {
-    /// The id of `key` (hashed as `hash`), and whether it was new.
+    /// Loads the slot where `hash` starts probing, so a later lookup hits cache.
+    #[inline]
+    pub fn warm(&self, hash: u64) -> u32 {
+        self.slots[hash as usize & self.mask].id
+    }
+
+    /// The id of `key` (hashed as `hash` by [`hash_bytes`]), and whether it was new.
     #[inline]
     pub fn intern(&mut self, hash: u64, key: &[u8]) -> (u32, bool) {
-        let arena = &self.arena;
-        let spans = &self.spans;
-        // Short keys compare as one fixed-width array: no call, no length-dependent loop.
-        let mut probe = [0u8; INLINE];
-        let n = key.len().min(INLINE);
-        probe[..n].copy_from_slice(&key[..n]);
-        let long = key.len() > INLINE;
-        let found = self.table.find(hash, |s| {
-            s.hash == hash
-                && s.len as usize == key.len()
-                && s.inline == probe
-                && (!long || {
-                    let (a, b) = spans[s.id as usize];
-                    &arena[a as usize..b as usize] == key
-                })
-        });
-        if let Some(s) = found {
-            return (s.id, false);
+        let tag = (hash >> 32) as u32;
+        let probe = inline_of(key);
+        let long = key.len() > INLINE_BYTES;
+        let mut i = hash as usize & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.id == EMPTY {
+                break;
+            }
+            if s.tag == tag && s.len as usize == key.len() && s.inline == probe && (!long || self.key(s.id) == key) {
+                return (s.id, false);
+            }
+            i = (i + 1) & self.mask;
         }
         let id = self.spans.len() as u32;
         let start = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
         self.spans.push((start, self.arena.len() as u32));
-        self.table.insert_unique(hash, Slot { hash, id, len: key.len() as u32, inline: probe }, |s| s.hash);
+        self.slots[i] = Slot { id, tag, len: key.len() as u32, inline: probe };
+        if self.spans.len() * 2 > self.slots.len() {
+            self.grow();
+        }
         (id, true)
+    }
+
+    fn grow(&mut self) {
+        let cap = self.slots.len() * 2;
+        let mut slots = vec![VACANT; cap];
+        let mask = cap - 1;
+        for s in self.slots.iter().filter(|s| s.id != EMPTY) {
+            let hash = hash_bytes(self.key(s.id));
+            let mut i = hash as usize & mask;
+            while slots[i].id != EMPTY {
+                i = (i + 1) & mask;
+            }
+            slots[i] = *s;
+        }
+        self.slots = slots;
+        self.mask = mask;
     }
 
     /// The id of `key`, if interned.
     pub fn get(&self, key: &[u8]) -> Option<u32> {
         let hash = hash_bytes(key);
-        self.table.find(hash, |s| s.hash == hash && self.key(s.id) == key).map(|s| s.id)
+        let tag = (hash >> 32) as u32;
+        let mut i = hash as usize & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.id == EMPTY {
+                return None;
+            }
+            if s.tag == tag && self.key(s.id) == key {
+                return Some(s.id);
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 
     /// The encoded key of `id`.
@@ -139,7 +192,7 @@ impl KeyTable {
 
     /// Approximate heap bytes used.
     pub fn heap_bytes(&self) -> usize {
-        self.table.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity() + self.spans.capacity() * 8
+        self.slots.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity() + self.spans.capacity() * 8
     }
 }
 
@@ -162,6 +215,22 @@ mod tests {
         let got: Vec<&[u8]> = parts(&k).collect();
         assert_eq!(got, vec![&b"u1"[..], b"", &long[..], b"a,b"]);
         assert_eq!(first_part_len(&k), 3);
+    }
+
+    #[test]
+    fn interns_many_keys_through_growth_and_finds_them_again() {
+        let mut t = KeyTable::default();
+        let keys: Vec<Vec<u8>> = (0..50_000)
+            .map(|i| key(&[format!("u{i}").as_bytes(), if i % 3 == 0 { &[b'x'; 30] } else { b"view" }]))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.intern(hash_bytes(k), k), (i as u32, true));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.intern(hash_bytes(k), k), (i as u32, false));
+            assert_eq!(t.get(k), Some(i as u32));
+        }
+        assert_eq!(t.get(&key(&[b"nope"])), None);
     }
 
     #[test]

@@ -126,6 +126,12 @@ impl FeatureState {
             + self.serving.capacity() * std::mem::size_of::<Serving>()
     }
 
+    /// Loads the key table slot of `hash` ahead of [`FeatureState::intern`].
+    #[inline]
+    pub fn warm(&self, hash: u64) -> u32 {
+        self.keys.warm(hash)
+    }
+
     /// The id of a key, creating its (empty) state when new, and the key's
     /// newest event time (reading it pulls the entry into cache early).
     #[inline]
