@@ -61,6 +61,72 @@ type SketchHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher
 /// A distinct-count sketch.
 pub type Sketch = HyperLogLogPlus<u64, SketchHasher>;
 
+/// Values kept exactly before a distinct count switches to a sketch.
+const EXACT_DISTINCT: usize = 64;
+
+/// A distinct count: exact while small (the common case for one key in one
+/// pane, where a sketch costs far more), a HyperLogLog++ sketch beyond.
+/// The small set is hand-written because no crate offers the switch.
+#[derive(Debug, Clone)]
+pub enum Distinct {
+    /// Up to `EXACT_DISTINCT` 64-bit hashes of the values seen.
+    Exact(Vec<u64>),
+    /// The sketch.
+    Sketch(Box<Sketch>),
+}
+
+impl Distinct {
+    fn sketch(precision: u8, hashes: &[u64]) -> Box<Sketch> {
+        let mut h = Box::new(
+            HyperLogLogPlus::new(precision, SketchHasher::default()).unwrap_or_else(|_| unreachable_precision()),
+        );
+        for x in hashes {
+            h.insert(x);
+        }
+        h
+    }
+
+    fn insert(&mut self, precision: u8, x: u64) {
+        match self {
+            Distinct::Exact(v) => {
+                if !v.contains(&x) {
+                    v.push(x);
+                    if v.len() > EXACT_DISTINCT {
+                        *self = Distinct::Sketch(Self::sketch(precision, v));
+                    }
+                }
+            }
+            Distinct::Sketch(h) => h.insert(&x),
+        }
+    }
+
+    fn merge(&mut self, precision: u8, other: &Distinct) {
+        match other {
+            Distinct::Exact(xs) => {
+                for &x in xs {
+                    self.insert(precision, x);
+                }
+            }
+            Distinct::Sketch(theirs) => {
+                if let Distinct::Exact(v) = self {
+                    *self = Distinct::Sketch(Self::sketch(precision, v));
+                }
+                if let Distinct::Sketch(h) = self {
+                    // Same precision and hasher by construction.
+                    let _ = h.merge(theirs);
+                }
+            }
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Distinct::Exact(v) => v.len() as u64,
+            Distinct::Sketch(h) => h.as_ref().clone().count().round() as u64,
+        }
+    }
+}
+
 /// One input value for an accumulator.
 #[derive(Debug, Clone, Copy)]
 pub enum Input<'a> {
@@ -85,8 +151,8 @@ pub enum Acc {
     Max(f64),
     /// Sum and count.
     Mean(f64, u64),
-    /// Sketch.
-    Distinct(Box<Sketch>),
+    /// Exact small set or sketch.
+    Distinct(Box<Distinct>),
     /// (ts, value) newest last, at most n.
     LastN(Box<VecDeque<(i64, Box<str>)>>),
     /// Decayed value as of `at`.
@@ -132,10 +198,7 @@ impl Acc {
             AggFn::Min => Acc::Min(f64::INFINITY),
             AggFn::Max => Acc::Max(f64::NEG_INFINITY),
             AggFn::Mean => Acc::Mean(0.0, 0),
-            AggFn::Distinct(p) => Acc::Distinct(Box::new(
-                // Precision is validated to 4..=18 at planning time.
-                HyperLogLogPlus::new(p, SketchHasher::default()).unwrap_or_else(|_| unreachable_precision()),
-            )),
+            AggFn::Distinct(_) => Acc::Distinct(Box::new(Distinct::Exact(Vec::new()))),
             AggFn::LastN(n) => Acc::LastN(Box::new(VecDeque::with_capacity(n.min(16)))),
             AggFn::DecayedCount(_) => Acc::Decayed { value: 0.0, at: i64::MIN },
         }
@@ -153,7 +216,10 @@ impl Acc {
                 *s += x;
                 *n += 1;
             }
-            (Acc::Distinct(h), Input::Text(t)) => h.insert(&crate::features::keys::hash_bytes(t)),
+            (Acc::Distinct(d), Input::Text(t)) => {
+                let AggFn::Distinct(p) = *f else { return };
+                d.insert(p, crate::features::keys::hash_bytes(t));
+            }
             (Acc::LastN(q), Input::Text(t)) => {
                 let AggFn::LastN(cap) = *f else { return };
                 let pos = q.partition_point(|(at, _)| *at <= ts);
@@ -192,8 +258,8 @@ impl Acc {
                 *n += n2;
             }
             (Acc::Distinct(a), Acc::Distinct(b)) => {
-                // Same precision and hasher by construction.
-                let _ = a.merge(b);
+                let AggFn::Distinct(p) = *f else { return };
+                a.merge(p, b);
             }
             (Acc::LastN(a), Acc::LastN(b)) => {
                 let AggFn::LastN(cap) = *f else { return };
@@ -222,6 +288,17 @@ impl Acc {
         }
     }
 
+    /// The value to report, consuming the accumulator (saves a sketch copy).
+    pub fn into_value(self) -> Option<AggValue> {
+        match self {
+            Acc::Distinct(d) => match *d {
+                Distinct::Sketch(mut h) => Some(AggValue::Int(h.count().round() as u64)),
+                exact => Some(AggValue::Int(exact.count())),
+            },
+            other => other.value(),
+        }
+    }
+
     /// The value to report. `None` for min/max/mean without input.
     pub fn value(&self) -> Option<AggValue> {
         Some(match self {
@@ -231,7 +308,7 @@ impl Acc {
             Acc::Min(m) | Acc::Max(m) => AggValue::Float(*m),
             Acc::Mean(_, 0) => return None,
             Acc::Mean(s, n) => AggValue::Float(s / *n as f64),
-            Acc::Distinct(h) => AggValue::Int(h.as_ref().clone().count().round() as u64),
+            Acc::Distinct(d) => AggValue::Int(d.count()),
             Acc::LastN(q) => AggValue::List(q.iter().rev().map(|(_, v)| v.to_string()).collect()),
             Acc::Decayed { at: i64::MIN, .. } => AggValue::Float(0.0),
             Acc::Decayed { value, .. } => AggValue::Float(*value),
@@ -279,6 +356,24 @@ mod tests {
         a.merge(&f, &b);
         let Some(AggValue::Int(n)) = a.value() else { panic!() };
         assert!((7300..7700).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn distinct_is_exact_while_small_and_switches_to_a_sketch() {
+        let f = AggFn::Distinct(12);
+        let mut a = Acc::new(&f);
+        for i in 0..50 {
+            a.update(&f, 0, Input::Text(format!("i{}", i % 40).as_bytes()));
+        }
+        assert_eq!(a.value(), Some(AggValue::Int(40)));
+        let mut b = Acc::new(&f);
+        for i in 0..1000 {
+            b.update(&f, 0, Input::Text(format!("i{i}").as_bytes()));
+        }
+        assert!(matches!(&b, Acc::Distinct(d) if matches!(**d, Distinct::Sketch(_))));
+        a.merge(&f, &b);
+        let Some(AggValue::Int(n)) = a.into_value() else { panic!() };
+        assert!((960..1040).contains(&n), "{n}");
     }
 
     #[test]

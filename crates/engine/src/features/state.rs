@@ -459,7 +459,7 @@ impl FeatureState {
         for p in it {
             acc.merge(&self.spec.agg, &p.acc);
         }
-        acc.value()
+        acc.into_value()
     }
 
     fn emit_key_window(&mut self, id: u32, start: i64, end: i64, out: &mut Outputs) {

@@ -191,6 +191,7 @@ pub(super) fn shard(
     let mut latencies = Vec::new();
     let mut pending: Vec<u64> = Vec::new();
     let mut last_publish = Instant::now();
+    let mut publish_cost = Duration::ZERO;
     let mut seq = 0usize;
     let ship = |shard: &mut Shard| -> bool {
         let outputs = shard.take_outputs(|| pools.buffer());
@@ -215,10 +216,14 @@ pub(super) fn shard(
         if had_records {
             pending.push(input.ingest_us);
         }
-        let due = last_publish.elapsed() >= plan.publish_interval;
+        // Publishing adapts to load: the next one waits at least four times
+        // as long as the last took, so it stays under a fifth of the shard.
+        let due = last_publish.elapsed() >= plan.publish_interval.max(publish_cost * 4);
         if due || stats.watermark_advanced {
+            let started = Instant::now();
             shard.publish();
             last_publish = Instant::now();
+            publish_cost = last_publish - started;
             let now = shared.now_us();
             for t in pending.drain(..) {
                 let lat = now.saturating_sub(t);
