@@ -569,6 +569,6 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         sinks,
         decoders,
         publish_interval: Duration::from_millis(publish_ms.max(1) as u64),
-        read_block: pc.read_block_bytes.unwrap_or(1 << 18).max(4096),
+        read_block: pc.read_block_bytes.unwrap_or(1 << 20).max(4096),
     })
 }
