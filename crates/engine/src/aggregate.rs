@@ -5,7 +5,6 @@
 //! arrive as `f64`; `distinct` and `last_n` take the field's text.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasherDefault;
 
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 
@@ -56,8 +55,18 @@ impl AggFn {
     }
 }
 
-/// Deterministic hasher so that sketches built in different panes merge.
-type SketchHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+/// Deterministic hasher (SipHash with fixed keys) so that sketches built in
+/// different panes, shards or processes merge, and so that sketches snapshot.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct SketchHasher;
+
+impl std::hash::BuildHasher for SketchHasher {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        std::collections::hash_map::DefaultHasher::new()
+    }
+}
 /// A distinct-count sketch.
 pub type Sketch = HyperLogLogPlus<u64, SketchHasher>;
 
@@ -67,7 +76,7 @@ const EXACT_DISTINCT: usize = 64;
 /// A distinct count: exact while small (the common case for one key in one
 /// pane, where a sketch costs far more), a HyperLogLog++ sketch beyond.
 /// The small set is hand-written because no crate offers the switch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Distinct {
     /// Up to `EXACT_DISTINCT` 64-bit hashes of the values seen.
     Exact(Vec<u64>),
@@ -77,9 +86,7 @@ pub enum Distinct {
 
 impl Distinct {
     fn sketch(precision: u8, hashes: &[u64]) -> Box<Sketch> {
-        let mut h = Box::new(
-            HyperLogLogPlus::new(precision, SketchHasher::default()).unwrap_or_else(|_| unreachable_precision()),
-        );
+        let mut h = Box::new(HyperLogLogPlus::new(precision, SketchHasher).unwrap_or_else(|_| unreachable_precision()));
         for x in hashes {
             h.insert(x);
         }
@@ -139,7 +146,7 @@ pub enum Input<'a> {
 }
 
 /// A running aggregate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Acc {
     /// Count.
     Count(u64),
@@ -165,7 +172,7 @@ pub enum Acc {
 }
 
 /// A reported value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum AggValue {
     /// An exact count.
     Int(u64),
@@ -319,7 +326,7 @@ impl Acc {
 #[cold]
 fn unreachable_precision() -> Sketch {
     // Planning rejects precisions outside 4..=18; 14 is a safe fallback.
-    HyperLogLogPlus::new(14, SketchHasher::default()).unwrap_or_else(|_| panic!("HLL precision 14 is valid"))
+    HyperLogLogPlus::new(14, SketchHasher).unwrap_or_else(|_| panic!("HLL precision 14 is valid"))
 }
 
 #[cfg(test)]

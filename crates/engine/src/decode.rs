@@ -50,6 +50,9 @@ pub struct Chunk {
     pub ingest_us: u64,
     /// Whether the partition ends after this chunk.
     pub end_of_partition: bool,
+    /// Source position after this chunk (file: byte offset of the next line),
+    /// where a restored job resumes.
+    pub end_position: u64,
 }
 
 impl Chunk {

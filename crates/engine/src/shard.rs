@@ -7,7 +7,9 @@
 //! serving views. It holds no locks; the runtime gives it one thread and
 //! bounded channels.
 
-use crate::features::{FeatureState, Outputs, Views};
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FeatureState, Outputs, RestoreError, Views};
 use crate::pipeline::Pipeline;
 use crate::record::ShardInput;
 use crate::time::{PartitionId, Watermarks};
@@ -19,6 +21,14 @@ pub struct ShardStats {
     pub records: u64,
     /// Whether the watermark advanced.
     pub watermark_advanced: bool,
+}
+
+/// A shard's state at a barrier: event-time progress and every feature.
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardSnapshot {
+    progress: Vec<(PartitionId, i64, bool)>,
+    watermark: i64,
+    features: Vec<Vec<u8>>,
 }
 
 /// One shard's state.
@@ -152,6 +162,34 @@ impl Shard {
     /// Whether sink buffers hold data.
     pub fn has_output(&self) -> bool {
         self.outputs.has_data()
+    }
+
+    /// Encodes the shard's state (taken between two inputs, i.e. at a barrier).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snap = ShardSnapshot {
+            progress: self.watermarks.progress(),
+            watermark: self.watermarks.current(),
+            features: self.features.iter().map(FeatureState::snapshot).collect(),
+        };
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Loads a snapshot into this fresh shard; `now_ms` restarts idleness clocks.
+    pub fn restore(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), RestoreError> {
+        let snap: ShardSnapshot = postcard::from_bytes(bytes)
+            .map_err(|e| RestoreError::Corrupt { feature: "(shard)".into(), reason: e.to_string() })?;
+        if snap.features.len() != self.features.len() {
+            return Err(RestoreError::Definition {
+                feature: "(pipeline)".into(),
+                was: format!("{} features", snap.features.len()),
+                now: format!("{} features", self.features.len()),
+            });
+        }
+        for (f, bytes) in self.features.iter_mut().zip(&snap.features) {
+            f.restore(bytes)?;
+        }
+        self.watermarks.restore(&snap.progress, snap.watermark, now_ms);
+        Ok(())
     }
 
     /// Keys held, per feature.

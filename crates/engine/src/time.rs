@@ -117,6 +117,21 @@ impl Watermarks {
         self.current
     }
 
+    /// Every partition's progress: (partition, max event time, finished), for snapshots.
+    pub fn progress(&self) -> Vec<(PartitionId, i64, bool)> {
+        let mut v: Vec<_> = self.partitions.iter().map(|(id, p)| (*id, p.max_ts, p.finished)).collect();
+        v.sort_unstable_by_key(|(id, _, _)| *id);
+        v
+    }
+
+    /// Restores progress saved by [`Watermarks::progress`] and the combined watermark.
+    pub fn restore(&mut self, progress: &[(PartitionId, i64, bool)], current: i64, now_ms: i64) {
+        for &(id, max_ts, finished) in progress {
+            self.partitions.insert(id, PartitionClock { max_ts, last_active_ms: now_ms, finished });
+        }
+        self.current = self.current.max(current);
+    }
+
     /// Whether every known partition has finished.
     pub fn all_finished(&self) -> bool {
         !self.partitions.is_empty() && self.partitions.values().all(|p| p.finished)
@@ -139,6 +154,21 @@ mod tests {
         // It never goes back when partition 1 wakes up behind.
         w.observe((0, 1), Some(60_000), 41_000);
         assert_eq!(w.advance(41_000), 200_000 - 5001);
+    }
+
+    #[test]
+    fn progress_restores_into_fresh_watermarks() {
+        let mut w = Watermarks::new(5000, 30_000);
+        w.observe((0, 0), Some(100_000), 0);
+        w.observe((1, 3), Some(90_000), 0);
+        w.finish((1, 3));
+        let wm = w.advance(0);
+        let mut fresh = Watermarks::new(5000, 30_000);
+        fresh.restore(&w.progress(), wm, 50_000);
+        assert_eq!(fresh.current(), wm);
+        assert_eq!(fresh.progress(), w.progress());
+        // Restored partitions count as active again from the restore time.
+        assert_eq!(fresh.advance(50_000), 100_000 - 5001);
     }
 
     #[test]

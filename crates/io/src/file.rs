@@ -27,6 +27,8 @@ pub struct FileSource {
     max_line: usize,
     carry: Vec<u8>,
     offset: u64,
+    /// Bytes read from the (decompressed) stream so far.
+    read_bytes: u64,
     pending_oversized: Vec<Oversized>,
     done: bool,
 }
@@ -48,6 +50,33 @@ impl FileSource {
         Ok(Self::from_reader(path.to_owned(), reader, block, max_line))
     }
 
+    /// Opens `path` to resume at byte `position` (a chunk's `end_position`),
+    /// whose first line has offset `line`. Plain files seek; gzip files are
+    /// decompressed and skipped up to the position.
+    pub fn open_at(path: &Path, block: usize, max_line: usize, position: u64, line: u64) -> Result<Self> {
+        let mut src = Self::open(path, block, max_line)?;
+        let mut skipped = 0u64;
+        let mut sink = vec![0u8; 1 << 16];
+        while skipped < position {
+            let want = (position - skipped).min(sink.len() as u64) as usize;
+            let n =
+                src.reader.read(&mut sink[..want]).map_err(|source| IoError::Read { path: path.to_owned(), source })?;
+            if n == 0 {
+                return Err(IoError::Read {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "resume position beyond the end of the file",
+                    ),
+                });
+            }
+            skipped += n as u64;
+        }
+        src.read_bytes = position;
+        src.offset = line;
+        Ok(src)
+    }
+
     /// A source over any reader (tests, stdin).
     pub fn from_reader(path: PathBuf, reader: Box<dyn Read + Send>, block: usize, max_line: usize) -> Self {
         Self {
@@ -57,6 +86,7 @@ impl FileSource {
             max_line: max_line.max(1),
             carry: Vec::new(),
             offset: 0,
+            read_bytes: 0,
             pending_oversized: Vec::new(),
             done: false,
         }
@@ -76,6 +106,7 @@ impl FileSource {
             }
         };
         buf.truncate(start + n);
+        self.read_bytes += n as u64;
         Ok(n)
     }
 
@@ -150,6 +181,7 @@ impl FileSource {
             ingest_ms: 0,
             ingest_us: 0,
             end_of_partition: self.done && self.carry.is_empty(),
+            end_position: self.read_bytes - self.carry.len() as u64,
         }))
     }
 }

@@ -101,3 +101,25 @@ fn sink_writes_files_and_reports_unwritable_paths() {
     let err = SinkWriter::open("x", &Target::File("/proc/nonexistent/x.csv".into())).err().unwrap();
     assert!(err.to_string().contains("/proc/nonexistent"), "{err}");
 }
+
+#[test]
+fn resuming_at_a_chunk_end_position_reads_exactly_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.ndjson");
+    let text: String = (0..3000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(&path, &text).unwrap();
+    let mut src = FileSource::open(&path, 4096, 1024).unwrap();
+    let first = src.next_chunk().unwrap().unwrap();
+    let second = src.next_chunk().unwrap().unwrap();
+    let line = second.first_offset + memchr::memchr_iter(b'\n', &second.data).count() as u64;
+    let mut resumed = FileSource::open_at(&path, 4096, 1024, second.end_position, line).unwrap();
+    let mut rest = Vec::new();
+    let mut first_offset = None;
+    while let Some(c) = resumed.next_chunk().unwrap() {
+        first_offset.get_or_insert(c.first_offset);
+        rest.extend_from_slice(&c.data);
+    }
+    let consumed = first.data.len() + second.data.len();
+    assert_eq!(rest, text.as_bytes()[consumed..]);
+    assert_eq!(first_offset, Some(line));
+}

@@ -3,6 +3,7 @@
 
 pub mod emit;
 pub mod keys;
+mod snapshot;
 mod spec;
 mod state;
 pub mod view;
@@ -11,6 +12,7 @@ pub mod view;
 mod tests;
 
 pub use emit::{Outputs, SinkBuffer};
+pub use snapshot::{FeatureSnapshot, RestoreError, SNAPSHOT_VERSION};
 pub use spec::{Entity, FeatureSpec, Format};
 pub use state::FeatureState;
 pub use view::{EntityView, FeatureView, GroupView, Views, WindowValue};

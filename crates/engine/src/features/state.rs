@@ -27,32 +27,32 @@ use crate::window::{WindowSpec, align};
 const NONE: u32 = u32::MAX;
 
 /// A partial aggregate starting at `start`.
-#[derive(Debug, Clone)]
-struct Pane {
-    start: i64,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct Pane {
+    pub(super) start: i64,
     /// Sessions and global windows: the exclusive end. Aligned panes: the
     /// earliest window start the pane counts in. Windows that the watermark
     /// had already passed when the pane was created (they were empty then,
     /// so they never fired) must not take its events, as in Flink, where an
     /// event skips every window that is late for it.
-    end: i64,
-    acc: Acc,
-    fired: bool,
+    pub(super) end: i64,
+    pub(super) acc: Acc,
+    pub(super) fired: bool,
 }
 
 /// The hot part of a key's state, touched per record.
 #[derive(Debug, Clone)]
-struct KeyEntry {
-    panes: SmallVec<[Pane; 2]>,
-    max_ts: i64,
+pub(super) struct KeyEntry {
+    pub(super) panes: SmallVec<[Pane; 2]>,
+    pub(super) max_ts: i64,
     mark: u32,
     dirty: bool,
 }
 
 /// The serving part of a key's state, kept apart so records touch fewer cache lines.
 #[derive(Debug, Clone)]
-struct Serving {
-    last_closed: Option<(i64, i64, AggValue)>,
+pub(super) struct Serving {
+    pub(super) last_closed: Option<(i64, i64, AggValue)>,
     group: u32,
     next_in_group: u32,
 }
@@ -66,21 +66,21 @@ struct Group {
 
 /// One feature's state in one shard.
 pub struct FeatureState {
-    spec: FeatureSpec,
+    pub(super) spec: FeatureSpec,
     index: u16,
-    keys: KeyTable,
-    entries: Vec<KeyEntry>,
+    pub(super) keys: KeyTable,
+    pub(super) entries: Vec<KeyEntry>,
     /// Indexed like `entries` when the feature is served; empty otherwise.
-    serving: Vec<Serving>,
+    pub(super) serving: Vec<Serving>,
     /// Aligned and global windows: pane start → keys holding that pane, by start.
-    touched: VecDeque<(i64, Vec<u32>)>,
+    pub(super) touched: VecDeque<(i64, Vec<u32>)>,
     spare_lists: Vec<Vec<u32>>,
-    fired_until: i64,
+    pub(super) fired_until: i64,
     /// Sessions: end → keys with a session ending there (stale entries are skipped).
-    timers: BTreeMap<i64, Vec<u32>>,
+    pub(super) timers: BTreeMap<i64, Vec<u32>>,
     mark: u32,
     /// No window fires and no pane expires before the watermark reaches this.
-    next_deadline: i64,
+    pub(super) next_deadline: i64,
     dirty: Vec<u32>,
     group_table: HashTable<(u64, u32)>,
     groups: Vec<Group>,
@@ -141,7 +141,7 @@ impl FeatureState {
     }
 
     #[inline]
-    fn entry_for(&mut self, hash: u64, key: &[u8]) -> u32 {
+    pub(super) fn entry_for(&mut self, hash: u64, key: &[u8]) -> u32 {
         let (id, new) = self.keys.intern(hash, key);
         if new {
             self.entries.push(KeyEntry { panes: SmallVec::new(), max_ts: i64::MIN, mark: 0, dirty: false });

@@ -1,0 +1,137 @@
+//! Snapshots of one feature's keyed state: what a checkpoint stores, and what
+//! restore loads into a fresh [`FeatureState`].
+//!
+//! A snapshot is plain data (serde), encoded with postcard, and carries a
+//! format version and the feature's definition (name, window, aggregate), so
+//! restoring into a pipeline whose feature changed is an error that names
+//! what differs, never a silent partial restore. Keys are stored in id
+//! order, so restore re-interns them to the same ids, and pane lists,
+//! firing progress and session timers come back exactly: continuing after a
+//! restore equals never having stopped (property-tested).
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use super::keys::hash_bytes;
+use super::state::{FeatureState, Pane};
+use crate::aggregate::AggValue;
+
+/// Version of the snapshot layout; bump on any change.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// One key's state.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeySnapshot {
+    key: Vec<u8>,
+    max_ts: i64,
+    panes: Vec<Pane>,
+    last_closed: Option<(i64, i64, AggValue)>,
+}
+
+/// One feature's state in one shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FeatureSnapshot {
+    version: u32,
+    name: String,
+    definition: String,
+    keys: Vec<KeySnapshot>,
+    touched: Vec<(i64, Vec<u32>)>,
+    fired_until: i64,
+    timers: Vec<(i64, Vec<u32>)>,
+}
+
+/// Why a snapshot cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The bytes are not a snapshot (corrupt or truncated). Fall back to an older checkpoint.
+    #[error("snapshot of feature {feature} is unreadable: {reason}")]
+    Corrupt {
+        /// The feature being restored.
+        feature: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// Written by another format version. Run the version that wrote it, or start over with `--reset-state`.
+    #[error("snapshot of feature {feature} has format version {found}, this build reads {expected}")]
+    Version {
+        /// The feature.
+        feature: String,
+        /// Version in the snapshot.
+        found: u32,
+        /// Version this build writes.
+        expected: u32,
+    },
+    /// The feature's definition changed since the snapshot. Restore with the old config, or start over with `--reset-state`.
+    #[error("feature {feature} changed since the snapshot: it was {was}, it is {now}")]
+    Definition {
+        /// The feature.
+        feature: String,
+        /// Definition in the snapshot.
+        was: String,
+        /// Definition now.
+        now: String,
+    },
+}
+
+fn definition(state: &FeatureState) -> String {
+    let s = &state.spec;
+    let key: Vec<&str> = s.key.iter().map(|p| p.as_str()).collect();
+    format!("key [{}], {}, {} of {:?}", key.join(", "), s.window, s.agg.name(), s.field.as_ref().map(|f| f.as_str()))
+}
+
+impl FeatureState {
+    /// Encodes the state as snapshot bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let keys = (0..self.keys.len() as u32)
+            .map(|id| {
+                let e = &self.entries[id as usize];
+                KeySnapshot {
+                    key: self.keys.key(id).to_vec(),
+                    max_ts: e.max_ts,
+                    panes: e.panes.to_vec(),
+                    last_closed: self.serving.get(id as usize).and_then(|s| s.last_closed.clone()),
+                }
+            })
+            .collect();
+        let snap = FeatureSnapshot {
+            version: SNAPSHOT_VERSION,
+            name: self.spec.name.clone(),
+            definition: definition(self),
+            keys,
+            touched: self.touched.iter().cloned().collect(),
+            fired_until: self.fired_until,
+            timers: self.timers.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        };
+        // Encoding plain data into a Vec cannot fail.
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Replaces this (fresh) state with a snapshot's.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let feature = self.spec.name.clone();
+        let snap: FeatureSnapshot = postcard::from_bytes(bytes)
+            .map_err(|e| RestoreError::Corrupt { feature: feature.clone(), reason: e.to_string() })?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(RestoreError::Version { feature, found: snap.version, expected: SNAPSHOT_VERSION });
+        }
+        let now = definition(self);
+        if snap.name != feature || snap.definition != now {
+            return Err(RestoreError::Definition { feature, was: format!("{} ({})", snap.name, snap.definition), now });
+        }
+        for k in snap.keys {
+            let id = self.entry_for(hash_bytes(&k.key), &k.key);
+            let e = &mut self.entries[id as usize];
+            e.max_ts = k.max_ts;
+            e.panes = SmallVec::from_vec(k.panes);
+            if let Some(s) = self.serving.get_mut(id as usize) {
+                s.last_closed = k.last_closed;
+            }
+        }
+        self.touched = snap.touched.into_iter().collect();
+        self.fired_until = snap.fired_until;
+        self.timers = snap.timers.into_iter().collect();
+        // Recomputed at the next watermark.
+        self.next_deadline = i64::MIN;
+        Ok(())
+    }
+}
