@@ -53,6 +53,8 @@ pub struct Chunk {
     /// Source position after this chunk (file: byte offset of the next line),
     /// where a restored job resumes.
     pub end_position: u64,
+    /// Offset (line number) of the line after this chunk.
+    pub end_offset: u64,
 }
 
 impl Chunk {

@@ -7,6 +7,7 @@
 //! Records carry the source position so a late event can be traced.
 
 use crate::aggregate::Input;
+use crate::features::Outputs;
 use crate::time::PartitionId;
 
 /// A record's value.
@@ -92,4 +93,10 @@ pub struct ShardInput {
     pub ingest_us: u64,
     /// This shard's records.
     pub batch: RecordBatch,
+    /// A checkpoint barrier: snapshot after this input.
+    pub barrier: Option<u64>,
+    /// The decoder's own outputs for this chunk (dead letters, routed
+    /// events), carried by one shard so that all output reaches the writer in
+    /// chunk order and a barrier covers it.
+    pub forwarded: Option<Outputs>,
 }

@@ -50,9 +50,22 @@ pub struct ProcessArgs {
     /// Address of the HTTP API (ingest, features, metrics).
     #[arg(long, env = "FRESHET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory for state and the embedded default's files.
-    #[arg(long, env = "FRESHET_DATA_DIR", default_value = "freshet-data")]
-    pub data_dir: PathBuf,
+    /// Directory for checkpoints and the embedded default's files. Given,
+    /// state is checkpointed there and restored from there at start; not
+    /// given, the embedded default writes to ./freshet-data and nothing is
+    /// checkpointed.
+    #[arg(long, env = "FRESHET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Delete the data directory's checkpoints and start from scratch.
+    #[arg(long)]
+    pub reset_state: bool,
+}
+
+impl ProcessArgs {
+    /// The data directory, or the embedded default's.
+    pub fn data_dir_or_default(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("freshet-data"))
+    }
 }
 
 /// `freshet run`.

@@ -35,7 +35,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
     let embedded = args.config.is_none();
     let mut plan = match &args.config {
         Some(path) => config::plan_file(path, cores())?,
-        None => config::plan_default(&args.process.data_dir, cores())?,
+        None => config::plan_default(&args.process.data_dir_or_default(), cores())?,
     };
     if args.demo {
         add_demo(&mut plan, args.demo_rate);
@@ -53,13 +53,13 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         } else {
             None
         };
-    let job = Job::start(plan.clone())?;
+    let job = Job::start(plan.clone(), args.process.data_dir.as_deref(), args.process.reset_state)?;
     let server = match listener {
         Some(l) => Some(crate::http::Server::start(l, &job, plan.clone(), prometheus)?),
         None => None,
     };
     if let Some(s) = &server {
-        print_where_to_look(s.addr(), embedded, args.demo, &args.process.data_dir, &plan);
+        print_where_to_look(s.addr(), embedded, args.demo, &args.process.data_dir_or_default(), &plan);
     }
     if !plan.bounded() {
         let stop = job_stopper();
@@ -226,7 +226,7 @@ pub fn bench(args: BenchArgs, log_format: LogFormat) -> Result<()> {
     for i in 0..args.runs.max(1) {
         let plan = Arc::new(config::plan_file(&args.config, cores())?);
         let t = Instant::now();
-        let summary = Job::start(plan)?.wait()?;
+        let summary = Job::start(plan, None, false)?.wait()?;
         let secs = t.elapsed().as_secs_f64();
         let mut lat = summary.latencies_us.clone();
         lat.sort_unstable();

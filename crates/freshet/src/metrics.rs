@@ -37,6 +37,13 @@ pub const HTTP_DURATION: &str = "freshet_http_request_duration_seconds";
 /// Events taken by HTTP ingest.
 pub const HTTP_INGESTED: &str = "freshet_http_ingested_events_total";
 
+/// Checkpoints completed.
+pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
+/// Barrier injection to checkpoint file written.
+pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
+/// Size of the last checkpoint file.
+pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
+
 /// Histogram buckets (seconds) for latencies from 50 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -145,5 +152,30 @@ impl WriterMetrics {
     /// Counts rows written to sink `i`.
     pub fn rows(&self, i: usize, n: u64) {
         self.rows[i].increment(n);
+    }
+}
+
+/// The checkpoint coordinator's handles.
+pub struct CheckpointMetrics {
+    completed: Counter,
+    duration: Histogram,
+    size: Gauge,
+}
+
+impl CheckpointMetrics {
+    /// Registers the handles.
+    pub fn new() -> Self {
+        Self {
+            completed: counter!(CHECKPOINTS),
+            duration: histogram!(CHECKPOINT_DURATION),
+            size: gauge!(CHECKPOINT_SIZE),
+        }
+    }
+
+    /// Records a completed checkpoint.
+    pub fn completed(&self, took: std::time::Duration, bytes: u64) {
+        self.completed.increment(1);
+        self.duration.record(took.as_secs_f64());
+        self.size.set(bytes as f64);
     }
 }

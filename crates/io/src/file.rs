@@ -182,6 +182,7 @@ impl FileSource {
             ingest_us: 0,
             end_of_partition: self.done && self.carry.is_empty(),
             end_position: self.read_bytes - self.carry.len() as u64,
+            end_offset: self.offset,
         }))
     }
 }

@@ -24,18 +24,49 @@ pub enum Target {
 pub struct SinkWriter {
     name: String,
     out: BufWriter<Box<dyn Write + Send>>,
+    /// The file again, for fsync (none for stdout).
+    file: Option<File>,
     rows: u64,
     bytes: u64,
+    /// Length the file had when it was opened (resumed sinks).
+    base: u64,
 }
 
 impl SinkWriter {
-    /// Opens `target` for the sink `name`; missing parent directories are created.
+    /// Opens `target` for the sink `name`, empty; missing parent directories are created.
     pub fn open(name: &str, target: &Target) -> Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(path) => Box::new(create(path)?),
+        Self::open_at(name, target, None)
+    }
+
+    /// Opens `target` keeping its first `committed` bytes (recovery: what a
+    /// checkpoint covered) and dropping the rest; `None` starts it empty.
+    pub fn open_at(name: &str, target: &Target, committed: Option<u64>) -> Result<Self> {
+        let (out, file, base): (Box<dyn Write + Send>, _, _) = match target {
+            Target::Stdout => (Box::new(std::io::stdout()), None, 0),
+            Target::File(path) => {
+                let f = match committed {
+                    None => create(path)?,
+                    Some(len) => resume(path, len)?,
+                };
+                let sync = f.try_clone().map_err(|source| IoError::Create { path: path.clone(), source })?;
+                (Box::new(f), Some(sync), committed.unwrap_or(0))
+            }
         };
-        Ok(Self { name: name.to_owned(), out: BufWriter::with_capacity(1 << 18, out), rows: 0, bytes: 0 })
+        Ok(Self { name: name.to_owned(), out: BufWriter::with_capacity(1 << 18, out), file, rows: 0, bytes: 0, base })
+    }
+
+    /// Flushes and fsyncs the data (a checkpoint's commit point).
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(|source| IoError::Write { name: self.name.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Length of the target in bytes, including what it had when resumed.
+    pub fn position(&self) -> u64 {
+        self.base + self.bytes
     }
 
     /// Appends formatted rows.
@@ -65,6 +96,15 @@ impl SinkWriter {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+fn resume(path: &Path, len: u64) -> Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let err = |source| IoError::Create { path: path.to_owned(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(err)?;
+    f.set_len(len).map_err(err)?;
+    f.seek(SeekFrom::End(0)).map_err(err)?;
+    Ok(f)
 }
 
 fn create(path: &Path) -> Result<File> {

@@ -123,3 +123,21 @@ fn resuming_at_a_chunk_end_position_reads_exactly_the_rest() {
     assert_eq!(rest, text.as_bytes()[consumed..]);
     assert_eq!(first_offset, Some(line));
 }
+
+#[test]
+fn resumed_sinks_keep_the_committed_prefix_and_drop_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.csv");
+    let mut w = SinkWriter::open("out", &Target::File(path.clone())).unwrap();
+    w.write(b"a\nb\n", 2).unwrap();
+    w.sync().unwrap();
+    let committed = w.position();
+    w.write(b"c\n", 1).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let mut w = SinkWriter::open_at("out", &Target::File(path.clone()), Some(committed)).unwrap();
+    w.write(b"C\n", 1).unwrap();
+    w.flush().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\nC\n");
+    assert_eq!(w.position(), 6);
+}

@@ -42,7 +42,9 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                let env = |_: &str| Some("/tmp/x".to_string());
+                // Paths are set; everything else takes its `${VAR:-default}`.
+                let env = |name: &str| name.ends_with("_INPUT") || name.ends_with("_OUTPUT") || name.ends_with("_DIR");
+                let env = move |name: &str| env(name).then(|| "/tmp/x".to_string());
                 let config = load::parse(&text, "example", &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 plan::plan(&config, "example", 2, path.parent().unwrap())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -50,6 +50,11 @@ pub struct PipelineConfig {
     pub publish_interval: Option<String>,
     /// Bytes read per source block. Default: 1048576.
     pub read_block_bytes: Option<usize>,
+    /// How often state and source positions are checkpointed into the data
+    /// directory (when one is given with --data-dir or FRESHET_DATA_DIR). Default: "1s".
+    pub checkpoint_interval: Option<String>,
+    /// How many complete checkpoints to keep. Default: 3.
+    pub keep_checkpoints: Option<usize>,
 }
 
 /// `[event_time]`.

@@ -69,6 +69,10 @@ pub struct Plan {
     pub publish_interval: Duration,
     /// Source read block size.
     pub read_block: usize,
+    /// Checkpoint interval (used when the job has a data directory).
+    pub checkpoint_interval: Duration,
+    /// Complete checkpoints kept.
+    pub keep_checkpoints: usize,
 }
 
 impl Plan {
@@ -79,6 +83,38 @@ impl Plan {
             SourceKind::Http => false,
             SourceKind::Generator { options, .. } => options.events != u64::MAX,
         })
+    }
+
+    /// A description of everything that shapes state and outputs: a
+    /// checkpoint written by another pipeline is refused.
+    pub fn fingerprint(&self) -> String {
+        let p = &self.pipeline;
+        let sources: Vec<String> = self.sources.iter().map(|s| format!("{}={:?}", s.name, s.kind)).collect();
+        let sinks: Vec<String> = self.sinks.iter().map(|s| format!("{}={:?}", s.name, s.target)).collect();
+        let features: Vec<String> = p
+            .features
+            .iter()
+            .map(|f| {
+                let key: Vec<&str> = f.key.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "{}[{}; {}; {}; lateness {}]",
+                    f.name,
+                    key.join(","),
+                    f.window,
+                    f.agg.name(),
+                    f.allowed_lateness
+                )
+            })
+            .collect();
+        let flows: Vec<&str> = p.flows.iter().map(|f| f.name.as_str()).collect();
+        format!(
+            "sources {}; sinks {}; flows {}; features {}; shards {}",
+            sources.join(", "),
+            sinks.join(", "),
+            flows.join(", "),
+            features.join(", "),
+            p.shards
+        )
     }
 
     /// Whether a source takes HTTP ingest.
@@ -542,6 +578,10 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         p.err("pipeline.decoders", "must be >= 1");
     }
     let publish_ms = p.duration_ms("pipeline.publish_interval", pc.publish_interval.as_deref(), 5);
+    let checkpoint_ms = p.duration_ms("pipeline.checkpoint_interval", pc.checkpoint_interval.as_deref(), 1000);
+    if checkpoint_ms <= 0 {
+        p.err("pipeline.checkpoint_interval", "must be > 0");
+    }
     let limits = Limits {
         max_event_bytes: pc.max_event_bytes.unwrap_or(1 << 20),
         max_depth: pc.max_depth.unwrap_or(freshet_engine::json::DEFAULT_MAX_DEPTH),
@@ -570,5 +610,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         decoders,
         publish_interval: Duration::from_millis(publish_ms.max(1) as u64),
         read_block: pc.read_block_bytes.unwrap_or(1 << 20).max(4096),
+        checkpoint_interval: Duration::from_millis(checkpoint_ms.max(1) as u64),
+        keep_checkpoints: pc.keep_checkpoints.unwrap_or(3).max(1),
     })
 }

@@ -49,7 +49,7 @@ fn harness() -> Harness {
     let d = dir.path().display().to_string();
     let config = load::parse(PIPELINE, "test", &move |_| Some(d.clone())).unwrap();
     let plan = Arc::new(plan::plan(&config, "test", 2, dir.path()).unwrap());
-    let job = Job::start(plan.clone()).unwrap();
+    let job = Job::start(plan.clone(), None, false).unwrap();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
     let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, plan, ready: job.ready_probe() };
     Harness { job: Some(job), state, dir }

@@ -28,8 +28,11 @@ use freshet_engine::decode::Chunk;
 use freshet_engine::features::{FeatureView, Views};
 use freshet_io::sink::SinkWriter;
 
+use crate::checkpoint::{SourcePosition, Store};
 use crate::config::plan::Plan;
+use freshet_engine::shard::Shard;
 pub use sources::IngestHandle;
+use std::path::Path;
 
 /// Rows written per sink: (name, rows).
 pub type SinkRows = Vec<(String, u64)>;
@@ -95,13 +98,15 @@ pub struct Job {
     threads: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<Result<SinkRows>>>,
     shards: Vec<JoinHandle<Vec<u64>>>,
+    coordinator: Option<JoinHandle<()>>,
     started: Instant,
 }
 
 impl Job {
-    /// Opens every source and sink, then starts the threads. Fails before
-    /// starting anything when an input or output cannot be opened.
-    pub fn start(plan: Arc<Plan>) -> Result<Job> {
+    /// Opens every source and sink (and, with a data directory, restores the
+    /// last complete checkpoint), then starts the threads. Fails before
+    /// starting anything when an input, output or checkpoint is unusable.
+    pub fn start(plan: Arc<Plan>, data_dir: Option<&Path>, reset_state: bool) -> Result<Job> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             error: std::sync::Mutex::new(None),
@@ -114,18 +119,45 @@ impl Job {
         let p = &plan.pipeline;
         let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
 
+        // Checkpoints: the store, and the state to resume from.
+        let fingerprint = plan.fingerprint();
+        let (store, restored) = match data_dir {
+            Some(dir) => {
+                let store = Store::open(dir, plan.keep_checkpoints)?;
+                if reset_state {
+                    store.reset()?;
+                }
+                let latest = store.latest(&fingerprint)?;
+                (Some(store), latest)
+            }
+            None => (None, None),
+        };
+        if let Some(cp) = &restored {
+            tracing::info!(checkpoint = cp.id, "Restoring from checkpoint.");
+        }
+
         // Open everything first: a bad path is one clear error, before any thread.
         let mut opened = Vec::new();
         for (i, s) in plan.sources.iter().enumerate() {
-            opened.push(sources::open(i as u16, s, &plan).with_context(|| format!("source {}", s.name))?);
+            let resume = restored.as_ref().and_then(|cp| cp.sources.get(i));
+            opened.push(sources::open(i as u16, s, &plan, resume).with_context(|| format!("source {}", s.name))?);
         }
         let mut writers = Vec::new();
-        for s in &plan.sinks {
-            writers.push(SinkWriter::open(&s.name, &s.target).with_context(|| format!("sink {}", s.name))?);
+        for (i, s) in plan.sinks.iter().enumerate() {
+            let committed = restored.as_ref().and_then(|cp| cp.sinks.get(i).copied());
+            writers
+                .push(SinkWriter::open_at(&s.name, &s.target, committed).with_context(|| format!("sink {}", s.name))?);
+        }
+        let mut shards = Vec::new();
+        for i in 0..p.shards {
+            let mut shard = Shard::new(p, Some(views.clone()));
+            if let Some(bytes) = restored.as_ref().and_then(|cp| cp.shards.get(i)) {
+                shard.restore(bytes, wall_ms()).with_context(|| format!("restoring shard {i}"))?;
+            }
+            shards.push(shard);
         }
 
         let decoders = plan.decoders;
-        let shards = p.shards;
         let (source_tx, source_rx) = bounded::<Chunk>(decoders * 4);
         let (writer_tx, writer_rx) = bounded(64);
         let mut decoder_txs = Vec::new();
@@ -135,9 +167,9 @@ impl Job {
             decoder_txs.push(tx);
             decoder_rxs.push(rx);
         }
-        // shard_links[d][s]: decoder d → shard s.
+        // shard_rxs[s][d]: decoder d → shard s.
         let mut shard_txs: Vec<Vec<Sender<_>>> = Vec::new();
-        let mut shard_rxs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut shard_rxs: Vec<Vec<_>> = (0..p.shards).map(|_| Vec::new()).collect();
         for _ in 0..decoders {
             let mut row = Vec::new();
             for rxs in shard_rxs.iter_mut() {
@@ -161,20 +193,34 @@ impl Job {
                     threads.push(spawn(&name, move || run(tx, sh))?);
                 }
                 sources::Opened::Http => {
-                    ingest = Some(IngestHandle::new(
-                        i as u16,
-                        source_tx.clone(),
-                        shared.clone(),
-                        plan.pipeline.limits.max_event_bytes,
-                    ));
+                    ingest =
+                        Some(IngestHandle::new(i as u16, source_tx.clone(), shared.clone(), p.limits.max_event_bytes));
                 }
             }
         }
         drop(source_tx);
 
+        let (coordinator_tx, coordinator) = match store {
+            Some(store) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let (sh, n) = (shared.clone(), p.shards);
+                let handle = spawn("checkpoints", move || workers::coordinate(store, rx, n, fingerprint, sh))?;
+                (Some(tx), Some(handle))
+            }
+            None => (None, None),
+        };
+        let barriers = coordinator_tx.as_ref().map(|c| workers::Barriers {
+            interval: plan.checkpoint_interval,
+            next_id: restored.as_ref().map_or(1, |cp| cp.id + 1),
+            positions: restored.as_ref().map_or_else(
+                || vec![SourcePosition { position: 0, line: 0, finished: false }; plan.sources.len()],
+                |cp| cp.sources.clone(),
+            ),
+            coordinator: c.clone(),
+        });
         {
             let sh = shared.clone();
-            threads.push(spawn("dispatcher", move || workers::dispatch(source_rx, decoder_txs, sh))?);
+            threads.push(spawn("dispatcher", move || workers::dispatch(source_rx, decoder_txs, barriers, sh))?);
         }
         for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
             let (plan, links) = (plan.clone(), links.clone());
@@ -182,26 +228,37 @@ impl Job {
         }
         let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();
-        for (s, rxs) in shard_rxs.into_iter().enumerate() {
-            let (plan, views, parts, links) = (plan.clone(), views.clone(), partitions.clone(), links.clone());
+        for (s, (shard, rxs)) in shards.into_iter().zip(shard_rxs).enumerate() {
+            let (plan, parts, links, coord) = (plan.clone(), partitions.clone(), links.clone(), coordinator_tx.clone());
             shard_handles
-                .push(spawn(&format!("shard-{s}"), move || workers::shard(&plan, s, rxs, views, parts, links))?);
+                .push(spawn(&format!("shard-{s}"), move || workers::shard(&plan, s, shard, rxs, parts, coord, links))?);
         }
         drop(links);
         drop(writer_tx);
         let sh = shared.clone();
-        let writer = spawn("writer", move || workers::write(writers, writer_rx, pools, sh))?;
+        let (n, coord) = (p.shards, coordinator_tx.clone());
+        let writer = spawn("writer", move || workers::write(writers, writer_rx, n, coord, pools, sh))?;
+        drop(coordinator_tx);
         shared.ready.store(true, Ordering::SeqCst);
-        let bounded_job = plan.bounded();
         tracing::info!(
             sources = plan.sources.len(),
             decoders,
-            shards,
+            shards = p.shards,
             features = p.features.len(),
-            bounded = bounded_job,
+            bounded = plan.bounded(),
+            checkpoints = data_dir.is_some(),
             "Job started."
         );
-        Ok(Job { shared, views, ingest, threads, writer: Some(writer), shards: shard_handles, started: Instant::now() })
+        Ok(Job {
+            shared,
+            views,
+            ingest,
+            threads,
+            writer: Some(writer),
+            shards: shard_handles,
+            coordinator,
+            started: Instant::now(),
+        })
     }
 
     /// The serving views.
@@ -248,6 +305,9 @@ impl Job {
             }
             _ => Vec::new(),
         };
+        if let Some(c) = self.coordinator.take() {
+            let _ = c.join();
+        }
         if let Some(e) = self.shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }

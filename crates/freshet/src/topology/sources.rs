@@ -12,6 +12,7 @@ use freshet_io::file::FileSource;
 use freshet_io::generator::Generator;
 
 use super::{Shared, wall_ms};
+use crate::checkpoint::SourcePosition;
 use crate::config::plan::{Plan, SourceKind, SourcePlan};
 
 /// A source thread's body.
@@ -25,11 +26,31 @@ pub(super) enum Opened {
     Http,
 }
 
-/// Opens a source; file errors surface here, before any thread starts.
-pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan) -> Result<Opened> {
+/// Opens a source, at `resume` when restoring a checkpoint; file errors
+/// surface here, before any thread starts.
+pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&SourcePosition>) -> Result<Opened> {
+    let max_line = job.pipeline.limits.max_event_bytes;
     Ok(match &plan.kind {
+        SourceKind::File(_) if resume.is_some_and(|r| r.finished) => {
+            // Everything was read and checkpointed: only say so again.
+            let r = resume.cloned().unwrap_or(SourcePosition { position: 0, line: 0, finished: true });
+            Opened::Thread(Box::new(move |tx, shared| {
+                let mut chunk = Chunk {
+                    first_offset: r.line,
+                    end_of_partition: true,
+                    end_position: r.position,
+                    end_offset: r.line,
+                    ..Chunk::default()
+                };
+                stamp(&mut chunk, index, &shared);
+                send(&tx, chunk, &shared);
+            }))
+        }
         SourceKind::File(path) => {
-            let mut file = FileSource::open(path, job.read_block, job.pipeline.limits.max_event_bytes)?;
+            let mut file = match resume {
+                Some(r) => FileSource::open_at(path, job.read_block, max_line, r.position, r.line)?,
+                None => FileSource::open(path, job.read_block, max_line)?,
+            };
             Opened::Thread(Box::new(move |tx, shared| {
                 loop {
                     if shared.stop.load(Ordering::SeqCst) {
@@ -50,11 +71,18 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan) -> Result<Opened> 
         }
         SourceKind::Generator { options, emit_per_s } => {
             let mut generator = Generator::new(options.clone()).map_err(anyhow::Error::msg)?;
+            // The generator is deterministic: resuming replays it up to the position.
+            let skip = resume.map_or(0, |r| r.line);
+            let mut scratch = Vec::new();
+            for _ in 0..skip {
+                scratch.clear();
+                generator.next_line(&mut scratch);
+            }
             let rate = *emit_per_s;
             let block = job.read_block;
             Opened::Thread(Box::new(move |tx, shared| {
                 let start = Instant::now();
-                let mut offset = 0u64;
+                let mut offset = skip;
                 loop {
                     if shared.stop.load(Ordering::SeqCst) {
                         return;
@@ -77,6 +105,7 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan) -> Result<Opened> 
                     }
                     offset += n;
                     chunk.end_of_partition = !more;
+                    chunk.end_offset = offset;
                     if n == 0 && more {
                         continue;
                     }

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use freshet_engine::decode::{Chunk, Decoder};
-use freshet_engine::features::{SinkBuffer, Views};
+use freshet_engine::features::SinkBuffer;
 use freshet_engine::record::{RecordBatch, ShardInput};
 use freshet_engine::shard::Shard;
 use freshet_engine::time::PartitionId;
 use freshet_io::sink::SinkWriter;
 
 use super::{Shared, wall_ms};
+use crate::checkpoint::{Checkpoint, SourcePosition, Store};
 use crate::config::plan::Plan;
 use crate::metrics::{DecoderMetrics, ShardMetrics, WriterMetrics};
 
@@ -22,18 +23,39 @@ const TICK: Duration = Duration::from_millis(50);
 /// A shard ships a sink buffer once it holds this much.
 const SHIP_BYTES: usize = 256 << 10;
 
-/// A numbered chunk, or a tick when `chunk` is `None`.
+/// A numbered chunk, a checkpoint barrier, or (neither) a tick.
 pub(super) struct DecoderMsg {
     seq: u64,
     chunk: Option<Chunk>,
+    barrier: Option<u64>,
     now_ms: i64,
     now_us: u64,
 }
 
-/// Formatted rows for one sink.
-pub(super) struct WriterMsg {
-    sink: u16,
-    buf: SinkBuffer,
+/// What the writer receives.
+pub(super) enum WriterMsg {
+    /// Formatted rows for one sink.
+    Rows { sink: u16, buf: SinkBuffer },
+    /// A shard has shipped everything before barrier `id`.
+    Barrier(u64),
+}
+
+/// Parts of a checkpoint, sent to the coordinator.
+pub(super) enum CoordMsg {
+    /// Source positions at barrier `id` (from the dispatcher).
+    Sources { id: u64, positions: Vec<SourcePosition> },
+    /// One shard's snapshot at barrier `id`.
+    Shard { id: u64, shard: usize, bytes: Vec<u8> },
+    /// Committed sink lengths at barrier `id` (from the writer).
+    Sinks { id: u64, lengths: Vec<u64> },
+}
+
+/// The dispatcher's checkpoint duties.
+pub(super) struct Barriers {
+    pub interval: Duration,
+    pub next_id: u64,
+    pub positions: Vec<SourcePosition>,
+    pub coordinator: Sender<CoordMsg>,
 }
 
 /// Recycled allocations: sink buffers go back from the writer to whoever
@@ -102,9 +124,29 @@ fn send<T>(tx: &Sender<T>, mut msg: T, shared: &Shared) -> bool {
     }
 }
 
-/// Numbers chunks and deals them round-robin to decoders; ticks when idle.
-pub(super) fn dispatch(rx: Receiver<Chunk>, txs: Vec<Sender<DecoderMsg>>, shared: Arc<Shared>) {
+/// Numbers chunks and deals them round-robin to decoders; ticks when idle;
+/// injects a checkpoint barrier every interval and a last one when the
+/// sources end.
+pub(super) fn dispatch(
+    rx: Receiver<Chunk>,
+    txs: Vec<Sender<DecoderMsg>>,
+    mut barriers: Option<Barriers>,
+    shared: Arc<Shared>,
+) {
     let mut seq = 0u64;
+    let mut last_barrier = Instant::now();
+    let deal = |seq: &mut u64, chunk: Option<Chunk>, barrier: Option<u64>| -> bool {
+        let msg = DecoderMsg { seq: *seq, chunk, barrier, now_ms: wall_ms(), now_us: shared.now_us() };
+        let ok = send(&txs[(*seq % txs.len() as u64) as usize], msg, &shared);
+        *seq += 1;
+        ok
+    };
+    let inject = |seq: &mut u64, b: &mut Barriers| -> bool {
+        let id = b.next_id;
+        b.next_id += 1;
+        let _ = b.coordinator.send(CoordMsg::Sources { id, positions: b.positions.clone() });
+        deal(seq, None, Some(id))
+    };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -112,19 +154,88 @@ pub(super) fn dispatch(rx: Receiver<Chunk>, txs: Vec<Sender<DecoderMsg>>, shared
         let chunk = match rx.recv_timeout(TICK) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Sources ended: a last checkpoint covers everything.
+                if let Some(b) = &mut barriers {
+                    inject(&mut seq, b);
+                }
+                return;
+            }
         };
-        let msg = DecoderMsg { seq, chunk, now_ms: wall_ms(), now_us: shared.now_us() };
-        if !send(&txs[(seq % txs.len() as u64) as usize], msg, &shared) {
+        if let (Some(b), Some(c)) = (&mut barriers, &chunk)
+            && let Some(p) = b.positions.get_mut(c.source as usize)
+        {
+            *p = SourcePosition { position: c.end_position, line: c.end_offset, finished: c.end_of_partition };
+        }
+        if !deal(&mut seq, chunk, None) {
             return;
         }
-        seq += 1;
+        if let Some(b) = &mut barriers
+            && last_barrier.elapsed() >= b.interval
+        {
+            last_barrier = Instant::now();
+            if !inject(&mut seq, b) {
+                return;
+            }
+        }
+    }
+}
+
+/// Assembles checkpoints from their parts and writes each once complete.
+pub(super) fn coordinate(
+    store: Store,
+    rx: Receiver<CoordMsg>,
+    shards: usize,
+    fingerprint: String,
+    shared: Arc<Shared>,
+) {
+    struct Partial {
+        started: Instant,
+        sources: Option<Vec<SourcePosition>>,
+        shards: Vec<Option<Vec<u8>>>,
+        sinks: Option<Vec<u64>>,
+    }
+    let mut pending: std::collections::BTreeMap<u64, Partial> = Default::default();
+    let metrics = crate::metrics::CheckpointMetrics::new();
+    while let Ok(msg) = rx.recv() {
+        let id = match &msg {
+            CoordMsg::Sources { id, .. } | CoordMsg::Shard { id, .. } | CoordMsg::Sinks { id, .. } => *id,
+        };
+        let p = pending.entry(id).or_insert_with(|| Partial {
+            started: Instant::now(),
+            sources: None,
+            shards: vec![None; shards],
+            sinks: None,
+        });
+        match msg {
+            CoordMsg::Sources { positions, .. } => p.sources = Some(positions),
+            CoordMsg::Shard { shard, bytes, .. } => p.shards[shard] = Some(bytes),
+            CoordMsg::Sinks { lengths, .. } => p.sinks = Some(lengths),
+        }
+        if p.sources.is_none() || p.sinks.is_none() || p.shards.iter().any(Option::is_none) {
+            continue;
+        }
+        let Some(p) = pending.remove(&id) else { continue };
+        let cp = Checkpoint {
+            id,
+            fingerprint: fingerprint.clone(),
+            sources: p.sources.unwrap_or_default(),
+            shards: p.shards.into_iter().map(Option::unwrap_or_default).collect(),
+            sinks: p.sinks.unwrap_or_default(),
+        };
+        match store.write(&cp) {
+            Ok(size) => {
+                metrics.completed(p.started.elapsed(), size);
+                tracing::debug!(checkpoint = id, bytes = size, "Checkpoint complete.");
+            }
+            Err(e) => return shared.fail(e.context(format!("writing checkpoint {id}"))),
+        }
     }
 }
 
 /// Decodes chunks and fans their records out to every shard.
 pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: Vec<Sender<ShardInput>>, links: Links) {
-    let Links { writer: wtx, pools, shared } = links;
+    let Links { pools, shared, .. } = links;
     let pipeline = &plan.pipeline;
     let mut decoder = Decoder::new(pipeline);
     let metrics = DecoderMetrics::new(plan);
@@ -135,6 +246,25 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
         }
         for s in out.outputs.sinks.iter_mut() {
             s.data = pools.buffer();
+        }
+        if let Some(id) = msg.barrier {
+            for tx in &txs {
+                let input = ShardInput {
+                    seq: msg.seq,
+                    partition: None,
+                    max_ts: None,
+                    end_of_partition: false,
+                    ingest_ms: msg.now_ms,
+                    ingest_us: msg.now_us,
+                    batch: RecordBatch::default(),
+                    barrier: Some(id),
+                    forwarded: None,
+                };
+                if !send(tx, input, &shared) {
+                    return;
+                }
+            }
+            continue;
         }
         let (partition, end, ingest_ms, ingest_us) = match &msg.chunk {
             Some(c) => {
@@ -148,6 +278,15 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
             }
             None => (None, false, msg.now_ms, msg.now_us),
         };
+        // The decoder's own output rides with shard 0's input, in chunk order.
+        let mut forwarded = None;
+        if out.outputs.has_data() {
+            forwarded = Some(std::mem::take(&mut out.outputs));
+        } else {
+            for buf in std::mem::take(&mut out.outputs.sinks) {
+                pools.give_buffer(buf.data);
+            }
+        }
         for (tx, batch) in txs.iter().zip(out.shards.drain(..)) {
             let input = ShardInput {
                 seq: msg.seq,
@@ -157,33 +296,30 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
                 ingest_ms,
                 ingest_us,
                 batch,
+                barrier: None,
+                forwarded: forwarded.take(),
             };
             if !send(tx, input, &shared) {
-                return;
-            }
-        }
-        for (sink, buf) in out.outputs.sinks.into_iter().enumerate() {
-            if buf.data.is_empty() {
-                pools.give_buffer(buf.data);
-            } else if !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
                 return;
             }
         }
     }
 }
 
-/// Applies records in chunk order, fires windows, publishes views, ships results.
-/// Returns the ingest-to-visible latency of every chunk it published, in µs.
+/// Applies records in chunk order, fires windows, publishes views, ships
+/// results (its own and the decoders' forwarded ones), and snapshots at
+/// barriers. Returns the ingest-to-visible latency of every chunk, in µs.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn shard(
     plan: &Plan,
     index: usize,
+    mut shard: Shard,
     rxs: Vec<Receiver<ShardInput>>,
-    views: Views,
     partitions: Vec<PartitionId>,
+    coordinator: Option<Sender<CoordMsg>>,
     links: Links,
 ) -> Vec<u64> {
     let Links { writer: wtx, pools, shared } = links;
-    let mut shard = Shard::new(&plan.pipeline, Some(views));
     let metrics = ShardMetrics::new(plan, index);
     for p in partitions {
         shard.register(p, wall_ms());
@@ -193,22 +329,27 @@ pub(super) fn shard(
     let mut last_publish = Instant::now();
     let mut publish_cost = Duration::ZERO;
     let mut seq = 0usize;
-    let ship = |shard: &mut Shard| -> bool {
-        let outputs = shard.take_outputs(|| pools.buffer());
+    let send_buffers = |outputs: freshet_engine::features::Outputs| -> bool {
         metrics.record_late(&outputs.late);
         for (sink, buf) in outputs.sinks.into_iter().enumerate() {
             if buf.data.is_empty() {
                 pools.give_buffer(buf.data);
-            } else if !send(&wtx, WriterMsg { sink: sink as u16, buf }, &shared) {
+            } else if !send(&wtx, WriterMsg::Rows { sink: sink as u16, buf }, &shared) {
                 return false;
             }
         }
         true
     };
+    let ship = |shard: &mut Shard| -> bool { send_buffers(shard.take_outputs(|| pools.buffer())) };
     loop {
         let from = seq % rxs.len();
         let Ok(mut input) = rxs[from].recv() else { break };
         seq += 1;
+        if let Some(forwarded) = input.forwarded.take()
+            && !send_buffers(forwarded)
+        {
+            return latencies;
+        }
         let stats = shard.process(&input);
         let had_records = !input.batch.records.is_empty();
         pools.give_batch(from, std::mem::take(&mut input.batch));
@@ -231,11 +372,19 @@ pub(super) fn shard(
                 latencies.push(lat);
             }
         }
-        if (stats.watermark_advanced || input.partition.is_none() || shard_output_large(&shard))
+        let barrier = input.barrier;
+        if (barrier.is_some() || stats.watermark_advanced || input.partition.is_none() || shard_output_large(&shard))
             && shard.has_output()
             && !ship(&mut shard)
         {
             return latencies;
+        }
+        if let (Some(id), Some(coordinator)) = (barrier, &coordinator) {
+            // Everything before the barrier is shipped: snapshot, then tell the writer.
+            let _ = coordinator.send(CoordMsg::Shard { id, shard: index, bytes: shard.snapshot() });
+            if !send(&wtx, WriterMsg::Barrier(id), &shared) {
+                return latencies;
+            }
         }
     }
     shard.publish();
@@ -251,26 +400,46 @@ fn shard_output_large(shard: &Shard) -> bool {
     shard.output_bytes() >= SHIP_BYTES
 }
 
-/// Writes sink buffers; flushes when idle and at the end.
+/// Writes sink buffers; flushes when idle and at the end. When every shard
+/// has passed barrier `n`, syncs every sink and reports their lengths: the
+/// point a recovery truncates back to.
 pub(super) fn write(
     mut writers: Vec<SinkWriter>,
     rx: Receiver<WriterMsg>,
+    shards: usize,
+    coordinator: Option<Sender<CoordMsg>>,
     pools: Pools,
     shared: Arc<Shared>,
 ) -> Result<Vec<(String, u64)>> {
     let metrics = WriterMetrics::new(&writers);
     let mut dirty = false;
+    let mut acks: std::collections::BTreeMap<u64, usize> = Default::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(msg) => {
-                let w = &mut writers[msg.sink as usize];
-                if let Err(e) = w.write(&msg.buf.data, msg.buf.rows) {
+            Ok(WriterMsg::Rows { sink, buf }) => {
+                let w = &mut writers[sink as usize];
+                if let Err(e) = w.write(&buf.data, buf.rows) {
                     shared.fail(e.into());
                     continue;
                 }
-                metrics.rows(msg.sink as usize, msg.buf.rows);
-                pools.give_buffer(msg.buf.data);
+                metrics.rows(sink as usize, buf.rows);
+                pools.give_buffer(buf.data);
                 dirty = true;
+            }
+            Ok(WriterMsg::Barrier(id)) => {
+                let n = acks.entry(id).or_default();
+                *n += 1;
+                if *n == shards {
+                    acks.remove(&id);
+                    for w in &mut writers {
+                        w.sync()?;
+                    }
+                    dirty = false;
+                    if let Some(c) = &coordinator {
+                        let _ =
+                            c.send(CoordMsg::Sinks { id, lengths: writers.iter().map(SinkWriter::position).collect() });
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if dirty {

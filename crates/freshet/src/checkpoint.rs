@@ -1,0 +1,206 @@
+//! Checkpoints on local disk: what a complete checkpoint holds, how it is
+//! written atomically, and how the last good one is found at start.
+//!
+//! A checkpoint is complete when every shard has snapshotted at barrier `n`
+//! and the writer has flushed and synced every sink up to it. It records the
+//! sources' positions (where to resume), each shard's state, and each sink's
+//! committed length (recovery truncates the sink there, so rows written after
+//! the checkpoint are written again exactly once). The file is
+//! `magic | format version | payload length | CRC-32 | postcard payload`,
+//! written to a temp file, fsynced, renamed, and the directory fsynced; the
+//! last `keep` are kept. A file that fails its checks is reported and skipped
+//! for the previous one; a checkpoint of another pipeline is refused.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"FRSHCKPT";
+/// Version of the checkpoint file layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a source stands at a barrier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// Byte position of the next line (file sources).
+    pub position: u64,
+    /// Offset (line number) of the next line.
+    pub line: u64,
+    /// Whether the source had ended.
+    pub finished: bool,
+}
+
+/// One complete checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its number, increasing.
+    pub id: u64,
+    /// Describes the pipeline that wrote it; restore refuses another.
+    pub fingerprint: String,
+    /// Per source (in plan order).
+    pub sources: Vec<SourcePosition>,
+    /// Per shard, the engine's snapshot bytes.
+    pub shards: Vec<Vec<u8>>,
+    /// Per sink (in plan order), committed length in bytes.
+    pub sinks: Vec<u64>,
+}
+
+/// The checkpoint directory.
+pub struct Store {
+    dir: PathBuf,
+    keep: usize,
+}
+
+fn file_name(id: u64) -> String {
+    format!("checkpoint-{id:020}.bin")
+}
+
+impl Store {
+    /// Opens (creating) `data_dir/checkpoints`.
+    pub fn open(data_dir: &Path, keep: usize) -> Result<Store> {
+        let dir = data_dir.join("checkpoints");
+        fs::create_dir_all(&dir).with_context(|| format!("creating checkpoint directory {}", dir.display()))?;
+        Ok(Store { dir, keep: keep.max(1) })
+    }
+
+    /// Removes every checkpoint (`--reset-state`).
+    pub fn reset(&self) -> Result<()> {
+        for (_, path) in self.list()? {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some(id) = name.strip_prefix("checkpoint-").and_then(|r| r.strip_suffix(".bin")) {
+                if let Ok(id) = id.parse::<u64>() {
+                    found.push((id, path));
+                }
+            } else if name.ends_with(".tmp") {
+                // A write that never completed.
+                let _ = fs::remove_file(&path);
+            }
+        }
+        found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        Ok(found)
+    }
+
+    /// Writes `cp` atomically and drops the oldest beyond `keep`; returns its size.
+    pub fn write(&self, cp: &Checkpoint) -> Result<u64> {
+        let payload = postcard::to_stdvec(cp).context("encoding checkpoint")?;
+        let mut bytes = Vec::with_capacity(payload.len() + 24);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let path = self.dir.join(file_name(cp.id));
+        let tmp = path.with_extension("bin.tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("publishing {}", path.display()))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", self.dir.display()))?;
+        for (_, old) in self.list()?.into_iter().skip(self.keep) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(bytes.len() as u64)
+    }
+
+    /// The newest checkpoint that passes its checks, skipping (and reporting) bad ones.
+    pub fn latest(&self, fingerprint: &str) -> Result<Option<Checkpoint>> {
+        for (id, path) in self.list()? {
+            match read(&path) {
+                Ok(cp) if cp.fingerprint == fingerprint => return Ok(Some(cp)),
+                Ok(cp) => bail!(
+                    "{} holds the state of another pipeline (checkpoint {id}):\n  it was: {}\n  it is:  {}\n\
+                     Run with the old config, use another --data-dir, or pass --reset-state to start over.",
+                    self.dir.display(),
+                    cp.fingerprint,
+                    fingerprint
+                ),
+                Err(e) => {
+                    tracing::warn!(checkpoint = %path.display(), error = %format!("{e:#}"), "Checkpoint is corrupt; falling back to the previous one.");
+                    eprintln!(
+                        "warning: checkpoint {} is corrupt ({e:#}); falling back to the previous one",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads and checks one checkpoint file.
+fn read(path: &Path) -> Result<Checkpoint> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() < 24 || &bytes[..8] != MAGIC {
+        bail!("not a checkpoint file (bad magic or truncated header)");
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into()?);
+    if version != FORMAT_VERSION {
+        bail!(
+            "format version {version}, this build reads {FORMAT_VERSION}; run the version that wrote it or --reset-state"
+        );
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into()?) as usize;
+    let crc = u32::from_le_bytes(bytes[20..24].try_into()?);
+    let payload = bytes.get(24..24 + len).context("truncated payload")?;
+    if crc32fast::hash(payload) != crc {
+        bail!("checksum mismatch");
+    }
+    postcard::from_bytes(payload).context("invalid payload")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(id: u64) -> Checkpoint {
+        Checkpoint {
+            id,
+            fingerprint: "p".into(),
+            sources: vec![SourcePosition { position: 10 * id, line: id, finished: false }],
+            shards: vec![vec![1, 2, 3], vec![]],
+            sinks: vec![42],
+        }
+    }
+
+    #[test]
+    fn writes_atomically_keeps_the_last_k_and_reads_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert_eq!(store.latest("p").unwrap(), None);
+        for id in 1..=4 {
+            store.write(&cp(id)).unwrap();
+        }
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(store.latest("p").unwrap(), Some(cp(4)));
+    }
+
+    #[test]
+    fn corrupt_newest_falls_back_and_foreign_pipelines_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        store.write(&cp(1)).unwrap();
+        store.write(&cp(2)).unwrap();
+        let newest = store.dir.join(file_name(2));
+        let mut bytes = fs::read(&newest).unwrap();
+        let mid = bytes.len() - 3;
+        bytes[mid] ^= 0xff;
+        fs::write(&newest, bytes).unwrap();
+        assert_eq!(store.latest("p").unwrap(), Some(cp(1)));
+        let err = store.latest("other").unwrap_err().to_string();
+        assert!(err.contains("another pipeline") && err.contains("--reset-state"), "{err}");
+        store.reset().unwrap();
+        assert_eq!(store.latest("p").unwrap(), None);
+    }
+}
