@@ -128,10 +128,6 @@ impl Store {
                 ),
                 Err(e) => {
                     tracing::warn!(checkpoint = %path.display(), error = %format!("{e:#}"), "Checkpoint is corrupt; falling back to the previous one.");
-                    eprintln!(
-                        "warning: checkpoint {} is corrupt ({e:#}); falling back to the previous one",
-                        path.display()
-                    );
                 }
             }
         }

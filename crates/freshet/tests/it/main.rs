@@ -10,6 +10,7 @@
 mod bad_input;
 mod config_errors;
 mod oracle;
+mod recovery;
 mod reference_job;
 mod serve;
 mod support;
