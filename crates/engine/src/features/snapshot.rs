@@ -19,8 +19,8 @@ use crate::aggregate::AggValue;
 /// Version of the snapshot layout; bump on any change.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
-/// One key's state.
-#[derive(Debug, Serialize, Deserialize)]
+/// One key's state, as read back.
+#[derive(Debug, Deserialize)]
 struct KeySnapshot {
     key: Vec<u8>,
     max_ts: i64,
@@ -28,8 +28,18 @@ struct KeySnapshot {
     last_closed: Option<(i64, i64, AggValue)>,
 }
 
-/// One feature's state in one shard.
-#[derive(Debug, Serialize, Deserialize)]
+/// One key's state, as written: borrowed, so a snapshot allocates no
+/// per-key copies (the encoding is the same as [`KeySnapshot`]'s).
+#[derive(Debug, Serialize)]
+struct KeySnapshotRef<'a> {
+    key: &'a [u8],
+    max_ts: i64,
+    panes: &'a [Pane],
+    last_closed: Option<&'a (i64, i64, AggValue)>,
+}
+
+/// One feature's state in one shard, as read back.
+#[derive(Debug, Deserialize)]
 pub struct FeatureSnapshot {
     version: u32,
     name: String,
@@ -38,6 +48,18 @@ pub struct FeatureSnapshot {
     touched: Vec<(i64, Vec<u32>)>,
     fired_until: i64,
     timers: Vec<(i64, Vec<u32>)>,
+}
+
+/// One feature's state in one shard, as written.
+#[derive(Serialize)]
+struct FeatureSnapshotRef<'a> {
+    version: u32,
+    name: &'a str,
+    definition: String,
+    keys: KeysRef<'a>,
+    touched: &'a std::collections::VecDeque<(i64, Vec<u32>)>,
+    fired_until: i64,
+    timers: &'a std::collections::BTreeMap<i64, Vec<u32>>,
 }
 
 /// Why a snapshot cannot be restored.
@@ -73,6 +95,24 @@ pub enum RestoreError {
     },
 }
 
+/// Every key of a state, encoded as a sequence straight from the entries.
+struct KeysRef<'a>(&'a FeatureState);
+
+impl Serialize for KeysRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = self.0;
+        s.collect_seq((0..st.keys.len() as u32).map(|id| {
+            let e = &st.entries[id as usize];
+            KeySnapshotRef {
+                key: st.keys.key(id),
+                max_ts: e.max_ts,
+                panes: &e.panes,
+                last_closed: st.serving.get(id as usize).and_then(|s| s.last_closed.as_ref()),
+            }
+        }))
+    }
+}
+
 fn definition(state: &FeatureState) -> String {
     let s = &state.spec;
     let key: Vec<&str> = s.key.iter().map(|p| p.as_str()).collect();
@@ -82,25 +122,14 @@ fn definition(state: &FeatureState) -> String {
 impl FeatureState {
     /// Encodes the state as snapshot bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let keys = (0..self.keys.len() as u32)
-            .map(|id| {
-                let e = &self.entries[id as usize];
-                KeySnapshot {
-                    key: self.keys.key(id).to_vec(),
-                    max_ts: e.max_ts,
-                    panes: e.panes.to_vec(),
-                    last_closed: self.serving.get(id as usize).and_then(|s| s.last_closed.clone()),
-                }
-            })
-            .collect();
-        let snap = FeatureSnapshot {
+        let snap = FeatureSnapshotRef {
             version: SNAPSHOT_VERSION,
-            name: self.spec.name.clone(),
+            name: &self.spec.name,
             definition: definition(self),
-            keys,
-            touched: self.touched.iter().cloned().collect(),
+            keys: KeysRef(self),
+            touched: &self.touched,
             fired_until: self.fired_until,
-            timers: self.timers.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            timers: &self.timers,
         };
         // Encoding plain data into a Vec cannot fail.
         postcard::to_stdvec(&snap).unwrap_or_default()

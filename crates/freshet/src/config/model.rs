@@ -48,7 +48,7 @@ pub struct PipelineConfig {
     pub max_depth: Option<u32>,
     /// How often shards publish changed feature values for serving. Default: "5ms".
     pub publish_interval: Option<String>,
-    /// Bytes read per source block. Default: 1048576.
+    /// Bytes read per source block. Default: 262144.
     pub read_block_bytes: Option<usize>,
     /// How often state and source positions are checkpointed into the data
     /// directory (when one is given with --data-dir or FRESHET_DATA_DIR). Default: "1s".

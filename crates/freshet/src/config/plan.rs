@@ -609,7 +609,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         sinks,
         decoders,
         publish_interval: Duration::from_millis(publish_ms.max(1) as u64),
-        read_block: pc.read_block_bytes.unwrap_or(1 << 20).max(4096),
+        read_block: pc.read_block_bytes.unwrap_or(1 << 18).max(4096),
         checkpoint_interval: Duration::from_millis(checkpoint_ms.max(1) as u64),
         keep_checkpoints: pc.keep_checkpoints.unwrap_or(3).max(1),
     })
