@@ -36,6 +36,21 @@ pub enum SourceKind {
     },
 }
 
+impl SourceKind {
+    /// What identifies the source across restarts (a generator's start time,
+    /// taken from the wall clock, does not).
+    pub fn identity(&self) -> String {
+        match self {
+            SourceKind::File(path) => format!("file {}", path.display()),
+            SourceKind::Http => "http".into(),
+            SourceKind::Generator { options: o, .. } => format!(
+                "generator seed {} users {} items {} events {} malformed {} duplicates {} disorder {}",
+                o.seed, o.users, o.items, o.events, o.malformed_rate, o.duplicate_rate, o.disorder_ms
+            ),
+        }
+    }
+}
+
 /// A planned source.
 #[derive(Debug, Clone)]
 pub struct SourcePlan {
@@ -89,7 +104,7 @@ impl Plan {
     /// checkpoint written by another pipeline is refused.
     pub fn fingerprint(&self) -> String {
         let p = &self.pipeline;
-        let sources: Vec<String> = self.sources.iter().map(|s| format!("{}={:?}", s.name, s.kind)).collect();
+        let sources: Vec<String> = self.sources.iter().map(|s| format!("{}={}", s.name, s.kind.identity())).collect();
         let sinks: Vec<String> = self.sinks.iter().map(|s| format!("{}={:?}", s.name, s.target)).collect();
         let features: Vec<String> = p
             .features

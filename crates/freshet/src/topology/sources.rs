@@ -89,7 +89,7 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&So
                     }
                     let due = if rate > 0.0 {
                         std::thread::sleep(Duration::from_millis(10));
-                        ((start.elapsed().as_secs_f64() * rate) as u64).saturating_sub(offset)
+                        ((start.elapsed().as_secs_f64() * rate) as u64).saturating_sub(offset - skip)
                     } else {
                         u64::MAX
                     };
