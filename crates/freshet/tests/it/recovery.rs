@@ -461,3 +461,34 @@ fn corrupt_latest_checkpoint_falls_back_or_starts_over() {
         restart.stderr_text()
     );
 }
+
+/// A data dir written by one pipeline is refused by another, with a message
+/// naming what differs and how to proceed; `--reset-state` starts over.
+#[test]
+fn another_pipelines_checkpoint_is_refused_until_reset_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    support::generate_events(&input, &["--events".into(), "5000".into(), "--seed".into(), "3".into()]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let data = dir.path().join("data");
+    let changed = dir.path().join("changed.toml");
+    let text = std::fs::read_to_string(support::reference_config()).unwrap();
+    std::fs::write(&changed, text.replace(r#"size = "5m""#, r#"size = "10m""#)).unwrap();
+    let run = |config: &Path, extra: &[&str]| {
+        let mut cmd = support::freshet();
+        cmd.arg("run").arg("--config").arg(config).arg("--data-dir").arg(&data).args(extra);
+        cmd.env("FRESHET_INPUT", &input).env("FRESHET_OUTPUT", &out);
+        support::run_with_deadline(&mut cmd, Duration::from_secs(120))
+    };
+    let first = run(&support::reference_config(), &[]);
+    assert!(first.status.success(), "{}", first.describe());
+    let refused = run(&changed, &[]);
+    assert!(!refused.status.success(), "a changed pipeline restored another's state: {}", refused.describe());
+    let err = refused.stderr_text();
+    assert!(err.contains("another pipeline") && err.contains("--reset-state"), "{err}");
+    assert!(err.contains("tumbling 5m") && err.contains("tumbling 10m"), "the message should name what differs: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let reset = run(&changed, &["--reset-state"]);
+    assert!(reset.status.success(), "{}", reset.describe());
+}
