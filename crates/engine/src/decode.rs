@@ -176,15 +176,7 @@ impl<'p> Decoder<'p> {
         let mut start = 0;
         while start < data.len() {
             while let Some(o) = oversized.next_if(|o| o.offset == offset) {
-                self.dead_letter(
-                    chunk,
-                    o.offset,
-                    &o.prefix,
-                    RejectKind::TooLarge,
-                    &JsonError::TooLarge(self.max_bytes()),
-                    out,
-                );
-                out.stats.lines += 1;
+                self.oversized(chunk, o, out);
                 offset += 1;
             }
             let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
@@ -194,16 +186,15 @@ impl<'p> Decoder<'p> {
             start = end + 1;
         }
         for o in oversized {
-            self.dead_letter(
-                chunk,
-                o.offset,
-                &o.prefix,
-                RejectKind::TooLarge,
-                &JsonError::TooLarge(self.max_bytes()),
-                out,
-            );
-            out.stats.lines += 1;
+            self.oversized(chunk, o, out);
         }
+    }
+
+    /// Dead-letters a line the reader cut for being too long.
+    fn oversized(&mut self, chunk: &Chunk, o: &Oversized, out: &mut Decoded) {
+        let reason = JsonError::TooLarge(self.max_bytes());
+        self.dead_letter(chunk, o.offset, &o.prefix, RejectKind::TooLarge, &reason, out);
+        out.stats.lines += 1;
     }
 
     fn max_bytes(&self) -> u32 {

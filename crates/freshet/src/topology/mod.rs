@@ -322,6 +322,23 @@ impl Job {
     }
 }
 
+/// Sends with backpressure, re-checking the stop flag while the channel is
+/// full; false when the job stops or the receiver is gone.
+pub(crate) fn send<T>(tx: &Sender<T>, mut msg: T, shared: &Shared) -> bool {
+    loop {
+        match tx.send_timeout(msg, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return false;
+                }
+                msg = m;
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
 fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>> {
     std::thread::Builder::new().name(name.into()).spawn(f).with_context(|| format!("spawning thread {name}"))
 }

@@ -11,7 +11,7 @@ use freshet_engine::decode::Chunk;
 use freshet_io::file::FileSource;
 use freshet_io::generator::Generator;
 
-use super::{Shared, wall_ms};
+use super::{Shared, send, wall_ms};
 use crate::checkpoint::SourcePosition;
 use crate::config::plan::{Plan, SourceKind, SourcePlan};
 
@@ -124,22 +124,6 @@ fn stamp(chunk: &mut Chunk, source: u16, shared: &Shared) {
     chunk.source = source;
     chunk.ingest_ms = wall_ms();
     chunk.ingest_us = shared.now_us();
-}
-
-/// Sends with backpressure, giving up when the job stops.
-fn send(tx: &Sender<Chunk>, mut chunk: Chunk, shared: &Shared) -> bool {
-    loop {
-        match tx.send_timeout(chunk, Duration::from_millis(100)) {
-            Ok(()) => return true,
-            Err(SendTimeoutError::Timeout(c)) => {
-                if shared.stop.load(Ordering::SeqCst) {
-                    return false;
-                }
-                chunk = c;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => return false,
-        }
-    }
 }
 
 /// Why an ingest request was not accepted.

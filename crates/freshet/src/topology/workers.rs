@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use freshet_engine::decode::{Chunk, Decoder};
 use freshet_engine::features::SinkBuffer;
 use freshet_engine::record::{RecordBatch, ShardInput};
@@ -13,7 +13,7 @@ use freshet_engine::shard::Shard;
 use freshet_engine::time::PartitionId;
 use freshet_io::sink::SinkWriter;
 
-use super::{Shared, wall_ms};
+use super::{Shared, send, wall_ms};
 use crate::checkpoint::{Checkpoint, SourcePosition, Store};
 use crate::config::plan::Plan;
 use crate::metrics::{DecoderMetrics, ShardMetrics, WriterMetrics};
@@ -32,12 +32,20 @@ pub(super) struct DecoderMsg {
     now_us: u64,
 }
 
-/// What the writer receives.
+/// What the writer receives, from shard `shard`.
 pub(super) enum WriterMsg {
     /// Formatted rows for one sink.
-    Rows { sink: u16, buf: SinkBuffer },
-    /// A shard has shipped everything before barrier `id`.
-    Barrier(u64),
+    Rows { shard: usize, sink: u16, buf: SinkBuffer },
+    /// The shard has shipped everything before barrier `id`.
+    Barrier { shard: usize, id: u64 },
+}
+
+impl WriterMsg {
+    fn shard(&self) -> usize {
+        match self {
+            WriterMsg::Rows { shard, .. } | WriterMsg::Barrier { shard, .. } => *shard,
+        }
+    }
 }
 
 /// Parts of a checkpoint, sent to the coordinator.
@@ -106,22 +114,6 @@ pub(super) struct Links {
     pub writer: Sender<WriterMsg>,
     pub pools: Pools,
     pub shared: Arc<Shared>,
-}
-
-/// Sends, re-checking the stop flag while the channel is full.
-fn send<T>(tx: &Sender<T>, mut msg: T, shared: &Shared) -> bool {
-    loop {
-        match tx.send_timeout(msg, Duration::from_millis(100)) {
-            Ok(()) => return true,
-            Err(SendTimeoutError::Timeout(m)) => {
-                if shared.stop.load(Ordering::SeqCst) {
-                    return false;
-                }
-                msg = m;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => return false,
-        }
-    }
 }
 
 /// Numbers chunks and deals them round-robin to decoders; ticks when idle;
@@ -334,7 +326,7 @@ pub(super) fn shard(
         for (sink, buf) in outputs.sinks.into_iter().enumerate() {
             if buf.data.is_empty() {
                 pools.give_buffer(buf.data);
-            } else if !send(&wtx, WriterMsg::Rows { sink: sink as u16, buf }, &shared) {
+            } else if !send(&wtx, WriterMsg::Rows { shard: index, sink: sink as u16, buf }, &shared) {
                 return false;
             }
         }
@@ -382,7 +374,7 @@ pub(super) fn shard(
         if let (Some(id), Some(coordinator)) = (barrier, &coordinator) {
             // Everything before the barrier is shipped: snapshot, then tell the writer.
             let _ = coordinator.send(CoordMsg::Shard { id, shard: index, bytes: shard.snapshot() });
-            if !send(&wtx, WriterMsg::Barrier(id), &shared) {
+            if !send(&wtx, WriterMsg::Barrier { shard: index, id }, &shared) {
                 return latencies;
             }
         }
@@ -400,9 +392,14 @@ fn shard_output_large(shard: &Shard) -> bool {
     shard.output_bytes() >= SHIP_BYTES
 }
 
-/// Writes sink buffers; flushes when idle and at the end. When every shard
-/// has passed barrier `n`, syncs every sink and reports their lengths: the
-/// point a recovery truncates back to.
+/// Writes sink buffers; flushes when idle and at the end.
+///
+/// Checkpoints are aligned here as in a multi-input operator: once a shard
+/// has passed barrier `n`, its later messages are held until every shard
+/// has; then every sink is synced and its length reported (the point a
+/// recovery cuts back to), and the held messages are replayed in order.
+/// Without holding them, a fast shard's rows from after the barrier would
+/// count as committed and be written again after a recovery.
 pub(super) fn write(
     mut writers: Vec<SinkWriter>,
     rx: Receiver<WriterMsg>,
@@ -413,34 +410,12 @@ pub(super) fn write(
 ) -> Result<Vec<(String, u64)>> {
     let metrics = WriterMetrics::new(&writers);
     let mut dirty = false;
-    let mut acks: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut passed = vec![false; shards];
+    let mut held: Vec<std::collections::VecDeque<WriterMsg>> = (0..shards).map(|_| Default::default()).collect();
+    let mut queue: std::collections::VecDeque<WriterMsg> = Default::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(WriterMsg::Rows { sink, buf }) => {
-                let w = &mut writers[sink as usize];
-                if let Err(e) = w.write(&buf.data, buf.rows) {
-                    shared.fail(e.into());
-                    continue;
-                }
-                metrics.rows(sink as usize, buf.rows);
-                pools.give_buffer(buf.data);
-                dirty = true;
-            }
-            Ok(WriterMsg::Barrier(id)) => {
-                let n = acks.entry(id).or_default();
-                *n += 1;
-                if *n == shards {
-                    acks.remove(&id);
-                    for w in &mut writers {
-                        w.sync()?;
-                    }
-                    dirty = false;
-                    if let Some(c) = &coordinator {
-                        let _ =
-                            c.send(CoordMsg::Sinks { id, lengths: writers.iter().map(SinkWriter::position).collect() });
-                    }
-                }
-            }
+            Ok(msg) => queue.push_back(msg),
             Err(RecvTimeoutError::Timeout) => {
                 if dirty {
                     for w in &mut writers {
@@ -448,8 +423,58 @@ pub(super) fn write(
                     }
                     dirty = false;
                 }
+                continue;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Past the last barrier: write what was held, in order.
+                for h in &mut held {
+                    queue.extend(h.drain(..));
+                }
+                passed.iter_mut().for_each(|p| *p = false);
+                if queue.is_empty() {
+                    break;
+                }
+            }
+        }
+        while let Some(msg) = queue.pop_front() {
+            let s = msg.shard();
+            if passed[s] {
+                held[s].push_back(msg);
+                continue;
+            }
+            match msg {
+                WriterMsg::Rows { sink, buf, .. } => {
+                    let w = &mut writers[sink as usize];
+                    if let Err(e) = w.write(&buf.data, buf.rows) {
+                        shared.fail(e.into());
+                        continue;
+                    }
+                    metrics.rows(sink as usize, buf.rows);
+                    pools.give_buffer(buf.data);
+                    dirty = true;
+                }
+                WriterMsg::Barrier { id, .. } => {
+                    passed[s] = true;
+                    if passed.iter().all(|p| *p) {
+                        for w in &mut writers {
+                            w.sync()?;
+                        }
+                        dirty = false;
+                        if let Some(c) = &coordinator {
+                            let lengths = writers.iter().map(SinkWriter::position).collect();
+                            let _ = c.send(CoordMsg::Sinks { id, lengths });
+                        }
+                        passed.iter_mut().for_each(|p| *p = false);
+                        // Replay what the shards sent after the barrier, each in its order.
+                        let mut replay: std::collections::VecDeque<WriterMsg> = Default::default();
+                        for h in &mut held {
+                            replay.extend(h.drain(..));
+                        }
+                        replay.extend(queue.drain(..));
+                        queue = replay;
+                    }
+                }
+            }
         }
     }
     for w in &mut writers {
