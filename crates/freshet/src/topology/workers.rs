@@ -76,13 +76,14 @@ pub(super) struct Pools {
     pub batches: Vec<(Sender<RecordBatch>, Receiver<RecordBatch>)>,
 }
 
-/// Buffers larger than this are freed rather than pooled.
-const POOL_MAX_CAPACITY: usize = 8 << 20;
+/// Buffers larger than this are freed rather than pooled (a window firing
+/// can fill megabytes once; keeping such buffers would hold that memory).
+const POOL_MAX_CAPACITY: usize = 1 << 20;
 
 impl Pools {
     pub fn new(decoders: usize) -> Self {
         Self {
-            buffers: crossbeam_channel::bounded(256),
+            buffers: crossbeam_channel::bounded(64),
             batches: (0..decoders).map(|_| crossbeam_channel::bounded(64)).collect(),
         }
     }
@@ -273,6 +274,10 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
         // The decoder's own output rides with shard 0's input, in chunk order.
         let mut forwarded = None;
         if out.outputs.has_data() {
+            // Only filled buffers travel; empty ones go back to the pool at once.
+            for buf in out.outputs.sinks.iter_mut().filter(|b| b.data.is_empty()) {
+                pools.give_buffer(std::mem::take(&mut buf.data));
+            }
             forwarded = Some(std::mem::take(&mut out.outputs));
         } else {
             for buf in std::mem::take(&mut out.outputs.sinks) {
