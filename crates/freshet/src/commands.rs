@@ -23,7 +23,7 @@ fn add_demo(plan: &mut Plan, rate: f64) {
         events: u64::MAX,
         users: 1000,
         items: 500,
-        start_ms: crate::topology::wall_ms_pub(),
+        start_ms: crate::topology::wall_ms(),
         ..Default::default()
     };
     plan.sources.push(SourcePlan { name: "demo".into(), kind: SourceKind::Generator { options, emit_per_s: rate } });
@@ -113,7 +113,7 @@ fn print_where_to_look(
     let mut o = std::io::stdout().lock();
     let what = if embedded { "the embedded default pipeline" } else { "your pipeline" };
     let _ = writeln!(o, "Freshet is running {what}{}.", if demo { " with a demo generator" } else { "" });
-    if plan.has_http_source().is_some() {
+    if plan.has_http_source() {
         let _ = writeln!(o, "  send events:    curl -X POST http://{addr}/v1/events --data-binary @events.ndjson");
     }
     let _ = writeln!(o, "  user features:  curl http://{addr}/v1/users/u1/features");

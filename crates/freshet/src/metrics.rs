@@ -119,7 +119,7 @@ impl ShardMetrics {
     pub fn record(&self, records: u64, watermark: i64) {
         self.records.increment(records);
         if watermark > i64::MIN && watermark < i64::MAX {
-            self.lag.set((crate::topology::wall_ms_pub() - watermark) as f64 / 1000.0);
+            self.lag.set((crate::topology::wall_ms() - watermark) as f64 / 1000.0);
         }
     }
 

@@ -35,7 +35,7 @@ mod tests {
     #[test]
     fn embedded_default_and_examples_plan_cleanly() {
         let plan = plan_default(Path::new("/tmp/freshet-test"), 2).unwrap();
-        assert!(plan.has_http_source().is_some());
+        assert!(plan.has_http_source());
         assert!(!plan.bounded());
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         for entry in std::fs::read_dir(examples).unwrap() {

@@ -133,8 +133,8 @@ impl Plan {
     }
 
     /// Whether a source takes HTTP ingest.
-    pub fn has_http_source(&self) -> Option<u16> {
-        self.sources.iter().position(|s| matches!(s.kind, SourceKind::Http)).map(|i| i as u16)
+    pub fn has_http_source(&self) -> bool {
+        self.sources.iter().any(|s| matches!(s.kind, SourceKind::Http))
     }
 }
 

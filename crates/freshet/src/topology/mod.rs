@@ -81,13 +81,8 @@ impl Shared {
 }
 
 /// Wall-clock milliseconds since the epoch.
-pub(crate) fn wall_ms() -> i64 {
+pub fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Wall-clock milliseconds since the epoch (for metrics).
-pub fn wall_ms_pub() -> i64 {
-    wall_ms()
 }
 
 /// A started job.
@@ -193,8 +188,7 @@ impl Job {
                     threads.push(spawn(&name, move || run(tx, sh))?);
                 }
                 sources::Opened::Http => {
-                    ingest =
-                        Some(IngestHandle::new(i as u16, source_tx.clone(), shared.clone(), p.limits.max_event_bytes));
+                    ingest = Some(IngestHandle::new(i as u16, source_tx.clone(), shared.clone()));
                 }
             }
         }

@@ -147,7 +147,7 @@ pub struct IngestHandle {
 }
 
 impl IngestHandle {
-    pub(super) fn new(source: u16, tx: Sender<Chunk>, shared: Arc<Shared>, _max_event_bytes: usize) -> Self {
+    pub(super) fn new(source: u16, tx: Sender<Chunk>, shared: Arc<Shared>) -> Self {
         Self { source, tx, shared, next_offset: Arc::new(AtomicU64::new(0)) }
     }
 
