@@ -11,7 +11,7 @@
 use std::io::Write;
 
 use crate::aggregate::AggFn;
-use crate::event::Fields;
+use crate::event::{Fields, Value};
 use crate::features::emit::{Outputs, write_json_str};
 use crate::features::keys::{hash_bytes, push_part};
 use crate::flow::Outcome;
@@ -346,7 +346,7 @@ impl<'p> Decoder<'p> {
                         Some(x) => Val::Num(x),
                         None => Val::Skip,
                     },
-                    Some(v) => Val::Text(v.kind == Kind::String && v.escaped, v.raw),
+                    Some(v) => Val::Text(v),
                     None => Val::Skip,
                 },
                 (_, AggFn::Count | AggFn::DecayedCount(_)) => Val::None,
@@ -365,20 +365,12 @@ impl<'p> Decoder<'p> {
                 }
                 Val::None => RecordValue::None,
                 Val::Num(x) => RecordValue::Num(x),
-                Val::Text(escaped, raw) => {
+                Val::Text(v) => {
                     let vs = batch.bytes.len() as u32;
-                    if escaped {
-                        scratch.clear();
-                        if !json::unescape_into(&raw[1..raw.len() - 1], scratch) {
-                            batch.bytes.truncate(ks as usize);
-                            out.stats.feature_skipped += 1;
-                            continue;
-                        }
-                        batch.bytes.extend_from_slice(scratch.as_bytes());
-                    } else if raw.first() == Some(&b'"') {
-                        batch.bytes.extend_from_slice(&raw[1..raw.len() - 1]);
-                    } else {
-                        batch.bytes.extend_from_slice(raw);
+                    if !v.write_text(&mut batch.bytes, scratch) {
+                        batch.bytes.truncate(ks as usize);
+                        out.stats.feature_skipped += 1;
+                        continue;
                     }
                     RecordValue::Text(vs, batch.bytes.len() as u32)
                 }
@@ -394,5 +386,5 @@ enum Val<'a> {
     None,
     Skip,
     Num(f64),
-    Text(bool, &'a [u8]),
+    Text(Value<'a>),
 }

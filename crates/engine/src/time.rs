@@ -75,7 +75,7 @@ impl Watermarks {
             if now_ms.saturating_sub(p.last_active_ms) >= self.idle_timeout_ms {
                 continue;
             }
-            let w = if p.max_ts == i64::MIN { WATERMARK_MIN } else { p.max_ts - self.out_of_orderness - 1 };
+            let w = self.partition_watermark(p.max_ts);
             min = Some(min.map_or(w, |m: i64| m.min(w)));
         }
         let next = if all_finished { WATERMARK_MAX } else { min.unwrap_or(self.current) };

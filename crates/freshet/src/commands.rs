@@ -55,7 +55,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         };
     let job = Job::start(plan.clone(), args.process.data_dir.as_deref(), args.process.reset_state)?;
     let server = match listener {
-        Some(l) => Some(crate::http::Server::start(l, &job, plan.clone(), prometheus)?),
+        Some(l) => Some(crate::http::Server::start(l, &job, prometheus)?),
         None => None,
     };
     if let Some(s) = &server {

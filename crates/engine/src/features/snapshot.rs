@@ -113,19 +113,13 @@ impl Serialize for KeysRef<'_> {
     }
 }
 
-fn definition(state: &FeatureState) -> String {
-    let s = &state.spec;
-    let key: Vec<&str> = s.key.iter().map(|p| p.as_str()).collect();
-    format!("key [{}], {}, {} of {:?}", key.join(", "), s.window, s.agg.name(), s.field.as_ref().map(|f| f.as_str()))
-}
-
 impl FeatureState {
     /// Encodes the state as snapshot bytes.
     pub fn snapshot(&self) -> Vec<u8> {
         let snap = FeatureSnapshotRef {
             version: SNAPSHOT_VERSION,
             name: &self.spec.name,
-            definition: definition(self),
+            definition: self.spec.definition(),
             keys: KeysRef(self),
             touched: &self.touched,
             fired_until: self.fired_until,
@@ -143,7 +137,7 @@ impl FeatureState {
         if snap.version != SNAPSHOT_VERSION {
             return Err(RestoreError::Version { feature, found: snap.version, expected: SNAPSHOT_VERSION });
         }
-        let now = definition(self);
+        let now = self.spec.definition();
         if snap.name != feature || snap.definition != now {
             return Err(RestoreError::Definition { feature, was: format!("{} ({})", snap.name, snap.definition), now });
         }

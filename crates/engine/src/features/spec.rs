@@ -54,3 +54,20 @@ pub struct FeatureSpec {
     /// Whether values are published for serving reads.
     pub serve: bool,
 }
+
+impl FeatureSpec {
+    /// What shapes this feature's state (key, window, aggregate, field,
+    /// lateness): a snapshot or checkpoint taken under another definition
+    /// is refused.
+    pub fn definition(&self) -> String {
+        let key: Vec<&str> = self.key.iter().map(|p| p.as_str()).collect();
+        let field = self.field.as_ref().map_or("-", |f| f.as_str());
+        format!(
+            "key [{}], {}, {} of {field}, lateness {}",
+            key.join(", "),
+            self.window,
+            self.agg.name(),
+            crate::window::human_ms(self.allowed_lateness)
+        )
+    }
+}

@@ -44,26 +44,9 @@ type Ev = (u8, i64, f64);
 /// Runs events through one feature; returns sorted CSV rows and late rows.
 fn run(state: &mut FeatureState, events: &[Ev], ooo: i64) -> (Vec<String>, usize) {
     let mut out = Outputs::new(2, 1);
-    let (mut max, mut wm) = (i64::MIN, i64::MIN);
-    for (offset, &(k, ts, v)) in events.iter().enumerate() {
-        let w = if max == i64::MIN { i64::MIN } else { max - ooo - 1 };
-        if w > wm {
-            wm = w;
-            state.on_watermark(wm, &mut out);
-        }
-        let mut batch = RecordBatch::default();
-        push_part(&mut batch.bytes, format!("k{k}").as_bytes());
-        let key = (0, batch.bytes.len() as u32);
-        let hash = hash_bytes(&batch.bytes);
-        let record =
-            Record { feature: 0, ts, hash, key, value: RecordValue::Num(v), offset: offset as u64, prior_max_ts: max };
-        batch.records.push(record);
-        state.apply(&batch, &batch.records[0], wm, &mut out);
-        max = max.max(ts);
-    }
+    feed(state, events, ooo, &mut (i64::MIN, i64::MIN), &mut out, false);
     state.on_watermark(WATERMARK_MAX, &mut out);
-    let text = String::from_utf8(std::mem::take(&mut out.sinks[0].data)).unwrap();
-    let mut rows: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut rows = rows(&mut out);
     rows.sort();
     (rows, out.late[0] as usize)
 }

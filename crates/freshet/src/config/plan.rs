@@ -106,21 +106,7 @@ impl Plan {
         let p = &self.pipeline;
         let sources: Vec<String> = self.sources.iter().map(|s| format!("{}={}", s.name, s.kind.identity())).collect();
         let sinks: Vec<String> = self.sinks.iter().map(|s| format!("{}={:?}", s.name, s.target)).collect();
-        let features: Vec<String> = p
-            .features
-            .iter()
-            .map(|f| {
-                let key: Vec<&str> = f.key.iter().map(|k| k.as_str()).collect();
-                format!(
-                    "{}[{}; {}; {}; lateness {}]",
-                    f.name,
-                    key.join(","),
-                    f.window,
-                    f.agg.name(),
-                    f.allowed_lateness
-                )
-            })
-            .collect();
+        let features: Vec<String> = p.features.iter().map(|f| format!("{} ({})", f.name, f.definition())).collect();
         let flows: Vec<&str> = p.flows.iter().map(|f| f.name.as_str()).collect();
         format!(
             "sources {}; sinks {}; flows {}; features {}; shards {}",

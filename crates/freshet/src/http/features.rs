@@ -85,6 +85,5 @@ fn entity_features(state: &AppState, entity: Entity, id: &str) -> Result<Json<Va
         features.insert(view.name.clone(), Value::Object(f));
     }
     let kind = if entity == Entity::User { "user" } else { "item" };
-    let _ = &state.plan;
     Ok(Json(json!({ "entity": kind, "id": id, "found": found, "features": features })))
 }

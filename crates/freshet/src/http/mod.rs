@@ -22,7 +22,6 @@ use axum::routing::{get, post};
 use freshet_engine::features::Views;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::config::plan::Plan;
 use crate::topology::{IngestHandle, Job};
 
 /// What handlers share.
@@ -31,7 +30,6 @@ pub struct AppState {
     views: Views,
     ingest: Option<IngestHandle>,
     prometheus: PrometheusHandle,
-    plan: Arc<Plan>,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -71,15 +69,10 @@ pub struct Server {
 
 impl Server {
     /// Serves the API for `job` on `listener` from a background runtime.
-    pub fn start(
-        listener: std::net::TcpListener,
-        job: &Job,
-        plan: Arc<Plan>,
-        prometheus: PrometheusHandle,
-    ) -> Result<Server> {
+    pub fn start(listener: std::net::TcpListener, job: &Job, prometheus: PrometheusHandle) -> Result<Server> {
         let addr = listener.local_addr().context("reading the listen address")?;
         listener.set_nonblocking(true).context("configuring the listener")?;
-        let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, plan, ready: job.ready_probe() };
+        let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, ready: job.ready_probe() };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
