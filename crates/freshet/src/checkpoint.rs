@@ -66,6 +66,11 @@ impl Store {
         Ok(Store { dir, keep: keep.max(1) })
     }
 
+    /// How many complete checkpoints are kept.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
     /// Removes every checkpoint (`--reset-state`).
     pub fn reset(&self) -> Result<()> {
         for (_, path) in self.list()? {

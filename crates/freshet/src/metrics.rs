@@ -44,6 +44,17 @@ pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
 /// Size of the last checkpoint file.
 pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
 
+/// Bytes appended to the durable ingest log.
+pub const INGEST_LOG_BYTES: &str = "freshet_ingest_log_bytes_total";
+/// Duration of one ingest log sync (one per group of requests).
+pub const INGEST_LOG_SYNC_SECONDS: &str = "freshet_ingest_log_sync_seconds";
+/// Bytes of torn records cut from the ingest log's tail at start.
+pub const INGEST_LOG_TRUNCATED_BYTES: &str = "freshet_ingest_log_truncated_bytes_total";
+/// Corrupt ingest log records found on replay (skipped and quarantined).
+pub const INGEST_LOG_CORRUPT: &str = "freshet_ingest_log_corrupt_records_total";
+/// Ingest log segments deleted once checkpoints covered them.
+pub const INGEST_LOG_SEGMENTS_REMOVED: &str = "freshet_ingest_log_segments_removed_total";
+
 /// Histogram buckets (seconds) for latencies from 50 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];

@@ -3,11 +3,13 @@
 //!
 //! Nothing here knows about flows or state: sources produce
 //! [`freshet_engine::decode::Chunk`]s of raw lines, sinks take formatted
-//! bytes. Kafka, HTTP enrichment and the durable ingest log will live here too.
+//! bytes. The durable ingest log ([`log`]) lives here too; Kafka and HTTP
+//! enrichment will.
 
 pub mod error;
 pub mod file;
 pub mod generator;
+pub mod log;
 pub mod sink;
 
 pub use error::{Domain, IoError, Result};

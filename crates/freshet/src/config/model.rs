@@ -80,8 +80,18 @@ pub enum SourceConfig {
         /// Path of the file.
         path: String,
     },
-    /// `POST /v1/events` on the serving address.
-    Http {},
+    /// `POST /v1/events` on the serving address. With a data directory, each
+    /// accepted batch is appended to a durable log there (`DIR/ingest/NAME`)
+    /// before the answer, and replayed from the last checkpoint after a restart.
+    Http {
+        /// When the log is synced to disk: `"always"` (before answering; the
+        /// requests waiting at that moment share one sync), `"never"` (the OS
+        /// decides; a process crash loses nothing, a machine crash may), or an
+        /// interval such as `"100ms"` (answers do not wait). Default: "always".
+        fsync: Option<String>,
+        /// Size at which a log segment is closed and the next begun. Default: 67108864 (64 MiB).
+        segment_bytes: Option<u64>,
+    },
     /// The built-in workload generator (shared/workload's schema).
     Generator {
         /// Lines to generate. Default: unbounded.

@@ -25,8 +25,8 @@ use super::model::*;
 pub enum SourceKind {
     /// A bounded NDJSON file.
     File(PathBuf),
-    /// HTTP ingest.
-    Http,
+    /// HTTP ingest, with its durable log's settings.
+    Http(IngestLogPlan),
     /// The generator, at `emit_per_s` lines per wall second (0: unthrottled).
     Generator {
         /// Generator knobs.
@@ -36,13 +36,33 @@ pub enum SourceKind {
     },
 }
 
+/// When the ingest log is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before answering each batch of waiting requests.
+    Always,
+    /// Never explicitly.
+    Never,
+    /// At most this long after an append; answers do not wait.
+    Every(Duration),
+}
+
+/// The durable ingest log of an http source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLogPlan {
+    /// Sync policy.
+    pub fsync: Fsync,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+}
+
 impl SourceKind {
     /// What identifies the source across restarts (a generator's start time,
     /// taken from the wall clock, does not).
     pub fn identity(&self) -> String {
         match self {
             SourceKind::File(path) => format!("file {}", path.display()),
-            SourceKind::Http => "http".into(),
+            SourceKind::Http(_) => "http".into(),
             SourceKind::Generator { options: o, .. } => format!(
                 "generator seed {} users {} items {} events {} malformed {} duplicates {} disorder {}",
                 o.seed, o.users, o.items, o.events, o.malformed_rate, o.duplicate_rate, o.disorder_ms
@@ -95,7 +115,7 @@ impl Plan {
     pub fn bounded(&self) -> bool {
         self.sources.iter().all(|s| match &s.kind {
             SourceKind::File(_) => true,
-            SourceKind::Http => false,
+            SourceKind::Http(_) => false,
             SourceKind::Generator { options, .. } => options.events != u64::MAX,
         })
     }
@@ -120,7 +140,7 @@ impl Plan {
 
     /// Whether a source takes HTTP ingest.
     pub fn has_http_source(&self) -> bool {
-        self.sources.iter().any(|s| matches!(s.kind, SourceKind::Http))
+        self.sources.iter().any(|s| matches!(s.kind, SourceKind::Http(_)))
     }
 }
 
@@ -325,7 +345,29 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
     for (name, s) in &config.sources {
         let kind = match s {
             SourceConfig::File { path } => SourceKind::File(path.into()),
-            SourceConfig::Http {} => SourceKind::Http,
+            SourceConfig::Http { fsync, segment_bytes } => {
+                let fsync = match fsync.as_deref() {
+                    None | Some("always") => Fsync::Always,
+                    Some("never") => Fsync::Never,
+                    Some(other) => match humantime::parse_duration(other) {
+                        Ok(d) if !d.is_zero() => Fsync::Every(d),
+                        _ => {
+                            p.err(
+                                format!("sources.{name}.fsync"),
+                                format!(
+                                    "expected \"always\", \"never\" or an interval such as \"100ms\", got {other:?}"
+                                ),
+                            );
+                            Fsync::Always
+                        }
+                    },
+                };
+                let segment_bytes = segment_bytes.unwrap_or(64 << 20);
+                if segment_bytes < 4096 {
+                    p.err(format!("sources.{name}.segment_bytes"), "must be at least 4096");
+                }
+                SourceKind::Http(IngestLogPlan { fsync, segment_bytes })
+            }
             SourceConfig::Generator {
                 events,
                 emit_per_s,
@@ -368,7 +410,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         };
         sources.push(SourcePlan { name: name.clone(), kind });
     }
-    if sources.iter().filter(|s| matches!(s.kind, SourceKind::Http)).count() > 1 {
+    if sources.iter().filter(|s| matches!(s.kind, SourceKind::Http(_))).count() > 1 {
         p.err("sources", "at most one http source");
     }
 

@@ -1,8 +1,10 @@
 //! `POST /v1/events`: one JSON event, or an NDJSON batch, into the pipeline.
 //!
-//! The answer is 202 once the batch is in the pipeline's bounded queue;
+//! The answer is 202 once the batch is in the durable ingest log (with a data
+//! directory; see `topology::ingest`) or in the pipeline's bounded queue;
 //! validation happens there, and rejected lines go to the dead-letter sink.
-//! A full pipeline makes the request wait (up to 5 s), then answers 429.
+//! A full pipeline makes the request wait (up to 5 s), then answers 429; a
+//! failed log write answers 503. Neither leaves a trace of the batch.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::topology::sources::IngestError;
+use crate::topology::ingest::IngestError;
 
 pub(super) async fn ingest(
     State(state): State<AppState>,
@@ -35,6 +37,6 @@ pub(super) async fn ingest(
             Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "accepted": n }))))
         }
         Err(e @ IngestError::Busy) => Err(ApiError::Busy(e.to_string())),
-        Err(e @ IngestError::Stopped) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e @ (IngestError::Stopped | IngestError::Log(_))) => Err(ApiError::Unavailable(e.to_string())),
     }
 }

@@ -14,6 +14,7 @@
 //! a slow shard or sink pushes back to the sources. Metrics are counted per
 //! chunk, never per event.
 
+pub(crate) mod ingest;
 pub(crate) mod sources;
 mod workers;
 
@@ -29,9 +30,9 @@ use freshet_engine::features::{FeatureView, Views};
 use freshet_io::sink::SinkWriter;
 
 use crate::checkpoint::{SourcePosition, Store};
-use crate::config::plan::Plan;
+use crate::config::plan::{Plan, SourceKind};
 use freshet_engine::shard::Shard;
-pub use sources::IngestHandle;
+pub use ingest::IngestHandle;
 use std::path::Path;
 
 /// Rows written per sink: (name, rows).
@@ -133,10 +134,25 @@ impl Job {
 
         // Open everything first: a bad path is one clear error, before any thread.
         let mut opened = Vec::new();
+        let mut logs = Vec::new();
         for (i, s) in plan.sources.iter().enumerate() {
             let resume = restored.as_ref().and_then(|cp| cp.sources.get(i));
             opened.push(sources::open(i as u16, s, &plan, resume).with_context(|| format!("source {}", s.name))?);
+            if let (SourceKind::Http(log_plan), Some(dir)) = (&s.kind, data_dir) {
+                let log = ingest::open_log(dir, &s.name, *log_plan, resume, reset_state)
+                    .with_context(|| format!("source {}", s.name))?;
+                logs.push((i, log));
+            }
         }
+        if data_dir.is_none() && plan.has_http_source() {
+            tracing::warn!(
+                "HTTP ingest is not durable without --data-dir: a crash loses what the job had not processed."
+            );
+        }
+        let log_dirs: Vec<_> = match data_dir {
+            Some(dir) => logs.iter().map(|(i, _)| (*i, ingest::log_dir(dir, &plan.sources[*i].name))).collect(),
+            None => Vec::new(),
+        };
         let mut writers = Vec::new();
         for (i, s) in plan.sinks.iter().enumerate() {
             let committed = restored.as_ref().and_then(|cp| cp.sinks.get(i).copied());
@@ -187,9 +203,15 @@ impl Job {
                     let name = format!("source-{}", plan.sources[i].name);
                     threads.push(spawn(&name, move || run(tx, sh))?);
                 }
-                sources::Opened::Http => {
-                    ingest = Some(IngestHandle::new(i as u16, source_tx.clone(), shared.clone()));
-                }
+                sources::Opened::Http => match logs.iter().position(|(l, _)| *l == i) {
+                    Some(at) => {
+                        let (_, log) = logs.swap_remove(at);
+                        let (handle, run) = ingest::logged(i as u16, log, source_tx.clone(), shared.clone());
+                        ingest = Some(handle);
+                        threads.push(spawn("ingest-log", run)?);
+                    }
+                    None => ingest = Some(IngestHandle::direct(i as u16, source_tx.clone(), shared.clone())),
+                },
             }
         }
         drop(source_tx);
@@ -198,7 +220,8 @@ impl Job {
             Some(store) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let (sh, n) = (shared.clone(), p.shards);
-                let handle = spawn("checkpoints", move || workers::coordinate(store, rx, n, fingerprint, sh))?;
+                let handle =
+                    spawn("checkpoints", move || workers::coordinate(store, rx, n, fingerprint, log_dirs, sh))?;
                 (Some(tx), Some(handle))
             }
             None => (None, None),

@@ -1,12 +1,12 @@
-//! Source threads (file, generator) and the HTTP ingest handle, all feeding
-//! chunks into the dispatcher's bounded channel.
+//! Source threads (file, generator), feeding chunks into the dispatcher's
+//! bounded channel. HTTP ingest is in [`super::ingest`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use freshet_engine::decode::Chunk;
 use freshet_io::file::FileSource;
 use freshet_io::generator::Generator;
@@ -22,7 +22,7 @@ pub(super) type SourceRun = Box<dyn FnOnce(Sender<Chunk>, Arc<Shared>) + Send>;
 pub(super) enum Opened {
     /// Runs on its own thread.
     Thread(SourceRun),
-    /// Fed by HTTP handlers.
+    /// Fed by HTTP handlers (through the ingest log with a data directory).
     Http,
 }
 
@@ -116,7 +116,7 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&So
                 }
             }))
         }
-        SourceKind::Http => Opened::Http,
+        SourceKind::Http(_) => Opened::Http,
     })
 }
 
@@ -124,69 +124,4 @@ fn stamp(chunk: &mut Chunk, source: u16, shared: &Shared) {
     chunk.source = source;
     chunk.ingest_ms = wall_ms();
     chunk.ingest_us = shared.now_us();
-}
-
-/// Why an ingest request was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    /// The pipeline did not take the batch in time (backpressure): retry later.
-    #[error("the pipeline is busy; retry later")]
-    Busy,
-    /// The job has stopped.
-    #[error("the pipeline is not running")]
-    Stopped,
-}
-
-/// Hands HTTP request bodies to the pipeline as chunks of one partition.
-#[derive(Clone)]
-pub struct IngestHandle {
-    source: u16,
-    tx: Sender<Chunk>,
-    shared: Arc<Shared>,
-    next_offset: Arc<AtomicU64>,
-}
-
-impl IngestHandle {
-    pub(super) fn new(source: u16, tx: Sender<Chunk>, shared: Arc<Shared>) -> Self {
-        Self { source, tx, shared, next_offset: Arc::new(AtomicU64::new(0)) }
-    }
-
-    /// Submits NDJSON lines (`single`: the body is one JSON document, which
-    /// may span lines). Blocks while the pipeline is full, up to `wait`.
-    /// Returns the number of events taken.
-    pub fn submit(&self, mut body: Vec<u8>, single: bool, wait: Duration) -> Result<u64, IngestError> {
-        if self.shared.stop.load(Ordering::SeqCst) {
-            return Err(IngestError::Stopped);
-        }
-        if single {
-            // Raw newlines cannot occur inside JSON strings, so folding them keeps valid JSON valid.
-            for b in body.iter_mut().filter(|b| **b == b'\n' || **b == b'\r') {
-                *b = b' ';
-            }
-        }
-        if body.last().is_some_and(|&b| b != b'\n') {
-            body.push(b'\n');
-        }
-        let lines = memchr::memchr_iter(b'\n', &body).count() as u64;
-        if lines == 0 {
-            return Ok(0);
-        }
-        // Offsets are claimed in submission order; chunks may reach the
-        // dispatcher in another order, which changes nothing but DLQ offsets' order.
-        let first_offset = self.next_offset.fetch_add(lines, Ordering::SeqCst);
-        let chunk = Chunk {
-            source: self.source,
-            partition: 0,
-            first_offset,
-            data: body,
-            ingest_ms: wall_ms(),
-            ingest_us: self.shared.now_us(),
-            ..Chunk::default()
-        };
-        match self.tx.send_timeout(chunk, wait) {
-            Ok(()) => Ok(lines),
-            Err(SendTimeoutError::Timeout(_)) => Err(IngestError::Busy),
-            Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
-        }
-    }
 }

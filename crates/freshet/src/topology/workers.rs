@@ -1,5 +1,6 @@
 //! The bodies of the pipeline threads: dispatcher, decoders, shards, writer.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -180,6 +181,7 @@ pub(super) fn coordinate(
     rx: Receiver<CoordMsg>,
     shards: usize,
     fingerprint: String,
+    logs: Vec<(usize, PathBuf)>,
     shared: Arc<Shared>,
 ) {
     struct Partial {
@@ -190,6 +192,10 @@ pub(super) fn coordinate(
     }
     let mut pending: std::collections::BTreeMap<u64, Partial> = Default::default();
     let metrics = crate::metrics::CheckpointMetrics::new();
+    // Source positions of the checkpoints written by this run, newest last.
+    // Once they are all the store keeps, a log segment below the oldest is
+    // needed by no checkpoint that recovery could fall back to.
+    let mut kept: std::collections::VecDeque<Vec<SourcePosition>> = Default::default();
     while let Ok(msg) = rx.recv() {
         let id = match &msg {
             CoordMsg::Sources { id, .. } | CoordMsg::Shard { id, .. } | CoordMsg::Sinks { id, .. } => *id,
@@ -220,8 +226,32 @@ pub(super) fn coordinate(
             Ok(size) => {
                 metrics.completed(p.started.elapsed(), size);
                 tracing::debug!(checkpoint = id, bytes = size, "Checkpoint complete.");
+                kept.push_back(cp.sources);
+                if kept.len() > store.keep() {
+                    kept.pop_front();
+                }
+                if kept.len() == store.keep() {
+                    remove_covered_segments(&logs, &kept);
+                }
             }
             Err(e) => return shared.fail(e.context(format!("writing checkpoint {id}"))),
+        }
+    }
+}
+
+/// Deletes ingest log segments that every kept checkpoint has passed.
+fn remove_covered_segments(logs: &[(usize, PathBuf)], kept: &std::collections::VecDeque<Vec<SourcePosition>>) {
+    for (source, dir) in logs {
+        let Some(floor) = kept.iter().filter_map(|positions| positions.get(*source)).map(|p| p.position).min() else {
+            continue;
+        };
+        match freshet_io::log::remove_below(dir, floor) {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!(crate::metrics::INGEST_LOG_SEGMENTS_REMOVED).increment(n as u64);
+                tracing::debug!(log = %dir.display(), segments = n, below = floor, "Removed covered ingest log segments.");
+            }
+            Err(e) => tracing::warn!(log = %dir.display(), error = %e, "Could not remove covered ingest log segments."),
         }
     }
 }
