@@ -10,13 +10,20 @@ DATA=$(mktemp -d)
 cargo build --release -p freshet >/dev/null 2>&1
 wait_up() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 0.1; done; echo "server did not start" >&2; exit 1; }
 
-echo "== ingest: 1000-event NDJSON batches, 2 wrk threads, 16 connections, 20 s"
-$F run --listen "127.0.0.1:$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
-PID=$!
-wait_up
-wrk -t2 -c16 -d20s --latency -s scripts/bench/ingest.lua "http://127.0.0.1:$PORT"
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^freshet_(http_ingested_events_total|events_accepted_total)'
-kill -TERM "$PID"; wait "$PID" || true
+ingest() { # $1: label; the rest: extra arguments to freshet run
+  local label=$1; shift
+  echo "== ingest ($label): 1000-event NDJSON batches, 2 wrk threads, 16 connections, 20 s"
+  rm -rf "$DATA"; mkdir -p "$DATA"
+  "$F" run --listen "127.0.0.1:$PORT" "$@" >/dev/null 2>&1 &
+  PID=$!
+  wait_up
+  wrk -t2 -c16 -d20s --latency -s scripts/bench/ingest.lua "http://127.0.0.1:$PORT"
+  curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^freshet_(http_ingested_events_total|events_accepted_total|ingest_log_sync_seconds_(sum|count)) '
+  kill -TERM "$PID"; wait "$PID" || true
+}
+ingest "durable log, fsync before each 202" --data-dir "$DATA"
+FRESHET_INGEST_FSYNC=never ingest "durable log, no fsync" --data-dir "$DATA"
+ingest "no data dir: no log, no checkpoints"
 
 # Reads at a fixed rate (hey -q), so latency is measured below saturation.
 for RATE in 100 10000 50000; do
