@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub ready: AtomicBool,
+    /// The last checkpoint written and when (µs on `epoch`'s clock).
+    pub last_checkpoint: Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 impl Shared {
@@ -111,12 +113,14 @@ impl Job {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            last_checkpoint: Arc::default(),
         });
         let p = &plan.pipeline;
         let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
 
         // Checkpoints: the store, and the state to resume from.
         let fingerprint = plan.fingerprint();
+        let restore_started = Instant::now();
         let (store, restored) = match data_dir {
             Some(dir) => {
                 let store = Store::open(dir, plan.keep_checkpoints)?;
@@ -131,6 +135,7 @@ impl Job {
         if let Some(cp) = &restored {
             tracing::info!(checkpoint = cp.id, "Restoring from checkpoint.");
         }
+        let restored_bytes: usize = restored.as_ref().map_or(0, |cp| cp.shards.iter().map(Vec::len).sum());
 
         // Open everything first: a bad path is one clear error, before any thread.
         let mut opened = Vec::new();
@@ -166,6 +171,17 @@ impl Job {
                 shard.restore(bytes, wall_ms()).with_context(|| format!("restoring shard {i}"))?;
             }
             shards.push(shard);
+        }
+        if let Some(cp) = &restored {
+            let took = restore_started.elapsed();
+            let keys: usize = shards.iter().flat_map(Shard::key_counts).sum();
+            tracing::info!(
+                checkpoint = cp.id,
+                state_bytes = restored_bytes,
+                keys,
+                took_ms = took.as_millis() as u64,
+                "Restored."
+            );
         }
 
         let decoders = plan.decoders;
@@ -234,6 +250,8 @@ impl Job {
                 |cp| cp.sources.clone(),
             ),
             coordinator: c.clone(),
+            injected: 0,
+            last_completed: shared.last_checkpoint.clone(),
         });
         {
             let sh = shared.clone();

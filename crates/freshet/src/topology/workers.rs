@@ -65,6 +65,26 @@ pub(super) struct Barriers {
     pub next_id: u64,
     pub positions: Vec<SourcePosition>,
     pub coordinator: Sender<CoordMsg>,
+    /// The last barrier this run injected (0: none yet).
+    pub injected: u64,
+    /// Set by the coordinator: the last checkpoint written, and when.
+    pub last_completed: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+impl Barriers {
+    /// Whether the next barrier is due. One checkpoint at a time, as Flink's
+    /// default: while one is in flight none starts, and the next starts an
+    /// interval after both the last barrier and the last completion, so a
+    /// checkpoint slower than the interval (large state) still leaves the
+    /// pipeline an interval of undisturbed work between two.
+    fn due(&self, last_barrier: Instant, now_us: u64) -> bool {
+        if last_barrier.elapsed() < self.interval {
+            return false;
+        }
+        let (completed, at_us) = *self.last_completed.lock().unwrap_or_else(|p| p.into_inner());
+        let in_flight = self.injected > completed;
+        !in_flight && now_us.saturating_sub(at_us) >= self.interval.as_micros() as u64
+    }
 }
 
 /// Recycled allocations: sink buffers go back from the writer to whoever
@@ -138,6 +158,7 @@ pub(super) fn dispatch(
     let inject = |seq: &mut u64, b: &mut Barriers| -> bool {
         let id = b.next_id;
         b.next_id += 1;
+        b.injected = id;
         let _ = b.coordinator.send(CoordMsg::Sources { id, positions: b.positions.clone() });
         deal(seq, None, Some(id))
     };
@@ -165,7 +186,7 @@ pub(super) fn dispatch(
             return;
         }
         if let Some(b) = &mut barriers
-            && last_barrier.elapsed() >= b.interval
+            && b.due(last_barrier, shared.now_us())
         {
             last_barrier = Instant::now();
             if !inject(&mut seq, b) {
@@ -225,7 +246,9 @@ pub(super) fn coordinate(
         match store.write(&cp) {
             Ok(size) => {
                 metrics.completed(p.started.elapsed(), size);
-                tracing::debug!(checkpoint = id, bytes = size, "Checkpoint complete.");
+                *shared.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = (id, shared.now_us());
+                let took_ms = p.started.elapsed().as_millis() as u64;
+                tracing::debug!(checkpoint = id, bytes = size, took_ms, "Checkpoint complete.");
                 kept.push_back(cp.sources);
                 if kept.len() > store.keep() {
                     kept.pop_front();
