@@ -114,6 +114,7 @@ fn reference_pipeline() -> Pipeline {
         late_sink: None,
         allowed_lateness: 0,
         serve: false,
+        ttl: None,
     };
     Pipeline {
         flows: vec![Flow {
@@ -179,9 +180,14 @@ fn pipeline(c: &mut Criterion) {
                     end_of_partition: true,
                     ingest_ms: 0,
                     ingest_us: 0,
-                    batch: RecordBatch { records: batch.records.clone(), bytes: batch.bytes.clone() },
+                    batch: RecordBatch {
+                        records: batch.records.clone(),
+                        bytes: batch.bytes.clone(),
+                        markers: Vec::new(),
+                    },
                     barrier: None,
                     forwarded: None,
+                    forget: None,
                 };
                 (shard, input)
             },

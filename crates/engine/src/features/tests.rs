@@ -35,6 +35,7 @@ fn spec(window: WindowSpec, agg: AggFn, lateness: i64) -> FeatureSpec {
         late_sink: Some(1),
         allowed_lateness: lateness,
         serve: true,
+        ttl: None,
     }
 }
 
