@@ -345,3 +345,6 @@ impl Shard {
             + self.dedups.iter().map(DedupTable::heap_bytes).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests;
