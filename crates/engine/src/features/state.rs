@@ -568,6 +568,9 @@ impl FeatureState {
     /// The running value of the earliest open window holding the key's newest event.
     fn current(&self, id: u32) -> Option<WindowValue> {
         let e = &self.entries[id as usize];
+        if e.max_ts == i64::MIN {
+            return None;
+        }
         match self.spec.window {
             WindowSpec::Session { .. } => {
                 let p = e.panes.iter().rev().find(|p| !p.fired)?;
@@ -620,11 +623,17 @@ impl FeatureState {
             let mut id = self.groups[g as usize].head;
             while id != NONE {
                 let key = self.keys.key(id);
+                let next = self.links[id as usize].next;
                 let mut ps = parts(key);
                 if entity.is_none() {
                     entity = ps.next().map(|p| String::from_utf8_lossy(p).into());
                 } else {
                     ps.next();
+                }
+                if self.entries[id as usize].max_ts == i64::MIN {
+                    // Made by a late event: nothing to show.
+                    id = next;
+                    continue;
                 }
                 groups.push(GroupView {
                     group: ps.map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
@@ -636,11 +645,13 @@ impl FeatureState {
                     }),
                     event_time: self.entries[id as usize].max_ts,
                 });
-                id = self.links[id as usize].next;
+                id = next;
             }
             groups.sort_by(|a, b| a.group.cmp(&b.group));
-            if let Some(entity) = entity {
-                view.publish(entity, groups);
+            match entity {
+                Some(entity) if groups.is_empty() => view.remove(&entity),
+                Some(entity) => view.publish(entity, groups),
+                None => {}
             }
         }
         n
