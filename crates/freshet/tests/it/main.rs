@@ -9,6 +9,7 @@
 
 mod bad_input;
 mod config_errors;
+mod dedup;
 mod oracle;
 mod recovery;
 mod reference_job;
