@@ -1,11 +1,22 @@
 //! Decoding candidates on the workload's lines: the lean validating scanner
 //! (what the engine uses), sonic-rs (SIMD DOM) and serde_json, each fully
-//! validating a line and reading the reference job's four fields.
+//! validating a line and reading the reference job's four fields; then the
+//! engine's whole decoder step (flows, keys, records per shard) and a shard
+//! applying those records, on the reference job's two features.
 //!
 //! `cargo bench -p freshet-engine --bench decode`
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use freshet_engine::aggregate::AggFn;
+use freshet_engine::decode::{Chunk, Decoder};
 use freshet_engine::event::{FieldPath, Fields};
+use freshet_engine::features::{Entity, FeatureSpec, Format};
+use freshet_engine::flow::Flow;
+use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
+use freshet_engine::predicate::{Literal, Predicate};
+use freshet_engine::record::{RecordBatch, ShardInput};
+use freshet_engine::shard::Shard;
+use freshet_engine::window::WindowSpec;
 use std::hint::black_box;
 
 /// Lines shaped like shared/workload/gen_events.py's (views, purchases, catalog).
@@ -86,5 +97,109 @@ fn decode(c: &mut Criterion) {
     eprintln!("({} lines, {} bytes per iteration)", lines.len(), bytes);
 }
 
-criterion_group!(benches, decode);
+/// The reference job (examples/reference-job.toml) as the engine sees it, on one shard.
+fn reference_pipeline() -> Pipeline {
+    let p = |s: &str| FieldPath::parse(s).unwrap();
+    let s = |v: &str| Literal::Str(v.into());
+    let feature = |name: &str, key: Vec<FieldPath>, filter, window, sink| FeatureSpec {
+        name: name.into(),
+        flow: 0,
+        key,
+        entity: Entity::None,
+        filter,
+        window,
+        agg: AggFn::Count,
+        field: None,
+        sink: Some((sink, Format::Csv)),
+        late_sink: None,
+        allowed_lateness: 0,
+        serve: false,
+        ttl: None,
+    };
+    Pipeline {
+        flows: vec![Flow {
+            name: "interactions".into(),
+            when: Predicate::In(p("type"), vec![s("view"), s("click"), s("add_to_cart"), s("purchase")]),
+            rules: vec![],
+            schema: None,
+            time_field: p("ts"),
+            stages: vec![],
+            features: vec![0, 1],
+        }],
+        features: vec![
+            feature("user_type_5m", vec![p("user_id"), p("type")], None, WindowSpec::Tumbling { size: 300_000 }, 0),
+            feature(
+                "item_views_1h",
+                vec![p("item_id")],
+                Some(Predicate::Eq(p("type"), s("view"))),
+                WindowSpec::Hopping { size: 3_600_000, slide: 300_000 },
+                1,
+            ),
+        ],
+        sinks: ["a", "b"].map(|n| SinkSpec { name: n.into(), format: Format::Csv }).to_vec(),
+        dead_letter: None,
+        unmatched: Unmatched::Drop,
+        sources: vec!["events".into()],
+        limits: Limits::default(),
+        event_time: EventTime { max_out_of_orderness: 5000, idle_timeout: 30_000 },
+        shards: 1,
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    let lines = lines();
+    let mut data = Vec::new();
+    for l in &lines {
+        data.extend_from_slice(l.as_bytes());
+        data.push(b'\n');
+    }
+    let chunk = Chunk { data, ..Chunk::default() };
+    let pipeline = reference_pipeline();
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    let mut decoder = Decoder::new(&pipeline);
+    g.bench_function("decoder_reference_job", |b| {
+        b.iter(|| {
+            let mut out = decoder.output();
+            decoder.decode(&chunk, &mut out);
+            black_box(out.stats.records)
+        })
+    });
+    let mut out = decoder.output();
+    decoder.decode(&chunk, &mut out);
+    let batch = std::mem::take(&mut out.shards[0]);
+    g.bench_function("shard_reference_job", |b| {
+        b.iter_batched(
+            || {
+                let mut shard = Shard::new(&pipeline, None);
+                shard.register((0, 0), 0);
+                let input = ShardInput {
+                    seq: 0,
+                    partition: Some((0, 0)),
+                    max_ts: out.max_ts,
+                    end_of_partition: true,
+                    ingest_ms: 0,
+                    ingest_us: 0,
+                    batch: RecordBatch {
+                        records: batch.records.clone(),
+                        bytes: batch.bytes.clone(),
+                        markers: Vec::new(),
+                    },
+                    barrier: None,
+                    forwarded: None,
+                    forget: None,
+                };
+                (shard, input)
+            },
+            |(mut shard, input)| {
+                let stats = shard.process(&input);
+                black_box(stats.records + shard.take_outputs(Vec::new).sinks[0].rows)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, pipeline);
 criterion_main!(benches);

@@ -52,6 +52,7 @@ fn spec(window: WindowSpec) -> FeatureSpec {
         late_sink: None,
         allowed_lateness: 0,
         serve: false,
+        ttl: None,
     }
 }
 

@@ -7,17 +7,21 @@
 //! chunk: it becomes one DLQ record with the reason, source, partition and
 //! offset. Everything is written into buffers that are reused or shipped
 //! whole; nothing is allocated per line on the accepted path.
+//!
+//! Dedup stages are not decided here (decoders share no state): the decoder
+//! reads the stage's key and puts a marker before the event's records in
+//! each shard batch that gets some, and those shards decide.
 
 use std::io::Write;
 
 use crate::aggregate::AggFn;
-use crate::event::{Fields, Value};
+use crate::event::{Event, FieldPath, Fields, Value};
 use crate::features::emit::{Outputs, write_json_str};
 use crate::features::keys::{hash_bytes, push_part};
-use crate::flow::Outcome;
+use crate::flow::{Outcome, Stage};
 use crate::json::{self, JsonError, Kind};
 use crate::pipeline::{Pipeline, Unmatched};
-use crate::record::{Record, RecordBatch, RecordValue};
+use crate::record::{DedupMarker, Record, RecordBatch, RecordValue};
 use crate::time::PartitionId;
 
 /// A line too long to keep, cut by the reader: only a prefix is kept.
@@ -128,6 +132,8 @@ pub struct DecodeStats {
     pub records: u64,
     /// Feature inputs skipped for a missing key or value.
     pub feature_skipped: u64,
+    /// Events that passed a dedup stage unchecked, for lack of its key.
+    pub dedup_unkeyed: u64,
 }
 
 /// Everything one chunk produced.
@@ -149,12 +155,25 @@ pub struct Decoder<'p> {
     fields: Fields,
     scratch: String,
     text: Vec<u8>,
+    /// The current event's dedup keys: (stage id, hash, span in `dedup_bytes`).
+    dedup: Vec<(u16, u64, (u32, u32))>,
+    dedup_bytes: Vec<u8>,
+    /// Per shard: whether the current event's dedup markers are in its batch.
+    marked: Vec<bool>,
 }
 
 impl<'p> Decoder<'p> {
     /// A decoder for `pipeline`.
     pub fn new(pipeline: &'p Pipeline) -> Self {
-        Self { pipeline, fields: Fields::default(), scratch: String::new(), text: Vec::new() }
+        Self {
+            pipeline,
+            fields: Fields::default(),
+            scratch: String::new(),
+            text: Vec::new(),
+            dedup: Vec::new(),
+            dedup_bytes: Vec::new(),
+            marked: vec![false; pipeline.shards],
+        }
     }
 
     /// An empty output sized for the pipeline (reuse it across chunks after shipping).
@@ -293,15 +312,37 @@ impl<'p> Decoder<'p> {
         let prior_max_ts = out.max_ts.unwrap_or(i64::MIN);
         out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
         let sinks = &mut out.outputs.sinks;
-        let outcome = flow.run_stages(&mut ev, scratch, |sink, ev| {
-            let buf = &mut sinks[sink as usize];
-            ev.write_json(&mut buf.data);
-            buf.data.push(b'\n');
-            buf.rows += 1;
+        let unkeyed = &mut out.stats.dedup_unkeyed;
+        let (dedup, dedup_bytes) = (&mut self.dedup, &mut self.dedup_bytes);
+        dedup.clear();
+        let outcome = flow.run_stages(&mut ev, scratch, |stage, ev, scratch| match stage {
+            Stage::Route(sink) => {
+                let buf = &mut sinks[*sink as usize];
+                ev.write_json(&mut buf.data);
+                buf.data.push(b'\n');
+                buf.rows += 1;
+            }
+            Stage::Dedup(d) => {
+                if dedup.is_empty() {
+                    dedup_bytes.clear();
+                }
+                let start = dedup_bytes.len();
+                if push_key(ev, &d.key, dedup_bytes, scratch).is_some() {
+                    let hash = hash_bytes(&dedup_bytes[start..]);
+                    dedup.push((d.id, hash, (start as u32, dedup_bytes.len() as u32)));
+                } else {
+                    dedup_bytes.truncate(start);
+                    *unkeyed += 1;
+                }
+            }
+            _ => {}
         });
         if outcome == Outcome::Filtered {
             out.stats.filtered += 1;
             return;
+        }
+        if !self.dedup.is_empty() {
+            self.marked.fill(false);
         }
         let nshards = out.shards.len() as u64;
         for &fid in &flow.features {
@@ -313,33 +354,10 @@ impl<'p> Decoder<'p> {
             }
             // Build the key, entity first; parts are the fields' texts.
             self.text.clear();
-            let mut ok = true;
-            let mut entity_end = 0;
-            for (i, path) in spec.key.iter().enumerate() {
-                let Some(v) = ev.get(path) else {
-                    ok = false;
-                    break;
-                };
-                match v.plain_str() {
-                    Some(s) => push_part(&mut self.text, s),
-                    None if v.kind == Kind::String => {
-                        let mut unescaped = Vec::new();
-                        if !v.write_text(&mut unescaped, scratch) {
-                            ok = false;
-                            break;
-                        }
-                        push_part(&mut self.text, &unescaped);
-                    }
-                    None => push_part(&mut self.text, v.raw),
-                }
-                if i == 0 {
-                    entity_end = self.text.len();
-                }
-            }
-            if !ok {
+            let Some(entity_end) = push_key(&mut ev, &spec.key, &mut self.text, scratch) else {
                 out.stats.feature_skipped += 1;
                 continue;
-            }
+            };
             let value = match (&spec.field, spec.agg) {
                 (Some(field), agg) if agg.needs_field() => match ev.get(field) {
                     Some(v) if agg.numeric() => match v.as_f64() {
@@ -376,10 +394,46 @@ impl<'p> Decoder<'p> {
                 }
             };
             let hash = hash_bytes(&batch.bytes[ks as usize..ke as usize]);
+            if !self.dedup.is_empty() && !self.marked[shard] {
+                // The event's first record on this shard: its dedup markers go first.
+                self.marked[shard] = true;
+                let at = batch.records.len() as u32;
+                for &(dedup, hash, (a, b)) in &self.dedup {
+                    let start = batch.bytes.len() as u32;
+                    batch.bytes.extend_from_slice(&self.dedup_bytes[a as usize..b as usize]);
+                    batch.markers.push(DedupMarker { dedup, at, hash, key: (start, batch.bytes.len() as u32) });
+                }
+            }
             batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
         }
     }
+}
+
+/// Appends the encoded key of `paths` (each field's text, see
+/// [`push_part`]) to `key`; returns where the first part ends, or `None` if
+/// a field is missing or unreadable (`key` then holds a partial key).
+#[inline]
+fn push_key(ev: &mut Event<'_>, paths: &[FieldPath], key: &mut Vec<u8>, scratch: &mut String) -> Option<usize> {
+    let mut entity_end = 0;
+    for (i, path) in paths.iter().enumerate() {
+        let v = ev.get(path)?;
+        match v.plain_str() {
+            Some(s) => push_part(key, s),
+            None if v.kind == Kind::String => {
+                let mut unescaped = Vec::new();
+                if !v.write_text(&mut unescaped, scratch) {
+                    return None;
+                }
+                push_part(key, &unescaped);
+            }
+            None => push_part(key, v.raw),
+        }
+        if i == 0 {
+            entity_end = key.len();
+        }
+    }
+    Some(entity_end)
 }
 
 enum Val<'a> {

@@ -4,11 +4,12 @@
 //! A flow is chosen by its `when` predicate (first match in config order),
 //! checks its field rules (and JSON Schema, if any), then runs its stages in
 //! order. Stages are one enum and one `match` (adding one means a variant, a
-//! branch and a test). Every stage here is stateless and runs on the decoder
-//! threads. Where later stages go: a keyed stage (dedup) runs on the shard
-//! that owns its key, an async stage (HTTP enrichment) is handed to the I/O
-//! runtime with a bounded number in flight; `Stage::placement` tells the
-//! planner which, so a flow is cut into segments at those points.
+//! branch and a test). Stateless stages run on the decoder threads. A keyed
+//! stage (dedup) needs state: the decoder only reads its key (handing it to
+//! the caller of [`Flow::run_stages`]), and the shards that get the event's
+//! records decide there whether it is a duplicate, in chunk order. An async
+//! stage (HTTP enrichment) would be handed to the I/O runtime with a bounded
+//! number in flight. `Stage::placement` tells the planner which.
 
 use crate::event::{Event, FieldPath};
 use crate::json::Kind;
@@ -47,6 +48,27 @@ pub enum Stage {
     Remove(Vec<FieldPath>),
     /// Write the event (as edited so far) to a sink, and go on.
     Route(u16),
+    /// Drop an event whose key was already seen within the TTL (decided on the shards).
+    Dedup(Dedup),
+}
+
+/// A dedup stage: events with the same key within `ttl` of event time are one event.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    /// Index among the pipeline's dedup stages (each has its own table).
+    pub id: u16,
+    /// Key fields; an event missing one passes unchecked (counted).
+    pub key: Vec<FieldPath>,
+    /// An event is remembered until the watermark reaches its time plus this (ms).
+    pub ttl: i64,
+}
+
+impl Dedup {
+    /// What shapes this stage's state, for pipeline fingerprints.
+    pub fn definition(&self) -> String {
+        let key: Vec<&str> = self.key.iter().map(|p| p.as_str()).collect();
+        format!("dedup [{}] ttl {}", key.join(", "), crate::window::human_ms(self.ttl))
+    }
 }
 
 /// Where a stage runs.
@@ -63,7 +85,10 @@ pub enum Placement {
 impl Stage {
     /// Where this stage runs.
     pub fn placement(&self) -> Placement {
-        Placement::Inline
+        match self {
+            Stage::Dedup(_) => Placement::Keyed,
+            _ => Placement::Inline,
+        }
     }
 }
 
@@ -96,12 +121,13 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Runs the stages on `ev`; routed copies are appended via `route(sink, ev)`.
+    /// Runs the stages on `ev`. Stages whose effect is outside the event
+    /// (route, dedup) are handed to `effect` with the event as edited so far.
     pub fn run_stages(
         &self,
         ev: &mut Event<'_>,
         scratch: &mut String,
-        mut route: impl FnMut(u16, &Event<'_>),
+        mut effect: impl FnMut(&Stage, &mut Event<'_>, &mut String),
     ) -> Outcome {
         for stage in &self.stages {
             match stage {
@@ -125,7 +151,7 @@ impl Flow {
                         ev.remove(p);
                     }
                 }
-                Stage::Route(sink) => route(*sink, ev),
+                Stage::Route(_) | Stage::Dedup(_) => effect(stage, ev, scratch),
             }
         }
         Outcome::Passed
@@ -163,10 +189,11 @@ mod tests {
         let mut f = Fields::default();
         let mut ev = f.decode(line, 64).unwrap();
         let mut routed = Vec::new();
-        let outcome = flow.run_stages(&mut ev, &mut String::new(), |sink, ev| {
+        let outcome = flow.run_stages(&mut ev, &mut String::new(), |stage, ev, _| {
+            let Stage::Route(sink) = stage else { panic!("only routes here") };
             let mut out = Vec::new();
             ev.write_json(&mut out);
-            routed.push((sink, String::from_utf8(out).unwrap()));
+            routed.push((*sink, String::from_utf8(out).unwrap()));
         });
         assert_eq!(outcome, Outcome::Filtered);
         assert_eq!(routed, vec![(3, r#"{"type":"click","email":"***"}"#.to_string())]);

@@ -23,6 +23,7 @@
 
 pub mod aggregate;
 pub mod decode;
+pub mod dedup;
 pub mod event;
 pub mod features;
 pub mod flow;

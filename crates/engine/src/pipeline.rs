@@ -2,7 +2,7 @@
 //! as planned from config by the binary. Plain data; no I/O.
 
 use crate::features::{FeatureSpec, Format};
-use crate::flow::Flow;
+use crate::flow::{Dedup, Flow, Stage};
 
 /// What to do with an event that no flow takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,4 +67,21 @@ pub struct Pipeline {
     pub event_time: EventTime,
     /// Number of shards.
     pub shards: usize,
+}
+
+impl Pipeline {
+    /// Every dedup stage, by id.
+    pub fn dedups(&self) -> Vec<&Dedup> {
+        let mut all: Vec<&Dedup> = self
+            .flows
+            .iter()
+            .flat_map(|f| &f.stages)
+            .filter_map(|s| match s {
+                Stage::Dedup(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        all.sort_by_key(|d| d.id);
+        all
+    }
 }

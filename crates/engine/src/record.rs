@@ -4,10 +4,13 @@
 //!
 //! Decoders run every stateless step (parse, validate, flows, key and value
 //! extraction) in parallel; a shard then only touches its own keyed state.
-//! Records carry the source position so a late event can be traced.
+//! Records carry the source position so a late event can be traced. An
+//! event that went through a dedup stage is preceded, on every shard that
+//! gets its records, by a [`DedupMarker`]: the shard decides there whether
+//! the event is a duplicate, and if so skips its records.
 
 use crate::aggregate::Input;
-use crate::features::Outputs;
+use crate::features::{Entity, Outputs};
 use crate::time::PartitionId;
 
 /// A record's value.
@@ -43,6 +46,20 @@ pub struct Record {
     pub prior_max_ts: i64,
 }
 
+/// A dedup stage's key for the event whose records start at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupMarker {
+    /// The dedup stage (its [`crate::flow::Dedup::id`]).
+    pub dedup: u16,
+    /// Index in `records` of the event's first record on this shard; the
+    /// event's records are the run from there with the same `offset`.
+    pub at: u32,
+    /// Hash of the encoded key.
+    pub hash: u64,
+    /// Encoded key at `bytes[key.0..key.1]`.
+    pub key: (u32, u32),
+}
+
 /// Records bound for one shard from one chunk.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
@@ -50,6 +67,8 @@ pub struct RecordBatch {
     pub records: Vec<Record>,
     /// Key and value bytes.
     pub bytes: Vec<u8>,
+    /// Dedup markers, in `at` order (empty when no flow dedups).
+    pub markers: Vec<DedupMarker>,
 }
 
 impl RecordBatch {
@@ -69,11 +88,28 @@ impl RecordBatch {
         }
     }
 
+    /// The encoded dedup key of `m`.
+    #[inline]
+    pub fn marker_key(&self, m: &DedupMarker) -> &[u8] {
+        &self.bytes[m.key.0 as usize..m.key.1 as usize]
+    }
+
     /// Removes all records, keeping capacity.
     pub fn clear(&mut self) {
         self.records.clear();
         self.bytes.clear();
+        self.markers.clear();
     }
+}
+
+/// A request to forget an entity: every key whose entity (first key part)
+/// is `id`, in every feature of that entity kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forget {
+    /// Which features: those serving this entity kind.
+    pub entity: Entity,
+    /// The entity id, as the text of the key field.
+    pub id: Vec<u8>,
 }
 
 /// What a shard receives for one chunk, in chunk order.
@@ -99,4 +135,9 @@ pub struct ShardInput {
     /// events), carried by one shard so that all output reaches the writer in
     /// chunk order and a barrier covers it.
     pub forwarded: Option<Outputs>,
+    /// An entity to forget, after this input's records (`None` almost
+    /// always). Send it to every shard (the entity's keys live on one, but
+    /// which one is the shards' business) in chunk order, so replay after a
+    /// crash forgets at the same point.
+    pub forget: Option<Forget>,
 }

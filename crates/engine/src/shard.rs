@@ -1,17 +1,27 @@
 //! A shard: the single-threaded owner of one hash range of every feature's
 //! keyed state.
 //!
-//! It takes record batches in chunk order, folds each record into its
-//! feature, advances the combined watermark from the chunk's partition
-//! progress, fires complete windows, and publishes changed values to the
-//! serving views. It holds no locks; the runtime gives it one thread and
-//! bounded channels.
+//! It takes record batches in chunk order, decides which events are
+//! duplicates (its dedup tables), folds each other record into its feature,
+//! advances the combined watermark from the chunk's partition progress,
+//! fires complete windows, expires keys past their TTL, forgets entities on
+//! request, and publishes changed values to the serving views. It holds no
+//! locks; the runtime gives it one thread and bounded channels.
+//!
+//! Dedup is decided per shard, among the events whose records reach it: an
+//! event repeating an earlier one (same dedup key, so in practice the same
+//! event sent again) sends its records to the same shards, which all find it
+//! seen. Two events that share a dedup key but differ in the fields that
+//! pick shards are each kept where the other was not seen.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::{FeatureState, Outputs, RestoreError, Views};
+use crate::dedup::{DedupSnapshot, DedupSnapshotRef, DedupTable};
+use crate::features::{Entity, FeatureState, Outputs, RestoreError, SNAPSHOT_VERSION, Views};
 use crate::pipeline::Pipeline;
-use crate::record::ShardInput;
+use crate::record::{RecordBatch, ShardInput};
 use crate::time::{PartitionId, Watermarks};
 
 /// Counters of one shard step.
@@ -21,20 +31,46 @@ pub struct ShardStats {
     pub records: u64,
     /// Whether the watermark advanced.
     pub watermark_advanced: bool,
+    /// Events dropped as duplicates by dedup stages (export as `freshet_dedup_dropped_total`).
+    pub dedup_dropped: u64,
+    /// Keys removed by the input's `forget`.
+    pub forgotten: u64,
 }
 
-/// A shard's state at a barrier: event-time progress and every feature.
-#[derive(Debug, Serialize, Deserialize)]
+/// A shard's state at a barrier, as read back: event-time progress, every feature, every dedup table.
+#[derive(Debug, Deserialize)]
 struct ShardSnapshot {
     progress: Vec<(PartitionId, i64, bool)>,
     watermark: i64,
     features: Vec<Vec<u8>>,
+    dedup: Vec<DedupSnapshot>,
+}
+
+/// The same, as written.
+#[derive(Serialize)]
+struct ShardSnapshotRef<'a> {
+    progress: Vec<(PartitionId, i64, bool)>,
+    watermark: i64,
+    features: Vec<Vec<u8>>,
+    dedup: Vec<DedupSnapshotRef<'a>>,
+}
+
+/// A shard snapshot of the first format (no dedup tables), to tell it from a corrupt one.
+#[derive(Deserialize)]
+struct ShardSnapshotV1 {
+    _progress: Vec<(PartitionId, i64, bool)>,
+    _watermark: i64,
+    _features: Vec<Vec<u8>>,
 }
 
 /// One shard's state.
 pub struct Shard {
     features: Vec<FeatureState>,
+    /// Per dedup stage, by id.
+    dedups: Vec<DedupTable>,
     ids: Vec<u32>,
+    /// The ranges of the current batch's records that are not duplicates.
+    kept: Vec<Range<usize>>,
     watermarks: Watermarks,
     outputs: Outputs,
     views: Option<Views>,
@@ -49,7 +85,9 @@ impl Shard {
         let et = pipeline.event_time;
         Self {
             features,
+            dedups: pipeline.dedups().iter().map(|d| DedupTable::new(d.ttl)).collect(),
             ids: Vec::new(),
+            kept: Vec::new(),
             watermarks: Watermarks::new(et.max_out_of_orderness, et.idle_timeout),
             outputs: Outputs::new(pipeline.sinks.len(), pipeline.features.len()),
             views,
@@ -62,12 +100,13 @@ impl Shard {
         self.watermarks.observe(partition, None, now_ms);
     }
 
-    /// Applies one chunk's records and advances event time.
+    /// Applies one chunk's records and advances event time, then forgets
+    /// the input's entity, if any.
     ///
     /// Each record meets the watermark as it stood just before it (its
     /// partition's progress, including the chunk's earlier events, and the
-    /// other partitions' minimum), and windows fire as soon as that
-    /// watermark passes them, as with a watermark after every event.
+    /// other partitions' minimum), and windows fire and keys expire as soon
+    /// as that watermark passes them, as with a watermark after every event.
     pub fn process(&mut self, input: &ShardInput) -> ShardStats {
         let mut wm = self.watermarks.current();
         let before = wm;
@@ -76,35 +115,50 @@ impl Shard {
             Some(p) => (self.watermarks.others_min(p, input.ingest_ms), self.watermarks.partition_max(p)),
             None => (wm, i64::MIN),
         };
+        let record_wm =
+            |w: &Watermarks, prior_max_ts: i64| others.min(w.partition_watermark(partition_max.max(prior_max_ts)));
+        let mut kept = std::mem::take(&mut self.kept);
+        kept.clear();
+        let dedup_dropped = if batch.markers.is_empty() {
+            kept.push(0..batch.records.len());
+            0
+        } else {
+            self.dedup(batch, &mut kept, |w, prior| wm.max(record_wm(w, prior)))
+        };
         // Three passes, because keyed state waits on memory: load every
         // record's table slot (independent loads, whose misses overlap), then
         // intern (hits) while loading each key's entry, then apply in order.
         let mut warm_slots = 0u32;
-        for r in &batch.records {
+        for r in kept.iter().flat_map(|k| &batch.records[k.clone()]) {
             warm_slots ^= self.features[r.feature as usize].warm(r.hash);
         }
         std::hint::black_box(warm_slots);
         self.ids.clear();
         let mut warm = 0i64;
-        for r in &batch.records {
+        for r in kept.iter().flat_map(|k| &batch.records[k.clone()]) {
             let (id, max_ts) = self.features[r.feature as usize].intern(r.hash, batch.key(r));
             warm ^= max_ts;
             self.ids.push(id);
         }
         std::hint::black_box(warm);
-        for (r, &id) in batch.records.iter().zip(&self.ids) {
-            let seen = self.watermarks.partition_watermark(partition_max.max(r.prior_max_ts));
-            let record_wm = others.min(seen);
+        // Once a watermark step removed keys (TTL), ids interned above may be stale.
+        let mut stale = false;
+        let mut applied = 0u64;
+        for (r, &id) in kept.iter().flat_map(|k| &batch.records[k.clone()]).zip(&self.ids) {
+            let record_wm = record_wm(&self.watermarks, r.prior_max_ts);
             if record_wm > wm {
                 wm = record_wm;
                 self.watermarks.raise(wm);
                 for f in &mut self.features {
-                    f.on_watermark(wm, &mut self.outputs);
+                    stale |= f.on_watermark(wm, &mut self.outputs);
                 }
             }
             let f = &mut self.features[r.feature as usize];
+            let id = if stale { f.intern(r.hash, batch.key(r)).0 } else { id };
             f.apply_interned(batch, r, id, wm, &mut self.outputs);
+            applied += 1;
         }
+        self.kept = kept;
         if let Some(partition) = input.partition {
             self.watermarks.observe(partition, input.max_ts, input.ingest_ms);
             if input.end_of_partition {
@@ -112,10 +166,52 @@ impl Shard {
             }
         }
         let advanced = self.advance(input.ingest_ms) || self.watermarks.current() > before;
-        ShardStats { records: batch.records.len() as u64, watermark_advanced: advanced }
+        if advanced {
+            let wm = self.watermarks.current();
+            for d in &mut self.dedups {
+                d.expire(wm);
+            }
+        }
+        let forgotten = input.forget.as_ref().map_or(0, |f| self.forget(f.entity, &f.id) as u64);
+        ShardStats { records: applied, watermark_advanced: advanced, dedup_dropped, forgotten }
     }
 
-    /// Re-evaluates idleness at wall time `now_ms`; fires windows if the watermark moved.
+    /// Decides every marked event of `batch`: fills `kept` with the record
+    /// ranges left once duplicates are cut out, and returns how many events
+    /// were duplicates. `wm_at(watermarks, prior_max_ts)` is the watermark a
+    /// record meets.
+    fn dedup(
+        &mut self,
+        batch: &RecordBatch,
+        kept: &mut Vec<Range<usize>>,
+        wm_at: impl Fn(&Watermarks, i64) -> i64,
+    ) -> u64 {
+        let (records, markers) = (&batch.records, &batch.markers);
+        let (mut from, mut dropped, mut i) = (0, 0, 0);
+        while i < markers.len() {
+            let m = markers[i];
+            let at = m.at as usize;
+            let r = &records[at];
+            let wm = wm_at(&self.watermarks, r.prior_max_ts);
+            let duplicate = self.dedups[m.dedup as usize].check(m.hash, batch.marker_key(&m), r.ts, wm);
+            i += 1;
+            if duplicate {
+                // A duplicate stops at this stage: the event's later stages see nothing.
+                while i < markers.len() && markers[i].at == m.at {
+                    i += 1;
+                }
+                let end = at + records[at..].iter().take_while(|x| x.offset == r.offset).count();
+                kept.push(from..at);
+                from = end;
+                dropped += 1;
+            }
+        }
+        kept.push(from..records.len());
+        dropped
+    }
+
+    /// Re-evaluates idleness at wall time `now_ms`; fires windows and
+    /// expires keys if the watermark moved.
     pub fn advance(&mut self, now_ms: i64) -> bool {
         let before = self.watermarks.current();
         let wm = self.watermarks.advance(now_ms);
@@ -125,7 +221,32 @@ impl Shard {
         for f in &mut self.features {
             f.on_watermark(wm, &mut self.outputs);
         }
+        for d in &mut self.dedups {
+            d.expire(wm);
+        }
         true
+    }
+
+    /// Forgets an entity: removes every key whose first part is `id` from
+    /// every feature whose entity is `entity`, with their unfired windows
+    /// (dropped, not emitted) and serving values (gone from the views at
+    /// once). Returns how many keys were removed. Deterministic: call it at
+    /// the same point of the input (see [`ShardInput::forget`]) and a
+    /// restored run forgets the same.
+    pub fn forget(&mut self, entity: Entity, id: &[u8]) -> usize {
+        let mut n = 0;
+        for (i, f) in self.features.iter_mut().enumerate() {
+            if f.spec().entity != entity {
+                continue;
+            }
+            n += f.forget(id);
+            if f.spec().serve
+                && let Some(view) = self.views.as_ref().and_then(|v| v.get(i))
+            {
+                view.remove(&String::from_utf8_lossy(id));
+            }
+        }
+        n
     }
 
     /// The combined watermark.
@@ -166,18 +287,31 @@ impl Shard {
 
     /// Encodes the shard's state (taken between two inputs, i.e. at a barrier).
     pub fn snapshot(&self) -> Vec<u8> {
-        let snap = ShardSnapshot {
+        let snap = ShardSnapshotRef {
             progress: self.watermarks.progress(),
             watermark: self.watermarks.current(),
             features: self.features.iter().map(FeatureState::snapshot).collect(),
+            dedup: self.dedups.iter().map(DedupTable::snapshot).collect(),
         };
         postcard::to_stdvec(&snap).unwrap_or_default()
     }
 
     /// Loads a snapshot into this fresh shard; `now_ms` restarts idleness clocks.
     pub fn restore(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), RestoreError> {
-        let snap: ShardSnapshot = postcard::from_bytes(bytes)
-            .map_err(|e| RestoreError::Corrupt { feature: "(shard)".into(), reason: e.to_string() })?;
+        let snap: ShardSnapshot = postcard::from_bytes(bytes).map_err(|e| {
+            if postcard::from_bytes::<ShardSnapshotV1>(bytes).is_ok() {
+                RestoreError::Version { feature: "(shard)".into(), found: 1, expected: SNAPSHOT_VERSION }
+            } else {
+                RestoreError::Corrupt { feature: "(shard)".into(), reason: e.to_string() }
+            }
+        })?;
+        if snap.dedup.len() != self.dedups.len() {
+            return Err(RestoreError::Definition {
+                feature: "(pipeline)".into(),
+                was: format!("{} dedup stages", snap.dedup.len()),
+                now: format!("{} dedup stages", self.dedups.len()),
+            });
+        }
         if snap.features.len() != self.features.len() {
             return Err(RestoreError::Definition {
                 feature: "(pipeline)".into(),
@@ -188,6 +322,9 @@ impl Shard {
         for (f, bytes) in self.features.iter_mut().zip(&snap.features) {
             f.restore(bytes)?;
         }
+        for (d, entries) in self.dedups.iter_mut().zip(snap.dedup) {
+            d.restore(entries);
+        }
         self.watermarks.restore(&snap.progress, snap.watermark, now_ms);
         Ok(())
     }
@@ -197,8 +334,17 @@ impl Shard {
         self.features.iter().map(FeatureState::key_count).collect()
     }
 
-    /// Approximate heap bytes of keyed state.
+    /// Keys remembered, per dedup stage.
+    pub fn dedup_counts(&self) -> Vec<usize> {
+        self.dedups.iter().map(DedupTable::len).collect()
+    }
+
+    /// Approximate heap bytes of keyed state and dedup tables.
     pub fn heap_bytes(&self) -> usize {
-        self.features.iter().map(FeatureState::heap_bytes).sum()
+        self.features.iter().map(FeatureState::heap_bytes).sum::<usize>()
+            + self.dedups.iter().map(DedupTable::heap_bytes).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests;

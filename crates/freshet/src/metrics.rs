@@ -5,6 +5,7 @@
 //! registered once per thread and incremented once per chunk.
 
 use freshet_engine::decode::{DecodeStats, RejectKind};
+use freshet_engine::shard::ShardStats;
 use freshet_io::sink::SinkWriter;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -24,6 +25,10 @@ pub const FLOW_FILTERED: &str = "freshet_flow_filtered_total";
 pub const FEATURE_RECORDS: &str = "freshet_feature_records_total";
 /// Feature inputs skipped for a missing key or value.
 pub const FEATURE_SKIPPED: &str = "freshet_feature_skipped_total";
+/// Events dropped as duplicates by dedup stages, by shard.
+pub const DEDUP_DROPPED: &str = "freshet_dedup_dropped_total";
+/// Events that passed a dedup stage unchecked, for lack of its key field.
+pub const DEDUP_UNKEYED: &str = "freshet_dedup_unkeyed_total";
 /// Events too late for every window, by feature.
 pub const FEATURE_LATE: &str = "freshet_feature_late_events_total";
 /// Rows written, by sink.
@@ -67,6 +72,7 @@ pub struct DecoderMetrics {
     flows: Vec<Counter>,
     filtered: Counter,
     skipped: Counter,
+    unkeyed: Counter,
 }
 
 impl DecoderMetrics {
@@ -83,6 +89,7 @@ impl DecoderMetrics {
             flows: plan.pipeline.flows.iter().map(|f| counter!(FLOW_EVENTS, "flow" => f.name.clone())).collect(),
             filtered: counter!(FLOW_FILTERED),
             skipped: counter!(FEATURE_SKIPPED),
+            unkeyed: counter!(DEDUP_UNKEYED),
         }
     }
 
@@ -104,12 +111,14 @@ impl DecoderMetrics {
         }
         self.filtered.increment(s.filtered);
         self.skipped.increment(s.feature_skipped);
+        self.unkeyed.increment(s.dedup_unkeyed);
     }
 }
 
 /// A shard thread's handles.
 pub struct ShardMetrics {
     records: Counter,
+    dedup_dropped: Counter,
     late: Vec<Counter>,
     lag: Gauge,
     latency: Histogram,
@@ -120,6 +129,7 @@ impl ShardMetrics {
     pub fn new(plan: &Plan, shard: usize) -> Self {
         Self {
             records: counter!(FEATURE_RECORDS, "shard" => shard.to_string()),
+            dedup_dropped: counter!(DEDUP_DROPPED, "shard" => shard.to_string()),
             late: plan.pipeline.features.iter().map(|f| counter!(FEATURE_LATE, "feature" => f.name.clone())).collect(),
             lag: gauge!(WATERMARK_LAG, "shard" => shard.to_string()),
             latency: histogram!(PIPELINE_LATENCY),
@@ -127,8 +137,9 @@ impl ShardMetrics {
     }
 
     /// Records a step.
-    pub fn record(&self, records: u64, watermark: i64) {
-        self.records.increment(records);
+    pub fn record(&self, stats: &ShardStats, watermark: i64) {
+        self.records.increment(stats.records);
+        self.dedup_dropped.increment(stats.dedup_dropped);
         if watermark > i64::MIN && watermark < i64::MAX {
             self.lag.set((crate::topology::wall_ms() - watermark) as f64 / 1000.0);
         }

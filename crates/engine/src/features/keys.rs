@@ -6,6 +6,13 @@
 //! place. Interning keeps short keys inline in the hash table (no pointer
 //! chase, no `memcmp` through the arena on a hit), which matters because
 //! keyed state waits on memory (shared PERFORMANCE.md).
+//!
+//! Keys can be removed (state TTL, forgetting an entity): a removal shifts
+//! the probe run back over the hole (no tombstones, so lookups never slow
+//! down), and the key's bytes become arena garbage that is compacted away
+//! once it is half the arena. A removed id is not reused until the owner
+//! [`KeyTable::recycle`]s it, so the owner decides when no stale reference
+//! to it can remain.
 
 /// Appends one key part to an encoded key.
 #[inline]
@@ -88,12 +95,32 @@ pub struct KeyTable {
     slots: Vec<Slot>,
     mask: usize,
     arena: Vec<u8>,
+    /// Arena span per id; [`DEAD`] for a removed id.
     spans: Vec<(u32, u32)>,
+    /// Removed ids handed back by the owner, reused by [`KeyTable::intern`].
+    free: Vec<u32>,
+    live: usize,
+    /// Arena bytes of removed keys.
+    garbage: usize,
 }
+
+/// The span of a removed id: empty, where every key has at least one byte.
+const DEAD: (u32, u32) = (0, 0);
+
+/// Garbage below this many bytes is never worth a compaction.
+const COMPACT_MIN_BYTES: usize = 1 << 16;
 
 impl Default for KeyTable {
     fn default() -> Self {
-        Self { slots: vec![VACANT; 1024], mask: 1023, arena: Vec::new(), spans: Vec::new() }
+        Self {
+            slots: vec![VACANT; 1024],
+            mask: 1023,
+            arena: Vec::new(),
+            spans: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            garbage: 0,
+        }
     }
 }
 
@@ -129,15 +156,92 @@ impl KeyTable {
             }
             i = (i + 1) & self.mask;
         }
-        let id = self.spans.len() as u32;
         let start = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
-        self.spans.push((start, self.arena.len() as u32));
+        let span = (start, self.arena.len() as u32);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.spans[id as usize] = span;
+                id
+            }
+            None => {
+                self.spans.push(span);
+                (self.spans.len() - 1) as u32
+            }
+        };
         self.slots[i] = Slot { id, tag, len: key.len() as u32, inline: probe };
-        if self.spans.len() * 2 > self.slots.len() {
+        self.live += 1;
+        if self.live * 2 > self.slots.len() {
             self.grow();
         }
         (id, true)
+    }
+
+    /// Removes the key of `id`; returns whether it was there. The id stays
+    /// unused until [`KeyTable::recycle`] hands it back.
+    pub fn remove(&mut self, id: u32) -> bool {
+        if !self.is_live(id) {
+            return false;
+        }
+        let mut hole = hash_bytes(self.key(id)) as usize & self.mask;
+        while self.slots[hole].id != id {
+            hole = (hole + 1) & self.mask;
+        }
+        // Backward shift: move each later slot of the probe run whose home is
+        // at or before the hole into it, so no lookup ever meets a gap.
+        let mut j = (hole + 1) & self.mask;
+        while self.slots[j].id != EMPTY {
+            let home = self.home(&self.slots[j]);
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.slots[hole] = VACANT;
+        let (a, b) = self.spans[id as usize];
+        self.garbage += (b - a) as usize;
+        self.spans[id as usize] = DEAD;
+        self.live -= 1;
+        if self.garbage >= COMPACT_MIN_BYTES && self.garbage * 2 > self.arena.len() {
+            self.compact();
+        }
+        true
+    }
+
+    /// Makes a removed id available to [`KeyTable::intern`] again.
+    pub fn recycle(&mut self, id: u32) {
+        debug_assert!(!self.is_live(id), "recycling live id {id}");
+        self.free.push(id);
+    }
+
+    /// Whether `id` holds a key.
+    #[inline]
+    pub fn is_live(&self, id: u32) -> bool {
+        self.spans.get(id as usize).is_some_and(|&(a, b)| b > a)
+    }
+
+    /// One past the largest id ever given out: ids range over `0..id_bound()`.
+    pub fn id_bound(&self) -> u32 {
+        self.spans.len() as u32
+    }
+
+    /// The probe start of a slot's key.
+    fn home(&self, s: &Slot) -> usize {
+        let key = if s.len as usize <= INLINE_BYTES { &s.inline[..s.len as usize] } else { self.key(s.id) };
+        hash_bytes(key) as usize & self.mask
+    }
+
+    /// Copies the live keys into a fresh arena, dropping removed keys' bytes.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for span in self.spans.iter_mut().filter(|s| **s != DEAD) {
+            let start = arena.len() as u32;
+            arena.extend_from_slice(&self.arena[span.0 as usize..span.1 as usize]);
+            *span = (start, arena.len() as u32);
+        }
+        self.arena = arena;
+        self.garbage = 0;
     }
 
     fn grow(&mut self) {
@@ -173,7 +277,7 @@ impl KeyTable {
         }
     }
 
-    /// The encoded key of `id`.
+    /// The encoded key of `id` (empty for a removed id).
     #[inline]
     pub fn key(&self, id: u32) -> &[u8] {
         let (a, b) = self.spans[id as usize];
@@ -182,17 +286,20 @@ impl KeyTable {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.live
     }
 
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.live == 0
     }
 
     /// Approximate heap bytes used.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.arena.capacity() + self.spans.capacity() * 8
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.arena.capacity()
+            + self.spans.capacity() * 8
+            + self.free.capacity() * 4
     }
 }
 
@@ -246,5 +353,69 @@ mod tests {
         assert_eq!(t.key(b), &long[..]);
         assert_eq!(t.get(&short), Some(a));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn removed_keys_are_gone_and_others_still_found_through_probe_runs() {
+        // A tiny-table stand-in: many keys, so probe runs wrap and collide.
+        let mut t = KeyTable::default();
+        let keys: Vec<Vec<u8>> = (0..5000)
+            .map(|i| key(&[format!("u{i}").as_bytes(), if i % 4 == 0 { &[b'y'; 25] } else { b"v" }]))
+            .collect();
+        for k in &keys {
+            t.intern(hash_bytes(k), k);
+        }
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 3 != 1) {
+            assert!(t.remove(t.get(k).unwrap()), "key {i}");
+        }
+        assert_eq!(t.len(), (0..keys.len()).filter(|i| i % 3 == 1).count());
+        for (i, k) in keys.iter().enumerate() {
+            let id = t.get(k);
+            assert_eq!(id.is_some(), i % 3 == 1, "key {i}");
+            if let Some(id) = id {
+                assert_eq!(t.key(id), &k[..]);
+                assert_eq!(t.intern(hash_bytes(k), k), (id, false));
+            }
+        }
+        assert!(!t.remove(t.id_bound()), "an id never given out");
+    }
+
+    #[test]
+    fn ids_are_reused_only_once_recycled() {
+        let mut t = KeyTable::default();
+        let (a, b) = (key(&[b"a"]), key(&[b"b"]));
+        let (ia, _) = t.intern(hash_bytes(&a), &a);
+        assert!(t.remove(ia));
+        assert!(!t.is_live(ia) && !t.remove(ia));
+        assert_eq!(t.key(ia), b"");
+        let (ib, new) = t.intern(hash_bytes(&b), &b);
+        assert!(new && ib != ia, "a removed id is not reused before it is recycled");
+        t.recycle(ia);
+        let (ia2, new) = t.intern(hash_bytes(&a), &a);
+        assert_eq!((ia2, new), (ia, true));
+        assert_eq!(t.get(&b), Some(ib));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn removal_compacts_the_arena_and_keeps_memory_bounded_under_churn() {
+        let mut t = KeyTable::default();
+        let mut ids = std::collections::VecDeque::new();
+        for i in 0..200_000u32 {
+            let k = key(&[format!("user-{i:08}").as_bytes(), &[b'z'; 30]]);
+            ids.push_back(t.intern(hash_bytes(&k), &k).0);
+            if ids.len() > 1000 {
+                let id = ids.pop_front().unwrap();
+                assert!(t.remove(id));
+                t.recycle(id);
+            }
+        }
+        assert_eq!(t.len(), 1000);
+        assert!(t.id_bound() <= 1001, "ids are reused: {}", t.id_bound());
+        assert!(t.heap_bytes() < 1 << 20, "heap {} bytes for 1000 live keys", t.heap_bytes());
+        for &id in &ids {
+            let k = t.key(id).to_vec();
+            assert_eq!(t.get(&k), Some(id));
+        }
     }
 }

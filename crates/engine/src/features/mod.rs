@@ -2,6 +2,7 @@
 //! result formatting and serving views.
 
 pub mod emit;
+mod expiry;
 pub mod keys;
 mod snapshot;
 mod spec;

@@ -4,20 +4,26 @@
 //! A snapshot is plain data (serde), encoded with postcard, and carries a
 //! format version and the feature's definition (name, window, aggregate), so
 //! restoring into a pipeline whose feature changed is an error that names
-//! what differs, never a silent partial restore. Keys are stored in id
-//! order, so restore re-interns them to the same ids, and pane lists,
-//! firing progress and session timers come back exactly: continuing after a
-//! restore equals never having stopped (property-tested).
+//! what differs, never a silent partial restore. Live keys are stored in id
+//! order and restore re-interns them densely: ids of removed keys (TTL,
+//! forgetting) are left out of pane lists and timers and the others
+//! renumbered, so a restore compacts. Pane lists, firing progress and
+//! session timers come back in the same order: continuing after a restore
+//! equals never having stopped (property-tested). The TTL queue is not
+//! stored: restore queues every key for a check at the next watermark step,
+//! which removes exactly the keys an uninterrupted run would.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::keys::hash_bytes;
-use super::state::{FeatureState, Pane};
+use super::state::{FeatureState, NONE, NOT_QUEUED, Pane};
 use crate::aggregate::AggValue;
 
 /// Version of the snapshot layout; bump on any change.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// One key's state, as read back.
 #[derive(Debug, Deserialize)]
@@ -57,9 +63,9 @@ struct FeatureSnapshotRef<'a> {
     name: &'a str,
     definition: String,
     keys: KeysRef<'a>,
-    touched: &'a std::collections::VecDeque<(i64, Vec<u32>)>,
+    touched: Vec<(i64, Cow<'a, [u32]>)>,
     fired_until: i64,
-    timers: &'a std::collections::BTreeMap<i64, Vec<u32>>,
+    timers: Vec<(i64, Cow<'a, [u32]>)>,
 }
 
 /// Why a snapshot cannot be restored.
@@ -95,35 +101,87 @@ pub enum RestoreError {
     },
 }
 
-/// Every key of a state, encoded as a sequence straight from the entries.
+/// Every live key of a state, encoded as a sequence straight from the entries.
 struct KeysRef<'a>(&'a FeatureState);
 
 impl Serialize for KeysRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let st = self.0;
-        s.collect_seq((0..st.keys.len() as u32).map(|id| {
+        let live = (0..st.keys.id_bound()).filter(|&id| st.keys.is_live(id)).map(|id| {
             let e = &st.entries[id as usize];
             KeySnapshotRef {
                 key: st.keys.key(id),
                 max_ts: e.max_ts,
                 panes: &e.panes,
-                last_closed: st.serving.get(id as usize).and_then(|s| s.last_closed.as_ref()),
+                last_closed: st.last_closed.get(id as usize).and_then(Option::as_ref),
             }
-        }))
+        });
+        // The encoding needs the length first.
+        s.collect_seq(Counted { iter: live, left: st.keys.len() })
     }
+}
+
+/// An iterator that knows its length.
+struct Counted<I> {
+    iter: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.iter.next()?;
+        self.left -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+/// Id lists with removed keys left out and the others numbered as restore will.
+fn renumbered<'a>(lists: impl Iterator<Item = (i64, &'a Vec<u32>)>, new_ids: &[u32]) -> Vec<(i64, Cow<'a, [u32]>)> {
+    lists
+        .map(|(at, ids)| {
+            let ids = if new_ids.is_empty() {
+                Cow::Borrowed(&ids[..])
+            } else {
+                Cow::Owned(ids.iter().map(|&id| new_ids[id as usize]).filter(|&id| id != NONE).collect())
+            };
+            (at, ids)
+        })
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect()
 }
 
 impl FeatureState {
     /// Encodes the state as snapshot bytes.
     pub fn snapshot(&self) -> Vec<u8> {
+        // Restore numbers live keys densely in id order; empty when that changes nothing.
+        let mut new_ids = Vec::new();
+        if self.keys.len() != self.keys.id_bound() as usize {
+            let mut next = 0;
+            new_ids = (0..self.keys.id_bound())
+                .map(|id| {
+                    if self.keys.is_live(id) {
+                        next += 1;
+                        next - 1
+                    } else {
+                        NONE
+                    }
+                })
+                .collect();
+        }
         let snap = FeatureSnapshotRef {
             version: SNAPSHOT_VERSION,
             name: &self.spec.name,
             definition: self.spec.definition(),
             keys: KeysRef(self),
-            touched: &self.touched,
+            touched: renumbered(self.touched.iter().map(|(at, ids)| (*at, ids)), &new_ids),
             fired_until: self.fired_until,
-            timers: &self.timers,
+            timers: renumbered(self.timers.iter().map(|(at, ids)| (*at, ids)), &new_ids),
         };
         // Encoding plain data into a Vec cannot fail.
         postcard::to_stdvec(&snap).unwrap_or_default()
@@ -146,9 +204,11 @@ impl FeatureState {
             let e = &mut self.entries[id as usize];
             e.max_ts = k.max_ts;
             e.panes = SmallVec::from_vec(k.panes);
-            if let Some(s) = self.serving.get_mut(id as usize) {
-                s.last_closed = k.last_closed;
+            if let Some(closed) = self.last_closed.get_mut(id as usize) {
+                *closed = k.last_closed;
             }
+            // Checked at the next watermark step.
+            self.queue_ttl(id, NOT_QUEUED + 1);
         }
         self.touched = snap.touched.into_iter().collect();
         self.fired_until = snap.fired_until;

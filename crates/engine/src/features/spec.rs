@@ -53,17 +53,22 @@ pub struct FeatureSpec {
     pub allowed_lateness: i64,
     /// Whether values are published for serving reads.
     pub serve: bool,
+    /// State TTL in ms: a key whose newest event is this much older than the
+    /// watermark, and that has no window left to fire or to take late events,
+    /// is removed with its serving value. `None` keeps keys forever.
+    pub ttl: Option<i64>,
 }
 
 impl FeatureSpec {
     /// What shapes this feature's state (key, window, aggregate, field,
-    /// lateness): a snapshot or checkpoint taken under another definition
-    /// is refused.
+    /// lateness, TTL): a snapshot or checkpoint taken under another
+    /// definition is refused.
     pub fn definition(&self) -> String {
         let key: Vec<&str> = self.key.iter().map(|p| p.as_str()).collect();
         let field = self.field.as_ref().map_or("-", |f| f.as_str());
+        let ttl = self.ttl.map_or(String::new(), |t| format!(", ttl {}", crate::window::human_ms(t)));
         format!(
-            "key [{}], {}, {} of {field}, lateness {}",
+            "key [{}], {}, {} of {field}, lateness {}{ttl}",
             key.join(", "),
             self.window,
             self.agg.name(),

@@ -8,9 +8,16 @@
 //! Aligned windows (tumbling, hopping) fire in start order once the
 //! watermark passes their end; `fired_until` is the first window start not
 //! yet fired, and a pane is dropped when every window holding it has fired
-//! and its lateness has run out. Sessions keep per-key timers.
+//! and its lateness has run out. Sessions keep per-key timers. Global
+//! windows fire once, at end of input, in key order.
+//!
+//! Keys can be removed (TTL, forgetting an entity; see `expiry`): an id
+//! found in a pane list or timer after its key was removed visits an empty
+//! entry and does nothing, and the id is reused only once no such reference
+//! can remain, so a stale reference never reaches another key's state.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -24,7 +31,7 @@ use crate::record::{Record, RecordBatch};
 use crate::time::WATERMARK_MAX;
 use crate::window::{WindowSpec, align};
 
-const NONE: u32 = u32::MAX;
+pub(super) const NONE: u32 = u32::MAX;
 
 /// A partial aggregate starting at `start`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -45,23 +52,32 @@ pub(super) struct Pane {
 pub(super) struct KeyEntry {
     pub(super) panes: SmallVec<[Pane; 2]>,
     pub(super) max_ts: i64,
-    mark: u32,
-    dirty: bool,
+    pub(super) mark: u32,
+    pub(super) dirty: bool,
 }
 
-/// The serving part of a key's state, kept apart so records touch fewer cache lines.
-#[derive(Debug, Clone)]
-pub(super) struct Serving {
-    pub(super) last_closed: Option<(i64, i64, AggValue)>,
-    group: u32,
-    next_in_group: u32,
+impl KeyEntry {
+    /// The state of a key before its first event.
+    pub(super) fn empty() -> Self {
+        KeyEntry { panes: SmallVec::new(), max_ts: i64::MIN, mark: 0, dirty: false }
+    }
 }
 
-/// Keys that share an entity (first key part), linked through their entries.
+/// A closed window's value kept for serving: (start, end, value).
+pub(super) type Closed = (i64, i64, AggValue);
+
+/// A key's place in its entity's group, kept apart so records touch fewer cache lines.
 #[derive(Debug, Clone, Copy)]
-struct Group {
-    head: u32,
-    dirty: bool,
+pub(super) struct Link {
+    pub(super) group: u32,
+    pub(super) next: u32,
+}
+
+/// Keys that share an entity (first key part), linked through [`Link`]s.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Group {
+    pub(super) head: u32,
+    pub(super) dirty: bool,
 }
 
 /// One feature's state in one shard.
@@ -70,9 +86,9 @@ pub struct FeatureState {
     index: u16,
     pub(super) keys: KeyTable,
     pub(super) entries: Vec<KeyEntry>,
-    /// Indexed like `entries` when the feature is served; empty otherwise.
-    pub(super) serving: Vec<Serving>,
-    /// Aligned and global windows: pane start → keys holding that pane, by start.
+    /// Last closed values, indexed like `entries` when the feature is served; empty otherwise.
+    pub(super) last_closed: Vec<Option<Closed>>,
+    /// Aligned windows: pane start → keys holding that pane, by start.
     pub(super) touched: VecDeque<(i64, Vec<u32>)>,
     spare_lists: Vec<Vec<u32>>,
     pub(super) fired_until: i64,
@@ -81,21 +97,40 @@ pub struct FeatureState {
     mark: u32,
     /// No window fires and no pane expires before the watermark reaches this.
     pub(super) next_deadline: i64,
-    dirty: Vec<u32>,
-    group_table: HashTable<(u64, u32)>,
-    groups: Vec<Group>,
-    dirty_groups: Vec<u32>,
+    pub(super) dirty: Vec<u32>,
+    /// Whether keys are grouped by entity (`links`, `groups`): always when
+    /// served, else from the first [`FeatureState::forget`] on.
+    pub(super) indexed: bool,
+    /// Indexed like `entries` when `indexed`.
+    pub(super) links: Vec<Link>,
+    pub(super) group_table: HashTable<(u64, u32)>,
+    pub(super) groups: Vec<Group>,
+    pub(super) free_groups: Vec<u32>,
+    pub(super) dirty_groups: Vec<u32>,
+    /// Served entities whose last key expired, to remove from the view at the next publish.
+    pub(super) removed_entities: Vec<Box<str>>,
+    /// TTL: (due, id), the earliest watermark at which a key may have expired.
+    pub(super) ttl_queue: BinaryHeap<Reverse<(i64, u32)>>,
+    /// TTL: each key's due time in `ttl_queue` (other entries for it are stale), indexed like `entries`.
+    pub(super) ttl_due: Vec<i64>,
+    /// Removed ids, reusable once the watermark reaches their time (no stale reference is left then).
+    pub(super) limbo: BinaryHeap<Reverse<(i64, u32)>>,
+    /// No key expires and no id is recycled before the watermark reaches this.
+    pub(super) upkeep_deadline: i64,
+    /// The last watermark seen.
+    pub(super) watermark: i64,
 }
 
 impl FeatureState {
     /// Empty state for feature number `index`.
     pub fn new(index: u16, spec: FeatureSpec) -> Self {
         Self {
+            indexed: spec.serve,
             spec,
             index,
             keys: KeyTable::default(),
             entries: Vec::new(),
-            serving: Vec::new(),
+            last_closed: Vec::new(),
             touched: VecDeque::new(),
             spare_lists: Vec::new(),
             fired_until: i64::MIN,
@@ -103,9 +138,17 @@ impl FeatureState {
             mark: 0,
             next_deadline: i64::MAX,
             dirty: Vec::new(),
+            links: Vec::new(),
             group_table: HashTable::new(),
             groups: Vec::new(),
+            free_groups: Vec::new(),
             dirty_groups: Vec::new(),
+            removed_entities: Vec::new(),
+            ttl_queue: BinaryHeap::new(),
+            ttl_due: Vec::new(),
+            limbo: BinaryHeap::new(),
+            upkeep_deadline: i64::MAX,
+            watermark: i64::MIN,
         }
     }
 
@@ -123,7 +166,10 @@ impl FeatureState {
     pub fn heap_bytes(&self) -> usize {
         self.keys.heap_bytes()
             + self.entries.capacity() * std::mem::size_of::<KeyEntry>()
-            + self.serving.capacity() * std::mem::size_of::<Serving>()
+            + self.last_closed.capacity() * std::mem::size_of::<Option<Closed>>()
+            + self.links.capacity() * std::mem::size_of::<Link>()
+            + self.ttl_due.capacity() * 8
+            + (self.ttl_queue.capacity() + self.limbo.capacity()) * 16
     }
 
     /// Loads the key table slot of `hash` ahead of [`FeatureState::intern`].
@@ -144,33 +190,55 @@ impl FeatureState {
     pub(super) fn entry_for(&mut self, hash: u64, key: &[u8]) -> u32 {
         let (id, new) = self.keys.intern(hash, key);
         if new {
-            self.entries.push(KeyEntry { panes: SmallVec::new(), max_ts: i64::MIN, mark: 0, dirty: false });
-            if self.spec.serve {
-                let entity = &key[..first_part_len(key)];
-                let eh = hash_bytes(entity);
-                let keys = &self.keys;
-                let groups = &self.groups;
-                let found = self.group_table.find(eh, |&(h, g)| {
-                    h == eh && {
-                        let head = keys.key(groups[g as usize].head);
-                        &head[..first_part_len(head)] == entity
-                    }
-                });
-                let g = match found {
-                    Some(&(_, g)) => g,
-                    None => {
-                        let g = self.groups.len() as u32;
-                        self.groups.push(Group { head: NONE, dirty: false });
-                        self.group_table.insert_unique(eh, (eh, g), |&(h, _)| h);
-                        g
-                    }
-                };
-                let next_in_group = self.groups[g as usize].head;
-                self.groups[g as usize].head = id;
-                self.serving.push(Serving { last_closed: None, group: g, next_in_group });
-            }
+            self.new_entry(id, key);
         }
         id
+    }
+
+    /// Sets up the state of a newly interned key (a fresh id or a recycled one).
+    fn new_entry(&mut self, id: u32, key: &[u8]) {
+        put(&mut self.entries, id, KeyEntry::empty());
+        if self.spec.serve {
+            put(&mut self.last_closed, id, None);
+        }
+        if self.spec.ttl.is_some() {
+            put(&mut self.ttl_due, id, NOT_QUEUED);
+        }
+        if self.indexed {
+            self.link(id, key);
+        }
+    }
+
+    /// Adds key `id` to its entity's group, creating the group if needed.
+    pub(super) fn link(&mut self, id: u32, key: &[u8]) {
+        let entity = &key[..first_part_len(key)];
+        let eh = hash_bytes(entity);
+        let keys = &self.keys;
+        let groups = &self.groups;
+        let found = self.group_table.find(eh, |&(h, g)| {
+            h == eh && {
+                let head = keys.key(groups[g as usize].head);
+                &head[..first_part_len(head)] == entity
+            }
+        });
+        let g = match found {
+            Some(&(_, g)) => g,
+            None => {
+                let g = match self.free_groups.pop() {
+                    Some(g) => g,
+                    None => {
+                        self.groups.push(Group { head: NONE, dirty: false });
+                        (self.groups.len() - 1) as u32
+                    }
+                };
+                self.groups[g as usize] = Group { head: NONE, dirty: false };
+                self.group_table.insert_unique(eh, (eh, g), |&(h, _)| h);
+                g
+            }
+        };
+        let next = self.groups[g as usize].head;
+        self.groups[g as usize].head = id;
+        put(&mut self.links, id, Link { group: g, next });
     }
 
     /// Folds one record in. `watermark` is the shard's current watermark.
@@ -190,7 +258,6 @@ impl FeatureState {
                 let e = &mut self.entries[id as usize];
                 if e.panes.is_empty() {
                     e.panes.push(Pane { start: ts, end: ts + 1, acc: Acc::new(&self.spec.agg), fired: false });
-                    touch(&mut self.touched, &mut self.spare_lists, i64::MIN, id);
                 }
                 let p = &mut e.panes[0];
                 p.start = p.start.min(ts);
@@ -202,15 +269,23 @@ impl FeatureState {
         }
     }
 
-    fn late(&mut self, key: &[u8], ts: i64, offset: u64, watermark: i64, out: &mut Outputs) {
+    fn late(&mut self, id: u32, key: &[u8], ts: i64, offset: u64, watermark: i64, out: &mut Outputs) {
         out.late[self.index as usize] += 1;
         if let Some(s) = self.spec.late_sink {
             write_late(&mut out.sinks[s as usize], &self.spec, key, ts, offset, watermark);
+        }
+        if self.entries[id as usize].max_ts == i64::MIN {
+            // A key made by a late event holds nothing: let TTL look at it at the next step.
+            self.queue_ttl(id, watermark.saturating_add(1));
         }
     }
 
     #[inline]
     fn after_update(&mut self, id: u32, ts: i64) {
+        let e = &mut self.entries[id as usize];
+        if e.max_ts == i64::MIN {
+            self.queue_ttl(id, ts.saturating_add(self.spec.ttl.unwrap_or(0)));
+        }
         let e = &mut self.entries[id as usize];
         e.max_ts = e.max_ts.max(ts);
         if self.spec.serve && !e.dirty {
@@ -236,7 +311,7 @@ impl FeatureState {
         let pane = align(ts, width);
         let last_window = align(pane, slide);
         if last_window.saturating_add(size - 1).saturating_add(lateness) <= wm {
-            self.late(key, ts, offset, wm, out);
+            self.late(id, key, ts, offset, wm, out);
             return;
         }
         let e = &mut self.entries[id as usize];
@@ -287,7 +362,7 @@ impl FeatureState {
     ) {
         let lateness = self.spec.allowed_lateness;
         if ts.saturating_add(gap - 1).saturating_add(lateness) <= wm {
-            self.late(key, ts, offset, wm, out);
+            self.late(id, key, ts, offset, wm, out);
             return;
         }
         let agg = self.spec.agg;
@@ -320,12 +395,19 @@ impl FeatureState {
         self.after_update(id, ts);
     }
 
-    /// Fires every window complete at watermark `wm`.
+    /// Fires every window complete at watermark `wm`, then expires keys
+    /// past their TTL. Returns whether keys were removed (ids interned
+    /// before this call may then be stale).
     #[inline]
-    pub fn on_watermark(&mut self, wm: i64, out: &mut Outputs) {
-        if wm < self.next_deadline {
-            return;
+    pub fn on_watermark(&mut self, wm: i64, out: &mut Outputs) -> bool {
+        self.watermark = wm;
+        if wm >= self.next_deadline {
+            self.fire(wm, out);
         }
+        wm >= self.upkeep_deadline && self.upkeep(wm)
+    }
+
+    fn fire(&mut self, wm: i64, out: &mut Outputs) {
         match self.spec.window {
             WindowSpec::Session { .. } => {
                 while let Some(entry) = self.timers.first_entry() {
@@ -340,12 +422,13 @@ impl FeatureState {
                 self.next_deadline = self.timers.keys().next().map_or(i64::MAX, |end| end - 1);
             }
             WindowSpec::Global => {
-                if wm == WATERMARK_MAX
-                    && let Some((_, ids)) = self.touched.pop_front()
-                {
+                if wm == WATERMARK_MAX {
+                    // Key order: the same in a run restored from a snapshot, whose ids differ.
+                    let mut ids: Vec<u32> =
+                        (0..self.keys.id_bound()).filter(|&id| !self.entries[id as usize].panes.is_empty()).collect();
+                    ids.sort_unstable_by(|&a, &b| self.keys.key(a).cmp(self.keys.key(b)));
                     for id in ids {
-                        let e = &mut self.entries[id as usize];
-                        if let Some(p) = e.panes.pop() {
+                        if let Some(p) = self.entries[id as usize].panes.pop() {
                             let (s, t) = (p.start, p.end);
                             if let Some(v) = p.acc.value() {
                                 self.emit(id, s, t, v, out);
@@ -473,7 +556,7 @@ impl FeatureState {
             write_row(&mut out.sinks[sink as usize], format, &self.spec, start, end, self.keys.key(id), &value);
         }
         if self.spec.serve {
-            self.serving[id as usize].last_closed = Some((start, end, value));
+            self.last_closed[id as usize] = Some((start, end, value));
             let e = &mut self.entries[id as usize];
             if !e.dirty {
                 e.dirty = true;
@@ -485,6 +568,9 @@ impl FeatureState {
     /// The running value of the earliest open window holding the key's newest event.
     fn current(&self, id: u32) -> Option<WindowValue> {
         let e = &self.entries[id as usize];
+        if e.max_ts == i64::MIN {
+            return None;
+        }
         match self.spec.window {
             WindowSpec::Session { .. } => {
                 let p = e.panes.iter().rev().find(|p| !p.fired)?;
@@ -506,49 +592,84 @@ impl FeatureState {
         }
     }
 
-    /// Publishes the values of every entity updated since the last call.
+    /// Publishes the values of every entity updated since the last call,
+    /// and removes those whose every key expired.
     pub fn publish(&mut self, view: &FeatureView) -> usize {
+        for entity in self.removed_entities.drain(..) {
+            view.remove(&entity);
+        }
         for id in std::mem::take(&mut self.dirty) {
-            self.entries[id as usize].dirty = false;
-            let g = self.serving[id as usize].group as usize;
+            // A removed key's flag was cleared: its id may be listed still.
+            let e = &mut self.entries[id as usize];
+            if !e.dirty {
+                continue;
+            }
+            e.dirty = false;
+            let g = self.links[id as usize].group as usize;
             if !self.groups[g].dirty {
                 self.groups[g].dirty = true;
                 self.dirty_groups.push(g as u32);
             }
         }
-        let n = self.dirty_groups.len();
+        let mut n = 0;
         for g in std::mem::take(&mut self.dirty_groups) {
+            if !self.groups[g as usize].dirty {
+                continue;
+            }
+            n += 1;
             self.groups[g as usize].dirty = false;
             let mut entity: Option<Box<str>> = None;
             let mut groups: EntityView = Vec::new();
             let mut id = self.groups[g as usize].head;
             while id != NONE {
                 let key = self.keys.key(id);
+                let next = self.links[id as usize].next;
                 let mut ps = parts(key);
                 if entity.is_none() {
                     entity = ps.next().map(|p| String::from_utf8_lossy(p).into());
                 } else {
                     ps.next();
                 }
-                let serving = &self.serving[id as usize];
+                if self.entries[id as usize].max_ts == i64::MIN {
+                    // Made by a late event: nothing to show.
+                    id = next;
+                    continue;
+                }
                 groups.push(GroupView {
                     group: ps.map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
                     current: self.current(id),
-                    last_closed: serving.last_closed.clone().map(|(start, end, value)| WindowValue {
+                    last_closed: self.last_closed[id as usize].clone().map(|(start, end, value)| WindowValue {
                         start,
                         end,
                         value,
                     }),
                     event_time: self.entries[id as usize].max_ts,
                 });
-                id = serving.next_in_group;
+                id = next;
             }
             groups.sort_by(|a, b| a.group.cmp(&b.group));
-            if let Some(entity) = entity {
-                view.publish(entity, groups);
+            match entity {
+                Some(entity) if groups.is_empty() => view.remove(&entity),
+                Some(entity) => view.publish(entity, groups),
+                None => {}
             }
         }
         n
+    }
+}
+
+/// `ttl_due` of a key not in the TTL queue.
+pub(super) const NOT_QUEUED: i64 = i64::MIN;
+
+/// Stores `x` at `id`, which is either a recycled id or the next new one.
+#[inline]
+pub(super) fn put<T>(v: &mut Vec<T>, id: u32, x: T) {
+    match v.get_mut(id as usize) {
+        Some(slot) => *slot = x,
+        None => {
+            debug_assert_eq!(v.len(), id as usize);
+            v.push(x);
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn spec(window: WindowSpec, agg: AggFn, lateness: i64) -> FeatureSpec {
         late_sink: Some(1),
         allowed_lateness: lateness,
         serve: true,
+        ttl: None,
     }
 }
 
@@ -311,4 +312,198 @@ fn restore_refuses_other_definitions_versions_and_garbage() {
     let mut newer = bytes.clone();
     newer[0] = 9; // the version is the first varint
     assert!(matches!(fresh.restore(&newer), Err(super::RestoreError::Version { found: 9, .. })));
+}
+
+/// One event of a two-part key: entity, group, event time, value.
+type Ev2 = (u8, u8, i64, f64);
+
+/// Feeds two-part-key events (`e{entity}`, `g{group}`) with the per-record
+/// watermark; `before(i, state, out)` runs before event `i` (and with
+/// `i == events.len()` at the end).
+fn feed_parts(
+    state: &mut FeatureState,
+    events: &[Ev2],
+    ooo: i64,
+    clock: &mut (i64, i64),
+    out: &mut Outputs,
+    mut before: impl FnMut(usize, &mut FeatureState, &mut Outputs),
+) {
+    for (i, &(e, g, ts, v)) in events.iter().enumerate() {
+        before(i, state, out);
+        let (max, wm) = clock;
+        let w = if *max == i64::MIN { i64::MIN } else { *max - ooo - 1 };
+        if w > *wm {
+            *wm = w;
+            state.on_watermark(*wm, out);
+        }
+        let mut batch = RecordBatch::default();
+        push_part(&mut batch.bytes, format!("e{e}").as_bytes());
+        push_part(&mut batch.bytes, format!("g{g}").as_bytes());
+        let key = (0, batch.bytes.len() as u32);
+        let hash = hash_bytes(&batch.bytes);
+        let value = RecordValue::Num(v);
+        batch.records.push(Record { feature: 0, ts, hash, key, value, offset: i as u64, prior_max_ts: *max });
+        state.apply(&batch, &batch.records[0], *wm, out);
+        *max = (*max).max(ts);
+    }
+    before(events.len(), state, out);
+}
+
+fn events2(disorder: i64) -> impl Strategy<Value = Vec<Ev2>> {
+    (events(disorder), prop::collection::vec(0u8..3, 120))
+        .prop_map(|(evs, groups)| evs.into_iter().zip(groups).map(|((k, ts, v), g)| (k, g, ts, v)).collect())
+}
+
+/// The watermark at which a pane holding an event at `ts` is dropped.
+fn pane_done(window: WindowSpec, ts: i64, lateness: i64) -> i64 {
+    match window {
+        WindowSpec::Session { gap } => ts + gap - 1 + lateness,
+        WindowSpec::Global => i64::MIN,
+        w => {
+            let (size, slide) = w.size_slide().unwrap();
+            align(ts, slide) + size - 1 + lateness
+        }
+    }
+}
+
+proptest! {
+    /// TTL removes exactly the keys whose newest event is `ttl` behind the
+    /// watermark and whose panes are done (from state and, at the next
+    /// publish, from the view), and changes no window result; for global
+    /// windows an expired key's value is dropped and a later event starts
+    /// afresh. Keys expire at watermark steps (an event already past its TTL
+    /// when it arrives lives until the next step).
+    #[test]
+    fn ttl_removes_exactly_the_expired_keys_and_windows_equal_recomputation(
+        evs in events2(2000), kind in 0usize..4, ttl in 1i64..6000, lateness in 0i64..1500, every in 1usize..25,
+    ) {
+        let window = [
+            WindowSpec::Tumbling { size: 1000 },
+            WindowSpec::Hopping { size: 3000, slide: 1000 },
+            WindowSpec::Session { gap: 700 },
+            WindowSpec::Global,
+        ][kind];
+        let ooo = 500;
+        let mut with_ttl = spec(window, AggFn::Count, lateness);
+        with_ttl.key = vec![FieldPath::parse("k").unwrap(), FieldPath::parse("g").unwrap()];
+        let mut keep = with_ttl.clone();
+        with_ttl.ttl = Some(ttl);
+        keep.ttl = None;
+
+        let mut state = FeatureState::new(0, with_ttl);
+        let view = FeatureView::new(state.spec());
+        let (mut clock, mut out) = ((i64::MIN, i64::MIN), Outputs::new(2, 1));
+        feed_parts(&mut state, &evs, ooo, &mut clock, &mut out, |i, s, _| {
+            if i % every == 0 {
+                s.publish(&view);
+            }
+        });
+        let wm_end = clock.1.saturating_add(1);
+        state.on_watermark(wm_end, &mut out);
+        state.publish(&view);
+
+        // Which keys live: an accepted event whose pane or TTL is not done at `wm_end`.
+        let mut newest: BTreeMap<(u8, u8), i64> = BTreeMap::new();
+        let mut max = i64::MIN;
+        for &(e, g, ts, _) in &evs {
+            let wm = if max == i64::MIN { i64::MIN } else { max - ooo - 1 };
+            if window == WindowSpec::Global || pane_done(window, ts, lateness) > wm {
+                let m = newest.entry((e, g)).or_insert(ts);
+                *m = (*m).max(ts);
+            }
+            max = max.max(ts);
+        }
+        newest.retain(|_, m| *m + ttl > wm_end || pane_done(window, *m, lateness) > wm_end);
+        prop_assert_eq!(state.key_count(), newest.len());
+        let entities: std::collections::BTreeSet<u8> = newest.keys().map(|(e, _)| *e).collect();
+        for e in 0..4u8 {
+            let served = view.get(&format!("e{e}")).map(|v| v.len());
+            let alive = newest.keys().filter(|(x, _)| *x == e).count();
+            prop_assert_eq!(served, entities.contains(&e).then_some(alive), "entity e{}", e);
+        }
+
+        state.on_watermark(WATERMARK_MAX, &mut out);
+        let mut got = rows(&mut out);
+        got.sort();
+        let expected = if window == WindowSpec::Global {
+            // Each key's last life: events since it last expired, at a watermark step.
+            let mut lives: BTreeMap<(u8, u8), (i64, i64, usize)> = BTreeMap::new();
+            let (mut max, mut wm) = (i64::MIN, i64::MIN);
+            for &(e, g, ts, _) in &evs {
+                let w = if max == i64::MIN { i64::MIN } else { max - ooo - 1 };
+                if w > wm {
+                    wm = w;
+                    lives.retain(|_, l| l.1 + ttl > wm);
+                }
+                let l = lives.entry((e, g)).or_insert((ts, ts, 0));
+                *l = (l.0.min(ts), l.1.max(ts), l.2 + 1);
+                max = max.max(ts);
+            }
+            lives.retain(|_, l| l.1 + ttl > wm_end);
+            let mut rows: Vec<String> =
+                lives.iter().map(|((e, g), l)| format!("{},{},e{e},g{g},{}", l.0, l.1 + 1, l.2)).collect();
+            rows.sort();
+            rows
+        } else {
+            let mut kept = FeatureState::new(0, keep);
+            let (mut clock, mut out) = ((i64::MIN, i64::MIN), Outputs::new(2, 1));
+            feed_parts(&mut kept, &evs, ooo, &mut clock, &mut out, |_, _, _| {});
+            kept.on_watermark(WATERMARK_MAX, &mut out);
+            let mut rows = rows(&mut out);
+            rows.sort();
+            rows
+        };
+        prop_assert_eq!(got, expected);
+    }
+
+    /// Forgetting an entity removes its keys at once and drops its unfired
+    /// windows: afterwards it is as if its earlier events had belonged to
+    /// someone else, and no other entity changes.
+    #[test]
+    fn forget_removes_the_entity_and_leaves_others_as_they_were(
+        evs in events2(2000), kind in 0usize..4, lateness in 0i64..1500, at in any::<prop::sample::Index>(), who in 0u8..4,
+    ) {
+        let window = [
+            WindowSpec::Tumbling { size: 1000 },
+            WindowSpec::Hopping { size: 3000, slide: 1000 },
+            WindowSpec::Session { gap: 700 },
+            WindowSpec::Global,
+        ][kind];
+        let ooo = 500;
+        let at = at.index(evs.len() + 1);
+        let mut sp = spec(window, AggFn::Count, lateness);
+        sp.key = vec![FieldPath::parse("k").unwrap(), FieldPath::parse("g").unwrap()];
+        sp.serve = kind % 2 == 0; // unserved features index their entities on the first forget
+
+        let entity = format!("e{who}");
+        let mut state = FeatureState::new(0, sp.clone());
+        let (mut clock, mut out) = ((i64::MIN, i64::MIN), Outputs::new(2, 1));
+        let mut before_forget = Vec::new();
+        feed_parts(&mut state, &evs, ooo, &mut clock, &mut out, |i, s, out| {
+            if i == at {
+                before_forget = rows(out);
+                let had = s.keys.len();
+                let n = s.forget(entity.as_bytes());
+                assert_eq!(s.keys.len(), had - n);
+                let live = (0..s.keys.id_bound()).filter(|&id| s.keys.is_live(id));
+                assert!(live.clone().all(|id| !s.keys.key(id).starts_with(&[2, b'e', b'0' + who])));
+                assert_eq!(s.forget(entity.as_bytes()), 0);
+            }
+        });
+        state.on_watermark(WATERMARK_MAX, &mut out);
+        let mine = |row: &String| row.contains(&format!(",{entity},"));
+        let mut got: Vec<String> = before_forget.into_iter().filter(|r| !mine(r)).chain(rows(&mut out)).collect();
+        got.sort();
+
+        // The oracle: the entity's events before the forget belong to e9 instead.
+        let renamed: Vec<Ev2> =
+            evs.iter().enumerate().map(|(i, &(e, g, ts, v))| if i < at && e == who { (9, g, ts, v) } else { (e, g, ts, v) }).collect();
+        let mut other = FeatureState::new(0, sp);
+        let (mut clock, mut out) = ((i64::MIN, i64::MIN), Outputs::new(2, 1));
+        feed_parts(&mut other, &renamed, ooo, &mut clock, &mut out, |_, _, _| {});
+        other.on_watermark(WATERMARK_MAX, &mut out);
+        let mut expected: Vec<String> = rows(&mut out).into_iter().filter(|r| !r.contains(",e9,")).collect();
+        expected.sort();
+        prop_assert_eq!(got, expected);
+    }
 }

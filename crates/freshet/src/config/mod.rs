@@ -78,4 +78,102 @@ mod tests {
             "{err}"
         );
     }
+
+    const DEDUP_TTL: &str = r#"
+        [pipeline]
+        state_ttl = "7d"
+        [sources.a]
+        type = "file"
+        path = "x"
+        [sinks.raw]
+        type = "stdout"
+        [[flows]]
+        name = "f"
+        stages = [
+          { type = "route", sink = "raw" },
+          { type = "dedup", key = "event_id", ttl = "10m" },
+          { type = "dedup", key = ["user_id", "session_id"], ttl = "1h" },
+        ]
+        [[features]]
+        name = "clicks"
+        flow = "f"
+        key = ["user_id"]
+        window = { type = "tumbling", size = "5m" }
+        [[features]]
+        name = "views"
+        flow = "f"
+        key = ["item_id"]
+        window = { type = "tumbling", size = "5m" }
+        ttl = "1d"
+        [[features]]
+        name = "forever"
+        flow = "f"
+        key = ["item_id"]
+        window = { type = "global" }
+        ttl = "none"
+    "#;
+
+    fn plan_text(text: &str) -> Result<plan::Plan, ConfigError> {
+        let config = load::parse(text, "t", &|_| None).unwrap();
+        plan::plan(&config, "t", 2, Path::new("."))
+    }
+
+    #[test]
+    fn dedup_stages_and_ttls_plan_into_the_pipeline() {
+        use freshet_engine::flow::{Placement, Stage};
+        let plan = plan_text(DEDUP_TTL).unwrap();
+        let p = &plan.pipeline;
+        let dedups = p.dedups();
+        assert_eq!(dedups.len(), 2);
+        assert_eq!((dedups[0].id, dedups[0].ttl, dedups[0].key.len()), (0, 600_000, 1));
+        assert_eq!((dedups[1].id, dedups[1].ttl, dedups[1].key.len()), (1, 3_600_000, 2));
+        assert!(matches!(p.flows[0].stages[1], Stage::Dedup(_)));
+        assert_eq!(p.flows[0].stages[1].placement(), Placement::Keyed);
+        assert_eq!(p.flows[0].stages[0].placement(), Placement::Inline);
+        let ttls: Vec<Option<i64>> = p.features.iter().map(|f| f.ttl).collect();
+        assert_eq!(ttls, [Some(7 * 86_400_000), Some(86_400_000), None]);
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_dedup_and_ttl_settings() {
+        let base = plan_text(DEDUP_TTL).unwrap().fingerprint();
+        for (from, to) in [
+            (r#"ttl = "10m""#, r#"ttl = "11m""#),
+            (r#"key = "event_id""#, r#"key = "id""#),
+            (r#"state_ttl = "7d""#, r#"state_ttl = "8d""#),
+            (r#"ttl = "1d""#, r#"ttl = "2d""#),
+        ] {
+            let changed = plan_text(&DEDUP_TTL.replacen(from, to, 1)).unwrap().fingerprint();
+            assert_ne!(changed, base, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn bad_dedup_and_ttl_settings_are_reported_with_their_paths() {
+        let text = DEDUP_TTL
+            .replacen(r#"state_ttl = "7d""#, r#"state_ttl = "0s""#, 1)
+            .replacen(r#"ttl = "10m" },"#, r#"ttl = "ten minutes" },"#, 1)
+            .replacen(r#"key = ["user_id", "session_id"]"#, "key = []", 1)
+            .replacen(r#"ttl = "1d""#, r#"ttl = "0ms""#, 1)
+            .replacen(
+                r#"{ type = "route", sink = "raw" },"#,
+                r#"{ type = "route", sink = "raw" }, { type = "dedup", key = "x", ttl = "1m" }, { type = "route", sink = "raw" },"#,
+                1,
+            );
+        let err = plan_text(&text).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "flows[0].stages[2]",
+                "flows[0].stages[3].ttl",
+                "flows[0].stages[4].key",
+                "pipeline.state_ttl",
+                "features[1].ttl"
+            ],
+            "{err}"
+        );
+        let route = &err.problems[0].message;
+        assert!(route.contains("flows[0].stages[1]") && route.contains("before"), "{route}");
+    }
 }

@@ -55,6 +55,13 @@ pub struct PipelineConfig {
     pub checkpoint_interval: Option<String>,
     /// How many complete checkpoints to keep. Default: 3.
     pub keep_checkpoints: Option<usize>,
+    /// Default TTL of every feature's keyed state, in event time: a key whose
+    /// newest event is this much older than the watermark, and that has no
+    /// window left to fire or to take late events, is removed with its
+    /// served value (reads then return nothing for it; a later event starts
+    /// it afresh). A global window's running value is dropped unemitted.
+    /// Features override it with `ttl`. Default: none (keys are kept forever).
+    pub state_ttl: Option<String>,
 }
 
 /// `[event_time]`.
@@ -242,11 +249,32 @@ pub enum StageConfig {
         /// Field paths.
         fields: Vec<String>,
     },
-    /// Write the event to a sink and go on.
+    /// Write the event to a sink and go on. Not allowed after a `dedup`
+    /// stage (routing runs before duplicates are decided).
     Route {
         /// Sink name.
         sink: String,
     },
+    /// Drop an event whose key was already seen (by the shards that get its
+    /// feature records) within `ttl` of event time: it reaches no feature.
+    /// An event without the key passes, counted.
+    Dedup {
+        /// Field path of the key (`"event_id"`), or a list of paths.
+        key: KeyConfig,
+        /// How long a key is remembered: until the watermark reaches the
+        /// first event's time plus this. Required.
+        ttl: String,
+    },
+}
+
+/// One field path or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeyConfig {
+    /// One field.
+    One(String),
+    /// Several fields, together.
+    Many(Vec<String>),
 }
 
 /// A window: `{ type = "tumbling", size = "5m" }`, `{ type = "hopping", size = "1h", slide = "5m" }`,
@@ -309,4 +337,7 @@ pub struct FeatureConfig {
     pub entity: Option<String>,
     /// Publish values for `GET /v1/{users,items}/{id}/features`. Default: true.
     pub serve: Option<bool>,
+    /// TTL of this feature's keys (see `pipeline.state_ttl`); `"none"` keeps
+    /// them forever. Default: `pipeline.state_ttl`.
+    pub ttl: Option<String>,
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use freshet_engine::aggregate::AggFn;
 use freshet_engine::event::FieldPath;
 use freshet_engine::features::{Entity, FeatureSpec, Format};
-use freshet_engine::flow::{Flow, Stage};
+use freshet_engine::flow::{Dedup, Flow, Stage};
 use freshet_engine::json::Kind;
 use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
 use freshet_engine::predicate::{Literal, Ordering, Predicate};
@@ -127,7 +127,21 @@ impl Plan {
         let sources: Vec<String> = self.sources.iter().map(|s| format!("{}={}", s.name, s.kind.identity())).collect();
         let sinks: Vec<String> = self.sinks.iter().map(|s| format!("{}={:?}", s.name, s.target)).collect();
         let features: Vec<String> = p.features.iter().map(|f| format!("{} ({})", f.name, f.definition())).collect();
-        let flows: Vec<&str> = p.flows.iter().map(|f| f.name.as_str()).collect();
+        let flows: Vec<String> = p
+            .flows
+            .iter()
+            .map(|f| {
+                let dedups: Vec<String> = f
+                    .stages
+                    .iter()
+                    .filter_map(|s| match s {
+                        Stage::Dedup(d) => Some(d.definition()),
+                        _ => None,
+                    })
+                    .collect();
+                if dedups.is_empty() { f.name.clone() } else { format!("{} ({})", f.name, dedups.join(", ")) }
+            })
+            .collect();
         format!(
             "sources {}; sinks {}; flows {}; features {}; shards {}",
             sources.join(", "),
@@ -163,6 +177,15 @@ impl Planner {
                 default
             }
         }
+    }
+
+    /// A duration that must be > 0, if given.
+    fn positive_ms(&mut self, path: &str, text: Option<&str>) -> Option<i64> {
+        let ms = self.duration_ms(path, text, 1);
+        if text.is_some() && ms <= 0 {
+            self.err(path, "must be > 0");
+        }
+        text.map(|_| ms.max(1))
     }
 
     fn field(&mut self, path: &str, text: &str) -> FieldPath {
@@ -423,6 +446,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
 
     // Flows.
     let mut flows: Vec<Flow> = Vec::new();
+    let mut dedups = 0u16;
     for (i, f) in config.flows.iter().enumerate() {
         let path = format!("flows[{i}]");
         if flows.iter().any(|g| g.name == f.name) {
@@ -465,6 +489,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         let tf = f.time_field.clone().unwrap_or_else(|| time_field.clone());
         let time_field = p.field(&format!("{path}.time_field"), &tf);
         let mut stages = Vec::new();
+        let mut dedup_at: Option<usize> = None;
         for (j, s) in f.stages.iter().enumerate() {
             let spath = format!("{path}.stages[{j}]");
             stages.push(match s {
@@ -489,7 +514,32 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
                     if sink_specs.get(i as usize).is_some_and(|s| s.format == Format::Csv) {
                         p.err(format!("{spath}.sink"), "events are routed as NDJSON; the sink's format is csv");
                     }
+                    if let Some(d) = dedup_at {
+                        p.err(
+                            &spath,
+                            format!(
+                                "a route cannot follow the dedup stage {path}.stages[{d}]: events are routed \
+                                 before duplicates are decided, so duplicates would be written; \
+                                 move the route before the dedup stage"
+                            ),
+                        );
+                    }
                     Stage::Route(i)
+                }
+                StageConfig::Dedup { key, ttl } => {
+                    dedup_at.get_or_insert(j);
+                    let key = match key {
+                        KeyConfig::One(k) => vec![p.field(&format!("{spath}.key"), k)],
+                        KeyConfig::Many(ks) => {
+                            if ks.is_empty() {
+                                p.err(format!("{spath}.key"), "at least one key field is required");
+                            }
+                            ks.iter().enumerate().map(|(k, s)| p.field(&format!("{spath}.key[{k}]"), s)).collect()
+                        }
+                    };
+                    let ttl = p.positive_ms(&format!("{spath}.ttl"), Some(ttl)).unwrap_or(1);
+                    dedups += 1;
+                    Stage::Dedup(Dedup { id: dedups - 1, key, ttl })
                 }
             });
         }
@@ -497,6 +547,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
     }
 
     // Features.
+    let state_ttl = p.positive_ms("pipeline.state_ttl", pc.state_ttl.as_deref());
     let mut features: Vec<FeatureSpec> = Vec::new();
     for (i, f) in config.features.iter().enumerate() {
         let path = format!("features[{i}]");
@@ -590,6 +641,11 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
         let filter = f.filter.as_ref().map(|q| p.predicate(&format!("{path}.filter"), q));
         let allowed_lateness =
             p.duration_ms(&format!("{path}.allowed_lateness"), f.allowed_lateness.as_deref(), lateness);
+        let ttl = match f.ttl.as_deref() {
+            None => state_ttl,
+            Some("none") => None,
+            Some(t) => p.positive_ms(&format!("{path}.ttl"), Some(t)),
+        };
         if let Some(flow) = flows.get_mut(flow) {
             flow.features.push(i as u16);
         }
@@ -606,6 +662,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
             late_sink,
             allowed_lateness,
             serve: f.serve.unwrap_or(true) && entity != Entity::None,
+            ttl,
         });
     }
     if features.len() > u16::MAX as usize {

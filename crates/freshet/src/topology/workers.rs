@@ -305,6 +305,7 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
                     batch: RecordBatch::default(),
                     barrier: Some(id),
                     forwarded: None,
+                    forget: None,
                 };
                 if !send(tx, input, &shared) {
                     return;
@@ -348,6 +349,7 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
                 batch,
                 barrier: None,
                 forwarded: forwarded.take(),
+                forget: None,
             };
             if !send(tx, input, &shared) {
                 return;
@@ -403,7 +405,7 @@ pub(super) fn shard(
         let stats = shard.process(&input);
         let had_records = !input.batch.records.is_empty();
         pools.give_batch(from, std::mem::take(&mut input.batch));
-        metrics.record(stats.records, shard.watermark());
+        metrics.record(&stats, shard.watermark());
         if had_records {
             pending.push(input.ingest_us);
         }

@@ -9,6 +9,7 @@
 
 mod bad_input;
 mod config_errors;
+mod dedup;
 mod durable_ingest;
 mod oracle;
 mod recovery;
