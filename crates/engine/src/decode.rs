@@ -59,6 +59,9 @@ pub struct Chunk {
     pub end_position: u64,
     /// Offset (line number) of the line after this chunk.
     pub end_offset: u64,
+    /// An entity to forget after this chunk's lines (a control operation,
+    /// ordered with the events around it).
+    pub forget: Option<crate::record::Forget>,
 }
 
 impl Chunk {

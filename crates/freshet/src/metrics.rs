@@ -49,6 +49,8 @@ pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
 /// Size of the last checkpoint file.
 pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
 
+/// Forget requests accepted (`DELETE /v1/users/{id}`, `/v1/items/{id}`).
+pub const FORGET_REQUESTS: &str = "freshet_forget_requests_total";
 /// Bytes appended to the durable ingest log.
 pub const INGEST_LOG_BYTES: &str = "freshet_ingest_log_bytes_total";
 /// Duration of one ingest log sync (one per group of requests).

@@ -183,6 +183,7 @@ impl FileSource {
             end_of_partition: self.done && self.carry.is_empty(),
             end_position: self.read_bytes - self.carry.len() as u64,
             end_offset: self.offset,
+            forget: None,
         }))
     }
 }

@@ -5,8 +5,11 @@
 //! Layout: a directory of segment files named by the log position of their
 //! first byte (`00000000000000000000.log`); a position is a byte offset in
 //! the concatenation of all segments, so it stays valid when old segments
-//! are deleted. A record is `length u32 LE | CRC-32 of payload u32 LE |
-//! payload`. A new segment starts once the active one passes the size limit.
+//! are deleted. A record is `length u32 LE | CRC-32 u32 LE | payload`; the
+//! length's top bit marks a control record (an operation such as forgetting
+//! a user, ordered with the events around it), and the CRC covers that bit
+//! and the payload. A new segment starts once the active one passes the size
+//! limit.
 //!
 //! Faults: a torn tail (the last records of the last segment cut short or
 //! failing their checksum, as a crash mid-write leaves them) is cut off when
@@ -30,6 +33,16 @@ pub const HEADER_BYTES: u64 = 8;
 
 /// The largest payload a record may hold (larger lengths are corruption).
 pub const MAX_RECORD_BYTES: u64 = 1 << 30;
+
+/// The length field's bit that marks a control record.
+const CONTROL_BIT: u32 = 1 << 31;
+
+fn checksum(control: bool, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[u8::from(control)]);
+    h.update(payload);
+    h.finalize()
+}
 
 const SUFFIX: &str = ".log";
 
@@ -97,9 +110,18 @@ impl LogWriter {
         Ok((writer, report))
     }
 
-    /// Appends one record; returns the log position after it. Not durable
-    /// until [`LogWriter::sync`].
+    /// Appends one data record; returns the log position after it. Not
+    /// durable until [`LogWriter::sync`].
     pub fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
+        self.append_record(false, payload)
+    }
+
+    /// Appends one control record; returns the log position after it.
+    pub fn append_control(&mut self, payload: &[u8]) -> io::Result<u64> {
+        self.append_record(true, payload)
+    }
+
+    fn append_record(&mut self, control: bool, payload: &[u8]) -> io::Result<u64> {
         if payload.len() as u64 > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "record larger than 1 GiB"));
         }
@@ -107,8 +129,9 @@ impl LogWriter {
             self.roll()?;
         }
         let mut header = [0u8; HEADER_BYTES as usize];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        let len = payload.len() as u32 | if control { CONTROL_BIT } else { 0 };
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&checksum(control, payload).to_le_bytes());
         self.active.write_all(&header)?;
         self.active.write_all(payload)?;
         self.end += HEADER_BYTES + payload.len() as u64;
@@ -160,6 +183,8 @@ pub enum Entry {
         start: u64,
         /// The position after it.
         end: u64,
+        /// Whether it is a control record.
+        control: bool,
         /// The payload.
         payload: Vec<u8>,
     },
@@ -221,10 +246,10 @@ impl LogReader {
             let start = *base + *at as u64;
             let rest = &bytes[*at..];
             let entry = match parse(rest) {
-                Parsed::Good(len) => {
+                Parsed::Good(len, control) => {
                     let payload = rest[HEADER_BYTES as usize..HEADER_BYTES as usize + len].to_vec();
                     *at += HEADER_BYTES as usize + len;
-                    Entry::Record { start, end: *base + *at as u64, payload }
+                    Entry::Record { start, end: *base + *at as u64, control, payload }
                 }
                 Parsed::BadChecksum(len) => {
                     let raw = rest[HEADER_BYTES as usize..HEADER_BYTES as usize + len].to_vec();
@@ -272,7 +297,7 @@ pub fn disk_bytes(dir: &Path) -> io::Result<u64> {
 }
 
 enum Parsed {
-    Good(usize),
+    Good(usize, bool),
     BadChecksum(usize),
     Cut,
 }
@@ -281,13 +306,18 @@ fn parse(bytes: &[u8]) -> Parsed {
     if bytes.len() < HEADER_BYTES as usize {
         return Parsed::Cut;
     }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let len_and_kind = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let (len, control) = ((len_and_kind & !CONTROL_BIT) as usize, len_and_kind & CONTROL_BIT != 0);
     let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     let body = HEADER_BYTES as usize;
     if len as u64 > MAX_RECORD_BYTES || bytes.len() - body < len {
         return Parsed::Cut;
     }
-    if crc32fast::hash(&bytes[body..body + len]) == crc { Parsed::Good(len) } else { Parsed::BadChecksum(len) }
+    if checksum(control, &bytes[body..body + len]) == crc {
+        Parsed::Good(len, control)
+    } else {
+        Parsed::BadChecksum(len)
+    }
 }
 
 /// Length of the part of a segment to keep: everything up to the end of the
@@ -299,7 +329,7 @@ fn good_prefix(bytes: &[u8]) -> u64 {
     let mut keep = 0usize;
     while at < bytes.len() {
         match parse(&bytes[at..]) {
-            Parsed::Good(len) => {
+            Parsed::Good(len, _) => {
                 at += HEADER_BYTES as usize + len;
                 keep = at;
             }
@@ -375,6 +405,31 @@ mod tests {
         assert_eq!((report.end, report.truncated_bytes), (*ends.last().unwrap(), 0));
         log.append(b"more\n").unwrap();
         assert_eq!(payloads(&read_all(dir.path(), report.end)), vec![b"more\n".to_vec()]);
+    }
+
+    #[test]
+    fn control_records_read_back_as_control_and_their_flag_is_checksummed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+        log.append(b"a\n").unwrap();
+        let at = log.end();
+        log.append_control(b"forget u1").unwrap();
+        log.append(b"b\n").unwrap();
+        drop(log);
+        let kinds: Vec<_> = read_all(dir.path(), 0)
+            .into_iter()
+            .map(|e| match e {
+                Entry::Record { control, payload, .. } => (control, payload),
+                Entry::Corrupt { .. } => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, vec![(false, b"a\n".to_vec()), (true, b"forget u1".to_vec()), (false, b"b\n".to_vec())]);
+        // A flipped kind bit is caught by the checksum.
+        let (_, path) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at as usize + 3] ^= 0x80;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_all(dir.path(), at)[0], Entry::Corrupt { .. }));
     }
 
     #[test]

@@ -209,6 +209,8 @@ impl FeatureState {
             }
             // Checked at the next watermark step.
             self.queue_ttl(id, NOT_QUEUED + 1);
+            // Served again from the first publish after the restore.
+            self.mark_dirty(id);
         }
         self.touched = snap.touched.into_iter().collect();
         self.fired_until = snap.fired_until;

@@ -288,6 +288,13 @@ impl FeatureState {
         }
         let e = &mut self.entries[id as usize];
         e.max_ts = e.max_ts.max(ts);
+        self.mark_dirty(id);
+    }
+
+    /// Lists a served key for the next publish.
+    #[inline]
+    pub(super) fn mark_dirty(&mut self, id: u32) {
+        let e = &mut self.entries[id as usize];
         if self.spec.serve && !e.dirty {
             e.dirty = true;
             self.dirty.push(id);

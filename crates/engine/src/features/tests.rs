@@ -314,6 +314,25 @@ fn restore_refuses_other_definitions_versions_and_garbage() {
     assert!(matches!(fresh.restore(&newer), Err(super::RestoreError::Version { found: 9, .. })));
 }
 
+#[test]
+fn restored_keys_are_served_again_without_new_events() {
+    let spec = spec(WindowSpec::Global, AggFn::Count, 0);
+    let mut a = FeatureState::new(0, spec.clone());
+    let mut out = Outputs::new(2, 1);
+    feed(&mut a, &[(1, 100, 0.0), (1, 200, 0.0), (2, 300, 0.0)], 0, &mut (i64::MIN, i64::MIN), &mut out, false);
+    let before = FeatureView::new(&spec);
+    a.publish(&before);
+    let bytes = a.snapshot();
+    let mut b = FeatureState::new(0, spec.clone());
+    b.restore(&bytes).unwrap();
+    let after = FeatureView::new(&spec);
+    assert_eq!(b.publish(&after), 2, "both entities are published from the restored state");
+    for entity in ["k1", "k2"] {
+        let (was, is) = (before.get(entity).unwrap(), after.get(entity).unwrap());
+        assert_eq!(format!("{was:?}"), format!("{is:?}"), "entity {entity}");
+    }
+}
+
 /// One event of a two-part key: entity, group, event time, value.
 type Ev2 = (u8, u8, i64, f64);
 

@@ -7,6 +7,7 @@
 mod error;
 mod events;
 mod features;
+mod forget;
 mod ops;
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use freshet_engine::features::Views;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(events::ingest))
         .route("/v1/users/{id}/features", get(features::user))
         .route("/v1/items/{id}/features", get(features::item))
+        .route("/v1/users/{id}", delete(forget::user))
+        .route("/v1/items/{id}", delete(forget::item))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -10,6 +10,10 @@
 //! the log (synced, with `fsync = "always"`); a request the queue cannot take
 //! in time is answered 429 and leaves no trace.
 //!
+//! Forgetting a user travels the same way, as a control record: it is
+//! ordered with the events around it, replayed after a crash, and covered by
+//! the next checkpoint like any event.
+//!
 //! Without a data directory there is nothing to write: batches go straight
 //! to the pipeline, and a crash loses what the job had not yet processed.
 
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use freshet_engine::decode::Chunk;
+use freshet_engine::features::Entity;
+use freshet_engine::record::Forget;
 use freshet_io::log::{Entry, LogReader, LogWriter};
 
 use super::{Shared, send, wall_ms};
@@ -47,10 +53,33 @@ pub enum IngestError {
     Log(String),
 }
 
-/// A request waiting for the log.
+/// A request waiting for the log: NDJSON lines, or an entity to forget.
 struct Request {
     body: Vec<u8>,
+    forget: Option<Forget>,
     reply: Sender<Result<(), String>>,
+}
+
+/// The control record of a forget: `{"forget":{"entity":"user","id":"u1"}}`.
+fn encode_forget(f: &Forget) -> Vec<u8> {
+    let entity = match f.entity {
+        Entity::User => "user",
+        Entity::Item => "item",
+        Entity::None => "none",
+    };
+    let id = String::from_utf8_lossy(&f.id);
+    serde_json::to_vec(&serde_json::json!({ "forget": { "entity": entity, "id": id } })).unwrap_or_default()
+}
+
+fn decode_forget(payload: &[u8]) -> Option<Forget> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let f = v.get("forget")?;
+    let entity = match f.get("entity")?.as_str()? {
+        "user" => Entity::User,
+        "item" => Entity::Item,
+        _ => return None,
+    };
+    Some(Forget { entity, id: f.get("id")?.as_str()?.as_bytes().to_vec() })
 }
 
 enum Route {
@@ -114,20 +143,57 @@ impl IngestHandle {
                     Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
                 }
             }
-            Route::Logged { requests } => {
-                let (reply, answer) = crossbeam_channel::bounded(1);
-                match requests.send_timeout(Request { body, reply }, wait) {
-                    Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(_)) => return Err(IngestError::Busy),
-                    Err(SendTimeoutError::Disconnected(_)) => return Err(IngestError::Stopped),
-                }
-                // Once queued, the outcome is the log's: wait for it.
-                match answer.recv() {
-                    Ok(Ok(())) => Ok(lines),
-                    Ok(Err(e)) => Err(IngestError::Log(e)),
-                    Err(_) => Err(IngestError::Stopped),
+            Route::Logged { requests } => self.logged(requests, body, None, wait).map(|()| lines),
+        }
+    }
+
+    /// Forgets `id` in every feature of `entity`, after the events accepted
+    /// before it. Returns once the request is in the log (or the pipeline).
+    pub fn forget(&self, entity: Entity, id: &str, wait: Duration) -> Result<(), IngestError> {
+        if self.shared.stop.load(Ordering::SeqCst) {
+            return Err(IngestError::Stopped);
+        }
+        let forget = Forget { entity, id: id.as_bytes().to_vec() };
+        match &*self.route {
+            Route::Direct { tx, next_offset } => {
+                let offset = next_offset.load(Ordering::SeqCst);
+                let chunk = Chunk {
+                    source: self.source,
+                    first_offset: offset,
+                    end_offset: offset,
+                    ingest_ms: wall_ms(),
+                    ingest_us: self.shared.now_us(),
+                    forget: Some(forget),
+                    ..Chunk::default()
+                };
+                match tx.send_timeout(chunk, wait) {
+                    Ok(()) => Ok(()),
+                    Err(SendTimeoutError::Timeout(_)) => Err(IngestError::Busy),
+                    Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
                 }
             }
+            Route::Logged { requests } => self.logged(requests, Vec::new(), Some(forget), wait),
+        }
+    }
+
+    fn logged(
+        &self,
+        requests: &Sender<Request>,
+        body: Vec<u8>,
+        forget: Option<Forget>,
+        wait: Duration,
+    ) -> Result<(), IngestError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        match requests.send_timeout(Request { body, forget, reply }, wait) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(IngestError::Busy),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(IngestError::Stopped),
+        }
+        // Once queued, the outcome is the log's: wait for it.
+        match answer.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(IngestError::Log(e)),
+            Err(_) => Err(IngestError::Stopped),
         }
     }
 }
@@ -221,7 +287,18 @@ fn run_log(source: u16, log: OpenedLog, queue: &Receiver<Request>, tx: &Sender<C
     let (mut records, first_line) = (0u64, line);
     while let Some(entry) = reader.next_entry().with_context(|| format!("reading ingest log {}", dir.display()))? {
         match entry {
-            Entry::Record { end, payload, .. } => {
+            Entry::Record { end, payload, control: true, .. } => match decode_forget(&payload) {
+                Some(forget) => {
+                    let c = Chunk { forget: Some(forget), ..chunk(line, Vec::new(), end, line) };
+                    if !send(tx, c, shared) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    tracing::error!(log = %dir.display(), end, "Unknown control record in the ingest log: skipped.")
+                }
+            },
+            Entry::Record { end, payload, control: false, .. } => {
                 let n = memchr::memchr_iter(b'\n', &payload).count() as u64;
                 let c = chunk(line, payload, end, line + n);
                 line += n;
@@ -267,37 +344,55 @@ fn run_log(source: u16, log: OpenedLog, queue: &Receiver<Request>, tx: &Sender<C
             bytes += r.body.len();
             group.push(r);
         }
-        let written = append_group(&mut writer, &group, plan.fsync, &mut last_sync);
-        if let Err(e) = written {
-            let e = anyhow::Error::new(e).context(format!("writing ingest log {}", dir.display()));
-            for r in &group {
-                let _ = r.reply.send(Err(format!("{e:#}")));
+        let ends = match append_group(&mut writer, &group, plan.fsync, &mut last_sync) {
+            Ok(ends) => ends,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("writing ingest log {}", dir.display()));
+                for r in &group {
+                    let _ = r.reply.send(Err(format!("{e:#}")));
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let mut data = Vec::with_capacity(bytes);
-        let first_line = line;
+        };
         for r in &group {
-            data.extend_from_slice(&r.body);
             let _ = r.reply.send(Ok(()));
         }
-        line += memchr::memchr_iter(b'\n', &data).count() as u64;
         metrics::counter!(crate::metrics::INGEST_LOG_BYTES).increment(bytes as u64);
-        if !send(tx, chunk(first_line, data, writer.end(), line), shared) {
+        // One chunk for the group, cut after each forget so that it applies
+        // after exactly the events before it.
+        let mut data = Vec::with_capacity(bytes);
+        let mut first_line = line;
+        for (r, end) in group.into_iter().zip(ends) {
+            data.extend_from_slice(&r.body);
+            line += memchr::memchr_iter(b'\n', &r.body).count() as u64;
+            if r.forget.is_some() {
+                let c = Chunk { forget: r.forget, ..chunk(first_line, std::mem::take(&mut data), end, line) };
+                if !send(tx, c, shared) {
+                    return Ok(());
+                }
+                first_line = line;
+            }
+        }
+        if !data.is_empty() && !send(tx, chunk(first_line, data, writer.end(), line), shared) {
             break;
         }
     }
     writer.sync().with_context(|| format!("syncing ingest log {}", dir.display()))
 }
 
+/// Appends a group of requests, syncing as the policy says; returns each one's end position.
 fn append_group(
     writer: &mut LogWriter,
     group: &[Request],
     fsync: Fsync,
     last_sync: &mut Instant,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<u64>> {
+    let mut ends = Vec::with_capacity(group.len());
     for r in group {
-        writer.append(&r.body)?;
+        ends.push(match &r.forget {
+            Some(f) => writer.append_control(&encode_forget(f))?,
+            None => writer.append(&r.body)?,
+        });
     }
     let due = match fsync {
         Fsync::Always => true,
@@ -310,7 +405,7 @@ fn append_group(
         metrics::histogram!(crate::metrics::INGEST_LOG_SYNC_SECONDS).record(t.elapsed().as_secs_f64());
         *last_sync = Instant::now();
     }
-    Ok(())
+    Ok(ends)
 }
 
 /// Reports a corrupt stretch of the log and keeps its bytes beside the log.

@@ -313,6 +313,7 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
             }
             continue;
         }
+        let forget = msg.chunk.as_ref().and_then(|c| c.forget.clone());
         let (partition, end, ingest_ms, ingest_us) = match &msg.chunk {
             Some(c) => {
                 decoder.decode(c, &mut out);
@@ -349,7 +350,7 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
                 batch,
                 barrier: None,
                 forwarded: forwarded.take(),
-                forget: None,
+                forget: forget.clone(),
             };
             if !send(tx, input, &shared) {
                 return;

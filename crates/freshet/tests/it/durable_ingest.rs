@@ -331,3 +331,73 @@ fn a_torn_log_tail_and_a_corrupt_record_are_reported_and_survived() {
     assert_eq!(lost.len(), 10, "only the corrupt record's events are missing: {lost:?}");
     assert!(seen.values().all(|n| *n == 1));
 }
+
+/// `events_per_user` of `user` as served: `None` when the user is unknown.
+fn served_count(addr: &str, user: &str) -> Option<i64> {
+    let (status, body) = support::request(addr, "GET", &format!("/v1/users/{user}/features"), "text/plain", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if v["found"] == false {
+        return None;
+    }
+    v["features"]["events_per_user"]["current"]["value"].as_i64()
+}
+
+/// Polls until `user`'s served count is `want`.
+fn wait_count(addr: &str, user: &str, want: Option<i64>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = served_count(addr, user);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {user} has {got:?}, want {want:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_forgotten_user_is_gone_from_every_feature_and_stays_gone_after_crashes() {
+    let s = setup();
+    let events = |user: &str, n: usize, from: usize| -> String {
+        (from..from + n)
+            .map(|i| {
+                format!(
+                    "{{\"event_id\":\"{user}-{i}\",\"user_id\":\"{user}\",\"ts\":{}}}\n",
+                    1_767_225_600_000u64 + i as u64
+                )
+            })
+            .collect()
+    };
+    // Without checkpoints, a restart replays the log, forget included.
+    let server = start_with(&s.config, &s.data, &s.out, &s.stderr, "1h");
+    assert_eq!(post(&server.addr, &(events("alice", 5, 0) + &events("bob", 3, 0))), Outcome::Accepted);
+    wait_count(&server.addr, "alice", Some(5), "before the forget");
+    let (status, body) = support::request(&server.addr, "DELETE", "/v1/users/alice", "text/plain", "");
+    assert_eq!(status, 202, "{body}");
+    wait_count(&server.addr, "alice", None, "after the forget");
+    assert_eq!(served_count(&server.addr, "bob"), Some(3), "others are untouched");
+    // Events after the forget start the user afresh.
+    assert_eq!(post(&server.addr, &events("alice", 2, 100)), Outcome::Accepted);
+    wait_count(&server.addr, "alice", Some(2), "events after the forget");
+    drop(server);
+
+    let server = start_with(&s.config, &s.data, &s.out, &s.stderr, "1h");
+    wait_count(&server.addr, "bob", Some(3), "replayed");
+    wait_count(&server.addr, "alice", Some(2), "replayed with the forget in its place");
+    assert_eq!(support::request(&server.addr, "DELETE", "/v1/users/alice", "text/plain", "").0, 202);
+    wait_count(&server.addr, "alice", None, "forgotten again");
+    drop(server);
+
+    // With checkpoints: the forget is in the restored state itself.
+    let server = start_with(&s.config, &s.data, &s.out, &s.stderr, "100ms");
+    wait_count(&server.addr, "bob", Some(3), "replayed");
+    wait_count(&server.addr, "alice", None, "replayed");
+    thread::sleep(Duration::from_millis(600));
+    drop(server);
+    let stderr_before = read(&s.stderr).len();
+    let server = start_with(&s.config, &s.data, &s.out, &s.stderr, "100ms");
+    wait_count(&server.addr, "bob", Some(3), "restored from a checkpoint");
+    assert_eq!(served_count(&server.addr, "alice"), None, "restored without alice");
+    assert!(read(&s.stderr)[stderr_before..].contains("Restored"), "this start restored a checkpoint");
+}

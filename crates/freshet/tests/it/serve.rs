@@ -46,23 +46,6 @@ fn start(data_dir: &std::path::Path) -> Running {
     Running { child, addr }
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns (status, body).
-fn request(addr: &str, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn embedded_default_serves_features_of_ingested_events_on_a_real_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,13 +58,13 @@ fn embedded_default_serves_features_of_ingested_events_on_a_real_socket() {
         r#"this is not json"#,
     ]
     .join("\n");
-    let (status, body) = request(&addr, "POST", "/v1/events", "application/x-ndjson", &events);
+    let (status, body) = support::request(&addr, "POST", "/v1/events", "application/x-ndjson", &events);
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("\"accepted\":4"), "{body}");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let features: serde_json::Value = loop {
-        let (status, body) = request(&addr, "GET", "/v1/users/u42/features", "text/plain", "");
+        let (status, body) = support::request(&addr, "GET", "/v1/users/u42/features", "text/plain", "");
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         if v["features"]["views_1h"]["current"]["value"] == 2 {
@@ -96,7 +79,7 @@ fn embedded_default_serves_features_of_ingested_events_on_a_real_socket() {
     assert_eq!(f["recent_items"]["current"]["value"], serde_json::json!(["i8", "i7", "i7"]));
     assert_eq!(f["session_events"]["current"]["value"], 3);
 
-    let (status, metrics) = request(&addr, "GET", "/metrics", "text/plain", "");
+    let (status, metrics) = support::request(&addr, "GET", "/metrics", "text/plain", "");
     assert_eq!(status, 200);
     assert!(metrics.contains("freshet_events_accepted_total 3"), "{metrics}");
     assert!(metrics.contains("freshet_dlq_events_total{reason=\"invalid_json\"} 1"), "{metrics}");
