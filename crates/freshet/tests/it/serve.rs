@@ -2,8 +2,7 @@
 //! events over HTTP, serves their features, exports metrics, dead-letters bad
 //! lines, and stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
