@@ -11,7 +11,7 @@ use freshet_engine::aggregate::AggFn;
 use freshet_engine::decode::{Chunk, Decoder};
 use freshet_engine::event::{FieldPath, Fields};
 use freshet_engine::features::{Entity, FeatureSpec, Format};
-use freshet_engine::flow::Flow;
+use freshet_engine::flow::{Dedup, Flow, Stage};
 use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
 use freshet_engine::predicate::{Literal, Predicate};
 use freshet_engine::record::{RecordBatch, ShardInput};
@@ -97,8 +97,9 @@ fn decode(c: &mut Criterion) {
     eprintln!("({} lines, {} bytes per iteration)", lines.len(), bytes);
 }
 
-/// The reference job (examples/reference-job.toml) as the engine sees it, on one shard.
-fn reference_pipeline() -> Pipeline {
+/// The reference job (examples/reference-job.toml) as the engine sees it, on
+/// one shard; with `dedup`, its flow drops repeated `event_id`s.
+fn reference_pipeline(dedup: bool) -> Pipeline {
     let p = |s: &str| FieldPath::parse(s).unwrap();
     let s = |v: &str| Literal::Str(v.into());
     let feature = |name: &str, key: Vec<FieldPath>, filter, window, sink| FeatureSpec {
@@ -123,7 +124,11 @@ fn reference_pipeline() -> Pipeline {
             rules: vec![],
             schema: None,
             time_field: p("ts"),
-            stages: vec![],
+            stages: if dedup {
+                vec![Stage::Dedup(Dedup { id: 0, key: vec![p("event_id")], ttl: 600_000 })]
+            } else {
+                vec![]
+            },
             features: vec![0, 1],
         }],
         features: vec![
@@ -147,6 +152,13 @@ fn reference_pipeline() -> Pipeline {
 }
 
 fn pipeline(c: &mut Criterion) {
+    for (suffix, dedup) in [("", false), ("_dedup", true)] {
+        pipeline_case(c, suffix, dedup);
+    }
+}
+
+/// The decoder and a shard on the reference job, named with `suffix`.
+fn pipeline_case(c: &mut Criterion, suffix: &str, dedup: bool) {
     let lines = lines();
     let mut data = Vec::new();
     for l in &lines {
@@ -154,11 +166,11 @@ fn pipeline(c: &mut Criterion) {
         data.push(b'\n');
     }
     let chunk = Chunk { data, ..Chunk::default() };
-    let pipeline = reference_pipeline();
+    let pipeline = reference_pipeline(dedup);
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(lines.len() as u64));
     let mut decoder = Decoder::new(&pipeline);
-    g.bench_function("decoder_reference_job", |b| {
+    g.bench_function(format!("decoder_reference_job{suffix}"), |b| {
         b.iter(|| {
             let mut out = decoder.output();
             decoder.decode(&chunk, &mut out);
@@ -168,7 +180,7 @@ fn pipeline(c: &mut Criterion) {
     let mut out = decoder.output();
     decoder.decode(&chunk, &mut out);
     let batch = std::mem::take(&mut out.shards[0]);
-    g.bench_function("shard_reference_job", |b| {
+    g.bench_function(format!("shard_reference_job{suffix}"), |b| {
         b.iter_batched(
             || {
                 let mut shard = Shard::new(&pipeline, None);

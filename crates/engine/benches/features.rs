@@ -1,5 +1,6 @@
 //! The keyed-state hot path: folding records into tumbling and hopping
-//! count features and firing their windows, for Zipf-like keys.
+//! count features and firing their windows, for Zipf-like keys, without
+//! and with a state TTL.
 //!
 //! `cargo bench -p freshet-engine --bench features`
 
@@ -38,7 +39,7 @@ fn batch(n: usize, keys: u64) -> RecordBatch {
     b
 }
 
-fn spec(window: WindowSpec) -> FeatureSpec {
+fn spec(window: WindowSpec, ttl: Option<i64>) -> FeatureSpec {
     FeatureSpec {
         name: "f".into(),
         flow: 0,
@@ -52,7 +53,7 @@ fn spec(window: WindowSpec) -> FeatureSpec {
         late_sink: None,
         allowed_lateness: 0,
         serve: false,
-        ttl: None,
+        ttl,
     }
 }
 
@@ -60,14 +61,16 @@ fn features(c: &mut Criterion) {
     let b = batch(100_000, 100_000);
     let mut g = c.benchmark_group("features");
     g.throughput(Throughput::Elements(b.records.len() as u64));
-    for (name, w) in [
-        ("tumbling_5m", WindowSpec::Tumbling { size: 300_000 }),
-        ("hopping_1h_5m", WindowSpec::Hopping { size: 3_600_000, slide: 300_000 }),
-        ("hopping_1h_1m", WindowSpec::Hopping { size: 3_600_000, slide: 60_000 }),
+    for (name, w, ttl) in [
+        ("tumbling_5m", WindowSpec::Tumbling { size: 300_000 }, None),
+        ("hopping_1h_5m", WindowSpec::Hopping { size: 3_600_000, slide: 300_000 }, None),
+        ("hopping_1h_1m", WindowSpec::Hopping { size: 3_600_000, slide: 60_000 }, None),
+        // The same with a state TTL: the cost of queueing keys for expiry.
+        ("tumbling_5m_ttl_1m", WindowSpec::Tumbling { size: 300_000 }, Some(60_000)),
     ] {
         g.bench_function(name, |bench| {
             bench.iter(|| {
-                let mut state = FeatureState::new(0, spec(w));
+                let mut state = FeatureState::new(0, spec(w, ttl));
                 let mut out = Outputs::new(1, 1);
                 for r in &b.records {
                     state.apply(&b, r, r.prior_max_ts - 5001, &mut out);

@@ -3,8 +3,9 @@
 //! What it is: JSON decoding and validation, flows of stateless stages,
 //! event-time watermarks, windowed keyed aggregations (tumbling, hopping,
 //! session, global; count, sum, min, max, mean, distinct, last-N, decayed
-//! count) held in single-threaded shards, and the lock-free views that serve
-//! their values.
+//! count) held in single-threaded shards with keyed dedup, state TTL and
+//! forgetting an entity (all in event time), and the lock-free views that
+//! serve their values.
 //!
 //! What it is not: it has no threads, no async runtime, no sockets or files,
 //! and no wall clock. The binary (`freshet`) wires sources, decoder threads,

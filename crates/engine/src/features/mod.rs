@@ -1,5 +1,5 @@
-//! Windowed, keyed features: their definition, keys, per-shard state,
-//! result formatting and serving views.
+//! Windowed, keyed features: their definition, keys, per-shard state and
+//! its expiry (TTL, forgetting), result formatting and serving views.
 
 pub mod emit;
 mod expiry;

@@ -274,19 +274,17 @@ impl FeatureState {
         if let Some(s) = self.spec.late_sink {
             write_late(&mut out.sinks[s as usize], &self.spec, key, ts, offset, watermark);
         }
-        if self.entries[id as usize].max_ts == i64::MIN {
+        if self.spec.ttl.is_some() && self.entries[id as usize].max_ts == i64::MIN {
             // A key made by a late event holds nothing: let TTL look at it at the next step.
             self.queue_ttl(id, watermark.saturating_add(1));
         }
     }
 
-    #[inline]
+    /// Per record, so it must inline; a key's first event takes a cold call.
+    #[inline(always)]
     fn after_update(&mut self, id: u32, ts: i64) {
         let e = &mut self.entries[id as usize];
-        if e.max_ts == i64::MIN {
-            self.queue_ttl(id, ts.saturating_add(self.spec.ttl.unwrap_or(0)));
-        }
-        let e = &mut self.entries[id as usize];
+        let first = e.max_ts == i64::MIN;
         e.max_ts = e.max_ts.max(ts);
         self.mark_dirty(id);
     }
@@ -298,6 +296,18 @@ impl FeatureState {
         if self.spec.serve && !e.dirty {
             e.dirty = true;
             self.dirty.push(id);
+        }
+        if first {
+            self.first_event(id, ts);
+        }
+    }
+
+    /// A key's first event: it starts waiting for its TTL.
+    #[cold]
+    #[inline(never)]
+    fn first_event(&mut self, id: u32, ts: i64) {
+        if let Some(ttl) = self.spec.ttl {
+            self.queue_ttl(id, ts.saturating_add(ttl));
         }
     }
 
