@@ -286,19 +286,21 @@ impl FeatureState {
         let e = &mut self.entries[id as usize];
         let first = e.max_ts == i64::MIN;
         e.max_ts = e.max_ts.max(ts);
-        self.mark_dirty(id);
-    }
-
-    /// Lists a served key for the next publish.
-    #[inline]
-    pub(super) fn mark_dirty(&mut self, id: u32) {
-        let e = &mut self.entries[id as usize];
         if self.spec.serve && !e.dirty {
             e.dirty = true;
             self.dirty.push(id);
         }
         if first {
             self.first_event(id, ts);
+        }
+    }
+
+    /// Lists a served key for the next publish (after a restore).
+    pub(super) fn mark_dirty(&mut self, id: u32) {
+        let e = &mut self.entries[id as usize];
+        if self.spec.serve && !e.dirty {
+            e.dirty = true;
+            self.dirty.push(id);
         }
     }
 
