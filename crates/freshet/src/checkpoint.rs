@@ -138,6 +138,12 @@ impl Store {
 /// Reads and checks one checkpoint file.
 fn read(path: &Path) -> Result<Checkpoint> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode(&bytes)
+}
+
+/// Checks and decodes the bytes of a checkpoint file (header, length,
+/// checksum, payload). Any bytes give a checkpoint or an error, never a panic.
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
         bail!("not a checkpoint file (bad magic or truncated header)");
     }
