@@ -14,6 +14,8 @@ mod checkpoint;
 mod cli;
 mod commands;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod telemetry;
