@@ -12,6 +12,7 @@ use freshet_engine::flow::{Flow, Stage};
 use freshet_engine::json::Kind;
 use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
 use freshet_engine::predicate::{Literal, Ordering, Predicate};
+use freshet_engine::time::MAX_DURATION_MS;
 use freshet_engine::validate::{FieldRule, FieldType, Schema};
 use freshet_engine::window::WindowSpec;
 use freshet_io::generator::GenOptions;
@@ -137,7 +138,11 @@ impl Planner {
     fn duration_ms(&mut self, path: &str, text: Option<&str>, default: i64) -> i64 {
         let Some(t) = text else { return default };
         match humantime::parse_duration(t) {
-            Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+            Ok(d) if d.as_millis() <= MAX_DURATION_MS as u128 => d.as_millis() as i64,
+            Ok(_) => {
+                self.err(path, format!("{t:?} is longer than the longest supported duration, 2^53 ms (285,000 years)"));
+                default
+            }
             Err(e) => {
                 self.err(path, format!("expected a duration like \"5s\" or \"250ms\", got {t:?} ({e})"));
                 default
