@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::{FeatureState, Outputs, RestoreError, Views};
 use crate::pipeline::Pipeline;
 use crate::record::ShardInput;
-use crate::time::{PartitionId, Watermarks};
+use crate::time::{PartitionId, WATERMARK_MAX, WATERMARK_MIN, Watermarks, in_state_range};
 
 /// Counters of one shard step.
 #[derive(Debug, Default, Clone, Copy)]
@@ -185,6 +185,15 @@ impl Shard {
                 now: format!("{} features", self.features.len()),
             });
         }
+        // Times derived from bounded event times (the two extreme watermarks aside).
+        let times = snap.progress.iter().map(|p| p.1).filter(|&t| t != i64::MIN);
+        let watermark = Some(snap.watermark).filter(|&w| w != WATERMARK_MIN && w != WATERMARK_MAX);
+        if let Some(t) = times.chain(watermark).find(|&t| !in_state_range(t)) {
+            return Err(RestoreError::Corrupt {
+                feature: "(shard)".into(),
+                reason: format!("time {t} is out of range"),
+            });
+        }
         for (f, bytes) in self.features.iter_mut().zip(&snap.features) {
             f.restore(bytes)?;
         }
@@ -200,5 +209,38 @@ impl Shard {
     /// Approximate heap bytes of keyed state.
     pub fn heap_bytes(&self) -> usize {
         self.features.iter().map(FeatureState::heap_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{EventTime, Limits, Unmatched};
+
+    /// A partition's event time near `i64::MIN` overflowed the watermark
+    /// (`max_ts - out_of_orderness - 1`) after restore; such times are refused.
+    #[test]
+    fn restore_refuses_progress_times_out_of_range() {
+        let p = Pipeline {
+            flows: vec![],
+            features: vec![],
+            sinks: vec![],
+            dead_letter: None,
+            unmatched: Unmatched::Drop,
+            sources: vec![],
+            limits: Limits::default(),
+            event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 1000 },
+            shards: 1,
+        };
+        let snap = |max_ts: i64, watermark: i64| {
+            postcard::to_stdvec(&ShardSnapshot { progress: vec![((0, 0), max_ts, false)], watermark, features: vec![] })
+                .unwrap()
+        };
+        assert!(Shard::new(&p, None).restore(&snap(i64::MIN, WATERMARK_MIN), 0).is_ok());
+        assert!(Shard::new(&p, None).restore(&snap(5000, WATERMARK_MAX), 0).is_ok());
+        for bad in [snap(i64::MIN + 1, WATERMARK_MIN), snap(5000, i64::MAX - 1)] {
+            let err = Shard::new(&p, None).restore(&bad, 0).unwrap_err();
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
     }
 }

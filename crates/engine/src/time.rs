@@ -27,6 +27,17 @@ pub const MIN_EVENT_TIME: i64 = -MAX_EVENT_TIME;
 /// out-of-orderness: 2^53 ms.
 pub const MAX_DURATION_MS: i64 = 1 << 53;
 
+/// Bound on every time a state holds (event times, pane and window bounds,
+/// session ends plus lateness, watermarks other than the two extremes):
+/// with event times and durations bounded as above they stay within ±2^56,
+/// so restore refuses snapshots with times outside it.
+pub(crate) const STATE_TIME_LIMIT: i64 = 1 << 56;
+
+/// Whether `t` can be a time in a state (see [`STATE_TIME_LIMIT`]).
+pub(crate) fn in_state_range(t: i64) -> bool {
+    (-STATE_TIME_LIMIT..=STATE_TIME_LIMIT).contains(&t)
+}
+
 /// Identifies a source partition: (source index, partition number).
 pub type PartitionId = (u16, u32);
 
