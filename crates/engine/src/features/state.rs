@@ -494,6 +494,8 @@ impl FeatureState {
                 let p = e.panes.first()?;
                 Some(WindowValue { start: p.start, end: p.end, value: p.acc.value()? })
             }
+            // A key whose events were all late has none to show.
+            _ if e.max_ts == i64::MIN => None,
             w => {
                 let (size, slide) = w.size_slide()?;
                 let first = w.first_window_containing(e.max_ts)?;

@@ -214,6 +214,34 @@ fn views_show_running_and_last_closed_values() {
     assert_eq!(v[0].current, None);
 }
 
+/// Found by fuzzing (decode target): publishing an entity shows every key
+/// of it, and a key whose only event was late (interned, never updated, so
+/// its newest event time is `i64::MIN`) overflowed computing its open window.
+#[test]
+fn publishing_an_entity_with_a_key_that_only_had_late_events() {
+    let mut s = spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0);
+    s.key = vec![FieldPath::parse("user").unwrap(), FieldPath::parse("type").unwrap()];
+    let mut state = FeatureState::new(0, s);
+    let view = FeatureView::new(state.spec());
+    let mut out = Outputs::new(2, 1);
+    for (kind, ts, wm) in [(&b"view"[..], 5000, i64::MIN), (b"click", 100, 3999)] {
+        state.on_watermark(wm, &mut out);
+        let mut batch = RecordBatch::default();
+        push_part(&mut batch.bytes, b"u1");
+        push_part(&mut batch.bytes, kind);
+        let key = (0, batch.bytes.len() as u32);
+        let hash = hash_bytes(&batch.bytes);
+        let value = RecordValue::None;
+        batch.records.push(Record { feature: 0, ts, hash, key, value, offset: 0, prior_max_ts: i64::MIN });
+        state.apply(&batch, &batch.records[0], wm, &mut out);
+    }
+    assert_eq!(out.late[0], 1);
+    state.publish(&view);
+    let groups = view.get("u1").unwrap();
+    let current: Vec<_> = groups.iter().map(|g| (g.group.join(","), g.current.as_ref().map(|w| w.start))).collect();
+    assert_eq!(current, [("click".to_string(), None), ("view".to_string(), Some(5000))]);
+}
+
 #[test]
 fn windows_passed_before_a_pane_exists_do_not_take_its_events() {
     // Found by `aligned_windows_equal_recompute`: at watermark -2 the event at
