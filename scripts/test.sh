@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine: formatting, lints, every example
-# config, unit and integration tests, doc tests. Needs ../shared beside the
-# clone (or FRESHET_SHARED) for the reference-job tests, and python3.
+# config, unit and integration tests, doc tests, and a short run of each fuzz
+# target (scripts/fuzz.sh; installs cargo-fuzz when missing). Needs ../shared
+# beside the clone (or FRESHET_SHARED) for the reference-job tests, and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +34,6 @@ fi
 
 echo "== doc tests"
 cargo test --workspace --doc --locked
+
+echo "== fuzz (15 s per target)"
+bash scripts/fuzz.sh 15

@@ -295,6 +295,22 @@ impl Acc {
         }
     }
 
+    /// Whether this accumulator, read back from a snapshot, is one that `f`
+    /// makes: the same kind, at most `n` last values, a decay time in range.
+    pub fn fits(&self, f: &AggFn) -> bool {
+        match (self, f) {
+            (Acc::Count(_), AggFn::Count)
+            | (Acc::Sum(_), AggFn::Sum)
+            | (Acc::Min(_), AggFn::Min)
+            | (Acc::Max(_), AggFn::Max)
+            | (Acc::Mean(..), AggFn::Mean)
+            | (Acc::Distinct(_), AggFn::Distinct(_)) => true,
+            (Acc::LastN(q), AggFn::LastN(n)) => q.len() <= *n,
+            (Acc::Decayed { at, .. }, AggFn::DecayedCount(_)) => *at == i64::MIN || crate::time::in_state_range(*at),
+            _ => false,
+        }
+    }
+
     /// The value to report, consuming the accumulator (saves a sketch copy).
     pub fn into_value(self) -> Option<AggValue> {
         match self {

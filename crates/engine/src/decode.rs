@@ -22,7 +22,7 @@ use crate::flow::{Outcome, Stage};
 use crate::json::{self, JsonError, Kind};
 use crate::pipeline::{Pipeline, Unmatched};
 use crate::record::{DedupMarker, Record, RecordBatch, RecordValue};
-use crate::time::PartitionId;
+use crate::time::{MAX_EVENT_TIME, MIN_EVENT_TIME, PartitionId};
 
 /// A line too long to keep, cut by the reader: only a prefix is kept.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub enum RejectKind {
     FieldRule,
     /// JSON Schema failed.
     Schema,
-    /// Event time missing or not an integer.
+    /// Event time missing, not an integer, or outside the supported range.
     EventTime,
 }
 
@@ -311,6 +311,17 @@ impl<'p> Decoder<'p> {
                 out,
             );
         };
+        if !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts) {
+            let tf = &flow.time_field;
+            return self.dead_letter(
+                chunk,
+                offset,
+                raw,
+                RejectKind::EventTime,
+                &format_args!("flow {}: event time {tf} = {ts} is outside ±2^53 ms", flow.name),
+                out,
+            );
+        }
         out.stats.accepted += 1;
         let prior_max_ts = out.max_ts.unwrap_or(i64::MIN);
         out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
@@ -444,4 +455,104 @@ enum Val<'a> {
     Skip,
     Num(f64),
     Text(Value<'a>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldPath;
+    use crate::features::{Entity, FeatureSpec, Format};
+    use crate::flow::Flow;
+    use crate::pipeline::{EventTime, Limits, SinkSpec};
+    use crate::predicate::Predicate;
+    use crate::record::ShardInput;
+    use crate::shard::Shard;
+    use crate::window::WindowSpec;
+
+    fn pipeline(window: WindowSpec) -> Pipeline {
+        let ts = FieldPath::parse("ts").unwrap();
+        let key = vec![FieldPath::parse("k").unwrap()];
+        Pipeline {
+            flows: vec![Flow {
+                name: "f".into(),
+                when: Predicate::True,
+                rules: vec![],
+                schema: None,
+                time_field: ts,
+                stages: vec![],
+                features: vec![0],
+            }],
+            features: vec![FeatureSpec {
+                name: "c".into(),
+                flow: 0,
+                key,
+                entity: Entity::User,
+                filter: None,
+                window,
+                agg: AggFn::Count,
+                field: None,
+                sink: Some((1, Format::Csv)),
+                late_sink: None,
+                allowed_lateness: 1000,
+                serve: false,
+                ttl: None,
+            }],
+            sinks: vec![
+                SinkSpec { name: "dlq".into(), format: Format::Ndjson },
+                SinkSpec { name: "out".into(), format: Format::Csv },
+            ],
+            dead_letter: Some(0),
+            unmatched: Unmatched::DeadLetter,
+            sources: vec!["in".into()],
+            limits: Limits::default(),
+            event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 10_000 },
+            shards: 1,
+        }
+    }
+
+    /// Found by fuzzing: an event time near `i64::MAX` or `i64::MIN`
+    /// overflowed window arithmetic in the shard (`ts + 1` for a global
+    /// window, `ts + gap` for a session, alignment for tumbling windows).
+    #[test]
+    fn event_times_outside_the_supported_range_are_dead_letters() {
+        let lines = format!(
+            "{}\n",
+            [i64::MAX, i64::MIN, MAX_EVENT_TIME + 1, MIN_EVENT_TIME - 1, MAX_EVENT_TIME, MIN_EVENT_TIME]
+                .map(|ts| format!(r#"{{"k":"a","ts":{ts}}}"#))
+                .join("\n")
+        );
+        for window in [WindowSpec::Global, WindowSpec::Session { gap: 5000 }, WindowSpec::Tumbling { size: 3000 }] {
+            let p = pipeline(window);
+            let mut decoder = Decoder::new(&p);
+            let mut out = decoder.output();
+            decoder.decode(&Chunk { data: lines.clone().into_bytes(), ..Chunk::default() }, &mut out);
+            assert_eq!(out.stats.accepted, 2, "{window}");
+            assert_eq!(
+                out.stats.rejected[RejectKind::ALL.iter().position(|k| *k == RejectKind::EventTime).unwrap()],
+                4
+            );
+            let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+            assert!(dlq.contains("event time ts = 9223372036854775807 is outside ±2^53 ms"), "{dlq}");
+            // The accepted extremes go through the shard and fire without overflow.
+            let mut shard = Shard::new(&p, None);
+            let batch = std::mem::take(&mut out.shards[0]);
+            for (batch, end) in [(batch, false), (RecordBatch::default(), true)] {
+                shard.process(&ShardInput {
+                    seq: 0,
+                    partition: Some((0, 0)),
+                    max_ts: out.max_ts.filter(|_| !end),
+                    end_of_partition: end,
+                    ingest_ms: 0,
+                    ingest_us: 0,
+                    batch,
+                    barrier: None,
+                    forwarded: None,
+                    forget: None,
+                });
+            }
+            let rows = shard.take_outputs(Vec::new).sinks[1].rows;
+            // The later extreme comes first, so the earlier one is late (or in the same global window).
+            assert_eq!(rows, 1, "{window}");
+        }
+    }
 }

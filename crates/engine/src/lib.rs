@@ -11,8 +11,10 @@
 //! and no wall clock. The binary (`freshet`) wires sources, decoder threads,
 //! shard threads and sinks around it and passes time in.
 //!
-//! Limits: event time is integer epoch milliseconds; a JSON line is at most
-//! `Limits::max_event_bytes` and nests at most `Limits::max_depth` levels.
+//! Limits: event time is integer epoch milliseconds within ±2^53
+//! (`time::MAX_EVENT_TIME`), durations at most `time::MAX_DURATION_MS`; a
+//! JSON line is at most `Limits::max_event_bytes` and nests at most
+//! `Limits::max_depth` levels.
 //!
 //! ```
 //! use freshet_engine::event::{Fields, FieldPath};

@@ -22,7 +22,7 @@ use crate::dedup::{DedupSnapshot, DedupSnapshotRef, DedupTable};
 use crate::features::{Entity, FeatureState, Outputs, RestoreError, SNAPSHOT_VERSION, Views};
 use crate::pipeline::Pipeline;
 use crate::record::{RecordBatch, ShardInput};
-use crate::time::{PartitionId, Watermarks};
+use crate::time::{PartitionId, WATERMARK_MAX, WATERMARK_MIN, Watermarks, in_state_range};
 
 /// Counters of one shard step.
 #[derive(Debug, Default, Clone, Copy)]
@@ -325,6 +325,15 @@ impl Shard {
                 feature: "(pipeline)".into(),
                 was: format!("{} features", snap.features.len()),
                 now: format!("{} features", self.features.len()),
+            });
+        }
+        // Times derived from bounded event times (the two extreme watermarks aside).
+        let times = snap.progress.iter().map(|p| p.1).filter(|&t| t != i64::MIN);
+        let watermark = Some(snap.watermark).filter(|&w| w != WATERMARK_MIN && w != WATERMARK_MAX);
+        if let Some(t) = times.chain(watermark).find(|&t| !in_state_range(t)) {
+            return Err(RestoreError::Corrupt {
+                feature: "(shard)".into(),
+                reason: format!("time {t} is out of range"),
             });
         }
         for (f, bytes) in self.features.iter_mut().zip(&snap.features) {

@@ -15,6 +15,29 @@ pub const WATERMARK_MIN: i64 = i64::MIN;
 /// The watermark at end of input: everything is complete.
 pub const WATERMARK_MAX: i64 = i64::MAX;
 
+/// The latest event time accepted: 2^53 ms, about 285,000 years after 1970
+/// (and the largest integer a JSON reader using doubles keeps exactly).
+/// Event times and durations are bounded so that window, session, lateness
+/// and watermark arithmetic (a time plus or minus a few durations) stays far
+/// from `i64` overflow; the decoder rejects events outside the range.
+pub const MAX_EVENT_TIME: i64 = 1 << 53;
+/// The earliest event time accepted: -2^53 ms.
+pub const MIN_EVENT_TIME: i64 = -MAX_EVENT_TIME;
+/// The longest window size, slide, session gap, allowed lateness or
+/// out-of-orderness: 2^53 ms.
+pub const MAX_DURATION_MS: i64 = 1 << 53;
+
+/// Bound on every time a state holds (event times, pane and window bounds,
+/// session ends plus lateness, watermarks other than the two extremes):
+/// with event times and durations bounded as above they stay within ±2^56,
+/// so restore refuses snapshots with times outside it.
+pub(crate) const STATE_TIME_LIMIT: i64 = 1 << 56;
+
+/// Whether `t` can be a time in a state (see [`STATE_TIME_LIMIT`]).
+pub(crate) fn in_state_range(t: i64) -> bool {
+    (-STATE_TIME_LIMIT..=STATE_TIME_LIMIT).contains(&t)
+}
+
 /// Identifies a source partition: (source index, partition number).
 pub type PartitionId = (u16, u32);
 

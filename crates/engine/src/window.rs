@@ -7,6 +7,8 @@
 //! pane, and a window's value is the merge of its panes, so a 1 h window
 //! sliding by 1 min keeps one partial per minute, not sixty copies.
 
+use crate::time::MAX_DURATION_MS;
+
 /// A window definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
@@ -49,6 +51,11 @@ impl WindowSpec {
             WindowSpec::Hopping { size, slide } if size <= 0 || slide <= 0 => Err("size and slide must be > 0".into()),
             WindowSpec::Hopping { size, slide } if slide > size => Err("slide must be <= size".into()),
             WindowSpec::Session { gap } if gap <= 0 => Err("gap must be > 0".into()),
+            WindowSpec::Tumbling { size } | WindowSpec::Hopping { size, .. } | WindowSpec::Session { gap: size }
+                if size > MAX_DURATION_MS =>
+            {
+                Err("must be at most 2^53 ms (285,000 years)".into())
+            }
             _ => Ok(()),
         }
     }
@@ -140,5 +147,8 @@ mod tests {
         assert!(WindowSpec::Tumbling { size: 0 }.validate().is_err());
         assert!(WindowSpec::Hopping { size: 10, slide: 20 }.validate().is_err());
         assert!(WindowSpec::Session { gap: -1 }.validate().is_err());
+        assert!(WindowSpec::Session { gap: MAX_DURATION_MS + 1 }.validate().is_err());
+        assert!(WindowSpec::Hopping { size: i64::MAX, slide: 1 }.validate().is_err());
+        assert!(WindowSpec::Tumbling { size: MAX_DURATION_MS }.validate().is_ok());
     }
 }

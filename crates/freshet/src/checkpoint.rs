@@ -143,6 +143,12 @@ impl Store {
 /// Reads and checks one checkpoint file.
 fn read(path: &Path) -> Result<Checkpoint> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode(&bytes)
+}
+
+/// Checks and decodes the bytes of a checkpoint file (header, length,
+/// checksum, payload). Any bytes give a checkpoint or an error, never a panic.
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
         bail!("not a checkpoint file (bad magic or truncated header)");
     }
@@ -152,9 +158,12 @@ fn read(path: &Path) -> Result<Checkpoint> {
             "format version {version}, this build reads {FORMAT_VERSION}; run the version that wrote it or --reset-state"
         );
     }
-    let len = u64::from_le_bytes(bytes[12..20].try_into()?) as usize;
+    let len = u64::from_le_bytes(bytes[12..20].try_into()?);
     let crc = u32::from_le_bytes(bytes[20..24].try_into()?);
-    let payload = bytes.get(24..24 + len).context("truncated payload")?;
+    let payload = usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.get(24..).and_then(|rest| rest.get(..len)))
+        .context("truncated payload")?;
     if crc32fast::hash(payload) != crc {
         bail!("checksum mismatch");
     }
@@ -185,6 +194,22 @@ mod tests {
         }
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(store.latest("p").unwrap(), Some(cp(4)));
+    }
+
+    /// Found by fuzzing (checkpoint target): a header length near
+    /// `u64::MAX` overflowed `24 + len` (a panic in debug builds).
+    #[test]
+    fn header_lengths_beyond_the_file_are_truncation_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        store.write(&cp(1)).unwrap();
+        let bytes = fs::read(store.dir.join(file_name(1))).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), cp(1));
+        for len in [u64::MAX, u64::MAX - 23, bytes.len() as u64] {
+            let mut bad = bytes.clone();
+            bad[12..20].copy_from_slice(&len.to_le_bytes());
+            assert_eq!(decode(&bad).unwrap_err().to_string(), "truncated payload");
+        }
     }
 
     #[test]

@@ -1,39 +1,11 @@
-//! The `freshet` binary: CLI, config to plan, the threaded runtime, the HTTP
-//! API and telemetry around the engine.
+//! The `freshet` binary: the allocator, then the command line of the
+//! `freshet` library (`src/lib.rs`).
 
 use std::process::ExitCode;
-
-use clap::Parser;
-
-mod checkpoint;
-mod cli;
-mod commands;
-mod config;
-mod http;
-mod metrics;
-mod telemetry;
-mod topology;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let result = match cli.command {
-        cli::Command::Run(args) => commands::run(args, cli.log_format),
-        cli::Command::Config(cli::ConfigCommand::Check { files }) => commands::check(&files),
-        cli::Command::Gen(args) => commands::gen_events(args),
-        cli::Command::Bench(args) => commands::bench(args, cli.log_format),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if let Some(c) = e.downcast_ref::<config::ConfigError>() {
-                eprint!("{c}");
-                return ExitCode::from(2);
-            }
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    freshet::main()
 }

@@ -48,6 +48,30 @@ pub fn parts(mut key: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Number of parts of `key` if it is a well-formed encoding (what
+/// [`push_part`] writes), `None` otherwise; [`parts`] expects one.
+pub fn count_parts(mut key: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    while !key.is_empty() {
+        // A length of up to five varint bytes (35 bits) is plenty; more is garbage.
+        let (mut n, mut i) = (0usize, 0);
+        loop {
+            let b = *key.get(i)?;
+            n |= ((b & 0x7f) as usize) << (7 * i);
+            i += 1;
+            if b < 0x80 {
+                break;
+            }
+            if i == 5 {
+                return None;
+            }
+        }
+        key = key.get(i + n..)?;
+        count += 1;
+    }
+    Some(count)
+}
+
 /// Length in bytes of the first encoded part (prefix included).
 pub fn first_part_len(key: &[u8]) -> usize {
     parts(key).next().map_or(0, |p| p.len() + varint_len(p.len()))
@@ -322,6 +346,12 @@ mod tests {
         let got: Vec<&[u8]> = parts(&k).collect();
         assert_eq!(got, vec![&b"u1"[..], b"", &long[..], b"a,b"]);
         assert_eq!(first_part_len(&k), 3);
+        assert_eq!(count_parts(&k), Some(4));
+        assert_eq!(count_parts(b""), Some(0));
+        // Truncated lengths and parts, and endless varints, are not keys.
+        for bad in [&k[..k.len() - 1], &[0x80][..], &[3, b'a'][..], &[0xff; 12][..]] {
+            assert_eq!(count_parts(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

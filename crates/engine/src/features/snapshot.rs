@@ -18,9 +18,11 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::keys::hash_bytes;
+use super::keys::{count_parts, hash_bytes};
 use super::state::{FeatureState, NONE, NOT_QUEUED, Pane};
 use crate::aggregate::AggValue;
+use crate::time::in_state_range;
+use crate::window::WindowSpec;
 
 /// Version of the snapshot layout; bump on any change.
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -199,6 +201,9 @@ impl FeatureState {
         if snap.name != feature || snap.definition != now {
             return Err(RestoreError::Definition { feature, was: format!("{} ({})", snap.name, snap.definition), now });
         }
+        if let Err(reason) = self.check(&snap) {
+            return Err(RestoreError::Corrupt { feature, reason });
+        }
         for k in snap.keys {
             let id = self.entry_for(hash_bytes(&k.key), &k.key);
             let e = &mut self.entries[id as usize];
@@ -217,6 +222,62 @@ impl FeatureState {
         self.timers = snap.timers.into_iter().collect();
         // Recomputed at the next watermark.
         self.next_deadline = i64::MIN;
+        Ok(())
+    }
+
+    /// Checks what the state's code relies on and a well-formed checksum
+    /// cannot promise: distinct keys of the feature's parts, key ids in
+    /// range, accumulators of the feature's aggregate, times in range.
+    fn check(&self, snap: &FeatureSnapshot) -> Result<(), String> {
+        let keys = snap.keys.len();
+        if keys >= u32::MAX as usize {
+            return Err(format!("{keys} keys"));
+        }
+        let time = |what: &str, t: i64| {
+            if in_state_range(t) { Ok(()) } else { Err(format!("{what} {t} is out of range")) }
+        };
+        let ids = |what: &str, ids: &[u32]| match ids.iter().find(|&&id| id as usize >= keys) {
+            Some(id) => Err(format!("{what} names key {id} of {keys}")),
+            None => Ok(()),
+        };
+        let parts = self.spec.key.len();
+        let mut seen = hashbrown::HashSet::with_capacity(keys);
+        for k in &snap.keys {
+            if count_parts(&k.key) != Some(parts) {
+                return Err(format!("a key is not an encoding of {parts} parts"));
+            }
+            if !seen.insert(k.key.as_slice()) {
+                return Err("a key appears twice".into());
+            }
+            if k.max_ts != i64::MIN {
+                time("event time", k.max_ts)?;
+            }
+            for p in &k.panes {
+                time("pane start", p.start)?;
+                time("pane end", p.end)?;
+                if !p.acc.fits(&self.spec.agg) {
+                    return Err(format!("a pane does not hold a {} accumulator", self.spec.agg.name()));
+                }
+            }
+            if let Some((start, end, _)) = k.last_closed {
+                time("window start", start)?;
+                time("window end", end)?;
+            }
+        }
+        for (start, list) in &snap.touched {
+            // Global windows list every key under one start, i64::MIN.
+            if !(*start == i64::MIN && self.spec.window == WindowSpec::Global) {
+                time("pane start", *start)?;
+            }
+            ids("pane list", list)?;
+        }
+        if snap.fired_until != i64::MIN {
+            time("fired-until time", snap.fired_until)?;
+        }
+        for (end, list) in &snap.timers {
+            time("session end", *end)?;
+            ids("session timer", list)?;
+        }
         Ok(())
     }
 }

@@ -215,6 +215,35 @@ fn views_show_running_and_last_closed_values() {
     assert_eq!(v[0].current, None);
 }
 
+/// Found by fuzzing (decode target): publishing an entity shows every key
+/// of it, and a key whose only event was late (interned, never updated, so
+/// its newest event time is `i64::MIN`) overflowed computing its open window.
+#[test]
+fn publishing_an_entity_with_a_key_that_only_had_late_events() {
+    let mut s = spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0);
+    s.key = vec![FieldPath::parse("user").unwrap(), FieldPath::parse("type").unwrap()];
+    let mut state = FeatureState::new(0, s);
+    let view = FeatureView::new(state.spec());
+    let mut out = Outputs::new(2, 1);
+    for (kind, ts, wm) in [(&b"view"[..], 5000, i64::MIN), (b"click", 100, 3999)] {
+        state.on_watermark(wm, &mut out);
+        let mut batch = RecordBatch::default();
+        push_part(&mut batch.bytes, b"u1");
+        push_part(&mut batch.bytes, kind);
+        let key = (0, batch.bytes.len() as u32);
+        let hash = hash_bytes(&batch.bytes);
+        let value = RecordValue::None;
+        batch.records.push(Record { feature: 0, ts, hash, key, value, offset: 0, prior_max_ts: i64::MIN });
+        state.apply(&batch, &batch.records[0], wm, &mut out);
+    }
+    assert_eq!(out.late[0], 1);
+    state.publish(&view);
+    let groups = view.get("u1").unwrap();
+    let current: Vec<_> = groups.iter().map(|g| (g.group.join(","), g.current.as_ref().map(|w| w.start))).collect();
+    // The key made only by a late event has nothing to show, and is left out.
+    assert_eq!(current, [("view".to_string(), Some(5000))]);
+}
+
 #[test]
 fn windows_passed_before_a_pane_exists_do_not_take_its_events() {
     // Found by `aligned_windows_equal_recompute`: at watermark -2 the event at
@@ -524,5 +553,69 @@ proptest! {
         let mut expected: Vec<String> = rows(&mut out).into_iter().filter(|r| !r.contains(",e9,")).collect();
         expected.sort();
         prop_assert_eq!(got, expected);
+    }
+}
+
+/// One key's state as written: key, newest event time, panes, last closed window.
+type CraftedKey = (Vec<u8>, i64, Vec<super::state::Pane>, Option<(i64, i64, crate::aggregate::AggValue)>);
+
+/// A snapshot as written (field for field), for crafting ones the engine never writes.
+#[derive(serde::Serialize)]
+struct Crafted {
+    version: u32,
+    name: String,
+    definition: String,
+    keys: Vec<CraftedKey>,
+    touched: Vec<(i64, Vec<u32>)>,
+    fired_until: i64,
+    timers: Vec<(i64, Vec<u32>)>,
+}
+
+/// Found by fuzzing (checkpoint target): a snapshot whose session timers or
+/// pane lists name keys it does not hold restored fine, then panicked with
+/// an index out of bounds when the watermark fired them. Restore now checks
+/// what the state relies on and refuses such snapshots as corrupt.
+#[test]
+fn restore_refuses_snapshots_inconsistent_with_themselves() {
+    use super::state::Pane;
+    use crate::aggregate::Acc;
+    let session = spec(WindowSpec::Session { gap: 1000 }, AggFn::Count, 0);
+    let mut k = Vec::new();
+    push_part(&mut k, b"u1");
+    let pane = |start: i64, acc: Acc| Pane { start, end: start + 1000, acc, fired: false };
+    let good = || Crafted {
+        version: super::SNAPSHOT_VERSION,
+        name: "f".into(),
+        definition: session.definition(),
+        keys: vec![(k.clone(), 100, vec![pane(100, Acc::Count(1))], None)],
+        touched: vec![],
+        fired_until: i64::MIN,
+        timers: vec![(1100, vec![0])],
+    };
+    let restore = |c: &Crafted| {
+        let mut state = FeatureState::new(0, session.clone());
+        let restored = state.restore(&postcard::to_stdvec(c).unwrap());
+        // Whatever restores must also fire.
+        if restored.is_ok() {
+            state.on_watermark(WATERMARK_MAX, &mut Outputs::new(2, 1));
+        }
+        restored.map_err(|e| e.to_string())
+    };
+    assert_eq!(restore(&good()), Ok(()));
+    type Spoil = fn(&mut Crafted);
+    let bad: [(&str, Spoil); 7] = [
+        ("session timer names key 15 of 1", |c| c.timers[0].1 = vec![15]),
+        ("pane list names key 1 of 1", |c| c.touched = vec![(100, vec![1])]),
+        ("a key appears twice", |c| c.keys.push(c.keys[0].clone())),
+        ("a key is not an encoding of 1 parts", |c| c.keys[0].0.push(9)),
+        ("pane start -9223372036854775807 is out of range", |c| c.keys[0].2[0].start = i64::MIN + 1),
+        ("session end 9223372036854775807 is out of range", |c| c.timers[0].0 = i64::MAX),
+        ("a pane does not hold a count accumulator", |c| c.keys[0].2[0].acc = Acc::Sum(1.0)),
+    ];
+    for (reason, spoil) in bad {
+        let mut c = good();
+        spoil(&mut c);
+        let err = restore(&c).unwrap_err();
+        assert!(err.contains("unreadable") && err.contains(reason), "{reason}: {err}");
     }
 }

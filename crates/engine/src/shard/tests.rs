@@ -376,3 +376,35 @@ fn forgetting_removes_the_entity_from_state_and_views_and_drops_its_open_windows
     assert!(rows.contains(&"1000,2000,u2,1".to_string()), "{rows:?}");
     assert!(r.views[0][0].get("u1").is_none(), "nothing republished u1");
 }
+
+/// A partition's event time near `i64::MIN` overflowed the watermark
+/// (`max_ts - out_of_orderness - 1`) after restore; such times are refused.
+#[test]
+fn restore_refuses_progress_times_out_of_range() {
+    let p = Pipeline {
+        flows: vec![],
+        features: vec![],
+        sinks: vec![],
+        dead_letter: None,
+        unmatched: Unmatched::Drop,
+        sources: vec![],
+        limits: Limits::default(),
+        event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 1000 },
+        shards: 1,
+    };
+    let snap = |max_ts: i64, watermark: i64| {
+        postcard::to_stdvec(&ShardSnapshotRef {
+            progress: vec![((0, 0), max_ts, false)],
+            watermark,
+            features: vec![],
+            dedup: vec![],
+        })
+        .unwrap()
+    };
+    assert!(Shard::new(&p, None).restore(&snap(i64::MIN, WATERMARK_MIN), 0).is_ok());
+    assert!(Shard::new(&p, None).restore(&snap(5000, WATERMARK_MAX), 0).is_ok());
+    for bad in [snap(i64::MIN + 1, WATERMARK_MIN), snap(5000, i64::MAX - 1)] {
+        let err = Shard::new(&p, None).restore(&bad, 0).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+}

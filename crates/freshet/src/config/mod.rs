@@ -53,6 +53,26 @@ mod tests {
     }
 
     #[test]
+    fn durations_beyond_the_engine_time_range_are_refused() {
+        let text = r#"
+            [sources.a]
+            type = "http"
+            [[flows]]
+            name = "f"
+            [[features]]
+            name = "g"
+            flow = "f"
+            key = ["user_id"]
+            window = { type = "session", gap = "300000years" }
+            allowed_lateness = "200000years"
+        "#;
+        let config = load::parse(text, "t", &|_| None).unwrap();
+        let err = plan::plan(&config, "t", 2, Path::new(".")).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["features[0].window.gap"], "{err}");
+    }
+
+    #[test]
     fn planning_reports_every_problem_with_its_path() {
         let text = r#"
             [sources.a]

@@ -12,6 +12,7 @@ use freshet_engine::flow::{Dedup, Flow, Stage};
 use freshet_engine::json::Kind;
 use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
 use freshet_engine::predicate::{Literal, Ordering, Predicate};
+use freshet_engine::time::MAX_DURATION_MS;
 use freshet_engine::validate::{FieldRule, FieldType, Schema};
 use freshet_engine::window::WindowSpec;
 use freshet_io::generator::GenOptions;
@@ -171,7 +172,11 @@ impl Planner {
     fn duration_ms(&mut self, path: &str, text: Option<&str>, default: i64) -> i64 {
         let Some(t) = text else { return default };
         match humantime::parse_duration(t) {
-            Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+            Ok(d) if d.as_millis() <= MAX_DURATION_MS as u128 => d.as_millis() as i64,
+            Ok(_) => {
+                self.err(path, format!("{t:?} is longer than the longest supported duration, 2^53 ms (285,000 years)"));
+                default
+            }
             Err(e) => {
                 self.err(path, format!("expected a duration like \"5s\" or \"250ms\", got {t:?} ({e})"));
                 default
@@ -313,9 +318,23 @@ fn json_of(v: &toml::Value) -> (Vec<u8>, Kind) {
     (serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()), kind)
 }
 
+/// Reads a flow's JSON Schema file named as in the config: the path to show
+/// in errors, and the file's text.
+pub type SchemaReader<'a> = &'a dyn Fn(&str) -> (String, std::io::Result<String>);
+
 /// Plans `config`. `cores` sizes the default thread counts; `config_dir`
 /// resolves relative schema paths.
 pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path::Path) -> Result<Plan, ConfigError> {
+    let read_schema = |name: &str| {
+        let file = config_dir.join(name);
+        (file.display().to_string(), std::fs::read_to_string(&file))
+    };
+    plan_with(config, origin, cores, &read_schema)
+}
+
+/// Plans `config`, reading schema files with `read_schema` (the fuzz target
+/// reads none: a planned config must not reach the file system).
+pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: SchemaReader) -> Result<Plan, ConfigError> {
     let mut p = Planner { problems: Vec::new() };
     let pc = &config.pipeline;
 
@@ -479,10 +498,10 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
             rules.push(FieldRule { path: p.field(&rpath, field), ty, required });
         }
         let schema = f.schema.as_ref().and_then(|s| {
-            let file = config_dir.join(s);
-            let loaded = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{} is not JSON: {e}", file.display())))
+            let (file, text) = read_schema(s);
+            let loaded = text
+                .map_err(|e| format!("cannot read {file}: {e}"))
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{file} is not JSON: {e}")))
                 .and_then(|v| Schema::compile(&v).map_err(|e| format!("invalid JSON Schema: {e}")));
             loaded.map_err(|e| p.err(format!("{path}.schema"), e)).ok()
         });
