@@ -327,7 +327,15 @@ fn check_outputs(p: &Pipeline, outputs: &Outputs, from: &str) {
 /// length are set, others are not) and plans it. Returns the plan's
 /// fingerprint, or the config error's text; panics never.
 pub fn load_config(text: &str) -> Result<String, String> {
-    let env = |name: &str| name.len().is_multiple_of(2).then(|| format!("/fuzz/{name}"));
+    // Freshet's own variables as a deployment sets them (paths; the rest take
+    // their defaults), any other name set or not by the parity of its length.
+    let env = |name: &str| {
+        let set = match name.strip_prefix("FRESHET_") {
+            Some(_) => name.ends_with("_DIR") || name.ends_with("_INPUT") || name.ends_with("_OUTPUT"),
+            None => name.len().is_multiple_of(2),
+        };
+        set.then(|| format!("/fuzz/{name}"))
+    };
     let result = load::parse(text, "fuzz.toml", &env).and_then(|c| plan::plan_with(&c, "fuzz.toml", 2, &no_files));
     match result {
         Ok(plan) => {
@@ -415,7 +423,8 @@ mod tests {
         assert_eq!(shaped.flow_in, [1, 4], "{shaped:?}");
         assert_eq!(shaped.accepted, 2, "{shaped:?}");
         assert!(shaped.records >= 7, "{shaped:?}");
-        assert!(load_config(config::DEFAULT_CONFIG).is_ok());
+        let loaded = load_config(config::DEFAULT_CONFIG);
+        assert!(loaded.is_ok(), "{loaded:?}");
         assert!(load_config(SHAPED).is_ok());
         assert!(load_config("[pipeline\n").is_err());
         assert!(load_config("[[flows]]\nname = \"f\"\nschema = \"broken.json\"\n").is_err());
