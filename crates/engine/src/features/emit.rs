@@ -95,9 +95,11 @@ fn write_value_json(out: &mut Vec<u8>, v: &AggValue) {
         AggValue::Int(n) => {
             let _ = write!(out, "{n}");
         }
-        AggValue::Float(x) => {
+        AggValue::Float(x) if x.is_finite() => {
             let _ = write!(out, "{x}");
         }
+        // JSON has no infinity or NaN (a sum past f64::MAX, a number like 1e400): null, as serde_json writes them.
+        AggValue::Float(_) => out.extend_from_slice(b"null"),
         AggValue::List(items) => {
             out.push(b'[');
             for (i, s) in items.iter().enumerate() {
@@ -192,5 +194,18 @@ mod tests {
         out.clear();
         write_json_str(&mut out, "ü\"\\\n\u{1}".as_bytes());
         assert_eq!(String::from_utf8(out).unwrap(), r#""ü\"\\\n\u0001""#);
+    }
+
+    /// Found by the decode fuzz harness's check that NDJSON rows are JSON (on
+    /// a hand-written input): a sum over `1e400`, or past `f64::MAX`, was
+    /// written as `"value":inf`.
+    #[test]
+    fn non_finite_values_are_json_null() {
+        let mut out = Vec::new();
+        for x in [1.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            write_value_json(&mut out, &AggValue::Float(x));
+            out.push(b' ');
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "1.5 null null null ");
     }
 }
