@@ -66,8 +66,7 @@ mod tests {
             window = { type = "session", gap = "300000years" }
             allowed_lateness = "200000years"
         "#;
-        let config = load::parse(text, "t", &|_| None).unwrap();
-        let err = plan::plan(&config, "t", 2, Path::new(".")).unwrap_err();
+        let err = plan_text(text).unwrap_err();
         let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["features[0].window.gap"], "{err}");
     }
@@ -89,8 +88,7 @@ mod tests {
             aggregate = "sum"
             sink = "missing"
         "#;
-        let config = load::parse(text, "t", &|_| None).unwrap();
-        let err = plan::plan(&config, "t", 2, Path::new(".")).unwrap_err();
+        let err = plan_text(text).unwrap_err();
         let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,

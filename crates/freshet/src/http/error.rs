@@ -5,6 +5,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::topology::ingest::IngestError;
+
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,6 +25,15 @@ pub enum ApiError {
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Busy => ApiError::Busy(e.to_string()),
+            IngestError::Stopped | IngestError::Log(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::topology::ingest::IngestError;
 
 pub(super) async fn ingest(
     State(state): State<AppState>,
@@ -31,12 +30,7 @@ pub(super) async fn ingest(
     let taken = tokio::task::spawn_blocking(move || ingest.submit(body, single, Duration::from_secs(5)))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    match taken {
-        Ok(n) => {
-            metrics::counter!(crate::metrics::HTTP_INGESTED).increment(n);
-            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "accepted": n }))))
-        }
-        Err(e @ IngestError::Busy) => Err(ApiError::Busy(e.to_string())),
-        Err(e @ (IngestError::Stopped | IngestError::Log(_))) => Err(ApiError::Unavailable(e.to_string())),
-    }
+    let n = taken?;
+    metrics::counter!(crate::metrics::HTTP_INGESTED).increment(n);
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "accepted": n }))))
 }

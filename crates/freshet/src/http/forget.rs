@@ -16,7 +16,6 @@ use freshet_engine::features::Entity;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::topology::ingest::IngestError;
 
 pub(super) async fn user(
     state: State<AppState>,
@@ -52,12 +51,7 @@ async fn forget(
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
     };
-    match taken {
-        Ok(()) => {
-            metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
-            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ field: id, "forget": "accepted" }))))
-        }
-        Err(e @ IngestError::Busy) => Err(ApiError::Busy(e.to_string())),
-        Err(e @ (IngestError::Stopped | IngestError::Log(_))) => Err(ApiError::Unavailable(e.to_string())),
-    }
+    taken?;
+    metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ field: id, "forget": "accepted" }))))
 }

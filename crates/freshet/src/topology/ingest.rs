@@ -56,6 +56,8 @@ pub enum IngestError {
 /// A request waiting for the log: NDJSON lines, or an entity to forget.
 struct Request {
     body: Vec<u8>,
+    /// Lines in `body`, counted once by the handler.
+    lines: u64,
     forget: Option<Forget>,
     reply: Sender<Result<(), String>>,
 }
@@ -124,27 +126,7 @@ impl IngestHandle {
         if lines == 0 {
             return Ok(0);
         }
-        match &*self.route {
-            Route::Direct { tx, next_offset } => {
-                // Offsets are claimed in submission order; chunks may reach the
-                // dispatcher in another order, which changes nothing but DLQ offsets' order.
-                let first_offset = next_offset.fetch_add(lines, Ordering::SeqCst);
-                let chunk = Chunk {
-                    source: self.source,
-                    first_offset,
-                    data: body,
-                    ingest_ms: wall_ms(),
-                    ingest_us: self.shared.now_us(),
-                    ..Chunk::default()
-                };
-                match tx.send_timeout(chunk, wait) {
-                    Ok(()) => Ok(lines),
-                    Err(SendTimeoutError::Timeout(_)) => Err(IngestError::Busy),
-                    Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
-                }
-            }
-            Route::Logged { requests } => self.logged(requests, body, None, wait).map(|()| lines),
-        }
+        self.take(body, lines, None, wait).map(|()| lines)
     }
 
     /// Forgets `id` in every feature of `entity`, after the events accepted
@@ -153,26 +135,29 @@ impl IngestHandle {
         if self.shared.stop.load(Ordering::SeqCst) {
             return Err(IngestError::Stopped);
         }
-        let forget = Forget { entity, id: id.as_bytes().to_vec() };
+        self.take(Vec::new(), 0, Some(Forget { entity, id: id.as_bytes().to_vec() }), wait)
+    }
+
+    /// Hands `lines` lines (and maybe a forget, after them) to the route.
+    fn take(&self, body: Vec<u8>, lines: u64, forget: Option<Forget>, wait: Duration) -> Result<(), IngestError> {
         match &*self.route {
             Route::Direct { tx, next_offset } => {
-                let offset = next_offset.load(Ordering::SeqCst);
+                // Offsets are claimed in submission order; chunks may reach the
+                // dispatcher in another order, which changes nothing but DLQ offsets' order.
+                let first_offset = next_offset.fetch_add(lines, Ordering::SeqCst);
                 let chunk = Chunk {
                     source: self.source,
-                    first_offset: offset,
-                    end_offset: offset,
+                    first_offset,
+                    end_offset: first_offset + lines,
+                    data: body,
                     ingest_ms: wall_ms(),
                     ingest_us: self.shared.now_us(),
-                    forget: Some(forget),
+                    forget,
                     ..Chunk::default()
                 };
-                match tx.send_timeout(chunk, wait) {
-                    Ok(()) => Ok(()),
-                    Err(SendTimeoutError::Timeout(_)) => Err(IngestError::Busy),
-                    Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
-                }
+                queued(tx.send_timeout(chunk, wait))
             }
-            Route::Logged { requests } => self.logged(requests, Vec::new(), Some(forget), wait),
+            Route::Logged { requests } => self.logged(requests, body, lines, forget, wait),
         }
     }
 
@@ -180,21 +165,27 @@ impl IngestHandle {
         &self,
         requests: &Sender<Request>,
         body: Vec<u8>,
+        lines: u64,
         forget: Option<Forget>,
         wait: Duration,
     ) -> Result<(), IngestError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        match requests.send_timeout(Request { body, forget, reply }, wait) {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(IngestError::Busy),
-            Err(SendTimeoutError::Disconnected(_)) => return Err(IngestError::Stopped),
-        }
+        queued(requests.send_timeout(Request { body, lines, forget, reply }, wait))?;
         // Once queued, the outcome is the log's: wait for it.
         match answer.recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(IngestError::Log(e)),
             Err(_) => Err(IngestError::Stopped),
         }
+    }
+}
+
+/// A bounded queue's verdict: full after the wait is backpressure, gone is a stopped job.
+fn queued<T>(sent: Result<(), SendTimeoutError<T>>) -> Result<(), IngestError> {
+    match sent {
+        Ok(()) => Ok(()),
+        Err(SendTimeoutError::Timeout(_)) => Err(IngestError::Busy),
+        Err(SendTimeoutError::Disconnected(_)) => Err(IngestError::Stopped),
     }
 }
 
@@ -364,7 +355,7 @@ fn run_log(source: u16, log: OpenedLog, queue: &Receiver<Request>, tx: &Sender<C
         let mut first_line = line;
         for (r, end) in group.into_iter().zip(ends) {
             data.extend_from_slice(&r.body);
-            line += memchr::memchr_iter(b'\n', &r.body).count() as u64;
+            line += r.lines;
             if r.forget.is_some() {
                 let c = Chunk { forget: r.forget, ..chunk(first_line, std::mem::take(&mut data), end, line) };
                 if !send(tx, c, shared) {

@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     pub rejected: AtomicU64,
     pub ready: AtomicBool,
     /// The last checkpoint written and when (µs on `epoch`'s clock).
-    pub last_checkpoint: Arc<std::sync::Mutex<(u64, u64)>>,
+    pub last_checkpoint: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Shared {
@@ -113,7 +113,7 @@ impl Job {
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            last_checkpoint: Arc::default(),
+            last_checkpoint: std::sync::Mutex::default(),
         });
         let p = &plan.pipeline;
         let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
@@ -251,7 +251,6 @@ impl Job {
             ),
             coordinator: c.clone(),
             injected: 0,
-            last_completed: shared.last_checkpoint.clone(),
         });
         {
             let sh = shared.clone();

@@ -67,8 +67,6 @@ pub(super) struct Barriers {
     pub coordinator: Sender<CoordMsg>,
     /// The last barrier this run injected (0: none yet).
     pub injected: u64,
-    /// Set by the coordinator: the last checkpoint written, and when.
-    pub last_completed: Arc<std::sync::Mutex<(u64, u64)>>,
 }
 
 impl Barriers {
@@ -77,13 +75,13 @@ impl Barriers {
     /// interval after both the last barrier and the last completion, so a
     /// checkpoint slower than the interval (large state) still leaves the
     /// pipeline an interval of undisturbed work between two.
-    fn due(&self, last_barrier: Instant, now_us: u64) -> bool {
+    fn due(&self, last_barrier: Instant, shared: &Shared) -> bool {
         if last_barrier.elapsed() < self.interval {
             return false;
         }
-        let (completed, at_us) = *self.last_completed.lock().unwrap_or_else(|p| p.into_inner());
+        let (completed, at_us) = *shared.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
         let in_flight = self.injected > completed;
-        !in_flight && now_us.saturating_sub(at_us) >= self.interval.as_micros() as u64
+        !in_flight && shared.now_us().saturating_sub(at_us) >= self.interval.as_micros() as u64
     }
 }
 
@@ -186,7 +184,7 @@ pub(super) fn dispatch(
             return;
         }
         if let Some(b) = &mut barriers
-            && b.due(last_barrier, shared.now_us())
+            && b.due(last_barrier, &shared)
         {
             last_barrier = Instant::now();
             if !inject(&mut seq, b) {
