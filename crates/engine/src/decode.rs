@@ -21,7 +21,7 @@ use crate::features::keys::{hash_bytes, push_part};
 use crate::flow::{Outcome, Stage};
 use crate::json::{self, JsonError, Kind};
 use crate::pipeline::{Pipeline, Unmatched};
-use crate::record::{DedupMarker, Record, RecordBatch, RecordValue};
+use crate::record::{DedupMarker, ModelInput, ModelInputKind, Record, RecordBatch, RecordValue};
 use crate::time::{MAX_EVENT_TIME, MIN_EVENT_TIME, PartitionId};
 
 /// A line too long to keep, cut by the reader: only a prefix is kept.
@@ -420,6 +420,34 @@ impl<'p> Decoder<'p> {
             }
             batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
+        }
+        if let Some(plan) = &p.recommender {
+            let kind = if plan.interactions.contains(&fi) {
+                Some((ModelInputKind::Interaction, [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref()]))
+            } else if plan.catalog == Some(fi) {
+                Some((ModelInputKind::Item, [Some(&plan.item), plan.category.as_ref(), plan.tags.as_ref()]))
+            } else {
+                None
+            };
+            if let Some((kind, paths)) = kind {
+                let batch = &mut out.shards[plan.shard];
+                let mut fields = [None; 3];
+                for (slot, path) in fields.iter_mut().zip(paths) {
+                    if let Some(v) = path.and_then(|path| ev.get(path)) {
+                        let start = batch.bytes.len();
+                        if v.write_text(&mut batch.bytes, scratch) {
+                            *slot = Some((start as u32, batch.bytes.len() as u32));
+                        } else {
+                            batch.bytes.truncate(start);
+                        }
+                    }
+                }
+                if fields[0].is_some() && (kind == ModelInputKind::Item || fields[1].is_some()) {
+                    batch.model.push(ModelInput { kind, ts, offset, fields });
+                } else {
+                    out.stats.feature_skipped += 1;
+                }
+            }
         }
     }
 }

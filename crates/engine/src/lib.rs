@@ -33,6 +33,7 @@ pub mod flow;
 pub mod json;
 pub mod pipeline;
 pub mod predicate;
+pub mod recommend;
 pub mod record;
 pub mod shard;
 pub mod time;

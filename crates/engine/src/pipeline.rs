@@ -1,8 +1,38 @@
 //! The resolved pipeline the engine runs: flows, features, sinks and limits,
 //! as planned from config by the binary. Plain data; no I/O.
 
+use crate::event::FieldPath;
 use crate::features::{FeatureSpec, Format};
 use crate::flow::{Dedup, Flow, Stage};
+use crate::recommend::RecommenderSpec;
+
+/// The recommender as planned: which flows feed it, which fields it reads,
+/// and which shard owns it.
+#[derive(Debug, Clone)]
+pub struct RecommenderPlan {
+    /// The model's spec.
+    pub spec: RecommenderSpec,
+    /// Flows whose events are interactions.
+    pub interactions: Vec<usize>,
+    /// User id field of interactions.
+    pub user: FieldPath,
+    /// Item id field (interactions and catalog).
+    pub item: FieldPath,
+    /// Event type field of interactions (weights by type), if any.
+    pub event_type: Option<FieldPath>,
+    /// The catalog flow (item upserts), if any.
+    pub catalog: Option<usize>,
+    /// Category field of catalog events.
+    pub category: Option<FieldPath>,
+    /// Tags field of catalog events (an array of strings).
+    pub tags: Option<FieldPath>,
+    /// The shard that owns the model. Co-occurrence couples every user's
+    /// items, so the model is one operator instance (parallelism 1) until
+    /// issue 5's repartitioning splits it by item.
+    pub shard: usize,
+    /// How often item neighbour lists are published to the serving view (ms).
+    pub item_publish_ms: i64,
+}
 
 /// What to do with an event that no flow takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +97,8 @@ pub struct Pipeline {
     pub event_time: EventTime,
     /// Number of shards.
     pub shards: usize,
+    /// The recommender, if the job has one.
+    pub recommender: Option<RecommenderPlan>,
 }
 
 impl Pipeline {

@@ -60,6 +60,28 @@ pub struct DedupMarker {
     pub key: (u32, u32),
 }
 
+/// What an input to the recommender is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelInputKind {
+    /// A user–item interaction: fields user, item, event type.
+    Interaction,
+    /// A catalog item: fields item, category, tags (a JSON array's text).
+    Item,
+}
+
+/// One event for the recommender (only in the batch of the shard that owns it).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInput {
+    /// What it is.
+    pub kind: ModelInputKind,
+    /// Event time.
+    pub ts: i64,
+    /// Offset of the event in its source partition.
+    pub offset: u64,
+    /// The fields' texts in `bytes` (see [`ModelInputKind`]); `None` when absent.
+    pub fields: [Option<(u32, u32)>; 3],
+}
+
 /// Records bound for one shard from one chunk.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
@@ -69,6 +91,8 @@ pub struct RecordBatch {
     pub bytes: Vec<u8>,
     /// Dedup markers, in `at` order (empty when no flow dedups).
     pub markers: Vec<DedupMarker>,
+    /// Recommender inputs, in input order.
+    pub model: Vec<ModelInput>,
 }
 
 impl RecordBatch {
@@ -94,11 +118,18 @@ impl RecordBatch {
         &self.bytes[m.key.0 as usize..m.key.1 as usize]
     }
 
+    /// A recommender input's field text.
+    #[inline]
+    pub fn model_field(&self, m: &ModelInput, field: usize) -> Option<&[u8]> {
+        m.fields[field].map(|(a, b)| &self.bytes[a as usize..b as usize])
+    }
+
     /// Removes all records, keeping capacity.
     pub fn clear(&mut self) {
         self.records.clear();
         self.bytes.clear();
         self.markers.clear();
+        self.model.clear();
     }
 }
 

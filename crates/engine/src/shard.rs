@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::dedup::{DedupSnapshot, DedupSnapshotRef, DedupTable};
 use crate::features::{Entity, FeatureState, Outputs, RestoreError, SNAPSHOT_VERSION, Views};
-use crate::pipeline::Pipeline;
-use crate::record::{RecordBatch, ShardInput};
+use std::sync::Arc;
+
+use crate::pipeline::{Pipeline, RecommenderPlan};
+use crate::recommend::{ModelRead, Recommender, RecommenderView};
+use crate::record::{ModelInput, ModelInputKind, RecordBatch, ShardInput};
 use crate::time::{PartitionId, WATERMARK_MAX, WATERMARK_MIN, Watermarks, in_state_range};
 
 /// Counters of one shard step.
@@ -37,13 +40,15 @@ pub struct ShardStats {
     pub forgotten: u64,
 }
 
-/// A shard's state at a barrier, as read back: event-time progress, every feature, every dedup table.
+/// A shard's state at a barrier, as read back: event-time progress, every
+/// feature, every dedup table, and the recommender on the shard that owns it.
 #[derive(Debug, Deserialize)]
 struct ShardSnapshot {
     progress: Vec<(PartitionId, i64, bool)>,
     watermark: i64,
     features: Vec<Vec<u8>>,
     dedup: Vec<DedupSnapshot>,
+    recommender: Option<Vec<u8>>,
 }
 
 /// The same, as written.
@@ -53,6 +58,16 @@ struct ShardSnapshotRef<'a> {
     watermark: i64,
     features: Vec<Vec<u8>>,
     dedup: Vec<DedupSnapshotRef<'a>>,
+    recommender: Option<Vec<u8>>,
+}
+
+/// A shard snapshot of the second format (no recommender), still restorable.
+#[derive(Debug, Deserialize)]
+struct ShardSnapshotV2 {
+    progress: Vec<(PartitionId, i64, bool)>,
+    watermark: i64,
+    features: Vec<Vec<u8>>,
+    dedup: Vec<DedupSnapshot>,
 }
 
 /// A shard snapshot of the first format (no dedup tables), to tell it from a corrupt one.
@@ -75,6 +90,8 @@ pub struct Shard {
     outputs: Outputs,
     views: Option<Views>,
     sinks: usize,
+    /// The recommender, on the shard that owns it, with its serving view.
+    recommender: Option<(Recommender, Option<Arc<RecommenderView>>)>,
 }
 
 impl Shard {
@@ -92,6 +109,39 @@ impl Shard {
             outputs: Outputs::new(pipeline.sinks.len(), pipeline.features.len()),
             views,
             sinks: pipeline.sinks.len(),
+            recommender: None,
+        }
+    }
+
+    /// Makes this shard the owner of the recommender planned in `plan`, publishing into `view`.
+    pub fn with_recommender(mut self, plan: &RecommenderPlan, view: Option<Arc<RecommenderView>>) -> Self {
+        self.recommender = Some((Recommender::new(plan.spec.clone()), view));
+        self
+    }
+
+    /// The recommender, if this shard owns it.
+    pub fn recommender(&self) -> Option<&Recommender> {
+        self.recommender.as_ref().map(|(m, _)| m)
+    }
+
+    fn apply_model_inputs(&mut self, batch: &RecordBatch) {
+        let Some((model, _)) = &mut self.recommender else { return };
+        let text = |m: &ModelInput, i: usize| batch.model_field(m, i).and_then(|b| std::str::from_utf8(b).ok());
+        for m in &batch.model {
+            match m.kind {
+                ModelInputKind::Interaction => {
+                    if let (Some(user), Some(item)) = (text(m, 0), text(m, 1)) {
+                        model.interaction(user, item, text(m, 2), m.ts);
+                    }
+                }
+                ModelInputKind::Item => {
+                    let Some(item) = text(m, 0) else { continue };
+                    let tags: Vec<String> =
+                        text(m, 2).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()).unwrap_or_default();
+                    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                    model.upsert_item(item, text(m, 1), &tags, m.ts);
+                }
+            }
         }
     }
 
@@ -165,8 +215,9 @@ impl Shard {
                 f.apply_interned(batch, r, id, wm, &mut self.outputs);
             }
         }
-        let applied = self.ids.len() as u64;
+        let applied = self.ids.len() as u64 + batch.model.len() as u64;
         self.kept = kept;
+        self.apply_model_inputs(batch);
         if let Some(partition) = input.partition {
             self.watermarks.observe(partition, input.max_ts, input.ingest_ms);
             if input.end_of_partition {
@@ -243,6 +294,17 @@ impl Shard {
     /// restored run forgets the same.
     pub fn forget(&mut self, entity: Entity, id: &[u8]) -> usize {
         let mut n = 0;
+        if entity == Entity::User
+            && let Some((model, view)) = &mut self.recommender
+        {
+            let name = String::from_utf8_lossy(id);
+            if model.forget_user(&name) {
+                n += 1;
+            }
+            if let Some(view) = view {
+                view.remove_user(&name);
+            }
+        }
         for (i, f) in self.features.iter_mut().enumerate() {
             if f.spec().entity != entity {
                 continue;
@@ -269,8 +331,27 @@ impl Shard {
 
     /// Publishes changed entities to the views; returns how many.
     pub fn publish(&mut self) -> usize {
-        let Some(views) = &self.views else { return 0 };
-        self.features.iter_mut().zip(views.iter()).filter(|(f, _)| f.spec().serve).map(|(f, v)| f.publish(v)).sum()
+        let mut n = 0;
+        if let Some((model, Some(view))) = &mut self.recommender {
+            n += view.publish(model, false);
+        }
+        let Some(views) = &self.views else { return n };
+        n + self
+            .features
+            .iter_mut()
+            .zip(views.iter())
+            .filter(|(f, _)| f.spec().serve)
+            .map(|(f, v)| f.publish(v))
+            .sum::<usize>()
+    }
+
+    /// Publishes the recommender's changed items (their neighbour lists) to
+    /// its view; the runtime calls it every `item_publish_ms`.
+    pub fn publish_recommender_items(&mut self) -> usize {
+        match &mut self.recommender {
+            Some((model, Some(view))) => view.publish(model, true),
+            _ => 0,
+        }
     }
 
     /// Takes the filled sink buffers, leaving fresh ones made by `buffer`
@@ -300,19 +381,31 @@ impl Shard {
             watermark: self.watermarks.current(),
             features: self.features.iter().map(FeatureState::snapshot).collect(),
             dedup: self.dedups.iter().map(DedupTable::snapshot).collect(),
+            recommender: self.recommender.as_ref().map(|(m, _)| m.snapshot()),
         };
         postcard::to_stdvec(&snap).unwrap_or_default()
     }
 
     /// Loads a snapshot into this fresh shard; `now_ms` restarts idleness clocks.
     pub fn restore(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), RestoreError> {
-        let snap: ShardSnapshot = postcard::from_bytes(bytes).map_err(|e| {
-            if postcard::from_bytes::<ShardSnapshotV1>(bytes).is_ok() {
-                RestoreError::Version { feature: "(shard)".into(), found: 1, expected: SNAPSHOT_VERSION }
-            } else {
-                RestoreError::Corrupt { feature: "(shard)".into(), reason: e.to_string() }
-            }
-        })?;
+        let snap: ShardSnapshot = postcard::from_bytes(bytes)
+            .or_else(|e| match postcard::from_bytes::<ShardSnapshotV2>(bytes) {
+                Ok(v2) => Ok(ShardSnapshot {
+                    progress: v2.progress,
+                    watermark: v2.watermark,
+                    features: v2.features,
+                    dedup: v2.dedup,
+                    recommender: None,
+                }),
+                Err(_) => Err(e),
+            })
+            .map_err(|e| {
+                if postcard::from_bytes::<ShardSnapshotV1>(bytes).is_ok() {
+                    RestoreError::Version { feature: "(shard)".into(), found: 1, expected: SNAPSHOT_VERSION }
+                } else {
+                    RestoreError::Corrupt { feature: "(shard)".into(), reason: e.to_string() }
+                }
+            })?;
         if snap.dedup.len() != self.dedups.len() {
             return Err(RestoreError::Definition {
                 feature: "(pipeline)".into(),
@@ -338,6 +431,11 @@ impl Shard {
         }
         for (f, bytes) in self.features.iter_mut().zip(&snap.features) {
             f.restore(bytes)?;
+        }
+        if let (Some((model, _)), Some(bytes)) = (&mut self.recommender, &snap.recommender) {
+            let spec = model.spec().clone();
+            *model = Recommender::restore(bytes, spec)
+                .map_err(|e| RestoreError::Corrupt { feature: "(recommender)".into(), reason: e.to_string() })?;
         }
         for (d, entries) in self.dedups.iter_mut().zip(snap.dedup) {
             d.restore(entries);

@@ -1,0 +1,364 @@
+//! The streaming recommender: candidate generators updated on every
+//! interaction and catalog event, and the ranking that blends them.
+//!
+//! `Recommender` is the live model, owned by one thread like any keyed
+//! operator state. Every interaction updates, in O(pair window) work:
+//! the user's profile (`user`), the item–item co-occurrence lists and the
+//! transition lists of the items involved (`neighbours`), and decayed
+//! popularity (`trending`). A catalog event (item upsert) registers the
+//! item with its category and tags, so it is recommendable at once through
+//! the content generator and similar items, with no retraining step.
+//!
+//! Ranking (`rank`) is written against [`ModelRead`], which the live model
+//! implements (`freshet eval` asks it directly, test-then-train) and which
+//! the published serving view implements too (`view`), so the HTTP API and
+//! the evaluation rank with the same code.
+
+mod neighbours;
+mod rank;
+mod spec;
+mod trending;
+mod user;
+mod view;
+
+use std::ops::Deref;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+pub use neighbours::Neighbours;
+pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
+pub use spec::{ContentSpec, CooccurrenceSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
+pub use trending::Trending;
+pub use user::UserProfile;
+pub use view::{ItemView, RecommenderView};
+
+/// Number of generators (length of per-generator score arrays).
+pub const GENERATORS: usize = Generator::ALL.len();
+
+/// What ranking reads of a model: the live one or its published view.
+pub trait ModelRead {
+    /// A borrowed or shared user profile.
+    type User<'a>: Deref<Target = UserProfile>
+    where
+        Self: 'a;
+    /// The spec the model runs with.
+    fn spec(&self) -> &RecommenderSpec;
+    /// A user's profile.
+    fn user(&self, name: &str) -> Option<Self::User<'_>>;
+    /// An item's index, if the item is known.
+    fn item_index(&self, name: &str) -> Option<u32>;
+    /// Whether `item` may be recommended.
+    fn is_item(&self, item: u32) -> bool;
+    /// The item's category, if the catalog gave one.
+    fn category(&self, item: u32) -> Option<u32>;
+    /// The attribute id of a category or tag name.
+    fn attribute(&self, name: &str) -> Option<u32>;
+    /// `users(item)^-source_damping` (0 when no user interacted with it).
+    fn source_norm(&self, item: u32) -> f32;
+    /// Calls `f` with each co-occurrence neighbour of `item` and its weight
+    /// times the neighbour's `users^-candidate_damping`.
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32));
+    /// Calls `f` with each successor of `item` and its count; returns the outgoing total.
+    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64;
+    /// Decayed popularity of `item` (comparable only with other items' now).
+    fn trending_score(&self, item: u32) -> f64;
+    /// Calls `f` with the trending list of a category (or overall), best first.
+    fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64));
+}
+
+/// One item of the catalog as the live model keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ItemState {
+    pub(crate) name: Box<str>,
+    pub(crate) category: Option<u32>,
+    pub(crate) tags: Vec<u32>,
+    /// Distinct users who interacted with it.
+    pub(crate) users: u32,
+    pub(crate) source_norm: f32,
+    pub(crate) candidate_norm: f32,
+    pub(crate) neighbours: Neighbours,
+    pub(crate) successors: Neighbours,
+}
+
+/// The live model: every generator's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recommender {
+    #[serde(skip)]
+    spec: RecommenderSpec,
+    item_ids: FxHashMap<Box<str>, u32>,
+    items: Vec<ItemState>,
+    attribute_ids: FxHashMap<Box<str>, u32>,
+    attributes: Vec<Box<str>>,
+    users: FxHashMap<Box<str>, UserProfile>,
+    trending: Trending,
+    /// Items and users changed since the last `take_dirty`.
+    #[serde(skip)]
+    dirty: Dirty,
+}
+
+/// What changed since the view was last published.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dirty {
+    pub(crate) items: rustc_hash::FxHashSet<u32>,
+    pub(crate) users: rustc_hash::FxHashSet<Box<str>>,
+    pub(crate) forgotten: Vec<Box<str>>,
+    pub(crate) catalog: bool,
+}
+
+impl Recommender {
+    /// An empty model.
+    pub fn new(spec: RecommenderSpec) -> Self {
+        let trending = Trending::new(spec.trending.half_life_ms, spec.trending.list_len);
+        Self {
+            spec,
+            item_ids: FxHashMap::default(),
+            items: Vec::new(),
+            attribute_ids: FxHashMap::default(),
+            attributes: Vec::new(),
+            users: FxHashMap::default(),
+            trending,
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// Number of items known.
+    pub fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Number of users known.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// An item's id.
+    pub fn item_name(&self, item: u32) -> Option<&str> {
+        self.items.get(item as usize).map(|i| &*i.name)
+    }
+
+    fn intern_item(&mut self, name: &str) -> u32 {
+        if let Some(&index) = self.item_ids.get(name) {
+            return index;
+        }
+        let index = u32::try_from(self.items.len()).expect("fewer than 2^32 items");
+        self.items.push(ItemState { name: name.into(), ..ItemState::default() });
+        self.item_ids.insert(name.into(), index);
+        self.dirty.catalog = true;
+        index
+    }
+
+    fn intern_attribute(&mut self, name: &str) -> u32 {
+        if let Some(&index) = self.attribute_ids.get(name) {
+            return index;
+        }
+        let index = u32::try_from(self.attributes.len()).expect("fewer than 2^32 attributes");
+        self.attributes.push(name.into());
+        self.attribute_ids.insert(name.into(), index);
+        index
+    }
+
+    /// Learns one interaction of `user` with `item` at event time `time_ms`.
+    /// Event types weighing 0 are ignored.
+    pub fn interaction(&mut self, user: &str, item: &str, event_type: Option<&str>, time_ms: i64) {
+        let weight = self.spec.event_weight(event_type);
+        if weight <= 0.0 {
+            return;
+        }
+        let item = self.intern_item(item);
+        let spec = &self.spec;
+        let profile = match self.users.get_mut(user) {
+            Some(profile) => profile,
+            None => self.users.entry(user.into()).or_default(),
+        };
+        if spec.sequence.enabled
+            && let Some((previous, at)) = profile.last
+            && previous != item
+            && time_ms.saturating_sub(at) <= spec.sequence.session_gap_ms
+        {
+            self.items[previous as usize].successors.add(item, weight as f32, spec.sequence.max_successors);
+            self.dirty.items.insert(previous);
+        }
+        profile.last = Some((item, time_ms));
+        if profile.seen.insert(item) {
+            let ordinal = profile.distinct;
+            profile.distinct += 1;
+            if spec.cooccurrence.enabled {
+                let c = &spec.cooccurrence;
+                for &(other, other_ordinal) in &profile.history {
+                    let distance = f64::from(ordinal - other_ordinal);
+                    let w = (weight * distance.powf(-c.distance_exponent)) as f32;
+                    self.items[item as usize].neighbours.add(other, w, c.max_neighbours);
+                    self.items[other as usize].neighbours.add(item, w, c.max_neighbours);
+                    self.dirty.items.insert(other);
+                }
+                profile.history.push_back((item, ordinal));
+                while profile.history.len() > c.pair_window {
+                    profile.history.pop_front();
+                }
+            }
+            let state = &mut self.items[item as usize];
+            state.users += 1;
+            let users = f64::from(state.users);
+            state.source_norm = users.powf(-spec.cooccurrence.source_damping) as f32;
+            state.candidate_norm = users.powf(-spec.cooccurrence.candidate_damping) as f32;
+        }
+        profile.touch(item, spec.recent_items);
+        let state = &self.items[item as usize];
+        if spec.content.enabled {
+            if let Some(category) = state.category {
+                profile.like(category, weight as f32);
+            }
+            for &tag in &state.tags {
+                profile.like(tag, 0.5 * weight as f32);
+            }
+        }
+        let category = state.category;
+        // Kept even when trending proposes nothing: it breaks ties and fills short lists.
+        self.trending.add(item, category, weight, time_ms);
+        self.dirty.items.insert(item);
+        if !self.dirty.users.contains(user) {
+            self.dirty.users.insert(user.into());
+        }
+    }
+
+    /// Registers or updates a catalog item; it is recommendable from now on.
+    pub fn upsert_item(&mut self, item: &str, category: Option<&str>, tags: &[&str], time_ms: i64) {
+        let index = self.intern_item(item);
+        let category = category.map(|c| self.intern_attribute(c));
+        let tags: Vec<u32> = tags.iter().map(|t| self.intern_attribute(t)).collect();
+        let state = &mut self.items[index as usize];
+        let previous = state.category;
+        state.category = category;
+        state.tags = tags;
+        if self.trending.score(index) == 0.0 {
+            // A new item enters its category's list (and the overall one) at the weight of one
+            // event, so content and trending can propose it at once.
+            self.trending.add(index, category, self.spec.default_event_weight, time_ms);
+        } else {
+            self.trending.recategorise(index, previous, category);
+        }
+        self.dirty.items.insert(index);
+        self.dirty.catalog = true;
+    }
+
+    /// Forgets a user's profile. The user's past contributions to aggregate
+    /// item statistics (co-occurrence counts, popularity) stay: they are not
+    /// about the user, and no single user can be read back from them.
+    pub fn forget_user(&mut self, user: &str) -> bool {
+        let removed = self.users.remove(user).is_some();
+        if removed {
+            self.dirty.users.remove(user);
+            self.dirty.forgotten.push(user.into());
+        }
+        removed
+    }
+
+    /// Replaces the spec after a restore (the spec is config, not state).
+    pub fn with_spec(mut self, spec: RecommenderSpec) -> Self {
+        self.spec = spec;
+        self.dirty.catalog = true;
+        self.dirty.items.extend(0..self.items.len() as u32);
+        self.dirty.users.extend(self.users.keys().cloned());
+        self
+    }
+
+    /// Encodes the model's state (postcard).
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("the model serialises")
+    }
+
+    /// Decodes a snapshot taken by [`Recommender::snapshot`], running it with `spec`.
+    pub fn restore(bytes: &[u8], spec: RecommenderSpec) -> Result<Self, postcard::Error> {
+        let model: Recommender = postcard::from_bytes(bytes)?;
+        Ok(model.with_spec(spec))
+    }
+
+    pub(crate) fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub(crate) fn keep_dirty_items(&mut self, items: rustc_hash::FxHashSet<u32>) {
+        if self.dirty.items.is_empty() {
+            self.dirty.items = items;
+        } else {
+            self.dirty.items.extend(items);
+        }
+    }
+
+    pub(crate) fn item_state(&self, item: u32) -> &ItemState {
+        &self.items[item as usize]
+    }
+
+    pub(crate) fn attribute_names(&self) -> &[Box<str>] {
+        &self.attributes
+    }
+
+    pub(crate) fn trending_state(&self) -> &Trending {
+        &self.trending
+    }
+
+    pub(crate) fn user_profile(&self, name: &str) -> Option<&UserProfile> {
+        self.users.get(name)
+    }
+}
+
+impl ModelRead for Recommender {
+    type User<'a> = &'a UserProfile;
+
+    fn spec(&self) -> &RecommenderSpec {
+        &self.spec
+    }
+
+    fn user(&self, name: &str) -> Option<&UserProfile> {
+        self.users.get(name)
+    }
+
+    fn item_index(&self, name: &str) -> Option<u32> {
+        self.item_ids.get(name).copied()
+    }
+
+    fn is_item(&self, item: u32) -> bool {
+        (item as usize) < self.items.len()
+    }
+
+    fn category(&self, item: u32) -> Option<u32> {
+        self.items.get(item as usize).and_then(|i| i.category)
+    }
+
+    fn attribute(&self, name: &str) -> Option<u32> {
+        self.attribute_ids.get(name).copied()
+    }
+
+    fn source_norm(&self, item: u32) -> f32 {
+        self.items[item as usize].source_norm
+    }
+
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32)) {
+        for (other, w) in self.items[item as usize].neighbours.iter() {
+            f(other, w * self.items[other as usize].candidate_norm);
+        }
+    }
+
+    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64 {
+        let successors = &self.items[item as usize].successors;
+        for (other, w) in successors.iter() {
+            f(other, w);
+        }
+        successors.total()
+    }
+
+    fn trending_score(&self, item: u32) -> f64 {
+        self.trending.score(item)
+    }
+
+    fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64)) {
+        let list = match category {
+            Some(c) => self.trending.category(c),
+            None => self.trending.overall(),
+        };
+        for &(score, item) in list {
+            f(item, score);
+        }
+    }
+}

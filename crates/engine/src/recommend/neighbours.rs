@@ -1,0 +1,104 @@
+//! A bounded map from item to weight: an item's co-occurrence neighbours or
+//! its successors.
+//!
+//! Weights only grow, so the heaviest entries are the ones worth keeping.
+//! When the map reaches twice its bound it is pruned back to the bound,
+//! dropping the lightest entries (ties by higher item index, so pruning is
+//! deterministic). Memory per item is thus at most `2 · bound` entries, and
+//! the amortised pruning cost is O(1) per insert. Hand-written because it is
+//! a few lines over `hashbrown` and sits on the per-event path.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// Weights by item index, bounded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Neighbours {
+    weights: FxHashMap<u32, f32>,
+    total: f64,
+}
+
+impl Neighbours {
+    /// Adds `weight` to `item`'s entry, pruning to `bound` entries when the map reaches twice that.
+    pub fn add(&mut self, item: u32, weight: f32, bound: usize) {
+        *self.weights.entry(item).or_insert(0.0) += weight;
+        self.total += f64::from(weight);
+        if bound > 0 && self.weights.len() >= 2 * bound {
+            self.prune(bound);
+        }
+    }
+
+    fn prune(&mut self, bound: usize) {
+        let mut entries: Vec<(u32, f32)> = self.weights.drain().collect();
+        entries.select_nth_unstable_by(bound, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        entries.truncate(bound);
+        self.weights.extend(entries);
+    }
+
+    /// The weight of `item` (0 when absent).
+    pub fn get(&self, item: u32) -> f32 {
+        self.weights.get(&item).copied().unwrap_or(0.0)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
+        self.weights.iter().map(|(&i, &w)| (i, w))
+    }
+
+    /// Everything ever added, pruned entries included.
+    pub fn total(&self) -> f64 {
+        self.total
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// Removes `item`'s entry.
+    pub fn remove(&mut self, item: u32) {
+        self.weights.remove(&item);
+    }
+
+    /// The `k` heaviest entries, heaviest first (ties: lower index first).
+    pub fn top(&self, k: usize) -> Vec<(u32, f32)> {
+        let mut entries: Vec<(u32, f32)> = self.iter().collect();
+        entries.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        entries.truncate(k);
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prunes_the_lightest_back_to_the_bound() {
+        let mut n = Neighbours::default();
+        for item in 0..7u32 {
+            n.add(item, item as f32, 4);
+        }
+        // Reaching 8 entries prunes to 4: the 7th insert makes 7 entries, no prune yet.
+        assert_eq!(n.len(), 7);
+        n.add(7, 7.0, 4);
+        assert_eq!(n.len(), 4);
+        let kept: Vec<u32> = n.top(10).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(kept, vec![7, 6, 5, 4]);
+        assert_eq!(n.total(), (0..8).sum::<u32>() as f64);
+    }
+
+    #[test]
+    fn weights_accumulate() {
+        let mut n = Neighbours::default();
+        n.add(3, 0.5, 10);
+        n.add(3, 0.25, 10);
+        assert_eq!(n.get(3), 0.75);
+        assert_eq!(n.get(4), 0.0);
+    }
+}

@@ -1,0 +1,438 @@
+//! Ranking: candidates from every generator, blended, filtered, placed and
+//! diversified into a top-k list, each item with the generators behind it.
+//!
+//! Each generator's raw scores are normalised by their maximum over this
+//! request's candidates, so weights compare generators, not their units.
+//! Ties go to the more popular item (decayed), then to the older item.
+
+use rustc_hash::FxHashMap;
+
+use super::spec::Generator;
+use super::{GENERATORS, ModelRead};
+
+/// A placement's rules, applied after blending.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    /// The name requests use.
+    pub name: String,
+    /// Rules, in order.
+    pub rules: Vec<PlacementRule>,
+    /// At most this many items of one category (0: the recommender's default).
+    pub max_per_category: usize,
+}
+
+/// One placement rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlacementRule {
+    /// Multiply the score of items of a category.
+    Boost {
+        /// Category name.
+        category: String,
+        /// Factor.
+        factor: f64,
+    },
+    /// Never show items of a category.
+    Exclude {
+        /// Category name.
+        category: String,
+    },
+    /// Put an item at a position (1-based) when the user has not seen it.
+    Pin {
+        /// Item id.
+        item: String,
+        /// Position, 1-based.
+        position: usize,
+    },
+}
+
+/// One ranking request.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The user, if known to the caller (unknown users get a cold-start answer).
+    pub user: Option<&'a str>,
+    /// How many items.
+    pub k: usize,
+    /// Items of the request's context (the page's item, a cart), newest first;
+    /// they seed the generators like the user's own recent items, ahead of them.
+    pub context: &'a [u32],
+    /// Items never to return.
+    pub exclude: &'a [u32],
+    /// Only items of these categories, when given.
+    pub categories: Option<&'a [u32]>,
+    /// Placement rules.
+    pub placement: Option<&'a Placement>,
+    /// Generators allowed to propose candidates.
+    pub generators: [bool; GENERATORS],
+}
+
+impl<'a> Query<'a> {
+    /// A plain request for `user`.
+    pub fn for_user(user: &'a str, k: usize) -> Self {
+        Query {
+            user: Some(user),
+            k,
+            context: &[],
+            exclude: &[],
+            categories: None,
+            placement: None,
+            generators: [true; GENERATORS],
+        }
+    }
+}
+
+/// One ranked item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Item index.
+    pub item: u32,
+    /// Blended score (0 for fill-ins and pins).
+    pub score: f64,
+    /// Each generator's weighted, normalised contribution (indexed by `Generator::index`).
+    pub parts: [f64; GENERATORS],
+}
+
+impl Scored {
+    /// The generators that proposed this item, with their contributions.
+    pub fn reasons(&self) -> impl Iterator<Item = (Generator, f64)> + '_ {
+        Generator::ALL.into_iter().map(|g| (g, self.parts[g.index()])).filter(|(_, s)| *s > 0.0)
+    }
+}
+
+/// Raw per-generator scores of this request's candidates, in a dense array
+/// indexed by item (stamped per request, so it is never cleared): candidate
+/// generation touches thousands of entries per request, and a hash map there
+/// was half the cost of ranking.
+#[derive(Debug, Default)]
+struct Candidates {
+    scores: Vec<[f32; GENERATORS]>,
+    stamps: Vec<u32>,
+    /// Items this request must not return (the user's own, the excluded): `stamp` when blocked.
+    blocked: Vec<u32>,
+    stamp: u32,
+    touched: Vec<u32>,
+}
+
+impl Candidates {
+    fn clear(&mut self) {
+        self.touched.clear();
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.stamps.fill(0);
+            self.blocked.fill(0);
+            self.stamp = 1;
+        }
+    }
+
+    fn grow(&mut self, item: u32) -> usize {
+        let i = item as usize;
+        if i >= self.scores.len() {
+            let len = (i + 1).next_power_of_two();
+            self.scores.resize(len, [0.0; GENERATORS]);
+            self.stamps.resize(len, 0);
+            self.blocked.resize(len, 0);
+        }
+        i
+    }
+
+    fn block(&mut self, item: u32) {
+        let i = self.grow(item);
+        self.blocked[i] = self.stamp;
+    }
+
+    fn is_blocked(&self, item: u32) -> bool {
+        self.blocked.get(item as usize) == Some(&self.stamp)
+    }
+
+    fn entry(&mut self, item: u32) -> Option<&mut [f32; GENERATORS]> {
+        let i = self.grow(item);
+        if self.blocked[i] == self.stamp {
+            return None;
+        }
+        if self.stamps[i] != self.stamp {
+            self.stamps[i] = self.stamp;
+            self.scores[i] = [0.0; GENERATORS];
+            self.touched.push(item);
+        }
+        Some(&mut self.scores[i])
+    }
+
+    fn add(&mut self, item: u32, generator: Generator, score: f64) {
+        if let Some(entry) = self.entry(item) {
+            entry[generator.index()] += score as f32;
+        }
+    }
+}
+
+/// Scratch space and result of [`rank`]; reuse it across requests.
+#[derive(Debug, Default)]
+pub struct Ranking {
+    candidates: Candidates,
+    buffer: Vec<(u32, f32)>,
+    seeds: Vec<u32>,
+    ranked: Vec<(Scored, f64)>,
+    /// The result, best first.
+    pub items: Vec<Scored>,
+}
+
+/// Ranks items for `query` into `out.items`.
+pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranking) {
+    out.items.clear();
+    if query.k == 0 {
+        return;
+    }
+    let spec = model.spec();
+    let user = query.user.and_then(|u| model.user(u));
+    let user = user.as_deref();
+    let weight = |g: Generator| if query.generators[g.index()] { spec.weight(g) } else { 0.0 };
+
+    out.seeds.clear();
+    for &item in query.context {
+        if model.is_item(item) && !out.seeds.contains(&item) {
+            out.seeds.push(item);
+        }
+    }
+    if let Some(user) = user {
+        for item in user.recent() {
+            if !out.seeds.contains(&item) {
+                out.seeds.push(item);
+            }
+        }
+    }
+    out.seeds.truncate(spec.recent_items.max(query.context.len()));
+    let candidates = &mut out.candidates;
+    candidates.clear();
+    if let Some(user) = user {
+        for item in user.seen() {
+            candidates.block(item);
+        }
+    }
+    for &item in query.exclude.iter().chain(query.context) {
+        candidates.block(item);
+    }
+
+    if weight(Generator::Cooccurrence) > 0.0 {
+        let mut w = 1.0;
+        for &seed in &out.seeds {
+            let source = w * f64::from(model.source_norm(seed));
+            model.neighbours(seed, &mut |item, count| {
+                let s = source * f64::from(count);
+                candidates.add(item, Generator::Cooccurrence, s);
+            });
+            w *= spec.recency_decay;
+        }
+    }
+    if weight(Generator::Sequence) > 0.0 {
+        let mut w = 1.0;
+        for &seed in out.seeds.iter().take(spec.sequence.sources) {
+            out.buffer.clear();
+            let total = model.successors(seed, &mut |item, count| out.buffer.push((item, count)));
+            if total > 0.0 {
+                for &(item, count) in &out.buffer {
+                    candidates.add(item, Generator::Sequence, w * f64::from(count) / total);
+                }
+            }
+            w *= spec.sequence.recency_decay;
+        }
+    }
+    if weight(Generator::Content) > 0.0 {
+        content(model, user.map_or(&[][..], |u| u.affinity()), &out.seeds, candidates);
+    }
+    if weight(Generator::Trending) > 0.0 {
+        model.trending(None, &mut |item, _| {
+            candidates.entry(item);
+        });
+    }
+
+    // Filters, then per-generator maxima over what is left.
+    let excluded_categories: Vec<u32> = query
+        .placement
+        .into_iter()
+        .flat_map(|p| &p.rules)
+        .filter_map(|r| match r {
+            PlacementRule::Exclude { category } => model.attribute(category),
+            _ => None,
+        })
+        .collect();
+    let filters = !excluded_categories.is_empty() || query.categories.is_some();
+    let passes = |item: u32| {
+        model.is_item(item)
+            && (!filters
+                || match model.category(item) {
+                    Some(c) => {
+                        !excluded_categories.contains(&c) && query.categories.is_none_or(|cats| cats.contains(&c))
+                    }
+                    None => query.categories.is_none(),
+                })
+    };
+    let trending_on = weight(Generator::Trending) > 0.0;
+    let mut touched = std::mem::take(&mut candidates.touched);
+    touched.retain(|&item| passes(item));
+    let mut max = [0.0f64; GENERATORS];
+    let trend = Generator::Trending.index();
+    for &item in &touched {
+        let parts = &candidates.scores[item as usize];
+        for g in 0..GENERATORS {
+            max[g] = max[g].max(f64::from(parts[g]));
+        }
+        if trending_on {
+            max[trend] = max[trend].max(model.trending_score(item));
+        }
+    }
+    let weights: [f64; GENERATORS] = Generator::ALL.map(weight);
+    let boosts: Vec<(u32, f64)> = query
+        .placement
+        .into_iter()
+        .flat_map(|p| &p.rules)
+        .filter_map(|r| match r {
+            PlacementRule::Boost { category, factor } => model.attribute(category).map(|c| (c, *factor)),
+            _ => None,
+        })
+        .collect();
+    let ranked = &mut out.ranked;
+    ranked.clear();
+    ranked.extend(touched.iter().map(|&item| {
+        let popularity = model.trending_score(item);
+        let mut raw = candidates.scores[item as usize].map(f64::from);
+        if trending_on {
+            raw[trend] = popularity;
+        }
+        let mut parts = [0.0; GENERATORS];
+        let mut score = 0.0;
+        for g in 0..GENERATORS {
+            if max[g] > 0.0 {
+                parts[g] = weights[g] * raw[g] / max[g];
+                score += parts[g];
+            }
+        }
+        if !boosts.is_empty()
+            && let Some(c) = model.category(item)
+        {
+            for &(_, factor) in boosts.iter().filter(|(b, _)| *b == c) {
+                score *= factor;
+            }
+        }
+        (Scored { item, score, parts }, popularity)
+    }));
+    candidates.touched = touched;
+    let allowed = |item: u32| passes(item) && !candidates.is_blocked(item);
+    let order = |a: &(Scored, f64), b: &(Scored, f64)| {
+        b.0.score.total_cmp(&a.0.score).then(b.1.total_cmp(&a.1)).then(a.0.item.cmp(&b.0.item))
+    };
+
+    let cap = match query.placement {
+        Some(p) if p.max_per_category > 0 => p.max_per_category,
+        _ => spec.max_per_category,
+    };
+    let mut per_category: FxHashMap<u32, usize> = FxHashMap::default();
+    let take = |per_category: &mut FxHashMap<u32, usize>, item: u32| -> bool {
+        if cap == 0 {
+            return true;
+        }
+        match model.category(item) {
+            Some(c) => {
+                let n = per_category.entry(c).or_default();
+                *n += 1;
+                *n <= cap
+            }
+            None => true,
+        }
+    };
+    // Only the best few need sorting; a category cap may need more of them.
+    let mut limit = if cap == 0 { query.k } else { query.k.saturating_mul(4).max(query.k + 64) };
+    loop {
+        if ranked.len() > limit {
+            ranked.select_nth_unstable_by(limit, order);
+        }
+        let len = limit.min(ranked.len());
+        let head = &mut ranked[..len];
+        head.sort_unstable_by(order);
+        out.items.clear();
+        per_category.clear();
+        for (scored, _) in head.iter() {
+            if out.items.len() == query.k {
+                break;
+            }
+            if take(&mut per_category, scored.item) {
+                out.items.push(*scored);
+            }
+        }
+        if out.items.len() == query.k || limit >= ranked.len() {
+            break;
+        }
+        limit = ranked.len();
+    }
+    // Fill-ins: the trending list, then pins.
+    if out.items.len() < query.k {
+        let mut fill = Vec::new();
+        model.trending(None, &mut |item, _| fill.push(item));
+        for item in fill {
+            if out.items.len() == query.k {
+                break;
+            }
+            if allowed(item) && !out.items.iter().any(|s| s.item == item) && take(&mut per_category, item) {
+                out.items.push(Scored { item, score: 0.0, parts: [0.0; GENERATORS] });
+            }
+        }
+    }
+    if let Some(placement) = query.placement {
+        for rule in &placement.rules {
+            if let PlacementRule::Pin { item, position } = rule
+                && let Some(item) = model.item_index(item)
+                && allowed(item)
+            {
+                out.items.retain(|s| s.item != item);
+                let at = position.saturating_sub(1).min(out.items.len());
+                out.items.insert(at, Scored { item, score: 0.0, parts: [0.0; GENERATORS] });
+                out.items.truncate(query.k);
+            }
+        }
+    }
+}
+
+/// Items similar to `item`: its co-occurrence neighbours and successors, and
+/// items of its category; never the item itself, never merely popular ones.
+pub fn similar<M: ModelRead + ?Sized>(model: &M, item: u32, k: usize, out: &mut Ranking) {
+    let context = [item];
+    let mut generators = [true; GENERATORS];
+    generators[Generator::Trending.index()] = false;
+    let query = Query { user: None, k, context: &context, exclude: &[], categories: None, placement: None, generators };
+    rank(model, &query, out);
+}
+
+/// Content candidates: the trending items of the attributes the user (and
+/// the context's items) like most, each weighted by its share of affinity.
+fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u32], candidates: &mut Candidates) {
+    let spec = &model.spec().content;
+    let mut attributes: Vec<(u32, f64)> = affinity.iter().map(|&(a, w)| (a, f64::from(w))).collect();
+    // Context items (and, for a user with no affinity yet, recent items) lend their categories.
+    for (k, &seed) in seeds.iter().enumerate().take(spec.top_attributes) {
+        if let Some(c) = model.category(seed) {
+            let w = 1.0 / (k + 1) as f64;
+            match attributes.iter_mut().find(|(a, _)| *a == c) {
+                Some(entry) => entry.1 += w,
+                None => attributes.push((c, w)),
+            }
+        }
+    }
+    attributes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    attributes.truncate(spec.top_attributes);
+    let total: f64 = attributes.iter().map(|a| a.1).sum();
+    if total <= 0.0 {
+        return;
+    }
+    for (attribute, w) in attributes {
+        let share = w / total;
+        let mut top = None;
+        let mut taken = 0;
+        model.trending(Some(attribute), &mut |item, score| {
+            if taken == spec.per_attribute {
+                return;
+            }
+            taken += 1;
+            let top = *top.get_or_insert(score);
+            if top > 0.0 {
+                candidates.add(item, Generator::Content, share * score / top);
+            }
+        });
+    }
+}

@@ -1,0 +1,231 @@
+//! The recommender as planned from config: which generators run, their
+//! weights and bounds, and the rules applied after blending.
+//!
+//! The defaults are the one configuration `freshet eval` is measured with on
+//! every dataset (BENCHMARKS.md); nothing in them is tuned per dataset.
+
+/// Which candidate generator a score or an explanation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Generator {
+    /// Item–item co-occurrence over the user's recent items.
+    Cooccurrence,
+    /// What followed the user's latest items (transitions).
+    Sequence,
+    /// Decayed popularity, overall and per category.
+    Trending,
+    /// The user's category and tag affinity.
+    Content,
+}
+
+impl Generator {
+    /// Every generator, in explanation order.
+    pub const ALL: [Generator; 4] =
+        [Generator::Cooccurrence, Generator::Sequence, Generator::Trending, Generator::Content];
+
+    /// The name used in config, explanations and ablation reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Cooccurrence => "cooccurrence",
+            Generator::Sequence => "sequence",
+            Generator::Trending => "trending",
+            Generator::Content => "content",
+        }
+    }
+
+    /// Index into per-generator arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Item–item co-occurrence: a pair of one user's distinct items counts
+/// `event_weight / distance^distance_exponent`, where the distance is how many
+/// distinct items apart they are in that user's history, in both directions.
+/// A candidate's score sums, over the user's recent items `j` (newest first,
+/// the k-th weighted `recency_decay^k`), `count(j, c) / (users(j)^source_damping · users(c)^candidate_damping)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CooccurrenceSpec {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Blend weight.
+    pub weight: f64,
+    /// How many of the user's previous distinct items a new item pairs with.
+    pub pair_window: usize,
+    /// Exponent of the distance in a pair's weight (0 counts every pair alike).
+    pub distance_exponent: f64,
+    /// Exponent of the source item's distinct users in the normalisation.
+    pub source_damping: f64,
+    /// Exponent of the candidate's distinct users in the normalisation.
+    pub candidate_damping: f64,
+    /// Neighbours kept per item; an item's list is pruned back to this many
+    /// (the heaviest) when it reaches twice as many.
+    pub max_neighbours: usize,
+}
+
+impl Default for CooccurrenceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            weight: 1.0,
+            pair_window: 50,
+            distance_exponent: 0.5,
+            source_damping: 0.3,
+            candidate_damping: 0.2,
+            max_neighbours: 400,
+        }
+    }
+}
+
+/// Transitions: how often item `b` directly followed item `a` in one user's
+/// events (within `session_gap` of event time). A candidate's score sums the
+/// transition counts from the user's latest items, the k-th newest weighted
+/// `recency_decay^k`, normalised by the source's outgoing total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceSpec {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Blend weight.
+    pub weight: f64,
+    /// How many of the user's latest items are sources.
+    pub sources: usize,
+    /// Weight of the k-th newest source: `recency_decay^k`.
+    pub recency_decay: f64,
+    /// Successors kept per item (pruned like co-occurrence neighbours).
+    pub max_successors: usize,
+    /// Two events of a user further apart than this (ms) are not a transition.
+    pub session_gap_ms: i64,
+}
+
+impl Default for SequenceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            weight: 0.5,
+            sources: 1,
+            recency_decay: 0.5,
+            max_successors: 200,
+            session_gap_ms: 30 * 60 * 1000,
+        }
+    }
+}
+
+/// Trending: popularity with exponential decay in event time, overall and per category.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendingSpec {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Blend weight.
+    pub weight: f64,
+    /// Half-life of an event's contribution (ms of event time).
+    pub half_life_ms: i64,
+    /// Items kept in each trending list.
+    pub list_len: usize,
+}
+
+impl Default for TrendingSpec {
+    fn default() -> Self {
+        Self { enabled: true, weight: 0.05, half_life_ms: 6 * 3600 * 1000, list_len: 200 }
+    }
+}
+
+/// Content: the user's decayed affinity to categories and tags, proposing the
+/// trending items of the categories and tags the user likes most.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentSpec {
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Blend weight.
+    pub weight: f64,
+    /// Categories (and tags) of the user's affinity that propose candidates.
+    pub top_attributes: usize,
+    /// Candidates proposed per attribute.
+    pub per_attribute: usize,
+}
+
+impl Default for ContentSpec {
+    fn default() -> Self {
+        Self { enabled: true, weight: 0.3, top_attributes: 3, per_attribute: 50 }
+    }
+}
+
+/// The whole recommender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecommenderSpec {
+    /// The user's recent distinct items that seed co-occurrence.
+    pub recent_items: usize,
+    /// Weight of the k-th newest recent item: `recency_decay^k`.
+    pub recency_decay: f64,
+    /// Interaction weight per event type (`view`, `purchase`, ...); types not
+    /// listed weigh `default_event_weight`.
+    pub event_weights: Vec<(String, f64)>,
+    /// Weight of event types not in `event_weights`.
+    pub default_event_weight: f64,
+    /// At most this many items of one category in a list (0: no cap).
+    pub max_per_category: usize,
+    /// Co-occurrence.
+    pub cooccurrence: CooccurrenceSpec,
+    /// Transitions.
+    pub sequence: SequenceSpec,
+    /// Trending.
+    pub trending: TrendingSpec,
+    /// Content.
+    pub content: ContentSpec,
+}
+
+impl Default for RecommenderSpec {
+    fn default() -> Self {
+        Self {
+            recent_items: 20,
+            recency_decay: 0.6,
+            event_weights: Vec::new(),
+            default_event_weight: 1.0,
+            max_per_category: 0,
+            cooccurrence: CooccurrenceSpec::default(),
+            sequence: SequenceSpec::default(),
+            trending: TrendingSpec::default(),
+            content: ContentSpec::default(),
+        }
+    }
+}
+
+impl RecommenderSpec {
+    /// The weight of an event type.
+    pub fn event_weight(&self, event_type: Option<&str>) -> f64 {
+        event_type
+            .and_then(|t| self.event_weights.iter().find(|(name, _)| name == t))
+            .map_or(self.default_event_weight, |(_, w)| *w)
+    }
+
+    /// Whether a generator runs.
+    pub fn enabled(&self, generator: Generator) -> bool {
+        match generator {
+            Generator::Cooccurrence => self.cooccurrence.enabled,
+            Generator::Sequence => self.sequence.enabled,
+            Generator::Trending => self.trending.enabled,
+            Generator::Content => self.content.enabled,
+        }
+    }
+
+    /// A generator's blend weight (0 when it is off).
+    pub fn weight(&self, generator: Generator) -> f64 {
+        if !self.enabled(generator) {
+            return 0.0;
+        }
+        match generator {
+            Generator::Cooccurrence => self.cooccurrence.weight,
+            Generator::Sequence => self.sequence.weight,
+            Generator::Trending => self.trending.weight,
+            Generator::Content => self.content.weight,
+        }
+    }
+
+    /// This spec with only `generator` on (for ablation).
+    pub fn only(&self, generator: Generator) -> Self {
+        let mut spec = self.clone();
+        spec.cooccurrence.enabled = generator == Generator::Cooccurrence;
+        spec.sequence.enabled = generator == Generator::Sequence;
+        spec.trending.enabled = generator == Generator::Trending;
+        spec.content.enabled = generator == Generator::Content;
+        spec
+    }
+}

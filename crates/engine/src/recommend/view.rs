@@ -1,0 +1,232 @@
+//! The recommender's serving view: what the owning shard publishes for
+//! lock-free reads, so that `/v1/recommend` and `/similar` never wait for
+//! the write path.
+//!
+//! Users and trending lists are published on every publish tick (the user's
+//! next recommendation reflects their latest event within one tick). Item
+//! neighbour lists change on almost every event for popular items and are
+//! the bulk of the model, so they are published at most once per
+//! `item_interval` (default 1 s): similar-items may be up to that old, and a
+//! new catalog item becomes recommendable within it. Neighbour weights are
+//! published already multiplied by the neighbour's damping, so a read needs
+//! no lookup per neighbour.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{ModelRead, Recommender, RecommenderSpec, UserProfile};
+
+/// Key of the overall trending list in the per-category map.
+const OVERALL: u32 = u32::MAX;
+
+/// One item as published.
+#[derive(Debug, Clone, Default)]
+pub struct ItemView {
+    /// The item id.
+    pub name: Box<str>,
+    /// Category attribute id.
+    pub category: Option<u32>,
+    /// Distinct users.
+    pub users: u32,
+    source_norm: f32,
+    neighbours: Box<[(u32, f32)]>,
+    successors: Box<[(u32, f32)]>,
+    successor_total: f64,
+}
+
+/// Published state, read concurrently.
+pub struct RecommenderView {
+    spec: RecommenderSpec,
+    item_ids: papaya::HashMap<Box<str>, u32>,
+    items: papaya::HashMap<u32, Arc<ItemView>>,
+    attributes: papaya::HashMap<Box<str>, u32>,
+    users: papaya::HashMap<Box<str>, Arc<UserProfile>>,
+    trending: papaya::HashMap<u32, Arc<[(u32, f64)]>>,
+    /// Trending score per item index, as of the last item publication.
+    scores: ArcSwap<Vec<f64>>,
+    /// Event time of the latest published interaction or catalog event.
+    published_items: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for RecommenderView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecommenderView").field("items", &self.items.len()).field("users", &self.users.len()).finish()
+    }
+}
+
+impl RecommenderView {
+    /// An empty view for a model running `spec`.
+    pub fn new(spec: RecommenderSpec) -> Self {
+        Self {
+            spec,
+            item_ids: papaya::HashMap::new(),
+            items: papaya::HashMap::new(),
+            attributes: papaya::HashMap::new(),
+            users: papaya::HashMap::new(),
+            trending: papaya::HashMap::new(),
+            scores: ArcSwap::from_pointee(Vec::new()),
+            published_items: Default::default(),
+        }
+    }
+
+    /// Number of items published.
+    pub fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Number of users published.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// An item's id.
+    pub fn item_name(&self, item: u32) -> Option<Box<str>> {
+        self.items.pin().get(&item).map(|i| i.name.clone())
+    }
+
+    /// Publishes what changed in `model`: users, forgotten users and trending
+    /// lists always; items too when `with_items`. Returns how many entries were written.
+    pub fn publish(&self, model: &mut Recommender, with_items: bool) -> usize {
+        let dirty = model.take_dirty();
+        let mut written = 0;
+        {
+            let users = self.users.pin();
+            for name in &dirty.forgotten {
+                users.remove(name);
+            }
+            for name in &dirty.users {
+                if let Some(profile) = model.user_profile(name) {
+                    users.insert(name.clone(), Arc::new(profile.clone()));
+                    written += 1;
+                }
+            }
+        }
+        {
+            let trending = self.trending.pin();
+            let state = model.trending_state();
+            trending.insert(OVERALL, state.overall().iter().map(|&(s, i)| (i, s)).collect());
+            // Categories of changed items (cheap: a category list is short).
+            let mut categories: Vec<u32> = dirty.items.iter().filter_map(|&i| model.item_state(i).category).collect();
+            categories.sort_unstable();
+            categories.dedup();
+            for c in categories {
+                trending.insert(c, state.category(c).iter().map(|&(s, i)| (i, s)).collect());
+            }
+        }
+        if dirty.catalog {
+            let attributes = self.attributes.pin();
+            for (index, name) in model.attribute_names().iter().enumerate() {
+                if !attributes.contains_key(name) {
+                    attributes.insert(name.clone(), index as u32);
+                }
+            }
+        }
+        if with_items {
+            written += self.publish_items(model, dirty.items.iter().copied());
+            let state = model.trending_state();
+            let scores: Vec<f64> = (0..model.item_count() as u32).map(|i| state.score(i)).collect();
+            self.scores.store(Arc::new(scores));
+        } else {
+            // Items wait for the next item publication.
+            model.keep_dirty_items(dirty.items);
+        }
+        written
+    }
+
+    fn publish_items(&self, model: &Recommender, dirty: impl Iterator<Item = u32>) -> usize {
+        let items = self.items.pin();
+        let ids = self.item_ids.pin();
+        let mut written = 0;
+        for index in dirty {
+            let state = model.item_state(index);
+            let neighbours: Box<[(u32, f32)]> =
+                state.neighbours.iter().map(|(c, w)| (c, w * model.item_state(c).candidate_norm)).collect();
+            let view = ItemView {
+                name: state.name.clone(),
+                category: state.category,
+                users: state.users,
+                source_norm: state.source_norm,
+                neighbours,
+                successors: state.successors.iter().collect(),
+                successor_total: state.successors.total(),
+            };
+            if !ids.contains_key(&state.name) {
+                ids.insert(state.name.clone(), index);
+            }
+            items.insert(index, Arc::new(view));
+            written += 1;
+        }
+        self.published_items.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
+        written
+    }
+
+    /// Removes a user at once (forget), ahead of the next publication.
+    pub fn remove_user(&self, name: &str) {
+        self.users.pin().remove(name);
+    }
+}
+
+impl ModelRead for RecommenderView {
+    type User<'a> = Arc<UserProfile>;
+
+    fn spec(&self) -> &RecommenderSpec {
+        &self.spec
+    }
+
+    fn user(&self, name: &str) -> Option<Arc<UserProfile>> {
+        self.users.pin().get(name).cloned()
+    }
+
+    fn item_index(&self, name: &str) -> Option<u32> {
+        self.item_ids.pin().get(name).copied()
+    }
+
+    fn is_item(&self, item: u32) -> bool {
+        self.items.pin().contains_key(&item)
+    }
+
+    fn category(&self, item: u32) -> Option<u32> {
+        self.items.pin().get(&item).and_then(|i| i.category)
+    }
+
+    fn attribute(&self, name: &str) -> Option<u32> {
+        self.attributes.pin().get(name).copied()
+    }
+
+    fn source_norm(&self, item: u32) -> f32 {
+        self.items.pin().get(&item).map_or(0.0, |i| i.source_norm)
+    }
+
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32)) {
+        if let Some(view) = self.items.pin().get(&item) {
+            for &(other, w) in view.neighbours.iter() {
+                f(other, w);
+            }
+        }
+    }
+
+    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64 {
+        match self.items.pin().get(&item) {
+            Some(view) => {
+                for &(other, w) in view.successors.iter() {
+                    f(other, w);
+                }
+                view.successor_total
+            }
+            None => 0.0,
+        }
+    }
+
+    fn trending_score(&self, item: u32) -> f64 {
+        self.scores.load().get(item as usize).copied().unwrap_or(0.0)
+    }
+
+    fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64)) {
+        if let Some(list) = self.trending.pin().get(&category.unwrap_or(OVERALL)) {
+            for &(item, score) in list.iter() {
+                f(item, score);
+            }
+        }
+    }
+}
