@@ -4,7 +4,7 @@
 use crate::event::FieldPath;
 use crate::features::{FeatureSpec, Format};
 use crate::flow::{Dedup, Flow, Stage};
-use crate::recommend::RecommenderSpec;
+use crate::recommend::{Placement, RecommenderSpec};
 
 /// The recommender as planned: which flows feed it, which fields it reads,
 /// and which shard owns it.
@@ -32,6 +32,8 @@ pub struct RecommenderPlan {
     pub shard: usize,
     /// How often item neighbour lists are published to the serving view (ms).
     pub item_publish_ms: i64,
+    /// Named placements.
+    pub placements: Vec<Placement>,
 }
 
 /// What to do with an event that no flow takes.

@@ -4,6 +4,7 @@
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod recommender;
 
 use std::path::Path;
 
@@ -26,6 +27,19 @@ pub fn plan_default(data_dir: &Path, cores: usize) -> Result<Plan, ConfigError> 
     let env = move |name: &str| if name == "FRESHET_DATA_DIR" { Some(dir.clone()) } else { std::env::var(name).ok() };
     let config = load::parse(DEFAULT_CONFIG, "built-in default", &env)?;
     plan::plan(&config, "built-in default", cores, data_dir)
+}
+
+/// The recommender spec of a config file's `[recommender]` section (the
+/// default spec when the file has none), for `freshet eval --config`.
+pub fn recommender_spec_file(path: &Path) -> Result<freshet_engine::recommend::RecommenderSpec, ConfigError> {
+    let config = load::load_file(path)?;
+    let mut planner = plan::Planner::new();
+    let spec = match &config.recommender {
+        Some(r) => recommender::spec(r, &mut planner),
+        None => freshet_engine::recommend::RecommenderSpec::default(),
+    };
+    planner.finish(&path.display().to_string())?;
+    Ok(spec)
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Config {
     /// Windowed features.
     #[serde(default)]
     pub features: Vec<FeatureConfig>,
+    /// The recommender. Default: none.
+    pub recommender: Option<super::recommender::RecommenderConfig>,
 }
 
 /// `[pipeline]`.

@@ -160,16 +160,31 @@ impl Plan {
 }
 
 /// Collects problems while planning.
-struct Planner {
+pub struct Planner {
     problems: Vec<Problem>,
 }
 
 impl Planner {
-    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// A planner with no problems yet.
+    pub fn new() -> Self {
+        Self { problems: Vec::new() }
+    }
+
+    /// The problems found, as an error for `origin` (None when there are none).
+    pub fn finish(self, origin: &str) -> Result<(), ConfigError> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError { origin: origin.into(), problems: self.problems })
+    }
+
+    /// Records a problem at a key path.
+    pub fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
-    fn duration_ms(&mut self, path: &str, text: Option<&str>, default: i64) -> i64 {
+    /// A duration in ms (`default` when not given).
+    pub fn duration_ms(&mut self, path: &str, text: Option<&str>, default: i64) -> i64 {
         let Some(t) = text else { return default };
         match humantime::parse_duration(t) {
             Ok(d) if d.as_millis() <= MAX_DURATION_MS as u128 => d.as_millis() as i64,
@@ -185,7 +200,7 @@ impl Planner {
     }
 
     /// A duration that must be > 0, if given.
-    fn positive_ms(&mut self, path: &str, text: Option<&str>) -> Option<i64> {
+    pub fn positive_ms(&mut self, path: &str, text: Option<&str>) -> Option<i64> {
         let ms = self.duration_ms(path, text, 1);
         if text.is_some() && ms <= 0 {
             self.err(path, "must be > 0");
@@ -193,7 +208,8 @@ impl Planner {
         text.map(|_| ms.max(1))
     }
 
-    fn field(&mut self, path: &str, text: &str) -> FieldPath {
+    /// A field path.
+    pub fn field(&mut self, path: &str, text: &str) -> FieldPath {
         FieldPath::parse(text).unwrap_or_else(|e| {
             self.err(path, e);
             FieldPath::parse("_").unwrap_or_else(|_| unreachable!("\"_\" is a valid path"))
@@ -335,7 +351,7 @@ pub fn plan(config: &Config, origin: &str, cores: usize, config_dir: &std::path:
 /// Plans `config`, reading schema files with `read_schema` (the fuzz target
 /// reads none: a planned config must not reach the file system).
 pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: SchemaReader) -> Result<Plan, ConfigError> {
-    let mut p = Planner { problems: Vec::new() };
+    let mut p = Planner::new();
     let pc = &config.pipeline;
 
     // Sinks.
@@ -709,6 +725,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         p.err("pipeline.max_event_bytes", "must be > 0");
     }
 
+    let recommender = config.recommender.as_ref().map(|r| super::recommender::plan(r, &flows, shards, &mut p));
     if !p.problems.is_empty() {
         return Err(ConfigError { origin: origin.into(), problems: p.problems });
     }
@@ -723,6 +740,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             limits,
             event_time: EventTime { max_out_of_orderness: ooo, idle_timeout: idle },
             shards,
+            recommender,
         },
         sources,
         sinks,

@@ -31,6 +31,7 @@ use freshet_io::sink::SinkWriter;
 
 use crate::checkpoint::{SourcePosition, Store};
 use crate::config::plan::{Plan, SourceKind};
+use freshet_engine::recommend::{Placement, RecommenderView};
 use freshet_engine::shard::Shard;
 pub use ingest::IngestHandle;
 use std::path::Path;
@@ -88,10 +89,21 @@ pub fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What the HTTP API reads of the recommender: its lock-free view and the
+/// configured placements.
+#[derive(Clone)]
+pub struct Recommending {
+    /// The published model.
+    pub view: Arc<RecommenderView>,
+    /// Named placements.
+    pub placements: Arc<Vec<Placement>>,
+}
+
 /// A started job.
 pub struct Job {
     shared: Arc<Shared>,
     views: Views,
+    recommending: Option<Recommending>,
     ingest: Option<IngestHandle>,
     threads: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<Result<SinkRows>>>,
@@ -117,6 +129,10 @@ impl Job {
         });
         let p = &plan.pipeline;
         let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
+        let recommending = p.recommender.as_ref().map(|r| Recommending {
+            view: Arc::new(RecommenderView::new(r.spec.clone())),
+            placements: Arc::new(r.placements.clone()),
+        });
 
         // Checkpoints: the store, and the state to resume from.
         let fingerprint = plan.fingerprint();
@@ -167,6 +183,11 @@ impl Job {
         let mut shards = Vec::new();
         for i in 0..p.shards {
             let mut shard = Shard::new(p, Some(views.clone()));
+            if let (Some(plan), Some(r)) = (&p.recommender, &recommending)
+                && plan.shard == i
+            {
+                shard = shard.with_recommender(plan, Some(r.view.clone()));
+            }
             if let Some(bytes) = restored.as_ref().and_then(|cp| cp.shards.get(i)) {
                 shard.restore(bytes, wall_ms()).with_context(|| format!("restoring shard {i}"))?;
             }
@@ -286,6 +307,7 @@ impl Job {
         Ok(Job {
             shared,
             views,
+            recommending,
             ingest,
             threads,
             writer: Some(writer),
@@ -298,6 +320,11 @@ impl Job {
     /// The serving views.
     pub fn views(&self) -> Views {
         self.views.clone()
+    }
+
+    /// The recommender's serving side, when the job has one.
+    pub fn recommending(&self) -> Option<Recommending> {
+        self.recommending.clone()
     }
 
     /// The HTTP ingest handle, when the job has an http source.

@@ -379,6 +379,8 @@ pub(super) fn shard(
     let mut pending: Vec<u64> = Vec::new();
     let mut last_publish = Instant::now();
     let mut publish_cost = Duration::ZERO;
+    let item_publish = plan.pipeline.recommender.as_ref().map(|r| Duration::from_millis(r.item_publish_ms as u64));
+    let mut last_item_publish = Instant::now();
     let mut seq = 0usize;
     let send_buffers = |outputs: freshet_engine::features::Outputs| -> bool {
         metrics.record_late(&outputs.late);
@@ -402,7 +404,7 @@ pub(super) fn shard(
             return latencies;
         }
         let stats = shard.process(&input);
-        let had_records = !input.batch.records.is_empty();
+        let had_records = !input.batch.records.is_empty() || !input.batch.model.is_empty();
         pools.give_batch(from, std::mem::take(&mut input.batch));
         metrics.record(&stats, shard.watermark());
         if had_records {
@@ -413,6 +415,10 @@ pub(super) fn shard(
         let due = last_publish.elapsed() >= plan.publish_interval.max(publish_cost * 4);
         if due || stats.watermark_advanced {
             let started = Instant::now();
+            if item_publish.is_some_and(|every| last_item_publish.elapsed() >= every) {
+                shard.publish_recommender_items();
+                last_item_publish = Instant::now();
+            }
             shard.publish();
             last_publish = Instant::now();
             publish_cost = last_publish - started;
@@ -438,6 +444,7 @@ pub(super) fn shard(
             }
         }
     }
+    shard.publish_recommender_items();
     shard.publish();
     let now = shared.now_us();
     latencies.extend(pending.drain(..).map(|t| now.saturating_sub(t)));
