@@ -56,11 +56,12 @@ pub trait ModelRead {
     fn attribute(&self, name: &str) -> Option<u32>;
     /// `users(item)^-source_damping` (0 when no user interacted with it).
     fn source_norm(&self, item: u32) -> f32;
-    /// Calls `f` with each co-occurrence neighbour of `item` and its weight
-    /// times the neighbour's `users^-candidate_damping`.
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32));
-    /// Calls `f` with each successor of `item` and its count; returns the outgoing total.
-    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64;
+    /// Calls `f` once with `item`'s co-occurrence neighbours (item, weight)
+    /// and every item's `users^-candidate_damping`, indexed by item (an
+    /// item past its end has none yet: weight 0).
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32]));
+    /// Calls `f` once with `item`'s successors (item, count); returns the outgoing total.
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64;
     /// Decayed popularity of `item` (comparable only with other items' now).
     fn trending_score(&self, item: u32) -> f64;
     /// Calls `f` with the trending list of a category (or overall), best first.
@@ -88,6 +89,8 @@ pub struct Recommender {
     spec: RecommenderSpec,
     item_ids: FxHashMap<Box<str>, u32>,
     items: Vec<ItemState>,
+    /// `candidate_norm` of every item, dense: ranking reads it once per neighbour.
+    candidate_norms: Vec<f32>,
     attribute_ids: FxHashMap<Box<str>, u32>,
     attributes: Vec<Box<str>>,
     users: FxHashMap<Box<str>, UserProfile>,
@@ -114,6 +117,7 @@ impl Recommender {
             spec,
             item_ids: FxHashMap::default(),
             items: Vec::new(),
+            candidate_norms: Vec::new(),
             attribute_ids: FxHashMap::default(),
             attributes: Vec::new(),
             users: FxHashMap::default(),
@@ -143,6 +147,7 @@ impl Recommender {
         }
         let index = u32::try_from(self.items.len()).expect("fewer than 2^32 items");
         self.items.push(ItemState { name: name.into(), ..ItemState::default() });
+        self.candidate_norms.push(0.0);
         self.item_ids.insert(name.into(), index);
         self.dirty.catalog = true;
         index
@@ -202,6 +207,7 @@ impl Recommender {
             let users = f64::from(state.users);
             state.source_norm = users.powf(-spec.cooccurrence.source_damping) as f32;
             state.candidate_norm = users.powf(-spec.cooccurrence.candidate_damping) as f32;
+            self.candidate_norms[item as usize] = state.candidate_norm;
         }
         profile.touch(item, spec.recent_items);
         let state = &self.items[item as usize];
@@ -286,6 +292,10 @@ impl Recommender {
         }
     }
 
+    pub(crate) fn candidate_norms(&self) -> &[f32] {
+        &self.candidate_norms
+    }
+
     pub(crate) fn item_state(&self, item: u32) -> &ItemState {
         &self.items[item as usize]
     }
@@ -334,17 +344,13 @@ impl ModelRead for Recommender {
         self.items[item as usize].source_norm
     }
 
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32)) {
-        for (other, w) in self.items[item as usize].neighbours.iter() {
-            f(other, w * self.items[other as usize].candidate_norm);
-        }
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32])) {
+        f(self.items[item as usize].neighbours.entries(), &self.candidate_norms);
     }
 
-    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64 {
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64 {
         let successors = &self.items[item as usize].successors;
-        for (other, w) in successors.iter() {
-            f(other, w);
-        }
+        f(successors.entries());
         successors.total()
     }
 

@@ -11,38 +11,73 @@
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-/// Weights by item index, bounded.
+/// Weights by item index, bounded: entries in a vector (ranking reads them
+/// as one slice) with a hash index for updates.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct Neighbours {
-    weights: FxHashMap<u32, f32>,
+    entries: Vec<(u32, f32)>,
+    index: FxHashMap<u32, u32>,
     total: f64,
+}
+
+/// What a snapshot holds (the index is rebuilt on load).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    entries: Vec<(u32, f32)>,
+    total: f64,
+}
+
+impl From<Stored> for Neighbours {
+    fn from(s: Stored) -> Self {
+        let index = s.entries.iter().enumerate().map(|(at, &(item, _))| (item, at as u32)).collect();
+        Neighbours { entries: s.entries, index, total: s.total }
+    }
+}
+
+impl From<Neighbours> for Stored {
+    fn from(n: Neighbours) -> Self {
+        Stored { entries: n.entries, total: n.total }
+    }
 }
 
 impl Neighbours {
     /// Adds `weight` to `item`'s entry, pruning to `bound` entries when the map reaches twice that.
+    #[inline]
     pub fn add(&mut self, item: u32, weight: f32, bound: usize) {
-        *self.weights.entry(item).or_insert(0.0) += weight;
         self.total += f64::from(weight);
-        if bound > 0 && self.weights.len() >= 2 * bound {
-            self.prune(bound);
+        match self.index.get(&item) {
+            Some(&at) => self.entries[at as usize].1 += weight,
+            None => {
+                self.index.insert(item, self.entries.len() as u32);
+                self.entries.push((item, weight));
+                if bound > 0 && self.entries.len() >= 2 * bound {
+                    self.prune(bound);
+                }
+            }
         }
     }
 
     fn prune(&mut self, bound: usize) {
-        let mut entries: Vec<(u32, f32)> = self.weights.drain().collect();
-        entries.select_nth_unstable_by(bound, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        entries.truncate(bound);
-        self.weights.extend(entries);
+        self.entries.select_nth_unstable_by(bound, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.entries.truncate(bound);
+        self.index.clear();
+        self.index.extend(self.entries.iter().enumerate().map(|(at, &(item, _))| (item, at as u32)));
     }
 
     /// The weight of `item` (0 when absent).
     pub fn get(&self, item: u32) -> f32 {
-        self.weights.get(&item).copied().unwrap_or(0.0)
+        self.index.get(&item).map_or(0.0, |&at| self.entries[at as usize].1)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> &[(u32, f32)] {
+        &self.entries
     }
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
-        self.weights.iter().map(|(&i, &w)| (i, w))
+        self.entries.iter().copied()
     }
 
     /// Everything ever added, pruned entries included.
@@ -52,22 +87,17 @@ impl Neighbours {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.weights.len()
+        self.entries.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
-    }
-
-    /// Removes `item`'s entry.
-    pub fn remove(&mut self, item: u32) {
-        self.weights.remove(&item);
+        self.entries.is_empty()
     }
 
     /// The `k` heaviest entries, heaviest first (ties: lower index first).
     pub fn top(&self, k: usize) -> Vec<(u32, f32)> {
-        let mut entries: Vec<(u32, f32)> = self.iter().collect();
+        let mut entries = self.entries.clone();
         entries.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         entries.truncate(k);
         entries

@@ -99,15 +99,15 @@ impl Scored {
 }
 
 /// Raw per-generator scores of this request's candidates, in a dense array
-/// indexed by item (stamped per request, so it is never cleared): candidate
-/// generation touches thousands of entries per request, and a hash map there
-/// was half the cost of ranking.
+/// indexed by item, with a mark per item saying whether this request touched
+/// or blocked it (marks are request-stamped, so nothing is ever cleared):
+/// candidate generation touches thousands of entries per request, and a hash
+/// map there was half the cost of ranking.
 #[derive(Debug, Default)]
 struct Candidates {
     scores: Vec<[f32; GENERATORS]>,
-    stamps: Vec<u32>,
-    /// Items this request must not return (the user's own, the excluded): `stamp` when blocked.
-    blocked: Vec<u32>,
+    /// `2·stamp` when touched by this request, `2·stamp + 1` when blocked.
+    marks: Vec<u32>,
     stamp: u32,
     touched: Vec<u32>,
 }
@@ -115,47 +115,50 @@ struct Candidates {
 impl Candidates {
     fn clear(&mut self) {
         self.touched.clear();
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.stamps.fill(0);
-            self.blocked.fill(0);
+        self.stamp += 1;
+        if self.stamp >= u32::MAX / 2 {
+            self.marks.fill(0);
             self.stamp = 1;
         }
     }
 
+    #[inline]
     fn grow(&mut self, item: u32) -> usize {
         let i = item as usize;
         if i >= self.scores.len() {
             let len = (i + 1).next_power_of_two();
             self.scores.resize(len, [0.0; GENERATORS]);
-            self.stamps.resize(len, 0);
-            self.blocked.resize(len, 0);
+            self.marks.resize(len, 0);
         }
         i
     }
 
     fn block(&mut self, item: u32) {
         let i = self.grow(item);
-        self.blocked[i] = self.stamp;
+        self.marks[i] = 2 * self.stamp + 1;
     }
 
     fn is_blocked(&self, item: u32) -> bool {
-        self.blocked.get(item as usize) == Some(&self.stamp)
+        self.marks.get(item as usize) == Some(&(2 * self.stamp + 1))
     }
 
+    #[inline]
     fn entry(&mut self, item: u32) -> Option<&mut [f32; GENERATORS]> {
         let i = self.grow(item);
-        if self.blocked[i] == self.stamp {
-            return None;
-        }
-        if self.stamps[i] != self.stamp {
-            self.stamps[i] = self.stamp;
+        let touched = 2 * self.stamp;
+        let mark = self.marks[i];
+        if mark != touched {
+            if mark == touched + 1 {
+                return None;
+            }
+            self.marks[i] = touched;
             self.scores[i] = [0.0; GENERATORS];
             self.touched.push(item);
         }
         Some(&mut self.scores[i])
     }
 
+    #[inline]
     fn add(&mut self, item: u32, generator: Generator, score: f64) {
         if let Some(entry) = self.entry(item) {
             entry[generator.index()] += score as f32;
@@ -214,9 +217,11 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         let mut w = 1.0;
         for &seed in &out.seeds {
             let source = w * f64::from(model.source_norm(seed));
-            model.neighbours(seed, &mut |item, count| {
-                let s = source * f64::from(count);
-                candidates.add(item, Generator::Cooccurrence, s);
+            model.neighbours(seed, &mut |entries, norms| {
+                for &(item, count) in entries {
+                    let norm = norms.get(item as usize).copied().unwrap_or(0.0);
+                    candidates.add(item, Generator::Cooccurrence, source * f64::from(count * norm));
+                }
             });
             w *= spec.recency_decay;
         }
@@ -225,7 +230,7 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         let mut w = 1.0;
         for &seed in out.seeds.iter().take(spec.sequence.sources) {
             out.buffer.clear();
-            let total = model.successors(seed, &mut |item, count| out.buffer.push((item, count)));
+            let total = model.successors(seed, &mut |entries| out.buffer.extend_from_slice(entries));
             if total > 0.0 {
                 for &(item, count) in &out.buffer {
                     candidates.add(item, Generator::Sequence, w * f64::from(count) / total);

@@ -45,6 +45,8 @@ pub struct RecommenderView {
     trending: papaya::HashMap<u32, Arc<[(u32, f64)]>>,
     /// Trending score per item index, as of the last item publication.
     scores: ArcSwap<Vec<f64>>,
+    /// Candidate damping per item index, as of the last item publication.
+    norms: ArcSwap<Vec<f32>>,
     /// Event time of the latest published interaction or catalog event.
     published_items: std::sync::atomic::AtomicU64,
 }
@@ -66,6 +68,7 @@ impl RecommenderView {
             users: papaya::HashMap::new(),
             trending: papaya::HashMap::new(),
             scores: ArcSwap::from_pointee(Vec::new()),
+            norms: ArcSwap::from_pointee(Vec::new()),
             published_items: Default::default(),
         }
     }
@@ -127,6 +130,7 @@ impl RecommenderView {
             let state = model.trending_state();
             let scores: Vec<f64> = (0..model.item_count() as u32).map(|i| state.score(i)).collect();
             self.scores.store(Arc::new(scores));
+            self.norms.store(Arc::new(model.candidate_norms().to_vec()));
         } else {
             // Items wait for the next item publication.
             model.keep_dirty_items(dirty.items);
@@ -140,15 +144,14 @@ impl RecommenderView {
         let mut written = 0;
         for index in dirty {
             let state = model.item_state(index);
-            let neighbours: Box<[(u32, f32)]> =
-                state.neighbours.iter().map(|(c, w)| (c, w * model.item_state(c).candidate_norm)).collect();
+            let neighbours: Box<[(u32, f32)]> = state.neighbours.entries().into();
             let view = ItemView {
                 name: state.name.clone(),
                 category: state.category,
                 users: state.users,
                 source_norm: state.source_norm,
                 neighbours,
-                successors: state.successors.iter().collect(),
+                successors: state.successors.entries().into(),
                 successor_total: state.successors.total(),
             };
             if !ids.contains_key(&state.name) {
@@ -198,20 +201,16 @@ impl ModelRead for RecommenderView {
         self.items.pin().get(&item).map_or(0.0, |i| i.source_norm)
     }
 
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(u32, f32)) {
+    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32])) {
         if let Some(view) = self.items.pin().get(&item) {
-            for &(other, w) in view.neighbours.iter() {
-                f(other, w);
-            }
+            f(&view.neighbours, &self.norms.load());
         }
     }
 
-    fn successors(&self, item: u32, f: &mut dyn FnMut(u32, f32)) -> f64 {
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64 {
         match self.items.pin().get(&item) {
             Some(view) => {
-                for &(other, w) in view.successors.iter() {
-                    f(other, w);
-                }
+                f(&view.successors);
                 view.successor_total
             }
             None => 0.0,
