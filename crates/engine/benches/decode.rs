@@ -148,6 +148,7 @@ fn reference_pipeline(dedup: bool) -> Pipeline {
         limits: Limits::default(),
         event_time: EventTime { max_out_of_orderness: 5000, idle_timeout: 30_000 },
         shards: 1,
+        recommender: None,
     }
 }
 

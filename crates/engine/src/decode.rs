@@ -535,6 +535,7 @@ mod tests {
             limits: Limits::default(),
             event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 10_000 },
             shards: 1,
+            recommender: None,
         }
     }
 

@@ -368,3 +368,6 @@ impl ModelRead for Recommender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

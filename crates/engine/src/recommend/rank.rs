@@ -366,8 +366,8 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         }
         limit = ranked.len();
     }
-    // Fill-ins: the trending list, then pins.
-    if out.items.len() < query.k {
+    // Fill-ins from the trending list (unless the query rules trending out), then pins.
+    if out.items.len() < query.k && query.generators[Generator::Trending.index()] {
         let mut fill = Vec::new();
         model.trending(None, &mut |item, _| fill.push(item));
         for item in fill {

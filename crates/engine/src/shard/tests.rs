@@ -88,6 +88,7 @@ fn pipeline(dedup_ttl: Option<i64>, ttl: Option<i64>, shards: usize) -> Pipeline
         limits: Limits::default(),
         event_time: EventTime { max_out_of_orderness: OOO, idle_timeout: i64::MAX / 4 },
         shards,
+        recommender: None,
     }
 }
 
@@ -391,6 +392,7 @@ fn restore_refuses_progress_times_out_of_range() {
         limits: Limits::default(),
         event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 1000 },
         shards: 1,
+        recommender: None,
     };
     let snap = |max_ts: i64, watermark: i64| {
         postcard::to_stdvec(&ShardSnapshotRef {
@@ -398,6 +400,7 @@ fn restore_refuses_progress_times_out_of_range() {
             watermark,
             features: vec![],
             dedup: vec![],
+            recommender: None,
         })
         .unwrap()
     };

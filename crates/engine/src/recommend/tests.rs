@@ -1,0 +1,255 @@
+//! The recommender's unit tests: each generator's effect, filters and
+//! placement rules, cold start, new items, forget, snapshots, and the
+//! published view ranking exactly like the live model.
+
+use proptest::prelude::*;
+
+use super::*;
+
+const MINUTE: i64 = 60_000;
+
+fn names(model: &impl ModelRead, out: &Ranking, name: impl Fn(u32) -> String) -> Vec<String> {
+    let _ = model;
+    out.items.iter().map(|s| name(s.item)).collect()
+}
+
+fn recommend(model: &Recommender, user: &str, k: usize) -> Vec<String> {
+    let mut out = Ranking::default();
+    rank(model, &Query::for_user(user, k), &mut out);
+    names(model, &out, |i| model.item_name(i).unwrap_or("?").to_owned())
+}
+
+/// Twenty users view A then B; five view A then C; they and ten more view P (the most popular).
+fn covisited() -> Recommender {
+    let mut m = Recommender::new(RecommenderSpec::default());
+    let mut t = 0;
+    for u in 0..20 {
+        for item in ["P", "A", "B"] {
+            t += MINUTE;
+            m.interaction(&format!("u{u}"), item, Some("view"), t);
+        }
+    }
+    for u in 20..25 {
+        for item in ["P", "A", "C"] {
+            t += MINUTE;
+            m.interaction(&format!("u{u}"), item, Some("view"), t);
+        }
+    }
+    for u in 25..35 {
+        t += MINUTE;
+        m.interaction(&format!("u{u}"), "P", Some("view"), t);
+    }
+    m
+}
+
+#[test]
+fn co_visited_items_come_first_with_their_reason() {
+    let mut m = covisited();
+    m.interaction("new", "A", Some("view"), 100 * MINUTE);
+    let mut out = Ranking::default();
+    rank(&m, &Query::for_user("new", 3), &mut out);
+    let first = out.items[0];
+    assert_eq!(m.item_name(first.item), Some("B"));
+    assert!(first.reasons().any(|(g, s)| g == Generator::Cooccurrence && s > 0.0));
+    let all = recommend(&m, "new", 10);
+    assert!(!all.contains(&"A".to_owned()), "a seen item was recommended: {all:?}");
+    assert!(all.iter().position(|i| i == "B") < all.iter().position(|i| i == "C"));
+}
+
+#[test]
+fn excluded_and_seen_items_never_appear() {
+    let mut m = covisited();
+    m.interaction("new", "A", Some("view"), 100 * MINUTE);
+    let b = m.item_index("B").unwrap();
+    let mut out = Ranking::default();
+    let exclude = [b];
+    rank(&m, &Query { exclude: &exclude, ..Query::for_user("new", 10) }, &mut out);
+    assert!(out.items.iter().all(|s| s.item != b && m.item_name(s.item) != Some("A")));
+    assert!(!out.items.is_empty());
+}
+
+#[test]
+fn a_transition_proposes_what_followed() {
+    let mut m = Recommender::new(RecommenderSpec::default().only(Generator::Sequence));
+    for u in 0..5 {
+        m.interaction(&format!("u{u}"), "X", None, u * 10 * MINUTE);
+        m.interaction(&format!("u{u}"), "Y", None, u * 10 * MINUTE + MINUTE);
+    }
+    m.interaction("new", "X", None, 100 * MINUTE);
+    assert_eq!(recommend(&m, "new", 1), vec!["Y"]);
+    // Beyond the session gap, no transition is learnt.
+    let mut m = Recommender::new(RecommenderSpec::default().only(Generator::Sequence));
+    m.interaction("u", "X", None, 0);
+    m.interaction("u", "Z", None, 31 * MINUTE);
+    assert_eq!(m.item_state(m.item_index("X").unwrap()).successors.len(), 0);
+}
+
+#[test]
+fn an_unknown_user_gets_trending_and_context_helps() {
+    let m = covisited();
+    let mut out = Ranking::default();
+    rank(&m, &Query { user: Some("nobody"), ..Query::for_user("nobody", 3) }, &mut out);
+    assert_eq!(m.item_name(out.items[0].item), Some("P"), "the most popular item leads a cold start");
+    let a = [m.item_index("A").unwrap()];
+    rank(&m, &Query { user: None, context: &a, ..Query::for_user("", 3) }, &mut out);
+    assert_eq!(m.item_name(out.items[0].item), Some("B"));
+    assert!(out.items.iter().all(|s| s.item != a[0]), "a context item is not recommended back");
+}
+
+#[test]
+fn a_new_item_is_recommendable_through_its_category_at_once() {
+    let mut m = Recommender::new(RecommenderSpec::default());
+    for (i, c) in [("s1", "shoes"), ("s2", "shoes"), ("h1", "hats")] {
+        m.upsert_item(i, Some(c), &[], 0);
+    }
+    m.interaction("fan", "s1", Some("view"), MINUTE);
+    m.interaction("fan", "s2", Some("view"), 2 * MINUTE);
+    m.interaction("other", "h1", Some("view"), 2 * MINUTE);
+    m.upsert_item("s-new", Some("shoes"), &["red"], 3 * MINUTE);
+    let recs = recommend(&m, "fan", 2);
+    assert_eq!(recs[0], "s-new", "{recs:?}");
+    let mut out = Ranking::default();
+    similar(&m, m.item_index("s1").unwrap(), 5, &mut out);
+    let similar_items: Vec<&str> = out.items.iter().filter_map(|s| m.item_name(s.item)).collect();
+    assert!(similar_items.contains(&"s-new"), "{similar_items:?}");
+    assert!(!similar_items.contains(&"h1"), "similar items are not merely popular: {similar_items:?}");
+}
+
+#[test]
+fn placement_rules_boost_exclude_pin_and_cap() {
+    let mut m = Recommender::new(RecommenderSpec::default());
+    let items = [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("b2", "b")];
+    for (i, c) in items {
+        m.upsert_item(i, Some(c), &[], 0);
+    }
+    for (n, (i, _)) in items.iter().enumerate() {
+        // a* more popular than b*.
+        for u in 0..(10 - n) {
+            m.interaction(&format!("u{u}"), i, None, MINUTE);
+        }
+    }
+    let run = |placement: &Placement| {
+        let mut out = Ranking::default();
+        rank(&m, &Query { placement: Some(placement), ..Query::for_user("nobody", 5) }, &mut out);
+        out.items.iter().map(|s| m.item_name(s.item).unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let boost = Placement {
+        name: "b".into(),
+        rules: vec![PlacementRule::Boost { category: "b".into(), factor: 100.0 }],
+        max_per_category: 0,
+    };
+    assert!(run(&boost)[0].starts_with('b'));
+    let exclude = Placement {
+        name: "x".into(),
+        rules: vec![PlacementRule::Exclude { category: "a".into() }],
+        max_per_category: 0,
+    };
+    assert!(run(&exclude).iter().all(|i| i.starts_with('b')));
+    let pin = Placement {
+        name: "p".into(),
+        rules: vec![PlacementRule::Pin { item: "b2".into(), position: 1 }],
+        max_per_category: 0,
+    };
+    assert_eq!(run(&pin)[0], "b2");
+    let cap = Placement { name: "c".into(), rules: vec![], max_per_category: 1 };
+    let capped = run(&cap);
+    assert_eq!(capped.len(), 2, "one per category: {capped:?}");
+}
+
+#[test]
+fn zero_weight_event_types_are_ignored() {
+    let spec = RecommenderSpec { event_weights: vec![("impression".into(), 0.0)], ..RecommenderSpec::default() };
+    let mut m = Recommender::new(spec);
+    m.interaction("u", "A", Some("impression"), 0);
+    assert_eq!(m.item_count(), 0);
+    m.interaction("u", "A", Some("view"), 0);
+    assert_eq!(m.item_count(), 1);
+}
+
+#[test]
+fn forgetting_a_user_makes_them_a_cold_start_in_the_model_and_the_view() {
+    let mut m = covisited();
+    let view = RecommenderView::new(m.spec().clone());
+    view.publish(&mut m, true);
+    assert!(view.user("u1").is_some());
+    assert!(m.forget_user("u1"));
+    view.publish(&mut m, true);
+    assert!(m.user("u1").is_none());
+    assert!(view.user("u1").is_none());
+    assert!(!m.forget_user("u1"));
+}
+
+fn same_ranking(a: &impl ModelRead, b: &impl ModelRead, users: &[&str]) {
+    for user in users {
+        let (mut x, mut y) = (Ranking::default(), Ranking::default());
+        rank(a, &Query::for_user(user, 10), &mut x);
+        rank(b, &Query::for_user(user, 10), &mut y);
+        assert_eq!(x.items, y.items, "user {user}");
+    }
+}
+
+#[test]
+fn the_published_view_ranks_exactly_like_the_live_model() {
+    let mut m = covisited();
+    m.upsert_item("A", Some("c1"), &["t"], 0);
+    m.interaction("new", "A", Some("view"), 100 * MINUTE);
+    let view = RecommenderView::new(m.spec().clone());
+    view.publish(&mut m, true);
+    same_ranking(&m, &view, &["new", "u1", "u22", "nobody"]);
+    // Users publish at every tick; items wait for the item tick.
+    m.interaction("new", "B", Some("view"), 101 * MINUTE);
+    view.publish(&mut m, false);
+    assert!(view.user("new").unwrap().has_seen(m.item_index("B").unwrap()));
+    view.publish(&mut m, true);
+    same_ranking(&m, &view, &["new", "u1"]);
+}
+
+#[test]
+fn a_snapshot_restores_the_same_model() {
+    let mut m = covisited();
+    m.upsert_item("A", Some("c1"), &["t"], 0);
+    let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+    same_ranking(&m, &restored, &["u1", "u22", "nobody"]);
+    m.interaction("u1", "C", None, 200 * MINUTE);
+    let mut r2 = restored;
+    r2.interaction("u1", "C", None, 200 * MINUTE);
+    same_ranking(&m, &r2, &["u1", "u22"]);
+    assert!(Recommender::restore(b"\xff\xff", m.spec().clone()).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the stream: at most k items, no duplicates, none the user
+    /// has seen, every one known; and a snapshot taken anywhere restores the
+    /// same rankings.
+    #[test]
+    fn rankings_are_well_formed(
+        events in prop::collection::vec((0u8..12, 0u8..40, 0i64..10_000), 1..300),
+        k in 1usize..15,
+    ) {
+        let mut m = Recommender::new(RecommenderSpec { max_per_category: 3, ..RecommenderSpec::default() });
+        for (n, &(u, i, t)) in events.iter().enumerate() {
+            if n % 17 == 0 {
+                m.upsert_item(&format!("i{i}"), Some(&format!("c{}", i % 4)), &[], t * 1000);
+            }
+            m.interaction(&format!("u{u}"), &format!("i{i}"), None, t * 1000);
+        }
+        let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+        let mut out = Ranking::default();
+        for u in 0..13u8 {
+            let user = format!("u{u}");
+            rank(&m, &Query::for_user(&user, k), &mut out);
+            prop_assert!(out.items.len() <= k);
+            let mut seen = std::collections::HashSet::new();
+            for s in &out.items {
+                prop_assert!(seen.insert(s.item), "duplicate item");
+                prop_assert!(m.is_item(s.item));
+                prop_assert!(!m.user(&user).is_some_and(|p| p.has_seen(s.item)), "seen item recommended");
+            }
+            let mut again = Ranking::default();
+            rank(&restored, &Query::for_user(&user, k), &mut again);
+            prop_assert_eq!(&out.items, &again.items);
+        }
+    }
+}
