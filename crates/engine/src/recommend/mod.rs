@@ -64,6 +64,11 @@ pub trait ModelRead {
     fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64;
     /// Decayed popularity of `item` (comparable only with other items' now).
     fn trending_score(&self, item: u32) -> f64;
+    /// [`ModelRead::trending_score`] of every item of `items`, into `out` (cleared first).
+    fn trending_scores(&self, items: &[u32], out: &mut Vec<f64>) {
+        out.clear();
+        out.extend(items.iter().map(|&i| self.trending_score(i)));
+    }
     /// Calls `f` with the trending list of a category (or overall), best first.
     fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64));
 }

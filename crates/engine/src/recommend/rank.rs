@@ -172,7 +172,8 @@ pub struct Ranking {
     candidates: Candidates,
     buffer: Vec<(u32, f32)>,
     seeds: Vec<u32>,
-    ranked: Vec<(Scored, f64)>,
+    ranked: Vec<(f64, f64, u32)>,
+    popularity: Vec<f64>,
     /// The result, best first.
     pub items: Vec<Scored>,
 }
@@ -274,13 +275,15 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     touched.retain(|&item| passes(item));
     let mut max = [0.0f64; GENERATORS];
     let trend = Generator::Trending.index();
-    for &item in &touched {
+    let popularity = &mut out.popularity;
+    model.trending_scores(&touched, popularity);
+    for (&item, &pop) in touched.iter().zip(popularity.iter()) {
         let parts = &candidates.scores[item as usize];
         for g in 0..GENERATORS {
             max[g] = max[g].max(f64::from(parts[g]));
         }
         if trending_on {
-            max[trend] = max[trend].max(model.trending_score(item));
+            max[trend] = max[trend].max(pop);
         }
     }
     let weights: [f64; GENERATORS] = Generator::ALL.map(weight);
@@ -293,10 +296,9 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
             _ => None,
         })
         .collect();
-    let ranked = &mut out.ranked;
-    ranked.clear();
-    ranked.extend(touched.iter().map(|&item| {
-        let popularity = model.trending_score(item);
+    // Blend into compact (score, popularity, item) entries; the per-generator
+    // parts are worked out again only for the items that make the list.
+    let parts_of = |item: u32, popularity: f64| {
         let mut raw = candidates.scores[item as usize].map(f64::from);
         if trending_on {
             raw[trend] = popularity;
@@ -316,13 +318,13 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
                 score *= factor;
             }
         }
-        (Scored { item, score, parts }, popularity)
-    }));
-    candidates.touched = touched;
-    let allowed = |item: u32| passes(item) && !candidates.is_blocked(item);
-    let order = |a: &(Scored, f64), b: &(Scored, f64)| {
-        b.0.score.total_cmp(&a.0.score).then(b.1.total_cmp(&a.1)).then(a.0.item.cmp(&b.0.item))
+        (score, parts)
     };
+    let ranked = &mut out.ranked;
+    ranked.clear();
+    ranked.extend(touched.iter().zip(popularity.iter()).map(|(&item, &pop)| (parts_of(item, pop).0, pop, item)));
+    let order =
+        |a: &(f64, f64, u32), b: &(f64, f64, u32)| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2));
 
     let cap = match query.placement {
         Some(p) if p.max_per_category > 0 => p.max_per_category,
@@ -353,12 +355,12 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         head.sort_unstable_by(order);
         out.items.clear();
         per_category.clear();
-        for (scored, _) in head.iter() {
+        for &(score, pop, item) in head.iter() {
             if out.items.len() == query.k {
                 break;
             }
-            if take(&mut per_category, scored.item) {
-                out.items.push(*scored);
+            if take(&mut per_category, item) {
+                out.items.push(Scored { item, score, parts: parts_of(item, pop).1 });
             }
         }
         if out.items.len() == query.k || limit >= ranked.len() {
@@ -366,6 +368,8 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         }
         limit = ranked.len();
     }
+    candidates.touched = touched;
+    let allowed = |item: u32| passes(item) && !candidates.is_blocked(item);
     // Fill-ins from the trending list (unless the query rules trending out), then pins.
     if out.items.len() < query.k && query.generators[Generator::Trending.index()] {
         let mut fill = Vec::new();

@@ -186,7 +186,9 @@ impl ModelRead for RecommenderView {
     }
 
     fn is_item(&self, item: u32) -> bool {
-        self.items.pin().contains_key(&item)
+        // Items are numbered densely; every item below the count of the last
+        // item publication has been published.
+        (item as usize) < self.norms.load().len()
     }
 
     fn category(&self, item: u32) -> Option<u32> {
@@ -219,6 +221,12 @@ impl ModelRead for RecommenderView {
 
     fn trending_score(&self, item: u32) -> f64 {
         self.scores.load().get(item as usize).copied().unwrap_or(0.0)
+    }
+
+    fn trending_scores(&self, items: &[u32], out: &mut Vec<f64>) {
+        let scores = self.scores.load();
+        out.clear();
+        out.extend(items.iter().map(|&i| scores.get(i as usize).copied().unwrap_or(0.0)));
     }
 
     fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64)) {
