@@ -36,6 +36,12 @@ pub use view::{ItemView, RecommenderView};
 /// Number of generators (length of per-generator score arrays).
 pub const GENERATORS: usize = Generator::ALL.len();
 
+/// Weighted item lists as ranking reads them: (item index, weight).
+pub type Weighted = [(u32, f32)];
+
+/// Receives an item's neighbours and every item's candidate damping.
+pub type NeighboursFn<'a> = dyn FnMut(&Weighted, &[f32]) + 'a;
+
 /// What ranking reads of a model: the live one or its published view.
 pub trait ModelRead {
     /// A borrowed or shared user profile.
@@ -59,9 +65,9 @@ pub trait ModelRead {
     /// Calls `f` once with `item`'s co-occurrence neighbours (item, weight)
     /// and every item's `users^-candidate_damping`, indexed by item (an
     /// item past its end has none yet: weight 0).
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32]));
+    fn neighbours(&self, item: u32, f: &mut NeighboursFn<'_>);
     /// Calls `f` once with `item`'s successors (item, count); returns the outgoing total.
-    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64;
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&Weighted)) -> f64;
     /// Decayed popularity of `item` (comparable only with other items' now).
     fn trending_score(&self, item: u32) -> f64;
     /// [`ModelRead::trending_score`] of every item of `items`, into `out` (cleared first).
@@ -349,11 +355,11 @@ impl ModelRead for Recommender {
         self.items[item as usize].source_norm
     }
 
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32])) {
+    fn neighbours(&self, item: u32, f: &mut NeighboursFn<'_>) {
         f(self.items[item as usize].neighbours.entries(), &self.candidate_norms);
     }
 
-    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64 {
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&Weighted)) -> f64 {
         let successors = &self.items[item as usize].successors;
         f(successors.entries());
         successors.total()

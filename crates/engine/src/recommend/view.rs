@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{ModelRead, Recommender, RecommenderSpec, UserProfile};
+use super::{ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted};
 
 /// Key of the overall trending list in the per-category map.
 const OVERALL: u32 = u32::MAX;
@@ -203,13 +203,13 @@ impl ModelRead for RecommenderView {
         self.items.pin().get(&item).map_or(0.0, |i| i.source_norm)
     }
 
-    fn neighbours(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)], &[f32])) {
+    fn neighbours(&self, item: u32, f: &mut NeighboursFn<'_>) {
         if let Some(view) = self.items.pin().get(&item) {
             f(&view.neighbours, &self.norms.load());
         }
     }
 
-    fn successors(&self, item: u32, f: &mut dyn FnMut(&[(u32, f32)])) -> f64 {
+    fn successors(&self, item: u32, f: &mut dyn FnMut(&Weighted)) -> f64 {
         match self.items.pin().get(&item) {
             Some(view) => {
                 f(&view.successors);

@@ -18,7 +18,7 @@ use crate::decode::{Chunk, Decoder};
 use crate::event::FieldPath;
 use crate::features::{Entity, FeatureSpec, FeatureView, Format};
 use crate::flow::{Dedup, Flow, Stage};
-use crate::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
+use crate::pipeline::{EventTime, Limits, Pipeline, RecommenderPlan, SinkSpec, Unmatched};
 use crate::predicate::Predicate;
 use crate::record::Forget;
 use crate::window::WindowSpec;
@@ -410,4 +410,77 @@ fn restore_refuses_progress_times_out_of_range() {
         let err = Shard::new(&p, None).restore(&bad, 0).unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
     }
+}
+
+/// The recommender's plan over the `pipeline` above: every event is an
+/// interaction (`kind` as the event type), owned by the last shard.
+fn recommender_plan(shards: usize) -> RecommenderPlan {
+    RecommenderPlan {
+        spec: crate::recommend::RecommenderSpec::default(),
+        interactions: vec![0],
+        user: path("user_id"),
+        item: path("item_id"),
+        event_type: Some(path("kind")),
+        catalog: None,
+        category: None,
+        tags: None,
+        shard: shards - 1,
+        item_publish_ms: 1000,
+        placements: vec![],
+    }
+}
+
+#[test]
+fn the_owning_shard_learns_snapshots_restores_and_forgets_the_recommender() {
+    use crate::recommend::{Query, Ranking, rank};
+    let mut p = pipeline(None, None, 2);
+    p.recommender = Some(recommender_plan(2));
+    let plan = p.recommender.clone().unwrap();
+    let raw: Vec<Raw> =
+        (0..60).map(|n| ((n % 6) as u8, ((n * 7) % 8) as u8, 0, n as i64 * 10, 1, true, None)).collect();
+    let lines = lines(&raw);
+    let mut decoder = Decoder::new(&p);
+    let mut shards: Vec<Shard> = (0..2).map(|_| Shard::new(&p, None)).collect();
+    shards[1] = Shard::new(&p, None).with_recommender(&plan, None);
+    let mut data = Vec::new();
+    for l in &lines {
+        data.extend_from_slice(l.as_bytes());
+        data.push(b'\n');
+    }
+    let chunk = Chunk { data, first_offset: 0, ..Chunk::default() };
+    let mut out = decoder.output();
+    decoder.decode(&chunk, &mut out);
+    assert!(out.shards[0].model.is_empty(), "model inputs go to the owning shard only");
+    assert_eq!(out.shards[1].model.len(), lines.len());
+    for (shard, batch) in shards.iter_mut().zip(out.shards) {
+        let input = ShardInput {
+            seq: 0,
+            partition: Some((0, 0)),
+            max_ts: out.max_ts,
+            end_of_partition: false,
+            ingest_ms: 0,
+            ingest_us: 0,
+            batch,
+            barrier: None,
+            forwarded: None,
+            forget: None,
+        };
+        shard.process(&input);
+    }
+    let model = shards[1].recommender().unwrap();
+    assert_eq!(model.user_count(), 6);
+    let ranking = |shard: &Shard, user: &str| {
+        let mut r = Ranking::default();
+        rank(shard.recommender().unwrap(), &Query::for_user(user, 5), &mut r);
+        r.items
+    };
+    let before: Vec<_> = (0..6).map(|u| ranking(&shards[1], &format!("u{u}"))).collect();
+    assert!(before.iter().all(|r| !r.is_empty()));
+    let bytes = shards[1].snapshot();
+    let mut restored = Shard::new(&p, None).with_recommender(&plan, None);
+    restored.restore(&bytes, 0).unwrap();
+    let after: Vec<_> = (0..6).map(|u| ranking(&restored, &format!("u{u}"))).collect();
+    assert_eq!(before, after);
+    assert!(restored.forget(Entity::User, b"u1") >= 1);
+    assert!(crate::recommend::ModelRead::user(restored.recommender().unwrap(), "u1").is_none());
 }
