@@ -197,6 +197,7 @@ fn pipeline_case(c: &mut Criterion, suffix: &str, dedup: bool) {
                         records: batch.records.clone(),
                         bytes: batch.bytes.clone(),
                         markers: Vec::new(),
+                        model: Vec::new(),
                     },
                     barrier: None,
                     forwarded: None,
