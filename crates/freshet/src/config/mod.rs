@@ -208,4 +208,58 @@ mod tests {
         let route = &err.problems[0].message;
         assert!(route.contains("flows[0].stages[1]") && route.contains("before"), "{route}");
     }
+
+    #[test]
+    fn the_recommender_section_is_planned_and_its_mistakes_named() {
+        let ok = r#"
+            [sources.a]
+            type = "http"
+            [[flows]]
+            name = "interactions"
+            [[flows]]
+            name = "catalog"
+            [recommender]
+            event_weights = { view = 1.0, impression = 0.0 }
+            [recommender.trending]
+            half_life = "1h"
+            [recommender.placements.home]
+            pin = [{ item = "i1", position = 2 }]
+        "#;
+        let plan = plan_text(ok).unwrap();
+        let r = plan.pipeline.recommender.expect("a recommender");
+        assert_eq!((r.interactions.as_slice(), r.catalog), (&[0][..], Some(1)));
+        assert_eq!(r.spec.trending.half_life_ms, 3_600_000);
+        assert_eq!(r.spec.event_weight(Some("impression")), 0.0);
+        assert_eq!(r.placements[0].name, "home");
+        assert_eq!(r.shard, plan.pipeline.shards - 1);
+
+        let bad = r#"
+            [sources.a]
+            type = "http"
+            [[flows]]
+            name = "f"
+            [recommender]
+            interactions = ["nope"]
+            recency_decay = 1.5
+            [recommender.cooccurrence]
+            weight = -1.0
+            [recommender.placements.home]
+            pin = [{ item = "i1", position = 0 }]
+        "#;
+        let err = plan_text(bad).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "recommender.recency_decay",
+                "recommender.cooccurrence.weight",
+                "recommender.interactions[0]",
+                "recommender.placements.home.pin[0].position"
+            ],
+            "{err}"
+        );
+        let unknown = "[recommender]\nrecent = 3\n";
+        let err = load::parse(unknown, "t", &|_: &str| None).unwrap_err().to_string();
+        assert!(err.contains("recommender") && err.contains("recent"), "{err}");
+    }
 }
