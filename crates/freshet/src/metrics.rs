@@ -42,6 +42,10 @@ pub const HTTP_DURATION: &str = "freshet_http_request_duration_seconds";
 /// Events taken by HTTP ingest.
 pub const HTTP_INGESTED: &str = "freshet_http_ingested_events_total";
 
+/// Recommendations answered, by kind: `user` (a user the model knows),
+/// `cold_start` (anonymous or unknown user), `similar` (similar items).
+pub const RECOMMEND_REQUESTS: &str = "freshet_recommend_requests_total";
+
 /// Checkpoints completed.
 pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
 /// Barrier injection to checkpoint file written.

@@ -1,14 +1,15 @@
 //! The HTTP API: one module per resource, one router, one error type.
 //!
 //! Handlers never touch the write path: ingest hands bodies to the pipeline's
-//! bounded channel (waiting off the async threads), and feature reads go to
-//! the lock-free serving views.
+//! bounded channel (waiting off the async threads), and feature reads and
+//! recommendations go to the lock-free serving views.
 
 mod error;
 mod events;
 mod features;
 mod forget;
 mod ops;
+mod recommend;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +24,13 @@ use axum::routing::{delete, get, post};
 use freshet_engine::features::Views;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::topology::{IngestHandle, Job};
+use crate::topology::{IngestHandle, Job, Recommending};
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     views: Views,
+    recommending: Option<Recommending>,
     ingest: Option<IngestHandle>,
     prometheus: PrometheusHandle,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -43,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(events::ingest))
         .route("/v1/users/{id}/features", get(features::user))
         .route("/v1/items/{id}/features", get(features::item))
+        .route("/v1/recommend", post(recommend::recommend))
+        .route("/v1/items/{id}/similar", get(recommend::similar))
         .route("/v1/users/{id}", delete(forget::user))
         .route("/v1/items/{id}", delete(forget::item))
         .route("/metrics", get(ops::metrics))
@@ -75,7 +79,13 @@ impl Server {
     pub fn start(listener: std::net::TcpListener, job: &Job, prometheus: PrometheusHandle) -> Result<Server> {
         let addr = listener.local_addr().context("reading the listen address")?;
         listener.set_nonblocking(true).context("configuring the listener")?;
-        let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, ready: job.ready_probe() };
+        let state = AppState {
+            views: job.views(),
+            recommending: job.recommending(),
+            ingest: job.ingest(),
+            prometheus,
+            ready: job.ready_probe(),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -51,7 +51,13 @@ fn harness() -> Harness {
     let plan = Arc::new(plan::plan(&config, "test", 2, dir.path()).unwrap());
     let job = Job::start(plan.clone(), None, false).unwrap();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
-    let state = AppState { views: job.views(), ingest: job.ingest(), prometheus, ready: job.ready_probe() };
+    let state = AppState {
+        views: job.views(),
+        recommending: job.recommending(),
+        ingest: job.ingest(),
+        prometheus,
+        ready: job.ready_probe(),
+    };
     Harness { job: Some(job), state, dir }
 }
 
@@ -177,4 +183,16 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (status, body) = call(&h.state, post("{}", "application/json")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_recommender_answers_404_saying_so() {
+    let h = harness();
+    let req = Request::post("/v1/recommend").body(Body::from(r#"{"user_id":"u1"}"#)).unwrap();
+    let (status, body) = call(&h.state, req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("no recommender"), "{body}");
+    let (status, body) = call(&h.state, get("/v1/items/i9/similar")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("no recommender"), "{body}");
 }
