@@ -31,6 +31,10 @@ pub enum Command {
     Gen(GenArgs),
     /// Run a bounded pipeline and report events/s, latency and memory as JSON.
     Bench(BenchArgs),
+    /// Ask a running Freshet for a user's recommendations (POST /v1/recommend) and print them.
+    Recommend(RecommendArgs),
+    /// Ask a running Freshet for the items similar to one (GET /v1/items/{id}/similar) and print them.
+    Similar(SimilarArgs),
 }
 
 /// `freshet config ...`.
@@ -132,4 +136,52 @@ pub struct BenchArgs {
     /// Repetitions; the report gives each run and the best.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+}
+
+/// Where a running Freshet answers (the client commands).
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Base URL of the running Freshet's HTTP API.
+    #[arg(long, env = "FRESHET_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+/// `freshet recommend`.
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// The user; without it, an anonymous (cold-start) request.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// How many items (1..=1000).
+    #[arg(long, default_value_t = 10)]
+    pub k: i64,
+    /// A placement configured under [recommender.placements].
+    #[arg(long)]
+    pub placement: Option<String>,
+    /// Items of the page or cart, newest first (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub context: Vec<String>,
+    /// Items never to return (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Only items of these categories (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub category: Vec<String>,
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `freshet similar`.
+#[derive(Debug, Args)]
+pub struct SimilarArgs {
+    /// The item.
+    #[arg(long)]
+    pub item: String,
+    /// How many items (1..=1000).
+    #[arg(long, default_value_t = 10)]
+    pub k: i64,
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }

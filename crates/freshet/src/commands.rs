@@ -118,6 +118,16 @@ fn print_where_to_look(
     }
     let _ = writeln!(o, "  user features:  curl http://{addr}/v1/users/u1/features");
     let _ = writeln!(o, "  item features:  curl http://{addr}/v1/items/i1/features");
+    if plan.pipeline.recommender.is_some() {
+        let _ = writeln!(
+            o,
+            "  recommend:      curl -X POST http://{addr}/v1/recommend -d '{{\"user_id\":\"u1\",\"k\":10}}'   (or: freshet recommend --user u1)"
+        );
+        let _ = writeln!(
+            o,
+            "  similar items:  curl http://{addr}/v1/items/i1/similar?k=10   (or: freshet similar --item i1)"
+        );
+    }
     let _ = writeln!(o, "  metrics:        curl http://{addr}/metrics");
     let _ = writeln!(o, "  health:         curl http://{addr}/healthz");
     if embedded {

@@ -12,6 +12,7 @@ use clap::Parser;
 
 mod checkpoint;
 mod cli;
+mod client;
 mod commands;
 mod config;
 #[doc(hidden)]
@@ -30,6 +31,8 @@ pub fn main() -> ExitCode {
         cli::Command::Config(cli::ConfigCommand::Check { files }) => commands::check(&files),
         cli::Command::Gen(args) => commands::gen_events(args),
         cli::Command::Bench(args) => commands::bench(args, cli.log_format),
+        cli::Command::Recommend(args) => client::recommend(&args),
+        cli::Command::Similar(args) => client::similar(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! End-to-end tests of the `freshet` binary, in one test binary (one link on
 //! 2-core machines): the reference job against two oracles over generated
 //! workloads, bad and odd input through the file source, and configuration
-//! and environment errors.
+//! and environment errors; recommendations served by a running process.
 //!
 //! They run the built binary as a child process; generated inputs and the
 //! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
@@ -12,6 +12,7 @@ mod config_errors;
 mod dedup;
 mod durable_ingest;
 mod oracle;
+mod recommend;
 mod recovery;
 mod reference_job;
 mod serve;

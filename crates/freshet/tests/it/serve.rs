@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::support;
 
 /// A running `freshet run` child, killed on drop.
-struct Running {
-    child: Child,
-    addr: String,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Drop for Running {
@@ -22,10 +22,16 @@ impl Drop for Running {
 }
 
 /// Starts the embedded default on an ephemeral port and reads the address it prints.
-fn start(data_dir: &std::path::Path) -> Running {
+pub(crate) fn start(data_dir: &std::path::Path) -> Running {
+    start_with(data_dir, &[])
+}
+
+/// Like [`start`], with more arguments for `freshet run` (e.g. `--config`).
+pub(crate) fn start_with(data_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Running {
     let mut child = support::freshet()
         .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
