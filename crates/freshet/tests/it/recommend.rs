@@ -195,6 +195,7 @@ fn co_visited_items_are_recommended_and_seen_or_excluded_ones_never() {
     let b = recommend_ok(addr, &json!({ "user_id": "newbie" }));
     assert_ne!(a["recommendation_id"], b["recommendation_id"]);
 
+    assert_eq!(recommend_ok(addr, &json!({ "user_id": "stranger" }))["cold_start"], true);
     let (status, metrics) = support::request(addr, "GET", "/metrics", "text/plain", "");
     assert_eq!(status, 200);
     for kind in ["user", "cold_start", "similar"] {
@@ -234,7 +235,7 @@ fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold() {
     });
     assert!(!ids(&answer).contains(&A.to_owned()), "{answer}");
     println!(
-        "freshness: event 202 -> reflected in /v1/recommend after {first:.1?} (new user), {second:.1?} (next event)"
+        "freshness: event 202 -> reflected in /v1/recommend after {first:.3?} (new user), {second:.3?} (next event)"
     );
     assert!(first <= Duration::from_secs(1), "a user's first event took {first:?} to be reflected");
     assert!(second <= Duration::from_secs(1), "a user's next event took {second:?} to be reflected");
@@ -246,7 +247,7 @@ fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold() {
         let v = recommend_ok(addr, &json!({ "user_id": "fresh", "k": 1000 }));
         if v["cold_start"] == true { Ok(v) } else { Err(v.to_string()) }
     });
-    println!("forget: DELETE 202 -> cold start after {forgot:.1?}");
+    println!("forget: DELETE 202 -> cold start after {forgot:.3?}");
     assert_eq!(answer["user_id"], "fresh");
     let got = ids(&answer);
     assert!(got.contains(&A.to_owned()) && got.contains(&B.to_owned()), "trending again holds A and B: {answer}");
@@ -358,8 +359,8 @@ fn a_new_catalog_item_is_recommended_and_similar_within_the_item_publish_interva
     let (in_list, list) = recommended.unwrap();
     let (in_similar, sim) = similar_to_x1.unwrap();
     println!(
-        "new item: upsert 202 -> in the fan's recommendations after {in_list:.1?}, in x1's similar items after \
-         {in_similar:.1?} (item lists publish every 1 s)"
+        "new item: upsert 202 -> in the fan's recommendations after {in_list:.3?}, in x1's similar items after \
+         {in_similar:.3?} (item lists publish every 1 s)"
     );
     // One item_publish_interval (1 s), plus slack for a loaded machine's scheduling.
     let limit = Duration::from_millis(1500);
@@ -386,6 +387,8 @@ fn a_configured_placement_applies_its_rules_and_unknown_ones_are_refused() {
 exclude_categories = ["c1"]
 pin = [{ item = "promo", position = 1 }]
 "#;
+    // Outside the embedded default, ${FRESHET_DATA_DIR} is an ordinary environment variable.
+    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
     std::fs::write(&config, format!("{default}\n{placements}")).unwrap();
     let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
     let addr = running.addr.as_str();
