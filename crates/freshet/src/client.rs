@@ -67,9 +67,68 @@ fn print_answer(url: &str, response: Result<ureq::http::Response<ureq::Body>, ur
         let message = json.as_ref().and_then(|v| v["error"].as_str()).unwrap_or(text.trim());
         bail!("{url} answered {status}: {message}");
     }
-    let Some(json) = json else { bail!("{url} answered {status} with a body that is not JSON: {text}") };
-    println!("{}", serde_json::to_string_pretty(&json).expect("a JSON value serialises"));
+    if json.is_none() {
+        bail!("{url} answered {status} with a body that is not JSON: {text}");
+    }
+    println!("{}", pretty(&text));
     Ok(())
+}
+
+/// Valid JSON text indented by two spaces, keys in the server's order
+/// (a `serde_json::Value` would sort them).
+fn pretty(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    let mut chars = json.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    // An empty object or array stays on its line.
+                    out.extend(chars.next());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `s` percent-encoded as one path segment (every byte but RFC 3986's unreserved characters).
@@ -89,6 +148,18 @@ fn path_segment(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::cli::ServerArgs;
+
+    #[test]
+    fn pretty_printing_keeps_the_order_of_keys() {
+        let text = r#"{"z":1,"a":[{"s":"x,\"{y}:"},[],{}],"m":{ }}"#;
+        let printed = pretty(text);
+        assert_eq!(
+            printed,
+            "{\n  \"z\": 1,\n  \"a\": [\n    {\n      \"s\": \"x,\\\"{y}:\"\n    },\n    [],\n    {}\n  ],\n  \"m\": {}\n}"
+        );
+        let reparsed: Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(reparsed, serde_json::from_str::<Value>(text).unwrap());
+    }
 
     #[test]
     fn item_ids_are_one_path_segment() {

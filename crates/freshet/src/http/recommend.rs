@@ -19,8 +19,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use freshet_engine::recommend::{GENERATORS, ModelRead, Placement, Query as RankQuery, Ranking, RecommenderView};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_path_to_error::Segment;
 
 use super::AppState;
 use super::error::ApiError;
@@ -108,15 +108,31 @@ fn parse_body(body: &[u8]) -> Result<RecommendRequest, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: RecommendRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match path.as_str() {
-            "." | "" => ApiError::BadRequest(format!("invalid request body: {inner}")),
-            _ => ApiError::BadRequest(format!("invalid request body: {path}: {inner}")),
+        let mut segments: Vec<&Segment> = e.path().iter().collect();
+        let inner = e.inner().to_string();
+        if inner.starts_with("unknown field") {
+            // The path ends with the unknown field, which the message names already.
+            segments.pop();
+        }
+        match path_text(&segments) {
+            None => ApiError::BadRequest(format!("invalid request body: {inner}")),
+            Some(path) => ApiError::BadRequest(format!("invalid request body: {path}: {inner}")),
         }
     })?;
     de.end().map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
     Ok(request)
+}
+
+/// A key path as `filters.category[2]`, or None for the document itself.
+fn path_text(segments: &[&Segment]) -> Option<String> {
+    let mut out = String::new();
+    for segment in segments {
+        if !out.is_empty() && !matches!(segment, Segment::Seq { .. }) {
+            out.push('.');
+        }
+        out.push_str(&segment.to_string());
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn find_placement<'a>(placements: &'a [Placement], name: &str) -> Result<&'a Placement, ApiError> {
@@ -145,22 +161,55 @@ fn item_indices(view: &RecommenderView, ids: &[String]) -> Vec<u32> {
     out
 }
 
-/// The ranked items as JSON: id, blended score, and each generator's share.
-fn items_json(view: &RecommenderView, ranking: &Ranking) -> Vec<Value> {
+/// One ranked item of an answer.
+#[derive(Debug, Serialize)]
+struct Item {
+    item_id: Box<str>,
+    /// The blended score.
+    score: f64,
+    /// Each generator that proposed it, with its weighted, normalised share of the score.
+    reasons: Vec<Reason>,
+}
+
+/// One generator's part of an item's score.
+#[derive(Debug, Serialize)]
+struct Reason {
+    generator: &'static str,
+    score: f64,
+}
+
+/// The answer of `POST /v1/recommend` (fields in this order on the wire).
+#[derive(Debug, Serialize)]
+pub(super) struct Recommendations {
+    recommendation_id: String,
+    user_id: Option<String>,
+    cold_start: bool,
+    items: Vec<Item>,
+}
+
+/// The answer of `GET /v1/items/{id}/similar`.
+#[derive(Debug, Serialize)]
+pub(super) struct SimilarItems {
+    recommendation_id: String,
+    item_id: String,
+    items: Vec<Item>,
+}
+
+/// The ranked items with their ids and reasons.
+fn items(view: &RecommenderView, ranking: &Ranking) -> Vec<Item> {
     ranking
         .items
         .iter()
         .filter_map(|scored| {
-            let name = view.item_name(scored.item)?;
-            let reasons: Vec<Value> =
-                scored.reasons().map(|(g, score)| json!({ "generator": g.name(), "score": score })).collect();
-            Some(json!({ "item_id": &*name, "score": scored.score, "reasons": reasons }))
+            let item_id = view.item_name(scored.item)?;
+            let reasons = scored.reasons().map(|(g, score)| Reason { generator: g.name(), score }).collect();
+            Some(Item { item_id, score: scored.score, reasons })
         })
         .collect()
 }
 
 /// `POST /v1/recommend`.
-pub(super) async fn recommend(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn recommend(State(state): State<AppState>, body: Bytes) -> Result<Json<Recommendations>, ApiError> {
     let rec = recommending(&state)?;
     let request = parse_body(&body)?;
     let k = check_k(request.k)?;
@@ -205,16 +254,16 @@ pub(super) async fn recommend(State(state): State<AppState>, body: Bytes) -> Res
     };
     let items = RANKING.with_borrow_mut(|ranking| {
         freshet_engine::recommend::rank(view, &query, ranking);
-        items_json(view, ranking)
+        items(view, ranking)
     });
     let kind = if cold_start { "cold_start" } else { "user" };
     metrics::counter!(crate::metrics::RECOMMEND_REQUESTS, "kind" => kind).increment(1);
-    Ok(Json(json!({
-        "recommendation_id": recommendation_id(),
-        "user_id": user,
-        "cold_start": cold_start,
-        "items": items,
-    })))
+    Ok(Json(Recommendations {
+        recommendation_id: recommendation_id(),
+        user_id: request.user_id.clone(),
+        cold_start,
+        items,
+    }))
 }
 
 /// `GET /v1/items/{id}/similar?k=10`.
@@ -222,7 +271,7 @@ pub(super) async fn similar(
     State(state): State<AppState>,
     Path(id): Path<String>,
     params: Result<Query<SimilarParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SimilarItems>, ApiError> {
     let rec = recommending(&state)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let k = check_k(params.k)?;
@@ -232,14 +281,10 @@ pub(super) async fn similar(
     };
     let items = RANKING.with_borrow_mut(|ranking| {
         freshet_engine::recommend::similar(view, item, k, ranking);
-        items_json(view, ranking)
+        items(view, ranking)
     });
     metrics::counter!(crate::metrics::RECOMMEND_REQUESTS, "kind" => "similar").increment(1);
-    Ok(Json(json!({
-        "recommendation_id": recommendation_id(),
-        "item_id": id,
-        "items": items,
-    })))
+    Ok(Json(SimilarItems { recommendation_id: recommendation_id(), item_id: id, items }))
 }
 
 #[cfg(test)]
@@ -262,9 +307,11 @@ mod tests {
         assert!(parse_body(br#"{"user_id":null}"#).unwrap().user_id.is_none());
 
         let m = bad(r#"{"user_id":"u1","foo":1}"#);
-        assert!(m.contains("unknown field `foo`") && m.contains("expected one of"), "{m}");
+        assert!(m.starts_with("invalid request body: unknown field `foo`, expected one of `user_id`, `k`"), "{m}");
         let m = bad(r#"{"filters":{"colour":["red"]}}"#);
-        assert!(m.contains("filters") && m.contains("unknown field `colour`"), "{m}");
+        assert!(m.starts_with("invalid request body: filters: unknown field `colour`, expected `category`"), "{m}");
+        let m = bad(r#"{"context":["i1",7]}"#);
+        assert!(m.starts_with("invalid request body: context[1]: invalid type: integer `7`"), "{m}");
         let m = bad(r#"{"user_id":"#);
         assert!(m.contains("EOF"), "{m}");
         let m = bad(r#"{"k":"ten"}"#);
