@@ -230,9 +230,9 @@ impl Recommender {
                 profile.like(tag, 0.5 * weight as f32);
             }
         }
-        let category = state.category;
         // Kept even when trending proposes nothing: it breaks ties and fills short lists.
-        self.trending.add(item, category, weight, time_ms);
+        let attributes: smallvec::SmallVec<[u32; 4]> = state.category.iter().chain(&state.tags).copied().collect();
+        self.trending.add(item, &attributes, weight, time_ms);
         self.dirty.items.insert(item);
         if !self.dirty.users.contains(user) {
             self.dirty.users.insert(user.into());
@@ -244,14 +244,15 @@ impl Recommender {
         let index = self.intern_item(item);
         let category = category.map(|c| self.intern_attribute(c));
         let tags: Vec<u32> = tags.iter().map(|t| self.intern_attribute(t)).collect();
+        let attributes: Vec<u32> = category.iter().chain(&tags).copied().collect();
         let state = &mut self.items[index as usize];
         let previous = state.category;
         state.category = category;
         state.tags = tags;
         if self.trending.score(index) == 0.0 {
-            // A new item enters its category's list (and the overall one) at the weight of one
-            // event, so content and trending can propose it at once.
-            self.trending.add(index, category, self.spec.default_event_weight, time_ms);
+            // A new item enters its category's and tags' lists (and the overall one) at the
+            // weight of one event, so content and trending can propose it at once.
+            self.trending.add(index, &attributes, self.spec.default_event_weight, time_ms);
         } else {
             self.trending.recategorise(index, previous, category);
         }

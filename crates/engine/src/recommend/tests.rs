@@ -116,6 +116,25 @@ fn a_new_item_is_recommendable_through_its_category_at_once() {
 }
 
 #[test]
+fn tags_propose_their_items_too() {
+    let mut m = Recommender::new(RecommenderSpec::default().only(Generator::Content));
+    for i in ["x1", "x2", "x3", "y1"] {
+        m.upsert_item(i, Some(if i.starts_with('x') { "c9" } else { "c1" }), &["red"], 0);
+    }
+    m.upsert_item("z1", Some("c5"), &["red"], 0);
+    for i in ["x1", "x2", "x3"] {
+        m.interaction("fan", i, None, MINUTE);
+    }
+    let tag = m.attribute("red").unwrap();
+    assert!(m.user("fan").unwrap().affinity().iter().any(|&(a, _)| a == tag));
+    let mut listed = Vec::new();
+    m.trending(Some(tag), &mut |item, _| listed.push(item));
+    assert!(listed.contains(&m.item_index("z1").unwrap()), "a tag has its trending list");
+    let recs = recommend(&m, "fan", 5);
+    assert!(recs.contains(&"z1".to_owned()), "an item sharing only a tag is proposed: {recs:?}");
+}
+
+#[test]
 fn placement_rules_boost_exclude_pin_and_cap() {
     let mut m = Recommender::new(RecommenderSpec::default());
     let items = [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("b2", "b")];

@@ -85,8 +85,9 @@ impl Trending {
         Self { half_life_ms: half_life_ms.max(1) as f64, list_len, ..Self::default() }
     }
 
-    /// Adds an interaction with `item` (of `category`) at event time `time_ms`.
-    pub fn add(&mut self, item: u32, category: Option<u32>, weight: f64, time_ms: i64) {
+    /// Adds an interaction with `item` (with these attributes: category and
+    /// tags) at event time `time_ms`.
+    pub fn add(&mut self, item: u32, attributes: &[u32], weight: f64, time_ms: i64) {
         if self.scores.is_empty() && self.landmark_ms == 0 {
             self.landmark_ms = time_ms;
         }
@@ -102,8 +103,8 @@ impl Trending {
         self.scores[index] += weight * exponent.exp2();
         let score = self.scores[index];
         self.overall.raise(item, score, self.list_len);
-        if let Some(category) = category {
-            self.by_category.entry(category).or_default().raise(item, score, self.list_len);
+        for &attribute in attributes {
+            self.by_category.entry(attribute).or_default().raise(item, score, self.list_len);
         }
     }
 
@@ -119,7 +120,7 @@ impl Trending {
         }
     }
 
-    /// Moves `item` from one category's list to another's.
+    /// Moves `item` from one attribute's list to another's.
     pub fn recategorise(&mut self, item: u32, from: Option<u32>, to: Option<u32>) {
         if from == to {
             return;
@@ -153,7 +154,7 @@ impl Trending {
         self.overall.entries()
     }
 
-    /// A category's top list.
+    /// A category's (or tag's) top list.
     pub fn category(&self, category: u32) -> &[(f64, u32)] {
         self.by_category.get(&category).map_or(&[], |l| l.entries())
     }
@@ -168,9 +169,9 @@ mod tests {
     #[test]
     fn recent_events_outweigh_old_ones() {
         let mut t = Trending::new(HOUR, 10);
-        t.add(0, None, 1.0, 0);
-        t.add(0, None, 1.0, 0);
-        t.add(1, None, 1.0, 2 * HOUR);
+        t.add(0, &[], 1.0, 0);
+        t.add(0, &[], 1.0, 0);
+        t.add(1, &[], 1.0, 2 * HOUR);
         // Item 0: 2 events two half-lives ago = 0.5 now; item 1: 1.
         let order: Vec<u32> = t.overall().iter().map(|e| e.1).collect();
         assert_eq!(order, vec![1, 0]);
@@ -182,7 +183,7 @@ mod tests {
         let mut t = Trending::new(HOUR, 2);
         for (item, n) in [(0u32, 1), (1, 3), (2, 2), (3, 5)] {
             for _ in 0..n {
-                t.add(item, Some(item % 2), 1.0, 0);
+                t.add(item, &[item % 2], 1.0, 0);
             }
         }
         assert_eq!(t.overall().iter().map(|e| e.1).collect::<Vec<_>>(), vec![3, 1]);
@@ -193,9 +194,9 @@ mod tests {
     #[test]
     fn rescaling_keeps_ratios() {
         let mut t = Trending::new(1, 10);
-        t.add(0, None, 1.0, 0);
-        t.add(1, None, 1.0, 1000);
-        t.add(1, None, 1.0, 1000);
+        t.add(0, &[], 1.0, 0);
+        t.add(1, &[], 1.0, 1000);
+        t.add(1, &[], 1.0, 1000);
         assert_eq!(t.overall()[0].1, 1);
         assert!(t.score(1).is_finite() && t.score(1) > 0.0);
     }

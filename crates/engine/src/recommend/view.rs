@@ -109,8 +109,15 @@ impl RecommenderView {
             let trending = self.trending.pin();
             let state = model.trending_state();
             trending.insert(OVERALL, state.overall().iter().map(|&(s, i)| (i, s)).collect());
-            // Categories of changed items (cheap: a category list is short).
-            let mut categories: Vec<u32> = dirty.items.iter().filter_map(|&i| model.item_state(i).category).collect();
+            // Lists of the changed items' categories and tags (cheap: a list is short).
+            let mut categories: Vec<u32> = dirty
+                .items
+                .iter()
+                .flat_map(|&i| {
+                    let item = model.item_state(i);
+                    item.category.into_iter().chain(item.tags.iter().copied())
+                })
+                .collect();
             categories.sort_unstable();
             categories.dedup();
             for c in categories {
