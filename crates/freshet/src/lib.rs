@@ -14,6 +14,7 @@ mod checkpoint;
 mod cli;
 mod commands;
 mod config;
+mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -30,6 +31,7 @@ pub fn main() -> ExitCode {
         cli::Command::Config(cli::ConfigCommand::Check { files }) => commands::check(&files),
         cli::Command::Gen(args) => commands::gen_events(args),
         cli::Command::Bench(args) => commands::bench(args, cli.log_format),
+        cli::Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
