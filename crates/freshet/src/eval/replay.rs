@@ -112,3 +112,61 @@ pub fn replay(
         lists,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::protocol::EvalFrac;
+
+    /// Returns the same list whatever it is asked, learns nothing.
+    struct Fixed(Vec<u32>);
+
+    impl StreamRecommender for Fixed {
+        fn recommend(&mut self, _user: u32, _k: usize, out: &mut Vec<u32>) {
+            out.extend(&self.0);
+        }
+        fn learn(&mut self, _user: u32, _item: u32, _timestamp: f64) {}
+    }
+
+    fn stream(events: &[(u32, u32)]) -> Stream {
+        let users = events.iter().map(|e| e.0).max().map_or(0, |m| m + 1);
+        let items = events.iter().map(|e| e.1).max().map_or(0, |m| m + 1);
+        Stream {
+            users: events.iter().map(|e| e.0).collect(),
+            items: events.iter().map(|e| e.1).collect(),
+            timestamps: (0..events.len()).map(|t| t as f64).collect(),
+            user_names: (0..users).map(|u| format!("u{u}")).collect(),
+            item_names: (0..items).map(|i| format!("i{i}")).collect(),
+        }
+    }
+
+    #[test]
+    fn items_outside_the_candidates_are_dropped_and_counted() {
+        let s = stream(&[(0, 0), (1, 1), (0, 1), (1, 2), (0, 2)]);
+        let protocol = Protocol::new(&s, EvalFrac::parse("1").unwrap(), 1);
+        assert_eq!(protocol.evaluated, [2, 3, 4]);
+        // 5 never occurs, 2 only from position 3 on, 1 twice.
+        let mut model = Fixed(vec![5, 0, 1, 1, 2]);
+        let o = replay(&s, &protocol, 10, &mut model, true, &ProgressBar::hidden());
+        let lists: Vec<_> = o.lists.iter().map(|(p, l)| (*p, l.clone())).collect();
+        // p2, user 0 has 0: keeps 1. p3, user 1 has 1: keeps 0. p4, user 0 has 0, 1: keeps 2.
+        assert_eq!(lists, vec![(2, vec![1]), (3, vec![0]), (4, vec![2])]);
+        assert_eq!(o.invalid_recommendations, 12);
+        assert_eq!(o.evaluated, 3);
+        assert!((o.hit - 2.0 / 3.0).abs() < 1e-12);
+        assert!((o.mrr - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(o.coverage, 1.0);
+    }
+
+    #[test]
+    fn lists_are_cut_to_k_after_cleaning() {
+        let s = stream(&[(0, 0), (1, 1), (1, 2), (1, 3), (0, 3)]);
+        let protocol = Protocol::new(&s, EvalFrac::parse("1").unwrap(), 1);
+        assert_eq!(protocol.evaluated, [2, 3, 4]);
+        let mut model = Fixed(vec![0, 1, 2, 3]);
+        let o = replay(&s, &protocol, 2, &mut model, true, &ProgressBar::hidden());
+        // p4: user 0 has 0, so 1 and 2 fill k = 2 and 3 (the target) is cut.
+        assert_eq!(o.lists.last().unwrap(), &(4, vec![1, 2]));
+        assert_eq!(o.hit, 0.0);
+    }
+}
