@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use super::baselines::{ItemKnn, Pop};
@@ -30,7 +30,7 @@ struct Report {
     events: usize,
     users: usize,
     items: usize,
-    eval_frac: String,
+    eval_frac: f64,
     eval_start: usize,
     eligible: usize,
     evaluated: usize,
@@ -131,7 +131,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         events: stream.len(),
         users: stream.n_users(),
         items: stream.n_items(),
-        eval_frac: args.eval_frac.clone(),
+        eval_frac: frac.value,
         eval_start: protocol.start,
         eligible: protocol.eligible,
         evaluated: protocol.evaluated.len(),
@@ -187,9 +187,12 @@ fn replay_with_progress(
     // Drawn only when stderr is a terminal.
     let bar = ProgressBar::with_draw_target(Some(stream.len() as u64), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "{prefix:>12} {wide_bar} {human_pos}/{human_len} positions, {per_sec} [{elapsed_precise}, eta {eta}]",
+        "{prefix:>12} {wide_bar} {human_pos}/{human_len} positions, {rate} [{elapsed_precise}, eta {eta}]",
     )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+        let _ = write!(out, "{:.0} events/s", state.per_sec());
+    });
     bar.set_style(style);
     bar.set_prefix(name.to_owned());
     let outcome = replay(stream, protocol, k, model, keep_lists, &bar);

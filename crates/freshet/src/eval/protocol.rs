@@ -15,8 +15,10 @@ use super::pytext;
 
 /// The evaluated fraction as the exact rational the peer uses:
 /// `Fraction(str(float(text)))`, i.e. the shortest decimal of the double.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalFrac {
+    /// The number as parsed.
+    pub value: f64,
     /// Significant decimal digits.
     digits: u64,
     /// Power of ten the digits are scaled by (`<= 0` in range).
@@ -32,7 +34,7 @@ impl EvalFrac {
         }
         // -0.0 is 0: the peer's Fraction reads "-0.0" as zero too.
         let (digits, exponent) = pytext::shortest_decimal(if x == 0.0 { 0.0 } else { x });
-        Ok(Self { digits, exponent })
+        Ok(Self { value: x, digits, exponent })
     }
 
     /// `floor(n * (1 - frac))` in exact arithmetic, i.e. `n - ceil(n * frac)`;
