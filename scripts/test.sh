@@ -2,7 +2,9 @@
 # Everything CI checks, on a fresh machine: formatting, lints, every example
 # config, unit and integration tests, doc tests, and a short run of each fuzz
 # target (scripts/fuzz.sh; installs cargo-fuzz when missing). Needs ../shared
-# beside the clone (or FRESHET_SHARED) for the reference-job tests, and python3.
+# beside the clone (or FRESHET_SHARED) for the reference-job and eval tests,
+# and python3; the eval tests run the peer evaluator, which needs numpy, from
+# a venv made once in target/pyenv (pip install from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,15 @@ if [ ! -f "$SHARED/workload/gen_events.py" ]; then
 fi
 export FRESHET_SHARED="$SHARED"
 command -v python3 >/dev/null || { echo "error: python3 is required by the tests" >&2; exit 1; }
+
+PYENV="$PWD/target/pyenv"
+if ! "$PYENV/bin/python" -c 'import numpy' 2>/dev/null; then
+  echo "== python venv with numpy for the peer evaluator ($PYENV)"
+  mkdir -p target
+  python3 -m venv "$PYENV" || { echo "error: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+  "$PYENV/bin/pip" install --quiet numpy
+fi
+export FRESHET_PYTHON="$PYENV/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

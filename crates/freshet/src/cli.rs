@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::telemetry::LogFormat;
 
@@ -35,6 +35,9 @@ pub enum Command {
     Recommend(RecommendArgs),
     /// Ask a running Freshet for the items similar to one (GET /v1/items/{id}/similar) and print them.
     Similar(SimilarArgs),
+    /// Prequential evaluation of a recommender on an interaction log (the
+    /// peer protocol): hit@K, NDCG@K, MRR@K and coverage as a JSON line.
+    Eval(EvalArgs),
 }
 
 /// `freshet config ...`.
@@ -184,4 +187,70 @@ pub struct SimilarArgs {
     /// The server.
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// Which recommender `freshet eval` replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalModel {
+    /// The Freshet recommender (with --ablation, also one run per generator).
+    Freshet,
+    /// The peer's popularity baseline.
+    Pop,
+    /// The peer's incremental item-kNN baseline.
+    #[value(name = "itemknn")]
+    ItemKnn,
+}
+
+/// `freshet eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Interaction log as FORMAT:PATH[,PATH...], files read in the given order
+    /// (.gz is decompressed). Formats: ml-csv, ml-udata, ml-dat, sessionrec, csv.
+    #[arg(long, value_name = "FORMAT:PATH[,PATH...]")]
+    pub dataset: String,
+    /// Recommender config (TOML) for --model freshet.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Recommender to replay.
+    #[arg(long, value_enum, default_value = "freshet")]
+    pub model: EvalModel,
+    /// List length K of hit@K, NDCG@K and MRR@K.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub k: u64,
+    /// Evaluate every N-th eligible event.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stride: u64,
+    /// Evaluation segment: the last fraction of positions (exact decimal, as the peer).
+    #[arg(long, default_value = "0.2")]
+    pub eval_frac: String,
+    /// Drop rows with a rating below this before indexing.
+    #[arg(long, value_parser = parse_number)]
+    pub min_rating: Option<f64>,
+    /// Field separator of --dataset csv:... (one character; default ,).
+    #[arg(long)]
+    pub sep: Option<String>,
+    /// User column of --dataset csv:... (default user).
+    #[arg(long)]
+    pub user_col: Option<String>,
+    /// Item column of --dataset csv:... (default item).
+    #[arg(long)]
+    pub item_col: Option<String>,
+    /// Timestamp column of --dataset csv:... (default timestamp).
+    #[arg(long)]
+    pub time_col: Option<String>,
+    /// Rating column of --dataset csv:... (needed by --min-rating).
+    #[arg(long)]
+    pub rating_col: Option<String>,
+    /// Also replay one model per candidate generator (--model freshet only).
+    #[arg(long)]
+    pub ablation: bool,
+    /// Write the main model's lists as CSV `position,items` (dataset ids,
+    /// space-separated, best first), for prequential_eval.py --score-recs.
+    #[arg(long, value_name = "FILE")]
+    pub write_recs: Option<PathBuf>,
+}
+
+/// A number as Python's `float()` reads it (the peer's command line).
+fn parse_number(text: &str) -> Result<f64, String> {
+    crate::eval::parse_py_float(text).ok_or_else(|| format!("{text:?} is not a number"))
 }

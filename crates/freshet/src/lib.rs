@@ -15,6 +15,7 @@ mod cli;
 mod client;
 mod commands;
 mod config;
+mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -33,6 +34,7 @@ pub fn main() -> ExitCode {
         cli::Command::Bench(args) => commands::bench(args, cli.log_format),
         cli::Command::Recommend(args) => client::recommend(&args),
         cli::Command::Similar(args) => client::similar(&args),
+        cli::Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

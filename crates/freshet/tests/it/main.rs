@@ -5,12 +5,15 @@
 //!
 //! They run the built binary as a child process; generated inputs and the
 //! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
-//! else `<repo>/../shared`) and need `python3` on PATH.
+//! else `<repo>/../shared`) and need `python3` on PATH. `freshet eval` is
+//! checked against the peer evaluator on the shared datasets, which needs
+//! Python with numpy (`$FRESHET_PYTHON`, set by scripts/test.sh).
 
 mod bad_input;
 mod config_errors;
 mod dedup;
 mod durable_ingest;
+mod eval;
 mod oracle;
 mod recommend;
 mod recovery;
