@@ -370,8 +370,8 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     }
     candidates.touched = touched;
     let allowed = |item: u32| passes(item) && !candidates.is_blocked(item);
-    // Fill-ins from the trending list (unless the query rules trending out), then pins.
-    if out.items.len() < query.k && query.generators[Generator::Trending.index()] {
+    // Fill-ins from the trending list (unless the spec or the query rules trending out), then pins.
+    if out.items.len() < query.k && weight(Generator::Trending) > 0.0 {
         let mut fill = Vec::new();
         model.trending(None, &mut |item, _| fill.push(item));
         for item in fill {

@@ -162,9 +162,9 @@ fn parse_dataset(text: &str) -> Result<(Format, Vec<PathBuf>)> {
     Ok((format, paths))
 }
 
-type Models = (&'static str, Box<dyn StreamRecommender>, Vec<(String, Box<dyn StreamRecommender>)>);
+type Models<'s> = (&'static str, Box<dyn StreamRecommender + 's>, Vec<(String, Box<dyn StreamRecommender + 's>)>);
 
-fn build_models(args: &EvalArgs, stream: &Stream) -> Result<Models> {
+fn build_models<'s>(args: &EvalArgs, stream: &'s Stream) -> Result<Models<'s>> {
     Ok(match args.model {
         EvalModel::Freshet => {
             let (main, ablations) = freshet_models(args.config.as_deref(), args.ablation, stream)

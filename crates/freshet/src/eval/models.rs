@@ -2,29 +2,75 @@
 //! recommender, and with `--ablation` one variant per candidate generator.
 //! This is the one place that builds them from a config; the replay only
 //! sees [`StreamRecommender`]s.
+//!
+//! The adapter drives the same `Recommender` and `rank` the pipeline's shard
+//! and HTTP API use, on the live model (test, then train): users and items
+//! go in by their names in the log, as events would, and ranked items come
+//! back as the dataset's indices.
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use freshet_engine::recommend::{Generator, Query, Ranking, Recommender, RecommenderSpec, rank};
 
-use super::baselines::{ItemKnn, Pop};
 use super::dataset::Stream;
 use super::model::StreamRecommender;
 
 /// The models `freshet eval` replays: the main one, and with `ablation` one per generator.
 #[allow(clippy::type_complexity)]
-pub fn freshet_models(
+pub fn freshet_models<'s>(
     config: Option<&Path>,
     ablation: bool,
-    stream: &Stream,
-) -> Result<(Box<dyn StreamRecommender>, Vec<(String, Box<dyn StreamRecommender>)>)> {
-    // Replaced by the recommender
-    let _ = config;
-    let main: Box<dyn StreamRecommender> = Box::new(ItemKnn::new(stream.n_items()));
-    let mut ablations: Vec<(String, Box<dyn StreamRecommender>)> = Vec::new();
+    stream: &'s Stream,
+) -> Result<(Box<dyn StreamRecommender + 's>, Vec<(String, Box<dyn StreamRecommender + 's>)>)> {
+    let spec = match config {
+        Some(path) => crate::config::recommender_spec_file(path)
+            .with_context(|| format!("reading the recommender of {}", path.display()))?,
+        None => RecommenderSpec::default(),
+    };
+    let mut ablations: Vec<(String, Box<dyn StreamRecommender + 's>)> = Vec::new();
     if ablation {
-        ablations.push(("pop".into(), Box::new(Pop::new())));
-        ablations.push(("itemknn".into(), Box::new(ItemKnn::new(stream.n_items()))));
+        for generator in Generator::ALL {
+            ablations.push((generator.name().to_string(), Box::new(FreshetModel::new(spec.only(generator), stream))));
+        }
     }
-    Ok((main, ablations))
+    Ok((Box::new(FreshetModel::new(spec, stream)), ablations))
+}
+
+/// The Freshet recommender behind the replay's interface.
+struct FreshetModel<'s> {
+    model: Recommender,
+    stream: &'s Stream,
+    ranking: Ranking,
+    /// The dataset index of each model item index (items are interned by the
+    /// model in the order it first learns them).
+    to_dataset: Vec<u32>,
+}
+
+impl<'s> FreshetModel<'s> {
+    fn new(spec: RecommenderSpec, stream: &'s Stream) -> Self {
+        FreshetModel { model: Recommender::new(spec), stream, ranking: Ranking::default(), to_dataset: Vec::new() }
+    }
+}
+
+impl StreamRecommender for FreshetModel<'_> {
+    fn recommend(&mut self, user: u32, k: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let query = Query::for_user(&self.stream.user_names[user as usize], k);
+        rank(&self.model, &query, &mut self.ranking);
+        out.extend(self.ranking.items.iter().map(|scored| self.to_dataset[scored.item as usize]));
+    }
+
+    fn learn(&mut self, user: u32, item: u32, timestamp: f64) {
+        let time_ms = (timestamp * 1000.0).round() as i64;
+        self.model.interaction(
+            &self.stream.user_names[user as usize],
+            &self.stream.item_names[item as usize],
+            None,
+            time_ms,
+        );
+        if self.model.item_count() > self.to_dataset.len() {
+            self.to_dataset.push(item);
+        }
+    }
 }
