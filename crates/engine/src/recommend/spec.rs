@@ -175,7 +175,7 @@ pub struct RecommenderSpec {
 impl Default for RecommenderSpec {
     fn default() -> Self {
         Self {
-            recent_items: 20,
+            recent_items: 10,
             recency_decay: 0.6,
             event_weights: Vec::new(),
             default_event_weight: 1.0,
