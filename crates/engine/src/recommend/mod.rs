@@ -22,6 +22,7 @@ mod user;
 mod view;
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,16 @@ pub struct Recommender {
     /// Items and users changed since the last `take_dirty`.
     #[serde(skip)]
     dirty: Dirty,
+    /// `distance^-distance_exponent` for each pair distance in the window
+    /// (index 0 unused): learning reads it instead of calling `powf` per pair.
+    #[serde(skip)]
+    pair_weights: Vec<f64>,
+}
+
+/// The co-occurrence weight of each pair distance `1..=pair_window`.
+fn pair_weights(spec: &RecommenderSpec) -> Vec<f64> {
+    let c = &spec.cooccurrence;
+    (0..=c.pair_window).map(|d| if d == 0 { 0.0 } else { (d as f64).powf(-c.distance_exponent) }).collect()
 }
 
 /// What changed since the view was last published.
@@ -125,6 +136,7 @@ impl Recommender {
     pub fn new(spec: RecommenderSpec) -> Self {
         let trending = Trending::new(spec.trending.half_life_ms, spec.trending.list_len);
         Self {
+            pair_weights: pair_weights(&spec),
             spec,
             item_ids: FxHashMap::default(),
             items: Vec::new(),
@@ -196,14 +208,20 @@ impl Recommender {
             self.dirty.items.insert(previous);
         }
         profile.last = Some((item, time_ms));
-        if profile.seen.insert(item) {
+        if !profile.seen.contains(&item) {
+            Arc::make_mut(&mut profile.seen).insert(item);
             let ordinal = profile.distinct;
             profile.distinct += 1;
             if spec.cooccurrence.enabled {
                 let c = &spec.cooccurrence;
                 for &(other, other_ordinal) in &profile.history {
-                    let distance = f64::from(ordinal - other_ordinal);
-                    let w = (weight * distance.powf(-c.distance_exponent)) as f32;
+                    // Beyond the table only after a restore with a smaller window.
+                    let distance = (ordinal - other_ordinal) as usize;
+                    let pair_weight = match self.pair_weights.get(distance) {
+                        Some(&w) => w,
+                        None => (distance as f64).powf(-c.distance_exponent),
+                    };
+                    let w = (weight * pair_weight) as f32;
                     self.items[item as usize].neighbours.add(other, w, c.max_neighbours);
                     self.items[other as usize].neighbours.add(item, w, c.max_neighbours);
                     self.dirty.items.insert(other);
@@ -274,6 +292,7 @@ impl Recommender {
 
     /// Replaces the spec after a restore (the spec is config, not state).
     pub fn with_spec(mut self, spec: RecommenderSpec) -> Self {
+        self.pair_weights = pair_weights(&spec);
         self.spec = spec;
         self.dirty.catalog = true;
         self.dirty.items.extend(0..self.items.len() as u32);

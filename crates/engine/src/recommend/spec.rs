@@ -67,7 +67,7 @@ impl Default for CooccurrenceSpec {
         Self {
             enabled: true,
             weight: 1.0,
-            pair_window: 50,
+            pair_window: 25,
             distance_exponent: 0.5,
             source_damping: 0.3,
             candidate_damping: 0.2,

@@ -3,6 +3,7 @@
 //! event for transitions, and category and tag affinity.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,10 @@ pub struct UserProfile {
     pub(crate) history: VecDeque<(u32, u32)>,
     /// Number of distinct items ever interacted with.
     pub(crate) distinct: u32,
-    /// Every item interacted with.
-    pub(crate) seen: FxHashSet<u32>,
+    /// Every item interacted with. Shared with the profile's published copy,
+    /// so publishing a user costs no copy of it; the model copies it on
+    /// write, at most once per publication, and only when a new item arrives.
+    pub(crate) seen: Arc<FxHashSet<u32>>,
     /// The item and event time of the latest event.
     pub(crate) last: Option<(u32, i64)>,
     /// Attribute (category or tag) ids with their weight, heaviest first.
