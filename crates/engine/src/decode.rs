@@ -88,11 +88,14 @@ pub enum RejectKind {
     Schema,
     /// Event time missing, not an integer, or outside the supported range.
     EventTime,
+    /// A catalog event's embedding is not an array of numbers of the
+    /// configured dimension; the event itself is accepted without it.
+    Embedding,
 }
 
 impl RejectKind {
     /// All kinds, for metric registration.
-    pub const ALL: [RejectKind; 7] = [
+    pub const ALL: [RejectKind; 8] = [
         RejectKind::InvalidJson,
         RejectKind::Empty,
         RejectKind::TooLarge,
@@ -100,6 +103,7 @@ impl RejectKind {
         RejectKind::FieldRule,
         RejectKind::Schema,
         RejectKind::EventTime,
+        RejectKind::Embedding,
     ];
 
     /// Metric label.
@@ -112,6 +116,7 @@ impl RejectKind {
             RejectKind::FieldRule => "field_rule",
             RejectKind::Schema => "schema",
             RejectKind::EventTime => "event_time",
+            RejectKind::Embedding => "embedding",
         }
     }
 }
@@ -124,7 +129,7 @@ pub struct DecodeStats {
     /// Lines accepted by a flow.
     pub accepted: u64,
     /// Rejections by kind (index = position in `RejectKind::ALL`).
-    pub rejected: [u64; 7],
+    pub rejected: [u64; 8],
     /// Events dropped by filters.
     pub filtered: u64,
     /// Unmatched events dropped by policy.
@@ -163,6 +168,8 @@ pub struct Decoder<'p> {
     dedup_bytes: Vec<u8>,
     /// Per shard: whether the current event's dedup markers are in its batch.
     marked: Vec<bool>,
+    /// The current catalog event's embedding.
+    vector: Vec<f32>,
 }
 
 impl<'p> Decoder<'p> {
@@ -176,6 +183,7 @@ impl<'p> Decoder<'p> {
             dedup: Vec::new(),
             dedup_bytes: Vec::new(),
             marked: vec![false; pipeline.shards],
+            vector: Vec::new(),
         }
     }
 
@@ -421,6 +429,7 @@ impl<'p> Decoder<'p> {
             batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
         }
+        let mut rejected: Option<String> = None;
         if let Some(plan) = &p.recommender {
             let kind = if plan.interactions.contains(&fi) {
                 Some((ModelInputKind::Interaction, [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref()]))
@@ -431,7 +440,7 @@ impl<'p> Decoder<'p> {
             };
             if let Some((kind, paths)) = kind {
                 let batch = &mut out.shards[plan.shard];
-                let mut fields = [None; 3];
+                let mut fields = [None; 4];
                 for (slot, path) in fields.iter_mut().zip(paths) {
                     if let Some(v) = path.and_then(|path| ev.get(path)) {
                         let start = batch.bytes.len();
@@ -442,12 +451,44 @@ impl<'p> Decoder<'p> {
                         }
                     }
                 }
+                if kind == ModelInputKind::Item
+                    && fields[0].is_some()
+                    && let (Some(path), Some(dimension)) = (&plan.embedding, plan.spec.embedding.dimension)
+                    && let Some(v) = ev.get(path).filter(|v| v.kind != Kind::Null)
+                {
+                    let vector = &mut self.vector;
+                    let parsed = if v.kind == Kind::Array {
+                        crate::recommend::parse_embedding(v.raw, dimension, vector)
+                    } else {
+                        Err(crate::recommend::EmbeddingRejection::NotNumbers)
+                    };
+                    match parsed {
+                        Ok(()) => {
+                            let start = batch.bytes.len();
+                            for x in vector.iter() {
+                                batch.bytes.extend_from_slice(&x.to_le_bytes());
+                            }
+                            fields[3] = Some((start as u32, batch.bytes.len() as u32));
+                        }
+                        Err(rejection) => {
+                            let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
+                            rejected = Some(format!(
+                                "flow {}: item {}: {rejection}; the item is catalogued without it",
+                                flow.name,
+                                String::from_utf8_lossy(item)
+                            ));
+                        }
+                    }
+                }
                 if fields[0].is_some() && (kind == ModelInputKind::Item || fields[1].is_some()) {
                     batch.model.push(ModelInput { kind, ts, offset, fields });
                 } else {
                     out.stats.feature_skipped += 1;
                 }
             }
+        }
+        if let Some(reason) = rejected {
+            self.dead_letter(chunk, offset, raw, RejectKind::Embedding, &reason, out);
         }
     }
 }
