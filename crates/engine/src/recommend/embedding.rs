@@ -1,7 +1,11 @@
 //! Item embeddings: the vectors catalog events carry, checked against the
 //! configured dimension, and their approximate nearest-neighbour index.
 //!
-//! The index is `hnsw_rs`'s HNSW graph under cosine distance. It takes
+//! The index is `hnsw_rs`'s HNSW graph under cosine distance: vectors are
+//! scaled to unit length when they are set, and the distance is `1 − dot`
+//! over eight f32 lanes (`hnsw_rs`'s own `DistCosine` recomputes both norms
+//! in f64 on every evaluation, three times slower here; its `DistDot`
+//! asserts against the rounding of unit vectors). It takes
 //! inserts and searches through `&self` (its layers are behind fine-grained
 //! locks), so one `Arc<EmbeddingIndex>` is shared by the live model, which
 //! inserts on every catalog event carrying an embedding, and the serving
@@ -20,7 +24,7 @@
 
 use std::sync::Arc;
 
-use hnsw_rs::prelude::{DistCosine, Hnsw};
+use hnsw_rs::prelude::{Distance, Hnsw};
 
 // Data ids pack (generation, item) into a `usize`.
 const _: () = assert!(usize::BITS >= 64, "embedding data ids need a 64-bit usize");
@@ -86,18 +90,44 @@ pub fn parse_json(raw: &[u8], dimension: usize, out: &mut Vec<f32>) -> Result<()
     check(out, dimension)
 }
 
+/// Cosine distance of unit vectors, `1 − a·b`, clamped at 0 against rounding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let (xs, ys) = (a.chunks_exact(8), b.chunks_exact(8));
+        let mut dot: f32 = xs.remainder().iter().zip(ys.remainder()).map(|(x, y)| x * y).sum();
+        // Eight independent sums: the compiler keeps them in one SIMD register.
+        let mut lanes = [0f32; 8];
+        for (x, y) in xs.zip(ys) {
+            for i in 0..8 {
+                lanes[i] += x[i] * y[i];
+            }
+        }
+        dot += lanes.iter().sum::<f32>();
+        (1.0 - dot).max(0.0)
+    }
+}
+
+/// `vector` scaled to unit length (checked: finite and not all zeros).
+fn unit(vector: &[f32]) -> Arc<[f32]> {
+    let norm = vector.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    vector.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+}
+
 /// An item's current embedding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embedded {
     /// How many times the item's embedding was replaced (its index data ids carry it).
     pub generation: u32,
-    /// The vector.
+    /// The vector, scaled to unit length.
     pub vector: Arc<[f32]>,
 }
 
 /// The shared ANN index over every item's embeddings.
 pub struct EmbeddingIndex {
-    hnsw: Hnsw<'static, f32, DistCosine>,
+    hnsw: Hnsw<'static, f32, UnitCosine>,
     dimension: usize,
 }
 
@@ -121,7 +151,7 @@ const EF_SEARCH: usize = 64;
 impl EmbeddingIndex {
     /// An empty index of `dimension`-long vectors.
     pub fn new(dimension: usize) -> Self {
-        Self { hnsw: Hnsw::new(MAX_CONNECTIONS, 10_000, MAX_LAYERS, EF_CONSTRUCTION, DistCosine), dimension }
+        Self { hnsw: Hnsw::new(MAX_CONNECTIONS, 10_000, MAX_LAYERS, EF_CONSTRUCTION, UnitCosine), dimension }
     }
 
     /// The vectors' dimension.
@@ -235,12 +265,13 @@ impl Embeddings {
         if self.items.len() <= i {
             self.items.resize(i + 1, None);
         }
+        let vector = unit(vector);
         let slot = &mut self.items[i];
-        if slot.as_ref().is_some_and(|e| *e.vector == *vector) {
+        if slot.as_ref().is_some_and(|e| e.vector == vector) {
             return Ok(());
         }
         let generation = slot.as_ref().map_or(0, |e| e.generation.wrapping_add(1));
-        let embedded = Embedded { generation, vector: vector.into() };
+        let embedded = Embedded { generation, vector };
         index.insert(item, &embedded);
         *slot = Some(embedded);
         Ok(())
@@ -255,7 +286,8 @@ impl Embeddings {
             .collect()
     }
 
-    /// The inverse of [`Embeddings::stored`], with an index of `dimension`.
+    /// The inverse of [`Embeddings::stored`], with an index of `dimension`
+    /// (stored vectors are unit vectors already).
     #[cfg(test)]
     pub(crate) fn from_stored(dimension: Option<usize>, stored: Vec<(u32, u32, Vec<f32>)>) -> Self {
         Self::rebuilt(dimension, Self::items_from_stored(stored))

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use embedding::Embeddings;
 
-pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, parse_json as parse_embedding};
+pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, UnitCosine, parse_json as parse_embedding};
 pub use neighbours::Neighbours;
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
 pub use spec::{ContentSpec, CooccurrenceSpec, EmbeddingSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
