@@ -128,7 +128,8 @@ pub struct DecodeStats {
     pub lines: u64,
     /// Lines accepted by a flow.
     pub accepted: u64,
-    /// Rejections by kind (index = position in `RejectKind::ALL`).
+    /// Rejections by kind (index = position in `RejectKind::ALL`): one dead
+    /// letter each. `Embedding` rejections are of accepted lines.
     pub rejected: [u64; 8],
     /// Events dropped by filters.
     pub filtered: u64,
@@ -624,5 +625,89 @@ mod tests {
             // The later extreme comes first, so the earlier one is late (or in the same global window).
             assert_eq!(rows, 1, "{window}");
         }
+    }
+
+    /// The flow as a catalog with 3-dimensional embeddings (`None`: embeddings off).
+    fn catalog(dimension: Option<usize>) -> Pipeline {
+        let mut p = pipeline(WindowSpec::Global);
+        let mut spec = crate::recommend::RecommenderSpec::default();
+        spec.embedding.dimension = dimension;
+        p.recommender = Some(crate::pipeline::RecommenderPlan {
+            spec,
+            interactions: vec![],
+            user: FieldPath::parse("user_id").unwrap(),
+            item: FieldPath::parse("k").unwrap(),
+            event_type: None,
+            catalog: Some(0),
+            category: None,
+            tags: None,
+            embedding: dimension.map(|_| FieldPath::parse("embedding").unwrap()),
+            shard: 0,
+            item_publish_ms: 1000,
+            placements: vec![],
+        });
+        p
+    }
+
+    #[test]
+    fn a_bad_embedding_is_a_dead_letter_and_its_item_still_a_model_input() {
+        let lines = concat!(
+            r#"{"k":"good","ts":1,"embedding":[1, 0.5, -2]}"#,
+            "\n",
+            r#"{"k":"short","ts":2,"embedding":[1, 0.5]}"#,
+            "\n",
+            r#"{"k":"text","ts":3,"embedding":"1,2,3"}"#,
+            "\n",
+            r#"{"k":"none","ts":4,"embedding":null}"#,
+            "\n",
+        );
+        let decode = |p: &Pipeline| {
+            let mut decoder = Decoder::new(p);
+            let mut out = decoder.output();
+            decoder.decode(&Chunk { data: lines.as_bytes().to_vec(), ..Chunk::default() }, &mut out);
+            out
+        };
+        let p = catalog(Some(3));
+        let out = decode(&p);
+        assert_eq!(out.stats.accepted, 4);
+        let batch = &out.shards[0];
+        let mut vector = Vec::new();
+        let inputs: Vec<(String, Option<Vec<f32>>)> = batch
+            .model
+            .iter()
+            .map(|m| {
+                let item = String::from_utf8(batch.model_field(m, 0).unwrap().to_vec()).unwrap();
+                (item, batch.model_embedding(m, &mut vector).then(|| vector.clone()))
+            })
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                ("good".to_owned(), Some(vec![1.0, 0.5, -2.0])),
+                ("short".to_owned(), None),
+                ("text".to_owned(), None),
+                ("none".to_owned(), None)
+            ]
+        );
+        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+        let reasons: Vec<String> = dlq
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "flow f: item short: embedding has dimension 2, expected 3; the item is catalogued without it",
+                "flow f: item text: embedding is not an array of numbers; the item is catalogued without it",
+            ]
+        );
+        let embedding = RejectKind::ALL.iter().position(|k| *k == RejectKind::Embedding).unwrap();
+        assert_eq!(out.stats.rejected[embedding], 2);
+
+        // Off: the field is never read.
+        let off = catalog(None);
+        let out = decode(&off);
+        assert_eq!((out.stats.accepted, out.stats.rejected.iter().sum::<u64>()), (4, 0));
+        assert!(out.shards[0].model.iter().all(|m| m.fields[3].is_none()));
     }
 }
