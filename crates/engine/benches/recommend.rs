@@ -3,7 +3,10 @@
 //! from the live model, as `freshet eval` does), plus similar items.
 //!
 //! The model is built from a synthetic stream: 100k users, 20k items with
-//! skewed popularity, 1M interactions.
+//! skewed popularity, 1M interactions. The `recommend_embedding` group runs
+//! the same catalog with 64-dimensional item embeddings (100 clusters, one per
+//! category) and 200k interactions: inserting an embedding, and ranking with
+//! the embedding generator on (5 index searches per request).
 //!
 //! `cargo bench -p freshet-engine --bench recommend`
 
@@ -78,5 +81,65 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+const DIMENSION: usize = 64;
+
+fn vector(rng: &mut impl Rng, cluster: u64) -> Vec<f32> {
+    let hot = (cluster % DIMENSION as u64) as usize;
+    (0..DIMENSION).map(|d| f32::from(u8::from(d == hot)) + (rng.random::<f32>() - 0.5) * 0.3).collect()
+}
+
+fn bench_embeddings(c: &mut Criterion) {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
+    let mut spec = RecommenderSpec::default();
+    spec.embedding.dimension = Some(DIMENSION);
+    let mut m = Recommender::new(spec.clone());
+    for i in 0..ITEMS {
+        let v = vector(&mut rng, i % 100);
+        m.upsert_item_with_embedding(&format!("i{i}"), Some(&format!("c{}", i % 100)), &[], &v, 0).unwrap();
+    }
+    for t in 0..EVENTS / 5 {
+        let u = rng.random_range(0..USERS);
+        m.interaction(&format!("u{u}"), &format!("i{}", skewed_item(&mut rng)), Some("view"), t as i64 * 100);
+    }
+    let view = RecommenderView::new(spec);
+    view.publish(&mut m, true);
+    let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
+    let mut out = Ranking::default();
+    let mut g = c.benchmark_group("recommend_embedding");
+    g.throughput(Throughput::Elements(1));
+    let mut n = 0;
+    g.bench_function("rank_top10_view", |b| {
+        b.iter(|| {
+            n = (n + 1) % users.len();
+            rank(&view, &Query::for_user(&users[n], 10), &mut out);
+            out.items.len()
+        })
+    });
+    g.bench_function("similar_top10_view", |b| {
+        b.iter(|| {
+            n = (n + 1) % 1000;
+            similar(&view, n as u32, 10, &mut out);
+            out.items.len()
+        })
+    });
+    let vectors: Vec<Vec<f32>> = (0..1000).map(|i| vector(&mut rng, i % 100)).collect();
+    let mut i = 0usize;
+    g.bench_function("upsert_item_with_embedding", |b| {
+        b.iter(|| {
+            // Re-embeds an existing item with another vector each time (a new point, as a catalog update makes).
+            i += 1;
+            let item = i % 1000;
+            m.upsert_item_with_embedding(
+                &format!("i{item}"),
+                Some(&format!("c{}", item % 100)),
+                &[],
+                &vectors[i % 997],
+                1,
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_embeddings);
 criterion_main!(benches);

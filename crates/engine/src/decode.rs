@@ -88,11 +88,14 @@ pub enum RejectKind {
     Schema,
     /// Event time missing, not an integer, or outside the supported range.
     EventTime,
+    /// A catalog event's embedding is not an array of numbers of the
+    /// configured dimension; the event itself is accepted without it.
+    Embedding,
 }
 
 impl RejectKind {
     /// All kinds, for metric registration.
-    pub const ALL: [RejectKind; 7] = [
+    pub const ALL: [RejectKind; 8] = [
         RejectKind::InvalidJson,
         RejectKind::Empty,
         RejectKind::TooLarge,
@@ -100,6 +103,7 @@ impl RejectKind {
         RejectKind::FieldRule,
         RejectKind::Schema,
         RejectKind::EventTime,
+        RejectKind::Embedding,
     ];
 
     /// Metric label.
@@ -112,6 +116,7 @@ impl RejectKind {
             RejectKind::FieldRule => "field_rule",
             RejectKind::Schema => "schema",
             RejectKind::EventTime => "event_time",
+            RejectKind::Embedding => "embedding",
         }
     }
 }
@@ -123,8 +128,9 @@ pub struct DecodeStats {
     pub lines: u64,
     /// Lines accepted by a flow.
     pub accepted: u64,
-    /// Rejections by kind (index = position in `RejectKind::ALL`).
-    pub rejected: [u64; 7],
+    /// Rejections by kind (index = position in `RejectKind::ALL`): one dead
+    /// letter each. `Embedding` rejections are of accepted lines.
+    pub rejected: [u64; 8],
     /// Events dropped by filters.
     pub filtered: u64,
     /// Unmatched events dropped by policy.
@@ -163,6 +169,8 @@ pub struct Decoder<'p> {
     dedup_bytes: Vec<u8>,
     /// Per shard: whether the current event's dedup markers are in its batch.
     marked: Vec<bool>,
+    /// The current catalog event's embedding.
+    vector: Vec<f32>,
 }
 
 impl<'p> Decoder<'p> {
@@ -176,6 +184,7 @@ impl<'p> Decoder<'p> {
             dedup: Vec::new(),
             dedup_bytes: Vec::new(),
             marked: vec![false; pipeline.shards],
+            vector: Vec::new(),
         }
     }
 
@@ -421,6 +430,7 @@ impl<'p> Decoder<'p> {
             batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
         }
+        let mut rejected: Option<String> = None;
         if let Some(plan) = &p.recommender {
             let kind = if plan.interactions.contains(&fi) {
                 Some((ModelInputKind::Interaction, [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref()]))
@@ -431,7 +441,7 @@ impl<'p> Decoder<'p> {
             };
             if let Some((kind, paths)) = kind {
                 let batch = &mut out.shards[plan.shard];
-                let mut fields = [None; 3];
+                let mut fields = [None; 4];
                 for (slot, path) in fields.iter_mut().zip(paths) {
                     if let Some(v) = path.and_then(|path| ev.get(path)) {
                         let start = batch.bytes.len();
@@ -442,12 +452,44 @@ impl<'p> Decoder<'p> {
                         }
                     }
                 }
+                if kind == ModelInputKind::Item
+                    && fields[0].is_some()
+                    && let (Some(path), Some(dimension)) = (&plan.embedding, plan.spec.embedding.dimension)
+                    && let Some(v) = ev.get(path).filter(|v| v.kind != Kind::Null)
+                {
+                    let vector = &mut self.vector;
+                    let parsed = if v.kind == Kind::Array {
+                        crate::recommend::parse_embedding(v.raw, dimension, vector)
+                    } else {
+                        Err(crate::recommend::EmbeddingRejection::NotNumbers)
+                    };
+                    match parsed {
+                        Ok(()) => {
+                            let start = batch.bytes.len();
+                            for x in vector.iter() {
+                                batch.bytes.extend_from_slice(&x.to_le_bytes());
+                            }
+                            fields[3] = Some((start as u32, batch.bytes.len() as u32));
+                        }
+                        Err(rejection) => {
+                            let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
+                            rejected = Some(format!(
+                                "flow {}: item {}: {rejection}; the item is catalogued without it",
+                                flow.name,
+                                String::from_utf8_lossy(item)
+                            ));
+                        }
+                    }
+                }
                 if fields[0].is_some() && (kind == ModelInputKind::Item || fields[1].is_some()) {
                     batch.model.push(ModelInput { kind, ts, offset, fields });
                 } else {
                     out.stats.feature_skipped += 1;
                 }
             }
+        }
+        if let Some(reason) = rejected {
+            self.dead_letter(chunk, offset, raw, RejectKind::Embedding, &reason, out);
         }
     }
 }
@@ -583,5 +625,89 @@ mod tests {
             // The later extreme comes first, so the earlier one is late (or in the same global window).
             assert_eq!(rows, 1, "{window}");
         }
+    }
+
+    /// The flow as a catalog with 3-dimensional embeddings (`None`: embeddings off).
+    fn catalog(dimension: Option<usize>) -> Pipeline {
+        let mut p = pipeline(WindowSpec::Global);
+        let mut spec = crate::recommend::RecommenderSpec::default();
+        spec.embedding.dimension = dimension;
+        p.recommender = Some(crate::pipeline::RecommenderPlan {
+            spec,
+            interactions: vec![],
+            user: FieldPath::parse("user_id").unwrap(),
+            item: FieldPath::parse("k").unwrap(),
+            event_type: None,
+            catalog: Some(0),
+            category: None,
+            tags: None,
+            embedding: dimension.map(|_| FieldPath::parse("embedding").unwrap()),
+            shard: 0,
+            item_publish_ms: 1000,
+            placements: vec![],
+        });
+        p
+    }
+
+    #[test]
+    fn a_bad_embedding_is_a_dead_letter_and_its_item_still_a_model_input() {
+        let lines = concat!(
+            r#"{"k":"good","ts":1,"embedding":[1, 0.5, -2]}"#,
+            "\n",
+            r#"{"k":"short","ts":2,"embedding":[1, 0.5]}"#,
+            "\n",
+            r#"{"k":"text","ts":3,"embedding":"1,2,3"}"#,
+            "\n",
+            r#"{"k":"none","ts":4,"embedding":null}"#,
+            "\n",
+        );
+        let decode = |p: &Pipeline| {
+            let mut decoder = Decoder::new(p);
+            let mut out = decoder.output();
+            decoder.decode(&Chunk { data: lines.as_bytes().to_vec(), ..Chunk::default() }, &mut out);
+            out
+        };
+        let p = catalog(Some(3));
+        let out = decode(&p);
+        assert_eq!(out.stats.accepted, 4);
+        let batch = &out.shards[0];
+        let mut vector = Vec::new();
+        let inputs: Vec<(String, Option<Vec<f32>>)> = batch
+            .model
+            .iter()
+            .map(|m| {
+                let item = String::from_utf8(batch.model_field(m, 0).unwrap().to_vec()).unwrap();
+                (item, batch.model_embedding(m, &mut vector).then(|| vector.clone()))
+            })
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                ("good".to_owned(), Some(vec![1.0, 0.5, -2.0])),
+                ("short".to_owned(), None),
+                ("text".to_owned(), None),
+                ("none".to_owned(), None)
+            ]
+        );
+        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+        let reasons: Vec<String> = dlq
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "flow f: item short: embedding has dimension 2, expected 3; the item is catalogued without it",
+                "flow f: item text: embedding is not an array of numbers; the item is catalogued without it",
+            ]
+        );
+        let embedding = RejectKind::ALL.iter().position(|k| *k == RejectKind::Embedding).unwrap();
+        assert_eq!(out.stats.rejected[embedding], 2);
+
+        // Off: the field is never read.
+        let off = catalog(None);
+        let out = decode(&off);
+        assert_eq!((out.stats.accepted, out.stats.rejected.iter().sum::<u64>()), (4, 0));
+        assert!(out.shards[0].model.iter().all(|m| m.fields[3].is_none()));
     }
 }

@@ -26,6 +26,9 @@ pub struct RecommenderPlan {
     pub category: Option<FieldPath>,
     /// Tags field of catalog events (an array of strings).
     pub tags: Option<FieldPath>,
+    /// Embedding field of catalog events (an array of `spec.embedding.dimension`
+    /// numbers); `None` when no dimension is configured.
+    pub embedding: Option<FieldPath>,
     /// The shard that owns the model. Co-occurrence couples every user's
     /// items, so the model is one operator instance (parallelism 1) until
     /// issue 5's repartitioning splits it by item.

@@ -65,7 +65,8 @@ pub struct DedupMarker {
 pub enum ModelInputKind {
     /// A user–item interaction: fields user, item, event type.
     Interaction,
-    /// A catalog item: fields item, category, tags (a JSON array's text).
+    /// A catalog item: fields item, category, tags (a JSON array's text),
+    /// embedding (its checked components as little-endian `f32`s).
     Item,
 }
 
@@ -79,7 +80,7 @@ pub struct ModelInput {
     /// Offset of the event in its source partition.
     pub offset: u64,
     /// The fields' texts in `bytes` (see [`ModelInputKind`]); `None` when absent.
-    pub fields: [Option<(u32, u32)>; 3],
+    pub fields: [Option<(u32, u32)>; 4],
 }
 
 /// Records bound for one shard from one chunk.
@@ -122,6 +123,14 @@ impl RecordBatch {
     #[inline]
     pub fn model_field(&self, m: &ModelInput, field: usize) -> Option<&[u8]> {
         m.fields[field].map(|(a, b)| &self.bytes[a as usize..b as usize])
+    }
+
+    /// A catalog input's embedding (field 3), if it carries a valid one.
+    pub fn model_embedding(&self, m: &ModelInput, out: &mut Vec<f32>) -> bool {
+        out.clear();
+        let Some(bytes) = self.model_field(m, 3) else { return false };
+        out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        true
     }
 
     /// Removes all records, keeping capacity.

@@ -139,7 +139,14 @@ impl Shard {
                     let tags: Vec<String> =
                         text(m, 2).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()).unwrap_or_default();
                     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-                    model.upsert_item(item, text(m, 1), &tags, m.ts);
+                    let mut vector = Vec::new();
+                    if batch.model_embedding(m, &mut vector) {
+                        // Checked by the decoder against the same spec: a rejection here is a broken invariant.
+                        let taken = model.upsert_item_with_embedding(item, text(m, 1), &tags, &vector, m.ts);
+                        debug_assert!(taken.is_ok(), "{taken:?}");
+                    } else {
+                        model.upsert_item(item, text(m, 1), &tags, m.ts);
+                    }
                 }
             }
         }

@@ -7,13 +7,17 @@
 //! transition lists of the items involved (`neighbours`), and decayed
 //! popularity (`trending`). A catalog event (item upsert) registers the
 //! item with its category and tags, so it is recommendable at once through
-//! the content generator and similar items, with no retraining step.
+//! the content generator and similar items, with no retraining step. When
+//! the catalog event carries an embedding (and a dimension is configured),
+//! the vector goes into an HNSW index at once (`embedding`), and the
+//! embedding generator proposes the seeds' nearest items.
 //!
 //! Ranking (`rank`) is written against [`ModelRead`], which the live model
 //! implements (`freshet eval` asks it directly, test-then-train) and which
 //! the published serving view implements too (`view`), so the HTTP API and
 //! the evaluation rank with the same code.
 
+mod embedding;
 mod neighbours;
 mod rank;
 mod spec;
@@ -27,9 +31,12 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use embedding::Embeddings;
+
+pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, UnitCosine, parse_json as parse_embedding};
 pub use neighbours::Neighbours;
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
-pub use spec::{ContentSpec, CooccurrenceSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
+pub use spec::{ContentSpec, CooccurrenceSpec, EmbeddingSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
 pub use trending::Trending;
 pub use user::UserProfile;
 pub use view::{ItemView, RecommenderView};
@@ -78,6 +85,12 @@ pub trait ModelRead {
     }
     /// Calls `f` with the trending list of a category (or overall), best first.
     fn trending(&self, category: Option<u32>, f: &mut dyn FnMut(u32, f64));
+    /// Calls `f` with up to `k` items whose embeddings are nearest to
+    /// `item`'s, as (item, cosine similarity > 0), nearest first; nothing
+    /// when `item` has no embedding or embeddings are off.
+    fn embedding_neighbours(&self, item: u32, k: usize, f: &mut dyn FnMut(u32, f32)) {
+        let _ = (item, k, f);
+    }
 }
 
 /// One item of the catalog as the live model keeps it.
@@ -107,6 +120,10 @@ pub struct Recommender {
     attributes: Vec<Box<str>>,
     users: FxHashMap<Box<str>, UserProfile>,
     trending: Trending,
+    /// Item embeddings and their index; a snapshot stores the vectors after
+    /// the model's other state (so snapshots from before embeddings restore).
+    #[serde(skip)]
+    embeddings: Embeddings,
     /// Items and users changed since the last `take_dirty`.
     #[serde(skip)]
     dirty: Dirty,
@@ -135,6 +152,7 @@ impl Recommender {
     /// An empty model.
     pub fn new(spec: RecommenderSpec) -> Self {
         let trending = Trending::new(spec.trending.half_life_ms, spec.trending.list_len);
+        let embeddings = Embeddings::new(spec.embedding.dimension);
         Self {
             pair_weights: pair_weights(&spec),
             spec,
@@ -145,6 +163,7 @@ impl Recommender {
             attributes: Vec::new(),
             users: FxHashMap::default(),
             trending,
+            embeddings,
             dirty: Dirty::default(),
         }
     }
@@ -258,7 +277,38 @@ impl Recommender {
     }
 
     /// Registers or updates a catalog item; it is recommendable from now on.
+    /// Its embedding, if it has one, stays.
     pub fn upsert_item(&mut self, item: &str, category: Option<&str>, tags: &[&str], time_ms: i64) {
+        self.catalogue(item, category, tags, time_ms);
+    }
+
+    /// [`Recommender::upsert_item`] with the item's embedding, which replaces
+    /// any previous one and is searchable at once. A rejected embedding
+    /// (wrong dimension, not finite, all zeros, or embeddings off) leaves the
+    /// item's previous embedding, if any; the item is catalogued either way.
+    pub fn upsert_item_with_embedding(
+        &mut self,
+        item: &str,
+        category: Option<&str>,
+        tags: &[&str],
+        embedding: &[f32],
+        time_ms: i64,
+    ) -> Result<(), EmbeddingRejection> {
+        let index = self.catalogue(item, category, tags, time_ms);
+        self.embeddings.set(index, embedding)
+    }
+
+    /// The embedding index shared with the serving view (none when embeddings are off).
+    pub fn embedding_index(&self) -> Option<&std::sync::Arc<EmbeddingIndex>> {
+        self.embeddings.index.as_ref()
+    }
+
+    /// An item's current embedding.
+    pub fn embedding(&self, item: u32) -> Option<&Embedded> {
+        self.embeddings.get(item)
+    }
+
+    fn catalogue(&mut self, item: &str, category: Option<&str>, tags: &[&str], time_ms: i64) -> u32 {
         let index = self.intern_item(item);
         let category = category.map(|c| self.intern_attribute(c));
         let tags: Vec<u32> = tags.iter().map(|t| self.intern_attribute(t)).collect();
@@ -276,6 +326,7 @@ impl Recommender {
         }
         self.dirty.items.insert(index);
         self.dirty.catalog = true;
+        index
     }
 
     /// Forgets a user's profile. The user's past contributions to aggregate
@@ -291,8 +342,11 @@ impl Recommender {
     }
 
     /// Replaces the spec after a restore (the spec is config, not state).
+    /// The embedding index is rebuilt for the spec's dimension; embeddings of
+    /// another dimension (or all, with none configured) are dropped.
     pub fn with_spec(mut self, spec: RecommenderSpec) -> Self {
         self.pair_weights = pair_weights(&spec);
+        self.embeddings = Embeddings::rebuilt(spec.embedding.dimension, std::mem::take(&mut self.embeddings.items));
         self.spec = spec;
         self.dirty.catalog = true;
         self.dirty.items.extend(0..self.items.len() as u32);
@@ -300,14 +354,25 @@ impl Recommender {
         self
     }
 
-    /// Encodes the model's state (postcard).
+    /// Encodes the model's state (postcard): the model, then, when any item
+    /// has one, the embeddings as (item, generation, vector). The HNSW graph
+    /// is not stored; a restore rebuilds it.
     pub fn snapshot(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("the model serialises")
+        let mut bytes = postcard::to_stdvec(self).expect("the model serialises");
+        let stored = self.embeddings.stored();
+        if !stored.is_empty() {
+            bytes.extend(postcard::to_stdvec(&stored).expect("embeddings serialise"));
+        }
+        bytes
     }
 
     /// Decodes a snapshot taken by [`Recommender::snapshot`], running it with `spec`.
     pub fn restore(bytes: &[u8], spec: RecommenderSpec) -> Result<Self, postcard::Error> {
-        let model: Recommender = postcard::from_bytes(bytes)?;
+        let (mut model, rest): (Recommender, _) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            let stored: Vec<(u32, u32, Vec<f32>)> = postcard::from_bytes(rest)?;
+            model.embeddings.items = Embeddings::items_from_stored(stored);
+        }
         Ok(model.with_spec(spec))
     }
 
@@ -396,6 +461,12 @@ impl ModelRead for Recommender {
         };
         for &(score, item) in list {
             f(item, score);
+        }
+    }
+
+    fn embedding_neighbours(&self, item: u32, k: usize, f: &mut dyn FnMut(u32, f32)) {
+        if let (Some(index), Some(e)) = (&self.embeddings.index, self.embeddings.get(item)) {
+            index.nearest(item, &e.vector, k, |other| self.embeddings.get(other).map(|e| e.generation), f);
         }
     }
 }

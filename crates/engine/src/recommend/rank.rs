@@ -243,6 +243,15 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     if weight(Generator::Content) > 0.0 {
         content(model, user.map_or(&[][..], |u| u.affinity()), &out.seeds, candidates);
     }
+    if weight(Generator::Embedding) > 0.0 {
+        let mut w = 1.0;
+        for &seed in out.seeds.iter().take(spec.embedding.sources) {
+            model.embedding_neighbours(seed, spec.embedding.neighbours, &mut |item, similarity| {
+                candidates.add(item, Generator::Embedding, w * f64::from(similarity));
+            });
+            w *= spec.recency_decay;
+        }
+    }
     if weight(Generator::Trending) > 0.0 {
         model.trending(None, &mut |item, _| {
             candidates.entry(item);
@@ -398,8 +407,9 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     }
 }
 
-/// Items similar to `item`: its co-occurrence neighbours and successors, and
-/// items of its category; never the item itself, never merely popular ones.
+/// Items similar to `item`: its co-occurrence neighbours and successors,
+/// items of its category, and the items nearest to its embedding; never the
+/// item itself, never merely popular ones.
 pub fn similar<M: ModelRead + ?Sized>(model: &M, item: u32, k: usize, out: &mut Ranking) {
     let context = [item];
     let mut generators = [true; GENERATORS];

@@ -15,12 +15,14 @@ pub enum Generator {
     Trending,
     /// The user's category and tag affinity.
     Content,
+    /// Items whose embeddings are nearest to the seeds' (catalog vectors).
+    Embedding,
 }
 
 impl Generator {
     /// Every generator, in explanation order.
-    pub const ALL: [Generator; 4] =
-        [Generator::Cooccurrence, Generator::Sequence, Generator::Trending, Generator::Content];
+    pub const ALL: [Generator; 5] =
+        [Generator::Cooccurrence, Generator::Sequence, Generator::Trending, Generator::Content, Generator::Embedding];
 
     /// The name used in config, explanations and ablation reports.
     pub fn name(self) -> &'static str {
@@ -29,6 +31,7 @@ impl Generator {
             Generator::Sequence => "sequence",
             Generator::Trending => "trending",
             Generator::Content => "content",
+            Generator::Embedding => "embedding",
         }
     }
 
@@ -148,6 +151,31 @@ impl Default for ContentSpec {
     }
 }
 
+/// Embedding similarity: the seeds' nearest items by the cosine of their
+/// catalog embeddings, found in an HNSW index updated on every catalog event.
+/// A candidate's score sums `recency_decay^k · similarity` over the first
+/// `sources` seeds (the request's context items, then the user's recent
+/// items, newest first). Off unless `dimension` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingSpec {
+    /// Whether it runs (when `dimension` is set).
+    pub enabled: bool,
+    /// Blend weight.
+    pub weight: f64,
+    /// The embeddings' dimension; `None`: catalog embeddings are ignored.
+    pub dimension: Option<usize>,
+    /// Nearest items proposed per seed.
+    pub neighbours: usize,
+    /// How many seeds propose their nearest items (each is one index search).
+    pub sources: usize,
+}
+
+impl Default for EmbeddingSpec {
+    fn default() -> Self {
+        Self { enabled: true, weight: 0.5, dimension: None, neighbours: 20, sources: 5 }
+    }
+}
+
 /// The whole recommender.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecommenderSpec {
@@ -170,6 +198,8 @@ pub struct RecommenderSpec {
     pub trending: TrendingSpec,
     /// Content.
     pub content: ContentSpec,
+    /// Embedding similarity.
+    pub embedding: EmbeddingSpec,
 }
 
 impl Default for RecommenderSpec {
@@ -184,6 +214,7 @@ impl Default for RecommenderSpec {
             sequence: SequenceSpec::default(),
             trending: TrendingSpec::default(),
             content: ContentSpec::default(),
+            embedding: EmbeddingSpec::default(),
         }
     }
 }
@@ -203,6 +234,7 @@ impl RecommenderSpec {
             Generator::Sequence => self.sequence.enabled,
             Generator::Trending => self.trending.enabled,
             Generator::Content => self.content.enabled,
+            Generator::Embedding => self.embedding.enabled && self.embedding.dimension.is_some(),
         }
     }
 
@@ -216,6 +248,7 @@ impl RecommenderSpec {
             Generator::Sequence => self.sequence.weight,
             Generator::Trending => self.trending.weight,
             Generator::Content => self.content.weight,
+            Generator::Embedding => self.embedding.weight,
         }
     }
 
@@ -226,6 +259,7 @@ impl RecommenderSpec {
         spec.sequence.enabled = generator == Generator::Sequence;
         spec.trending.enabled = generator == Generator::Trending;
         spec.content.enabled = generator == Generator::Content;
+        spec.embedding.enabled = generator == Generator::Embedding;
         spec
     }
 }

@@ -272,3 +272,113 @@ proptest! {
         }
     }
 }
+
+/// Spec with 4-dimensional embeddings.
+fn embedded_spec() -> RecommenderSpec {
+    let mut spec = RecommenderSpec::default();
+    spec.embedding.dimension = Some(4);
+    spec
+}
+
+/// Ten shoes pointing along the first axis, ten bags along the third, each
+/// nudged a little; `s0` and `b0` are the exact axes.
+fn embedded_catalog() -> Recommender {
+    let mut m = Recommender::new(embedded_spec());
+    for i in 0..10 {
+        let nudge = i as f32 * 0.02;
+        m.upsert_item_with_embedding(&format!("s{i}"), Some("shoes"), &[], &[1.0, nudge, 0.0, 0.0], 0).unwrap();
+        m.upsert_item_with_embedding(&format!("b{i}"), Some("bags"), &[], &[0.0, 0.0, 1.0, nudge], 0).unwrap();
+    }
+    m
+}
+
+fn similar_names(
+    model: &impl ModelRead,
+    item: &str,
+    k: usize,
+    name: impl Fn(u32) -> String,
+) -> Vec<(String, Vec<Generator>)> {
+    let mut out = Ranking::default();
+    similar(model, model.item_index(item).unwrap(), k, &mut out);
+    out.items.iter().map(|s| (name(s.item), s.reasons().map(|(g, _)| g).collect())).collect()
+}
+
+#[test]
+fn a_new_item_finds_its_embedding_neighbours_at_once() {
+    let mut m = embedded_catalog();
+    // A new shoe close to s3 (nudge 0.06), in no category at all: only its embedding links it.
+    m.upsert_item_with_embedding("new", None, &[], &[1.0, 0.061, 0.0, 0.0], 1).unwrap();
+    let similar = similar_names(&m, "new", 5, |i| m.item_name(i).unwrap().to_owned());
+    assert_eq!(similar.len(), 5, "{similar:?}");
+    assert_eq!(similar[0].0, "s3", "{similar:?}");
+    for (item, reasons) in &similar {
+        assert!(item.starts_with('s'), "a bag is similar to a shoe: {similar:?}");
+        assert_eq!(reasons, &[Generator::Embedding], "{similar:?}");
+    }
+    // And the shoes find it: a user who saw s3 gets it, through its embedding, before any bag.
+    m.interaction("u", "s3", Some("view"), 2);
+    let mut out = Ranking::default();
+    rank(&m, &Query::for_user("u", 20), &mut out);
+    let new = m.item_index("new").unwrap();
+    let at = out.items.iter().position(|s| s.item == new).expect("the new item is recommended");
+    assert!(out.items[at].reasons().any(|(g, _)| g == Generator::Embedding));
+    // The published view shares the index and ranks the same.
+    let view = RecommenderView::new(m.spec().clone());
+    view.publish(&mut m, true);
+    assert_eq!(similar_names(&view, "new", 5, |i| view.item_name(i).unwrap().into()), similar);
+    same_ranking(&m, &view, &["u", "nobody"]);
+}
+
+#[test]
+fn a_wrong_dimension_is_rejected_but_the_item_is_catalogued() {
+    let mut m = embedded_catalog();
+    let err = m.upsert_item_with_embedding("odd", Some("shoes"), &[], &[1.0, 0.0, 0.0], 1).unwrap_err();
+    assert_eq!(err, EmbeddingRejection::Dimension { expected: 4, actual: 3 });
+    assert_eq!(err.to_string(), "embedding has dimension 3, expected 4");
+    let odd = m.item_index("odd").expect("catalogued");
+    assert!(m.embedding(odd).is_none());
+    assert_eq!(m.category(odd), m.attribute("shoes"));
+    // Its category still makes it similar to the shoes (content), never by embedding.
+    let similar = similar_names(&m, "odd", 5, |i| m.item_name(i).unwrap().to_owned());
+    assert!(!similar.is_empty() && similar.iter().all(|(i, r)| i.starts_with('s') && r == &[Generator::Content]));
+    // A rejected update keeps the previous embedding.
+    let s1 = m.item_index("s1").unwrap();
+    let before = m.embedding(s1).cloned();
+    assert!(m.upsert_item_with_embedding("s1", Some("shoes"), &[], &[0.0; 4], 2).is_err());
+    assert_eq!(m.embedding(s1).cloned(), before);
+    // Off: nothing is kept, the item still is.
+    let mut off = Recommender::new(RecommenderSpec::default());
+    assert_eq!(off.upsert_item_with_embedding("x", None, &[], &[1.0; 4], 0), Err(EmbeddingRejection::Disabled));
+    assert_eq!(off.item_count(), 1);
+    assert!(off.embedding_index().is_none());
+}
+
+#[test]
+fn a_replaced_embedding_moves_the_item_and_a_snapshot_keeps_it() {
+    let mut m = embedded_catalog();
+    // s9 becomes a bag by its vector.
+    m.upsert_item_with_embedding("s9", Some("shoes"), &[], &[0.0, 0.0, 1.0, 0.05], 3).unwrap();
+    let names = |m: &Recommender, item: &str| -> Vec<String> {
+        similar_names(m, item, 10, |i| m.item_name(i).unwrap().to_owned())
+            .into_iter()
+            .filter(|(_, r)| r.contains(&Generator::Embedding))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert!(names(&m, "b2").contains(&"s9".to_owned()), "{:?}", names(&m, "b2"));
+    assert!(!names(&m, "s0").contains(&"s9".to_owned()), "{:?}", names(&m, "s0"));
+    m.interaction("u", "b2", None, 4);
+    let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+    assert_eq!(restored.embedding_index().unwrap().points(), 20, "stale points are not restored");
+    for item in ["b2", "s0", "s9"] {
+        assert_eq!(names(&restored, item), names(&m, item), "{item}");
+    }
+    same_ranking(&m, &restored, &["u"]);
+    // Restored without a dimension: embeddings are dropped, nothing else is.
+    let off = Recommender::restore(&m.snapshot(), RecommenderSpec::default()).unwrap();
+    assert!(off.embedding_index().is_none() && off.embedding(0).is_none());
+    assert_eq!(off.item_count(), 20);
+    // A snapshot of a model without embeddings is the model alone, as before.
+    let plain = covisited();
+    assert_eq!(plain.snapshot(), postcard::to_stdvec(&plain).unwrap());
+}

@@ -10,12 +10,17 @@
 //! new catalog item becomes recommendable within it. Neighbour weights are
 //! published already multiplied by the neighbour's damping, so a read needs
 //! no lookup per neighbour.
+//!
+//! The embedding index is not copied: the view shares the model's, which
+//! takes searches concurrently with the model's inserts. An item's vector
+//! and generation are published with the item, so a point inserted since the
+//! last item publication is ignored until the item is published too.
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::{ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted};
+use super::{Embedded, EmbeddingIndex, ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted};
 
 /// Key of the overall trending list in the per-category map.
 const OVERALL: u32 = u32::MAX;
@@ -33,6 +38,7 @@ pub struct ItemView {
     neighbours: Box<[(u32, f32)]>,
     successors: Box<[(u32, f32)]>,
     successor_total: f64,
+    embedding: Option<Embedded>,
 }
 
 /// Published state, read concurrently.
@@ -47,6 +53,8 @@ pub struct RecommenderView {
     scores: ArcSwap<Vec<f64>>,
     /// Candidate damping per item index, as of the last item publication.
     norms: ArcSwap<Vec<f32>>,
+    /// The model's embedding index, as of the last item publication.
+    embeddings: ArcSwapOption<EmbeddingIndex>,
     /// Event time of the latest published interaction or catalog event.
     published_items: std::sync::atomic::AtomicU64,
 }
@@ -69,6 +77,7 @@ impl RecommenderView {
             trending: papaya::HashMap::new(),
             scores: ArcSwap::from_pointee(Vec::new()),
             norms: ArcSwap::from_pointee(Vec::new()),
+            embeddings: ArcSwapOption::empty(),
             published_items: Default::default(),
         }
     }
@@ -138,6 +147,7 @@ impl RecommenderView {
             let scores: Vec<f64> = (0..model.item_count() as u32).map(|i| state.score(i)).collect();
             self.scores.store(Arc::new(scores));
             self.norms.store(Arc::new(model.candidate_norms().to_vec()));
+            self.embeddings.store(model.embedding_index().cloned());
         } else {
             // Items wait for the next item publication.
             model.keep_dirty_items(dirty.items);
@@ -160,6 +170,7 @@ impl RecommenderView {
                 neighbours,
                 successors: state.successors.entries().into(),
                 successor_total: state.successors.total(),
+                embedding: model.embedding(index).cloned(),
             };
             if !ids.contains_key(&state.name) {
                 ids.insert(state.name.clone(), index);
@@ -241,6 +252,16 @@ impl ModelRead for RecommenderView {
             for &(item, score) in list.iter() {
                 f(item, score);
             }
+        }
+    }
+
+    fn embedding_neighbours(&self, item: u32, k: usize, f: &mut dyn FnMut(u32, f32)) {
+        let index = self.embeddings.load();
+        let Some(index) = index.as_ref() else { return };
+        let items = self.items.pin();
+        if let Some(Embedded { vector, .. }) = items.get(&item).and_then(|v| v.embedding.as_ref()) {
+            let current = |other: u32| items.get(&other).and_then(|v| v.embedding.as_ref()).map(|e| e.generation);
+            index.nearest(item, vector, k, current, f);
         }
     }
 }

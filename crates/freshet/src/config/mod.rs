@@ -232,6 +232,14 @@ mod tests {
         assert_eq!(r.spec.event_weight(Some("impression")), 0.0);
         assert_eq!(r.placements[0].name, "home");
         assert_eq!(r.shard, plan.pipeline.shards - 1);
+        // No dimension: embeddings are never read.
+        assert!(r.embedding.is_none() && r.spec.embedding.dimension.is_none());
+        let embedded = ok.replace("[recommender]\n", "[recommender]\nembedding_field = \"vec\"\n")
+            + "[recommender.embedding]\ndimension = 8\nsources = 2\n";
+        let r = plan_text(&embedded).unwrap().pipeline.recommender.unwrap();
+        assert_eq!(r.embedding.as_ref().map(|f| f.as_str()), Some("vec"));
+        assert_eq!((r.spec.embedding.dimension, r.spec.embedding.sources), (Some(8), 2));
+        assert!(r.spec.enabled(freshet_engine::recommend::Generator::Embedding));
 
         let bad = r#"
             [sources.a]
@@ -243,6 +251,8 @@ mod tests {
             recency_decay = 1.5
             [recommender.cooccurrence]
             weight = -1.0
+            [recommender.embedding]
+            dimension = 0
             [recommender.placements.home]
             pin = [{ item = "i1", position = 0 }]
         "#;
@@ -253,6 +263,7 @@ mod tests {
             [
                 "recommender.recency_decay",
                 "recommender.cooccurrence.weight",
+                "recommender.embedding.dimension",
                 "recommender.interactions[0]",
                 "recommender.placements.home.pin[0].position"
             ],

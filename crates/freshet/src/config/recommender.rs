@@ -30,6 +30,9 @@ pub struct RecommenderConfig {
     pub category_field: Option<String>,
     /// Tags field of catalog events (array of strings). Default: "tags".
     pub tags_field: Option<String>,
+    /// Embedding field of catalog events (array of numbers), read only when
+    /// `[recommender.embedding] dimension` is set. Default: "embedding".
+    pub embedding_field: Option<String>,
     /// Recent distinct items of a user that seed co-occurrence. Default: 20.
     pub recent_items: Option<usize>,
     /// Weight of the k-th newest recent item: decay^k. Default: 0.6.
@@ -52,6 +55,9 @@ pub struct RecommenderConfig {
     /// Category and tag affinity.
     #[serde(default)]
     pub content: ContentConfig,
+    /// Nearest items by catalog embedding.
+    #[serde(default)]
+    pub embedding: EmbeddingConfig,
     /// Named placements (`"placement"` in a recommend request).
     #[serde(default)]
     pub placements: BTreeMap<String, PlacementConfig>,
@@ -121,6 +127,25 @@ pub struct ContentConfig {
     pub top_attributes: Option<usize>,
     /// Items proposed per attribute. Default: 50.
     pub per_attribute: Option<usize>,
+}
+
+/// `[recommender.embedding]`: off unless `dimension` is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Length of every catalog embedding; an embedding of another length (or
+    /// not an array of finite numbers, or all zeros) goes to the dead-letter
+    /// sink and its item is catalogued without it. Default: none (embeddings
+    /// are not read at all).
+    pub dimension: Option<usize>,
+    /// Default: true (when `dimension` is set).
+    pub enabled: Option<bool>,
+    /// Blend weight. Default: 0.5.
+    pub weight: Option<f64>,
+    /// Nearest items proposed per seed item. Default: 20.
+    pub neighbours: Option<usize>,
+    /// Seed items (context, then the user's newest) whose nearest items are searched. Default: 5.
+    pub sources: Option<usize>,
 }
 
 /// `[recommender.placements.NAME]`.
@@ -234,6 +259,18 @@ pub fn spec(config: &RecommenderConfig, p: &mut Planner) -> RecommenderSpec {
     weight(p, "recommender.content.weight", n.weight, &mut s.content.weight);
     s.content.top_attributes = n.top_attributes.unwrap_or(s.content.top_attributes);
     s.content.per_attribute = n.per_attribute.unwrap_or(s.content.per_attribute);
+
+    let e = &config.embedding;
+    if let Some(d) = e.dimension {
+        if d == 0 {
+            p.err("recommender.embedding.dimension", "must be >= 1");
+        }
+        s.embedding.dimension = Some(d.max(1));
+    }
+    s.embedding.enabled = e.enabled.unwrap_or(true);
+    weight(p, "recommender.embedding.weight", e.weight, &mut s.embedding.weight);
+    s.embedding.neighbours = e.neighbours.unwrap_or(s.embedding.neighbours);
+    s.embedding.sources = e.sources.unwrap_or(s.embedding.sources);
     s
 }
 
@@ -285,6 +322,8 @@ pub fn plan(config: &RecommenderConfig, flows: &[Flow], shards: usize, p: &mut P
     }
     let item_publish_ms =
         p.duration_ms("recommender.item_publish_interval", config.item_publish_interval.as_deref(), 1000);
+    // Read only when a dimension is set: no embedding work at all otherwise.
+    let embedding = spec.embedding.dimension.map(|_| field(p, "embedding_field", &config.embedding_field, "embedding"));
     RecommenderPlan {
         spec,
         interactions,
@@ -294,6 +333,7 @@ pub fn plan(config: &RecommenderConfig, flows: &[Flow], shards: usize, p: &mut P
         catalog,
         category: Some(field(p, "category_field", &config.category_field, "category")),
         tags: Some(field(p, "tags_field", &config.tags_field, "tags")),
+        embedding,
         // The last shard: shard 0 carries the decoders' forwarded output.
         shard: shards.saturating_sub(1),
         item_publish_ms: item_publish_ms.max(1),

@@ -31,6 +31,10 @@ pub fn freshet_models<'s>(
     let mut ablations: Vec<(String, Box<dyn StreamRecommender + 's>)> = Vec::new();
     if ablation {
         for generator in Generator::ALL {
+            // Logs carry no embeddings: that generator could only ever propose nothing.
+            if generator == Generator::Embedding {
+                continue;
+            }
             ablations.push((generator.name().to_string(), Box::new(FreshetModel::new(spec.only(generator), stream))));
         }
     }

@@ -2,8 +2,10 @@
 //! port): events go in through `POST /v1/events`, answers come out of
 //! `POST /v1/recommend` and `GET /v1/items/{id}/similar`. Covers co-visitation,
 //! freshness (a user's event is reflected within a second), cold start,
-//! new catalog items, placements, strict request checking, forgetting a
-//! user, and the `freshet recommend` / `freshet similar` client commands.
+//! new catalog items, placements, catalog embeddings (nearest items, and a
+//! wrong dimension dead-lettered while the item is catalogued), strict
+//! request checking, forgetting a user, and the `freshet recommend` /
+//! `freshet similar` client commands.
 //!
 //! Latencies are measured from the 202 of the event's POST to the first
 //! answer that reflects it, polling every 2 ms, and printed (run with
@@ -463,4 +465,89 @@ fn bad_requests_are_400s_naming_the_problem_and_unknown_items_404s() {
     // The server is still fine.
     let v = recommend_ok(addr, &json!({ "user_id": "u1" }));
     assert!(!ids(&v).contains(&"i1".to_owned()), "{v}");
+}
+
+/// One catalog event line with an embedding (any JSON value).
+fn upsert_embedded(item: &str, category: &str, embedding: Value, ts: i64) -> String {
+    json!({ "event_id": event_id(), "type": "item_upsert", "item_id": item, "ts": ts, "category": category,
+            "embedding": embedding })
+    .to_string()
+}
+
+#[test]
+fn catalog_embeddings_propose_the_nearest_items_and_a_wrong_dimension_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
+    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
+    let config = dir.path().join("embeddings.toml");
+    std::fs::write(&config, format!("{default}\n[recommender.embedding]\ndimension = 3\n")).unwrap();
+    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    let addr = running.addr.as_str();
+
+    // Shoes point along x, bags along z; the new item is near shoe 2 but in a category of its own,
+    // so only its embedding can relate it to anything.
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        let nudge = f64::from(i) * 0.1;
+        lines.push(upsert_embedded(&format!("shoe{i}"), "shoes", json!([1.0, nudge, 0.0]), T0 + i64::from(i)));
+        lines.push(upsert_embedded(&format!("bag{i}"), "bags", json!([0.0, nudge, 1.0]), T0 + i64::from(i)));
+    }
+    lines.push(upsert_embedded("newshoe", "misc", json!([1.0, 0.21, 0.0]), T0 + 10));
+    // Wrong dimension, and not numbers: dead letters, but the items are catalogued.
+    lines.push(upsert_embedded("oddshoe", "shoes", json!([1.0, 0.0]), T0 + 11));
+    lines.push(upsert_embedded("textbag", "bags", json!("0,0,1"), T0 + 12));
+    post_events(addr, &lines);
+
+    let (v, took) = poll("newshoe's nearest items", Duration::from_secs(10), || {
+        let (status, v) = similar(addr, "newshoe", "?k=3");
+        if status == 200 && ids(&v).len() == 3 { Ok(v) } else { Err(format!("{status} {v}")) }
+    });
+    println!("embedding neighbours of a new item served after {took:?}");
+    // By angle: shoe2 (0.2) is 0.6° away, shoe3 (0.3) 4.8°, shoe1 (0.1) 6.1°.
+    assert_eq!(ids(&v), ["shoe2", "shoe3", "shoe1"], "{v}");
+    for item in ids(&v) {
+        assert_eq!(reasons(&v, &item), ["embedding"], "{v}");
+    }
+    // A user who viewed a bag gets bags first, proposed by their embeddings among others.
+    post_events(addr, &[view("eu", "bag0", T0 + 20)]);
+    let (v, _) = poll("eu's recommendations", Duration::from_secs(10), || {
+        let v = recommend_ok(addr, &json!({ "user_id": "eu", "k": 4 }));
+        if ids(&v).first().is_some_and(|i| i.starts_with("bag")) { Ok(v) } else { Err(v.to_string()) }
+    });
+    let first = ids(&v)[0].clone();
+    assert!(reasons(&v, &first).contains(&"embedding".to_owned()), "{v}");
+
+    // The wrong-dimension item is still catalogued: similar to the shoes through its category.
+    let (v, _) = poll("oddshoe's similar items", Duration::from_secs(10), || {
+        let (status, v) = similar(addr, "oddshoe", "");
+        if status == 200 && !ids(&v).is_empty() { Ok(v) } else { Err(format!("{status} {v}")) }
+    });
+    for item in ids(&v) {
+        assert!(item.starts_with("shoe"), "{v}");
+        assert_eq!(reasons(&v, &item), ["content"], "{v}");
+    }
+    let v = recommend_ok(addr, &json!({ "context": ["textbag"] }));
+    assert!(ids(&v).iter().any(|i| i.starts_with("bag")), "{v}");
+
+    let dlq_path = dir.path().join(support::DLQ);
+    let (dlq, _) = poll("the embeddings' dead letters", Duration::from_secs(5), || {
+        let dlq = std::fs::read_to_string(&dlq_path).unwrap_or_default();
+        if dlq.lines().count() >= 2 { Ok(dlq) } else { Err(dlq) }
+    });
+    let records: Vec<Value> = dlq.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reason = |item: &str| {
+        let r = records.iter().find(|r| r["raw"].as_str().unwrap().contains(&format!("\"{item}\"")));
+        r.unwrap_or_else(|| panic!("no dead letter for {item}: {dlq}"))["reason"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        reason("oddshoe"),
+        "flow catalog: item oddshoe: embedding has dimension 2, expected 3; the item is catalogued without it"
+    );
+    assert_eq!(
+        reason("textbag"),
+        "flow catalog: item textbag: embedding is not an array of numbers; the item is catalogued without it"
+    );
+    assert_eq!(records.len(), 2, "{dlq}");
+    let (_, metrics) = support::request(addr, "GET", "/metrics", "text/plain", "");
+    assert!(metrics.contains("freshet_dlq_events_total{reason=\"embedding\"} 2"), "{metrics}");
 }
