@@ -145,8 +145,9 @@ impl std::fmt::Debug for EmbeddingIndex {
 const MAX_CONNECTIONS: usize = 16;
 const EF_CONSTRUCTION: usize = 100;
 const MAX_LAYERS: usize = 16;
-/// Search width at query time, at least.
-const EF_SEARCH: usize = 64;
+/// Search width at query time, at least: 32 finds 99.9% of the true 20
+/// nearest in `recall_against_brute_force` (64: 100%, at twice the cost).
+const EF_SEARCH: usize = 32;
 
 impl EmbeddingIndex {
     /// An empty index of `dimension`-long vectors.
@@ -324,6 +325,39 @@ mod tests {
         assert_eq!(parse_json(b"\"abc\"", 3, &mut v), Err(EmbeddingRejection::NotNumbers));
         assert_eq!(parse_json(b"[1,1e40,3]", 3, &mut v), Err(EmbeddingRejection::NotFinite));
         assert_eq!(parse_json(b"[0,0,0]", 3, &mut v), Err(EmbeddingRejection::Zero));
+    }
+
+    /// The index finds most of the true nearest items (brute force) at the
+    /// search width ranking uses, on clustered vectors with noise.
+    #[test]
+    fn recall_against_brute_force() {
+        use rand::{Rng, SeedableRng};
+        const ITEMS: u32 = 3000;
+        const DIM: usize = 32;
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
+        let mut e = Embeddings::new(Some(DIM));
+        for item in 0..ITEMS {
+            let hot = item as usize % DIM;
+            let v: Vec<f32> =
+                (0..DIM).map(|d| f32::from(u8::from(d == hot)) + (rng.random::<f32>() - 0.5) * 3.0).collect();
+            e.set(item, &v).unwrap();
+        }
+        let index = e.index.clone().unwrap();
+        let (k, mut found, mut total) = (20, 0, 0);
+        for seed in (0..ITEMS).step_by(40) {
+            let v = &e.get(seed).unwrap().vector;
+            let mut exact: Vec<(f32, u32)> =
+                (0..ITEMS).filter(|&i| i != seed).map(|i| (UnitCosine.eval(v, &e.get(i).unwrap().vector), i)).collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let truth: Vec<u32> = exact[..k].iter().map(|x| x.1).collect();
+            let mut got = Vec::new();
+            index.nearest(seed, v, k, |i| e.get(i).map(|x| x.generation), &mut |i, _| got.push(i));
+            found += got.iter().filter(|i| truth.contains(i)).count();
+            total += k;
+        }
+        let recall = found as f64 / total as f64;
+        println!("recall@{k} {recall}");
+        assert!(recall >= 0.9, "recall@{k} {recall}");
     }
 
     #[test]
