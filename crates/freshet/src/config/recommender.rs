@@ -41,7 +41,7 @@ pub struct RecommenderConfig {
     pub event_weights: Option<BTreeMap<String, f64>>,
     /// At most this many items of one category per list; 0 = no cap. Default: 0.
     pub max_per_category: Option<usize>,
-    /// How often item neighbour lists reach the serving view. Default: "1s".
+    /// How often item neighbour lists reach the serving view. Default: "500ms" (a new item is recommendable within 1 s).
     pub item_publish_interval: Option<String>,
     /// Item–item co-occurrence.
     #[serde(default)]
@@ -321,7 +321,7 @@ pub fn plan(config: &RecommenderConfig, flows: &[Flow], shards: usize, p: &mut P
         placements.push(Placement { name: name.clone(), rules, max_per_category: pc.max_per_category.unwrap_or(0) });
     }
     let item_publish_ms =
-        p.duration_ms("recommender.item_publish_interval", config.item_publish_interval.as_deref(), 1000);
+        p.duration_ms("recommender.item_publish_interval", config.item_publish_interval.as_deref(), 500);
     // Read only when a dimension is set: no embedding work at all otherwise.
     let embedding = spec.embedding.dimension.map(|_| field(p, "embedding_field", &config.embedding_field, "embedding"));
     RecommenderPlan {
