@@ -36,6 +36,19 @@ pub struct AppState {
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
+impl AppState {
+    /// What the handlers of `job`'s API share.
+    pub fn new(job: &Job, prometheus: PrometheusHandle) -> Self {
+        AppState {
+            views: job.views(),
+            recommending: job.recommending(),
+            ingest: job.ingest(),
+            prometheus,
+            ready: job.ready_probe(),
+        }
+    }
+}
+
 /// Largest accepted request body.
 const MAX_BODY: usize = 64 << 20;
 
@@ -79,13 +92,7 @@ impl Server {
     pub fn start(listener: std::net::TcpListener, job: &Job, prometheus: PrometheusHandle) -> Result<Server> {
         let addr = listener.local_addr().context("reading the listen address")?;
         listener.set_nonblocking(true).context("configuring the listener")?;
-        let state = AppState {
-            views: job.views(),
-            recommending: job.recommending(),
-            ingest: job.ingest(),
-            prometheus,
-            ready: job.ready_probe(),
-        };
+        let state = AppState::new(job, prometheus);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -51,13 +51,7 @@ fn harness() -> Harness {
     let plan = Arc::new(plan::plan(&config, "test", 2, dir.path()).unwrap());
     let job = Job::start(plan.clone(), None, false).unwrap();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
-    let state = AppState {
-        views: job.views(),
-        recommending: job.recommending(),
-        ingest: job.ingest(),
-        prometheus,
-        ready: job.ready_probe(),
-    };
+    let state = AppState::new(&job, prometheus);
     Harness { job: Some(job), state, dir }
 }
 
