@@ -47,14 +47,32 @@ pub enum IoError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A component's configuration is invalid. Fix the configuration; every
+    /// problem is listed with its key.
+    #[error("invalid configuration of {component}: {problems}")]
+    Config {
+        /// The component, e.g. `enrichment stage geo`.
+        component: String,
+        /// Every problem found, `key: what is wrong`, joined with `; `.
+        problems: String,
+    },
+    /// An HTTP client could not be built (system resources, the platform's
+    /// network setup). Retrying the build may help; the config is not at fault.
+    #[error("building the HTTP client of {component}: {source}")]
+    HttpClient {
+        /// The component, e.g. `enrichment stage geo`.
+        component: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
 }
 
 impl IoError {
     /// The error's domain.
     pub fn domain(&self) -> Domain {
         match self {
-            IoError::Open { .. } | IoError::Create { .. } => Domain::User,
-            IoError::Read { .. } | IoError::Write { .. } => Domain::External,
+            IoError::Open { .. } | IoError::Create { .. } | IoError::Config { .. } => Domain::User,
+            IoError::Read { .. } | IoError::Write { .. } | IoError::HttpClient { .. } => Domain::External,
         }
     }
 }
