@@ -3,13 +3,16 @@
 //!
 //! Nothing here knows about flows or state: sources produce
 //! [`freshet_engine::decode::Chunk`]s of raw lines, sinks take formatted
-//! bytes. The durable ingest log ([`log`]) lives here too; Kafka and HTTP
-//! enrichment will.
+//! bytes. The durable ingest log ([`log`]) lives here too, and so does the
+//! HTTP side of enrichment stages ([`enrich`]: bounded async calls with
+//! retries, a circuit breaker and a response cache); Kafka will.
 
+pub mod enrich;
 pub mod error;
 pub mod file;
 pub mod generator;
 pub mod log;
+pub mod metrics;
 pub mod sink;
 
 pub use error::{Domain, IoError, Result};
