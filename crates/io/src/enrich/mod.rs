@@ -18,6 +18,7 @@
 //!   breaker, in-flight bound, attempts and retries.
 //! - `breaker.rs`: the circuit breaker's state machine, with time passed in.
 //! - `error.rs`: error kinds, their retry classification and messages.
+//! - `tests.rs`: the enricher against a real HTTP server on loopback.
 
 mod breaker;
 mod config;
@@ -29,3 +30,6 @@ pub(crate) use breaker::Transition;
 pub use config::{BreakerConfig, CacheConfig, EnrichRequest, HttpEnrichConfig, Method, RetryConfig};
 pub use enricher::{EnrichStats, HttpEnricher};
 pub use error::{CallError, ErrorKind};
+
+#[cfg(test)]
+mod tests;
