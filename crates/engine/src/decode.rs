@@ -11,10 +11,24 @@
 //! Dedup stages are not decided here (decoders share no state): the decoder
 //! reads the stage's key and puts a marker before the event's records in
 //! each shard batch that gets some, and those shards decide.
+//!
+//! Enrichment stages make their calls before the chunk runs:
+//! [`Decoder::decode_enriched`] first walks the chunk's lines up to each
+//! enrichment stage (no effects), hands the rendered requests to the
+//! [`Enricher`] in one batch, keeps the answers by (line, stage), repeats
+//! for flows with several stages, and then decodes the chunk as usual with
+//! the answers in hand. Lines are decoded twice in such flows; against a
+//! network call per event that is noise, and it keeps one code path for the
+//! effects.
 
 use std::io::Write;
 
+use std::ops::ControlFlow;
+
+use rustc_hash::FxHashMap;
+
 use crate::aggregate::AggFn;
+use crate::enrich::{Answer, EnrichHttp, EnrichRequest, Enricher, FailurePolicy};
 use crate::event::{Event, FieldPath, Fields, Value};
 use crate::features::emit::{Outputs, write_json_str};
 use crate::features::keys::{hash_bytes, push_part};
@@ -88,6 +102,8 @@ pub enum RejectKind {
     Schema,
     /// Event time missing, not an integer, or outside the supported range.
     EventTime,
+    /// An enrichment call failed and the stage's policy is `dlq`.
+    Enrichment,
     /// A catalog event's embedding is not an array of numbers of the
     /// configured dimension; the event itself is accepted without it.
     Embedding,
@@ -95,7 +111,7 @@ pub enum RejectKind {
 
 impl RejectKind {
     /// All kinds, for metric registration.
-    pub const ALL: [RejectKind; 8] = [
+    pub const ALL: [RejectKind; 9] = [
         RejectKind::InvalidJson,
         RejectKind::Empty,
         RejectKind::TooLarge,
@@ -104,6 +120,7 @@ impl RejectKind {
         RejectKind::Schema,
         RejectKind::EventTime,
         RejectKind::Embedding,
+        RejectKind::Enrichment,
     ];
 
     /// Metric label.
@@ -117,6 +134,7 @@ impl RejectKind {
             RejectKind::Schema => "schema",
             RejectKind::EventTime => "event_time",
             RejectKind::Embedding => "embedding",
+            RejectKind::Enrichment => "enrichment",
         }
     }
 }
@@ -130,7 +148,7 @@ pub struct DecodeStats {
     pub accepted: u64,
     /// Rejections by kind (index = position in `RejectKind::ALL`): one dead
     /// letter each. `Embedding` rejections are of accepted lines.
-    pub rejected: [u64; 8],
+    pub rejected: [u64; 9],
     /// Events dropped by filters.
     pub filtered: u64,
     /// Unmatched events dropped by policy.
@@ -143,6 +161,12 @@ pub struct DecodeStats {
     pub feature_skipped: u64,
     /// Events that passed a dedup stage unchecked, for lack of its key.
     pub dedup_unkeyed: u64,
+    /// Per enrichment stage: events enriched.
+    pub enriched: Vec<u64>,
+    /// Per enrichment stage: events passed on unenriched (policy `skip`).
+    pub enrich_skipped: Vec<u64>,
+    /// Per enrichment stage: events dead-lettered (policy `dlq`).
+    pub enrich_dead_lettered: Vec<u64>,
 }
 
 /// Everything one chunk produced.
@@ -156,6 +180,9 @@ pub struct Decoded {
     pub max_ts: Option<i64>,
     /// Counters.
     pub stats: DecodeStats,
+    /// Set when an enrichment stage with policy `fail` failed: the chunk
+    /// must not be shipped, and the job stops with this error.
+    pub failure: Option<String>,
 }
 
 /// Decodes chunks for a pipeline; one per decoder thread.
@@ -171,6 +198,10 @@ pub struct Decoder<'p> {
     marked: Vec<bool>,
     /// The current catalog event's embedding.
     vector: Vec<f32>,
+    /// Enrichment stages by id.
+    enrich_stages: Vec<&'p EnrichHttp>,
+    /// This chunk's settled calls: (line offset, stage id) → answer.
+    answers: FxHashMap<(u64, u16), Answer>,
 }
 
 impl<'p> Decoder<'p> {
@@ -185,6 +216,8 @@ impl<'p> Decoder<'p> {
             dedup_bytes: Vec::new(),
             marked: vec![false; pipeline.shards],
             vector: Vec::new(),
+            enrich_stages: pipeline.enrich_stages(),
+            answers: FxHashMap::default(),
         }
     }
 
@@ -195,8 +228,96 @@ impl<'p> Decoder<'p> {
             shards: (0..p.shards).map(|_| RecordBatch::default()).collect(),
             outputs: Outputs::new(p.sinks.len(), p.features.len()),
             max_ts: None,
-            stats: DecodeStats { flow_in: vec![0; p.flows.len()], ..DecodeStats::default() },
+            stats: DecodeStats {
+                flow_in: vec![0; p.flows.len()],
+                enriched: vec![0; self.enrich_stages.len()],
+                enrich_skipped: vec![0; self.enrich_stages.len()],
+                enrich_dead_lettered: vec![0; self.enrich_stages.len()],
+                ..DecodeStats::default()
+            },
+            failure: None,
         }
+    }
+
+    /// Decodes `chunk` into `out` after making its enrichment calls through
+    /// `enricher` (see the module doc). Without enrichment stages in the
+    /// pipeline this is [`Decoder::decode`].
+    pub fn decode_enriched(&mut self, chunk: &Chunk, out: &mut Decoded, enricher: &mut dyn Enricher) {
+        self.answers.clear();
+        // One round per stage an event can pass at most; each round settles
+        // the next stage of every event that reached one.
+        for _ in 0..self.enrich_stages.len() {
+            let (keys, requests) = self.collect_calls(chunk);
+            if requests.is_empty() {
+                break;
+            }
+            let responses = enricher.call(requests);
+            for ((offset, id), response) in keys.into_iter().zip(responses) {
+                let answer = self.enrich_stages[id as usize].answer(response);
+                self.answers.insert((offset, id), answer);
+            }
+        }
+        self.decode(chunk, out);
+    }
+
+    /// Walks the chunk's enriching lines without effects up to the first
+    /// enrichment stage with no answer yet; returns the calls to make.
+    fn collect_calls(&mut self, chunk: &Chunk) -> (Vec<(u64, u16)>, Vec<EnrichRequest>) {
+        let p = self.pipeline;
+        let (mut keys, mut requests) = (Vec::new(), Vec::new());
+        let mut offset = chunk.first_offset;
+        let mut oversized = chunk.oversized.iter().peekable();
+        let data = &chunk.data[..];
+        let mut start = 0;
+        while start < data.len() {
+            while oversized.next_if(|o| o.offset == offset).is_some() {
+                offset += 1;
+            }
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            let line = json::trim(&data[start..end]);
+            let (this, next) = (offset, end + 1);
+            offset += 1;
+            start = next;
+            if line.len() > p.limits.max_event_bytes {
+                continue;
+            }
+            let Ok(mut ev) = self.fields.decode(line, p.limits.max_depth) else { continue };
+            let scratch = &mut self.scratch;
+            let Some(flow) = p.flows.iter().find(|f| f.when.eval(&mut ev, scratch)) else { continue };
+            if !flow.enriches()
+                || flow.rules.iter().any(|r| r.check(&mut ev).is_err())
+                || flow.schema.as_ref().is_some_and(|s| s.check(line).is_err())
+                || !ev
+                    .get(&flow.time_field)
+                    .and_then(|v| v.as_i64())
+                    .is_some_and(|ts| (MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts))
+            {
+                continue;
+            }
+            let answers = &mut self.answers;
+            flow.run_stages(&mut ev, scratch, |stage, ev, scratch| {
+                let Stage::EnrichHttp(e) = stage else { return ControlFlow::Continue(()) };
+                if !answers.contains_key(&(this, e.id)) {
+                    match e.request(ev, scratch) {
+                        Ok(request) => {
+                            keys.push((this, e.id));
+                            requests.push(request);
+                            return ControlFlow::Break(());
+                        }
+                        Err(why) => {
+                            answers.insert((this, e.id), Answer::Failed(format!("cannot make the call: {why}")));
+                        }
+                    }
+                }
+                match &answers[&(this, e.id)] {
+                    Answer::Fields(values) => e.apply(values, ev),
+                    Answer::Failed(_) if e.on_failure == FailurePolicy::Skip => e.mark(ev),
+                    Answer::Failed(_) => return ControlFlow::Break(()),
+                }
+                ControlFlow::Continue(())
+            });
+        }
+        (keys, requests)
     }
 
     /// Decodes every line of `chunk` into `out`.
@@ -338,12 +459,40 @@ impl<'p> Decoder<'p> {
         let unkeyed = &mut out.stats.dedup_unkeyed;
         let (dedup, dedup_bytes) = (&mut self.dedup, &mut self.dedup_bytes);
         dedup.clear();
+        let answers = &self.answers;
+        let (enriched, skipped) = (&mut out.stats.enriched, &mut out.stats.enrich_skipped);
+        let mut halted: Option<(u16, String)> = None;
         let outcome = flow.run_stages(&mut ev, scratch, |stage, ev, scratch| match stage {
             Stage::Route(sink) => {
                 let buf = &mut sinks[*sink as usize];
                 ev.write_json(&mut buf.data);
                 buf.data.push(b'\n');
                 buf.rows += 1;
+                ControlFlow::Continue(())
+            }
+            Stage::EnrichHttp(e) => {
+                let i = e.id as usize;
+                match answers.get(&(offset, e.id)) {
+                    Some(Answer::Fields(values)) => {
+                        e.apply(values, ev);
+                        enriched[i] += 1;
+                        ControlFlow::Continue(())
+                    }
+                    failed => {
+                        let why = match failed {
+                            Some(Answer::Failed(why)) => why.as_str(),
+                            _ => "no enricher made the call",
+                        };
+                        if e.on_failure == FailurePolicy::Skip {
+                            e.mark(ev);
+                            skipped[i] += 1;
+                            ControlFlow::Continue(())
+                        } else {
+                            halted = Some((e.id, why.to_string()));
+                            ControlFlow::Break(())
+                        }
+                    }
+                }
             }
             Stage::Dedup(d) => {
                 if dedup.is_empty() {
@@ -357,12 +506,29 @@ impl<'p> Decoder<'p> {
                     dedup_bytes.truncate(start);
                     *unkeyed += 1;
                 }
+                ControlFlow::Continue(())
             }
-            _ => {}
+            _ => ControlFlow::Continue(()),
         });
-        if outcome == Outcome::Filtered {
-            out.stats.filtered += 1;
-            return;
+        match outcome {
+            Outcome::Passed => {}
+            Outcome::Filtered => {
+                out.stats.filtered += 1;
+                return;
+            }
+            Outcome::Halted => {
+                let Some((id, why)) = halted else { return };
+                let e = self.enrich_stages[id as usize];
+                let reason = format!("flow {}: enrich stage {}: {why}", flow.name, e.name);
+                if e.on_failure == FailurePolicy::Fail {
+                    out.failure.get_or_insert(reason);
+                    return;
+                }
+                // The event ends here, in the dead-letter sink, not accepted.
+                out.stats.accepted -= 1;
+                out.stats.enrich_dead_lettered[e.id as usize] += 1;
+                return self.dead_letter(chunk, offset, raw, RejectKind::Enrichment, &reason, out);
+            }
         }
         if !self.dedup.is_empty() {
             self.marked.fill(false);
@@ -709,5 +875,96 @@ mod tests {
         let out = decode(&off);
         assert_eq!((out.stats.accepted, out.stats.rejected.iter().sum::<u64>()), (4, 0));
         assert!(out.shards[0].model.iter().all(|m| m.fields[3].is_none()));
+    }
+
+    /// Answers from a table by URL; counts batches. (The real client is
+    /// tested against a real server in `freshet-io` and end to end.)
+    struct TableEnricher {
+        answers: Vec<(&'static str, Result<&'static str, &'static str>)>,
+        batches: Vec<Vec<String>>,
+    }
+
+    impl Enricher for TableEnricher {
+        fn call(&mut self, requests: Vec<EnrichRequest>) -> Vec<Result<Vec<u8>, String>> {
+            self.batches.push(requests.iter().map(|r| r.url.clone()).collect());
+            requests
+                .iter()
+                .map(|r| match self.answers.iter().find(|(u, _)| *u == r.url) {
+                    Some((_, Ok(body))) => Ok(body.as_bytes().to_vec()),
+                    Some((_, Err(e))) => Err(e.to_string()),
+                    None => Err("HTTP 404".into()),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn chained_enrichment_stages_apply_answers_in_order_and_policies_decide_failures() {
+        use crate::enrich::{EnrichHttp, FailurePolicy, Template};
+        let path = |s: &str| FieldPath::parse(s).unwrap();
+        let stage = |id: u16, url: &str, field: &str, on_failure| {
+            Stage::EnrichHttp(EnrichHttp {
+                id,
+                name: format!("s{id}"),
+                url: Template::url(url).unwrap(),
+                body: None,
+                fields: vec![(path(field), "/v".into())],
+                on_failure,
+                mark: path("skipped"),
+            })
+        };
+        let mut p = pipeline(WindowSpec::Global);
+        p.flows[0].stages = vec![
+            stage(0, "http://a/{k}", "cat", FailurePolicy::DeadLetter),
+            // The second call's URL uses the first call's answer.
+            stage(1, "http://b/{cat}", "dept", FailurePolicy::Skip),
+            Stage::Route(0),
+        ];
+        let lines = [
+            r#"{"k":"x","ts":1}"#,
+            r#"{"k":"gone","ts":2}"#,
+            r#"{"k":"y","ts":3}"#,
+            r#"{"ts":4}"#,
+            r#"{"k":"x","ts":5}"#,
+        ]
+        .join("\n");
+        let mut enricher = TableEnricher {
+            answers: vec![
+                ("http://a/x", Ok(r#"{"v":"shoes"}"#)),
+                ("http://a/y", Ok(r#"{"v":"hats"}"#)),
+                ("http://a/gone", Err("HTTP 503 after 4 attempts")),
+                ("http://b/shoes", Ok(r#"{"v":"apparel"}"#)),
+            ],
+            batches: vec![],
+        };
+        let mut decoder = Decoder::new(&p);
+        let mut out = decoder.output();
+        decoder.decode_enriched(&Chunk { data: lines.into_bytes(), ..Chunk::default() }, &mut out, &mut enricher);
+        // Two rounds: every first stage, then the second stage of those that passed it.
+        assert_eq!(enricher.batches.len(), 2, "{:?}", enricher.batches);
+        assert_eq!(enricher.batches[1], vec!["http://b/shoes", "http://b/hats", "http://b/shoes"]);
+        let written = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+        let rows: Vec<&str> = written.lines().collect();
+        assert_eq!(rows.len(), 5, "{written}");
+        assert_eq!(rows[0], r#"{"k":"x","ts":1,"cat":"shoes","dept":"apparel"}"#);
+        assert!(rows[1].contains("enrich stage s0: HTTP 503 after 4 attempts") && rows[1].contains(r#""offset":1"#));
+        assert_eq!(rows[2], r#"{"k":"y","ts":3,"cat":"hats","skipped":"s1"}"#);
+        assert!(rows[3].contains("cannot make the call: URL: field k is missing") && rows[3].contains(r#""offset":3"#));
+        assert_eq!(rows[4], r#"{"k":"x","ts":5,"cat":"shoes","dept":"apparel"}"#);
+        assert_eq!(out.stats.accepted, 3);
+        assert_eq!(out.stats.enriched, vec![3, 2]);
+        assert_eq!(out.stats.enrich_skipped, vec![0, 1]);
+        assert_eq!(out.stats.enrich_dead_lettered, vec![2, 0]);
+        assert!(out.failure.is_none());
+
+        // Policy `fail`: the chunk carries the failure for the runtime to stop on.
+        if let Stage::EnrichHttp(e) = &mut p.flows[0].stages[0] {
+            e.on_failure = FailurePolicy::Fail;
+        }
+        let mut decoder = Decoder::new(&p);
+        let mut out = decoder.output();
+        let chunk = Chunk { data: br#"{"k":"gone","ts":2}"#.to_vec(), ..Chunk::default() };
+        decoder.decode_enriched(&chunk, &mut out, &mut enricher);
+        assert_eq!(out.failure.as_deref(), Some("flow f: enrich stage s0: HTTP 503 after 4 attempts"));
     }
 }

@@ -8,9 +8,13 @@
 //! stage (dedup) needs state: the decoder only reads its key (handing it to
 //! the caller of [`Flow::run_stages`]), and the shards that get the event's
 //! records decide there whether it is a duplicate, in chunk order. An async
-//! stage (HTTP enrichment) would be handed to the I/O runtime with a bounded
-//! number in flight. `Stage::placement` tells the planner which.
+//! stage (HTTP enrichment) is called on the binary's I/O runtime before the
+//! decoder runs the chunk (see [`crate::enrich`]); the decoder then applies
+//! the answer in place. `Stage::placement` tells the planner which.
 
+use std::ops::ControlFlow;
+
+use crate::enrich::EnrichHttp;
 use crate::event::{Event, FieldPath};
 use crate::json::Kind;
 use crate::predicate::Predicate;
@@ -50,6 +54,8 @@ pub enum Stage {
     Route(u16),
     /// Drop an event whose key was already seen within the TTL (decided on the shards).
     Dedup(Dedup),
+    /// Add fields from an HTTP service's answer (called before the chunk runs).
+    EnrichHttp(EnrichHttp),
 }
 
 /// A dedup stage: events with the same key within `ttl` of event time are one event.
@@ -87,6 +93,7 @@ impl Stage {
     pub fn placement(&self) -> Placement {
         match self {
             Stage::Dedup(_) => Placement::Keyed,
+            Stage::EnrichHttp(_) => Placement::Async,
             _ => Placement::Inline,
         }
     }
@@ -99,6 +106,8 @@ pub enum Outcome {
     Passed,
     /// A filter dropped it.
     Filtered,
+    /// An effect stopped it (an enrichment's failure policy).
+    Halted,
 }
 
 /// A planned flow.
@@ -121,13 +130,21 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Whether any stage calls out (the decoder then resolves calls first).
+    pub fn enriches(&self) -> bool {
+        self.stages.iter().any(|s| s.placement() == Placement::Async)
+    }
+}
+
+impl Flow {
     /// Runs the stages on `ev`. Stages whose effect is outside the event
-    /// (route, dedup) are handed to `effect` with the event as edited so far.
+    /// (route, dedup, enrichment) are handed to `effect` with the event as
+    /// edited so far; it may stop the event.
     pub fn run_stages(
         &self,
         ev: &mut Event<'_>,
         scratch: &mut String,
-        mut effect: impl FnMut(&Stage, &mut Event<'_>, &mut String),
+        mut effect: impl FnMut(&Stage, &mut Event<'_>, &mut String) -> ControlFlow<()>,
     ) -> Outcome {
         for stage in &self.stages {
             match stage {
@@ -151,7 +168,11 @@ impl Flow {
                         ev.remove(p);
                     }
                 }
-                Stage::Route(_) | Stage::Dedup(_) => effect(stage, ev, scratch),
+                Stage::Route(_) | Stage::Dedup(_) | Stage::EnrichHttp(_) => {
+                    if effect(stage, ev, scratch).is_break() {
+                        return Outcome::Halted;
+                    }
+                }
             }
         }
         Outcome::Passed
@@ -194,6 +215,7 @@ mod tests {
             let mut out = Vec::new();
             ev.write_json(&mut out);
             routed.push((*sink, String::from_utf8(out).unwrap()));
+            ControlFlow::Continue(())
         });
         assert_eq!(outcome, Outcome::Filtered);
         assert_eq!(routed, vec![(3, r#"{"type":"click","email":"***"}"#.to_string())]);

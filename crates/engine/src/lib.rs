@@ -27,6 +27,7 @@
 pub mod aggregate;
 pub mod decode;
 pub mod dedup;
+pub mod enrich;
 pub mod event;
 pub mod features;
 pub mod flow;

@@ -1,6 +1,7 @@
 //! The resolved pipeline the engine runs: flows, features, sinks and limits,
 //! as planned from config by the binary. Plain data; no I/O.
 
+use crate::enrich::EnrichHttp;
 use crate::event::FieldPath;
 use crate::features::{FeatureSpec, Format};
 use crate::flow::{Dedup, Flow, Stage};
@@ -119,6 +120,21 @@ impl Pipeline {
             })
             .collect();
         all.sort_by_key(|d| d.id);
+        all
+    }
+
+    /// Every HTTP enrichment stage, by id.
+    pub fn enrich_stages(&self) -> Vec<&EnrichHttp> {
+        let mut all: Vec<&EnrichHttp> = self
+            .flows
+            .iter()
+            .flat_map(|f| &f.stages)
+            .filter_map(|s| match s {
+                Stage::EnrichHttp(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        all.sort_by_key(|e| e.id);
         all
     }
 }

@@ -42,6 +42,11 @@ pub const HTTP_DURATION: &str = "freshet_http_request_duration_seconds";
 /// Events taken by HTTP ingest.
 pub const HTTP_INGESTED: &str = "freshet_http_ingested_events_total";
 
+/// Events out of an enrichment stage, by stage and outcome: `enriched`,
+/// `skipped` (passed on unenriched, policy `skip`), `dead_lettered` (policy
+/// `dlq`). The calls themselves are counted by `freshet_enrich_calls_total`.
+pub const ENRICH_EVENTS: &str = "freshet_enrich_events_total";
+
 /// Recommendations answered, by kind: `user` (a user the model knows),
 /// `cold_start` (anonymous or unknown user), `similar` (similar items).
 pub const RECOMMEND_REQUESTS: &str = "freshet_recommend_requests_total";
@@ -79,6 +84,8 @@ pub struct DecoderMetrics {
     filtered: Counter,
     skipped: Counter,
     unkeyed: Counter,
+    /// Per enrichment stage: enriched, skipped, dead-lettered.
+    enrich: Vec<[Counter; 3]>,
 }
 
 impl DecoderMetrics {
@@ -96,6 +103,14 @@ impl DecoderMetrics {
             filtered: counter!(FLOW_FILTERED),
             skipped: counter!(FEATURE_SKIPPED),
             unkeyed: counter!(DEDUP_UNKEYED),
+            enrich: plan
+                .enrich
+                .iter()
+                .map(|e| {
+                    ["enriched", "skipped", "dead_lettered"]
+                        .map(|outcome| counter!(ENRICH_EVENTS, "stage" => e.stage.clone(), "outcome" => outcome))
+                })
+                .collect(),
         }
     }
 
@@ -118,6 +133,11 @@ impl DecoderMetrics {
         self.filtered.increment(s.filtered);
         self.skipped.increment(s.feature_skipped);
         self.unkeyed.increment(s.dedup_unkeyed);
+        for (i, [enriched, skipped, dead]) in self.enrich.iter().enumerate() {
+            enriched.increment(s.enriched.get(i).copied().unwrap_or(0));
+            skipped.increment(s.enrich_skipped.get(i).copied().unwrap_or(0));
+            dead.increment(s.enrich_dead_lettered.get(i).copied().unwrap_or(0));
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: the file model, loading with variable substitution, and
 //! planning into a runnable [`plan::Plan`].
 
+pub mod enrich;
 pub mod load;
 pub mod model;
 pub mod plan;

@@ -267,6 +267,9 @@ pub enum StageConfig {
         /// first event's time plus this. Required.
         ttl: String,
     },
+    /// Add fields from an HTTP service's answer, with retries, a circuit
+    /// breaker and a cache; see [`super::enrich::EnrichHttpConfig`].
+    EnrichHttp(Box<super::enrich::EnrichHttpConfig>),
 }
 
 /// One field path or a list of them.

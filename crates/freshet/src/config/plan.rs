@@ -109,6 +109,8 @@ pub struct Plan {
     pub checkpoint_interval: Duration,
     /// Complete checkpoints kept.
     pub keep_checkpoints: usize,
+    /// How each enrichment stage calls its service, by stage id.
+    pub enrich: Vec<freshet_io::enrich::HttpEnrichConfig>,
 }
 
 impl Plan {
@@ -137,6 +139,7 @@ impl Plan {
                     .iter()
                     .filter_map(|s| match s {
                         Stage::Dedup(d) => Some(d.definition()),
+                        Stage::EnrichHttp(e) => Some(e.definition()),
                         _ => None,
                     })
                     .collect();
@@ -482,6 +485,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     // Flows.
     let mut flows: Vec<Flow> = Vec::new();
     let mut dedups = 0u16;
+    let mut enrich: Vec<freshet_io::enrich::HttpEnrichConfig> = Vec::new();
     for (i, f) in config.flows.iter().enumerate() {
         let path = format!("flows[{i}]");
         if flows.iter().any(|g| g.name == f.name) {
@@ -575,6 +579,17 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
                     let ttl = p.positive_ms(&format!("{spath}.ttl"), Some(ttl)).unwrap_or(1);
                     dedups += 1;
                     Stage::Dedup(Dedup { id: dedups - 1, key, ttl })
+                }
+                StageConfig::EnrichHttp(c) => {
+                    let id = enrich.len() as u16;
+                    let default_name = format!("{}_enrich_{j}", f.name);
+                    let (stage, client) =
+                        super::enrich::plan(c, &spath, id, default_name, dead_letter.is_some(), &mut p);
+                    if enrich.iter().any(|e| e.stage == client.stage) {
+                        p.err(format!("{spath}.name"), format!("duplicate enrichment stage name {:?}", client.stage));
+                    }
+                    enrich.push(client);
+                    Stage::EnrichHttp(stage)
                 }
             });
         }
@@ -705,7 +720,9 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     }
 
     let shards = pc.shards.unwrap_or(cores).max(1);
-    let decoders = pc.decoders.unwrap_or(cores).max(1);
+    // A decoder waits on its chunk's enrichment calls; more of them keep
+    // more chunks' calls in flight.
+    let decoders = pc.decoders.unwrap_or(if enrich.is_empty() { cores } else { cores.max(4) }).max(1);
     if pc.shards == Some(0) {
         p.err("pipeline.shards", "must be >= 1");
     }
@@ -749,5 +766,6 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         read_block: pc.read_block_bytes.unwrap_or(1 << 18).max(4096),
         checkpoint_interval: Duration::from_millis(checkpoint_ms.max(1) as u64),
         keep_checkpoints: pc.keep_checkpoints.unwrap_or(3).max(1),
+        enrich,
     })
 }

@@ -5,6 +5,9 @@
 //!  file        seq, ticks    parse,        keyed        files,
 //!  generator                 flows,        state,       stdout,
 //!  http ingest               records       windows      DLQ
+//!                               │ ▲
+//!                               ▼ │ a chunk's enrichment calls, all at once
+//!                            enrich-io runtime (HTTP, retries, breaker, cache)
 //! ```
 //!
 //! The dispatcher numbers chunks and deals them round-robin to decoders;
@@ -14,6 +17,7 @@
 //! a slow shard or sink pushes back to the sources. Metrics are counted per
 //! chunk, never per event.
 
+mod enrich;
 pub(crate) mod ingest;
 pub(crate) mod sources;
 mod workers;
@@ -109,6 +113,8 @@ pub struct Job {
     writer: Option<JoinHandle<Result<SinkRows>>>,
     shards: Vec<JoinHandle<Vec<u64>>>,
     coordinator: Option<JoinHandle<()>>,
+    /// Kept until the decoders are done.
+    enrichment: Option<Arc<enrich::Enrichment>>,
     started: Instant,
 }
 
@@ -228,6 +234,7 @@ impl Job {
             shard_txs.push(row);
         }
 
+        let enrichment = enrich::Enrichment::start(&plan)?;
         let pools = workers::Pools::new(decoders);
         let links = workers::Links { writer: writer_tx.clone(), pools: pools.clone(), shared: shared.clone() };
         let mut threads = Vec::new();
@@ -279,7 +286,8 @@ impl Job {
         }
         for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
             let (plan, links) = (plan.clone(), links.clone());
-            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, links))?);
+            let calls = enrichment.as_ref().map(|e| e.calls());
+            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, links, calls))?);
         }
         let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();
@@ -313,6 +321,7 @@ impl Job {
             writer: Some(writer),
             shards: shard_handles,
             coordinator,
+            enrichment,
             started: Instant::now(),
         })
     }
@@ -369,6 +378,7 @@ impl Job {
         if let Some(c) = self.coordinator.take() {
             let _ = c.join();
         }
+        drop(self.enrichment.take());
         if let Some(e) = self.shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }

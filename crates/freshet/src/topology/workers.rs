@@ -278,7 +278,14 @@ fn remove_covered_segments(logs: &[(usize, PathBuf)], kept: &std::collections::V
 }
 
 /// Decodes chunks and fans their records out to every shard.
-pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: Vec<Sender<ShardInput>>, links: Links) {
+pub(super) fn decode(
+    plan: &Plan,
+    index: usize,
+    rx: Receiver<DecoderMsg>,
+    txs: Vec<Sender<ShardInput>>,
+    links: Links,
+    mut enricher: Option<super::enrich::Calls>,
+) {
     let Links { pools, shared, .. } = links;
     let pipeline = &plan.pipeline;
     let mut decoder = Decoder::new(pipeline);
@@ -314,7 +321,17 @@ pub(super) fn decode(plan: &Plan, index: usize, rx: Receiver<DecoderMsg>, txs: V
         let forget = msg.chunk.as_ref().and_then(|c| c.forget.clone());
         let (partition, end, ingest_ms, ingest_us) = match &msg.chunk {
             Some(c) => {
-                decoder.decode(c, &mut out);
+                match &mut enricher {
+                    Some(e) => decoder.decode_enriched(c, &mut out, e),
+                    None => decoder.decode(c, &mut out),
+                }
+                if let Some(failure) = out.failure.take() {
+                    // Policy `fail`: the chunk is not shipped; recovery replays it.
+                    shared.fail(
+                        anyhow::anyhow!(failure).context("an enrichment stage with on_failure = \"fail\" failed"),
+                    );
+                    return;
+                }
                 metrics.record(&out.stats, plan.sources.get(c.source as usize).map_or("", |s| s.name.as_str()));
                 let rejected: u64 = out.stats.rejected.iter().sum();
                 shared.lines.fetch_add(out.stats.lines, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! End-to-end tests of the `freshet` binary, in one test binary (one link on
 //! 2-core machines): the reference job against two oracles over generated
 //! workloads, bad and odd input through the file source, and configuration
-//! and environment errors; recommendations served by a running process.
+//! and environment errors; recommendations served by a running process;
+//! enrichment against a real HTTP service the test starts.
 //!
 //! They run the built binary as a child process; generated inputs and the
 //! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
@@ -13,6 +14,7 @@ mod bad_input;
 mod config_errors;
 mod dedup;
 mod durable_ingest;
+mod enrich;
 mod eval;
 mod oracle;
 mod recommend;

@@ -1,0 +1,362 @@
+//! `examples/enrich-job.toml` run by the binary against a real HTTP service:
+//! an axum server on a loopback socket, started by the test, that answers
+//! `GET /items/{id}` with the item's category and misbehaves on purpose —
+//! latency, 503 once then fine, 404, answers slower than the timeout, a full
+//! outage and its recovery — and a port where nothing listens. Every case
+//! checks that each input line ends exactly once: enriched (with the
+//! category the service gave), passed on per policy, or in the dead-letter
+//! file with a reason.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::Value;
+
+use crate::support::{self, DLQ};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// How the service treats an item, by the last digits of its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// 200 after 1 ms.
+    Healthy,
+    /// 200 after 20 ms.
+    Slow,
+    /// 503 on the first call for the item, then 200.
+    FlakyOnce,
+    /// 404 always: not retried.
+    Missing,
+    /// Never answers within the job's timeout.
+    Hangs,
+}
+
+fn behaviour(item: &str) -> Behaviour {
+    let n: u64 = item.trim_start_matches('i').parse().unwrap_or(0);
+    match n % 100 {
+        7 | 17 => Behaviour::Slow,
+        23 | 53 => Behaviour::FlakyOnce,
+        13 => Behaviour::Missing,
+        99 => Behaviour::Hangs,
+        _ => Behaviour::Healthy,
+    }
+}
+
+fn category(item: &str) -> String {
+    format!("cat-{}", item.len() + item.bytes().map(u64::from).sum::<u64>() as usize % 7)
+}
+
+#[derive(Default)]
+struct Service {
+    calls: AtomicU64,
+    /// Calls per item, to check retries and the 404's single attempt.
+    per_item: std::sync::Mutex<HashMap<String, u64>>,
+    /// While set, every call answers 500.
+    outage: AtomicBool,
+    /// Calls answered during the outage.
+    outage_calls: AtomicU64,
+}
+
+async fn item(State(s): State<Arc<Service>>, UrlPath(id): UrlPath<String>) -> (StatusCode, String) {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    let seen = {
+        let mut per = s.per_item.lock().unwrap();
+        let n = per.entry(id.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    if s.outage.load(Ordering::SeqCst) {
+        s.outage_calls.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down".into());
+    }
+    let delay = match behaviour(&id) {
+        Behaviour::Slow => 20,
+        Behaviour::Hangs => 2_000,
+        _ => 1,
+    };
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    match behaviour(&id) {
+        Behaviour::FlakyOnce if seen == 1 => (StatusCode::SERVICE_UNAVAILABLE, "busy".into()),
+        Behaviour::Missing => (StatusCode::NOT_FOUND, "no such item".into()),
+        _ => (StatusCode::OK, serde_json::json!({"item_id": id, "category": category(&id)}).to_string()),
+    }
+}
+
+/// The service on a loopback port, with its runtime.
+struct Running {
+    url: String,
+    state: Arc<Service>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn start_service() -> Running {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a test runtime");
+    let state = Arc::new(Service::default());
+    let app = axum::Router::new().route("/items/{id}", get(item)).with_state(state.clone());
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binding a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("a local address"));
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Running { url, state, _runtime: runtime }
+}
+
+/// A port nothing listens on.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener.local_addr().expect("a local address");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+fn example() -> PathBuf {
+    let path = support::repo_root().join("examples/enrich-job.toml");
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// The example with `edits` (from, to) applied, written into `dir`.
+fn edited_example(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(example()).expect("reading the example");
+    for (from, to) in edits {
+        assert!(text.contains(from), "the example no longer contains {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("enrich-job.toml");
+    std::fs::write(&path, text).expect("writing the edited example");
+    path
+}
+
+fn workload(dir: &Path, events: u64) -> (PathBuf, Vec<String>) {
+    let input = dir.join("events.ndjson");
+    support::generate_events(
+        &input,
+        &["--events".into(), events.to_string(), "--items".into(), "3000".into(), "--seed".into(), "11".into()],
+    );
+    let bytes = std::fs::read(&input).expect("reading the workload");
+    let lines = support::input_lines(&bytes).iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    (input, lines)
+}
+
+fn run(config: &Path, input: &Path, out: &Path, url: &str, env: &[(&str, &str)]) -> support::Finished {
+    let mut cmd = support::freshet();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("FRESHET_INPUT", input)
+        .env("FRESHET_OUTPUT", out)
+        .env("FRESHET_ENRICH_URL", url)
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    support::run_with_deadline(&mut cmd, DEADLINE)
+}
+
+fn read_ndjson(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} line {n}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// Where each input line ended.
+#[derive(Debug, Default)]
+struct Ends {
+    /// Enriched (or passed-on) events, in output order, by event_id.
+    out: Vec<Value>,
+    /// Dead letters by input offset: (reason, raw).
+    dlq: BTreeMap<u64, (String, String)>,
+}
+
+/// Reads both outputs and checks that every input line is in exactly one of
+/// them: output events by event_id (unique in the workload), dead letters by
+/// offset, with `raw` equal to the input line.
+fn ends_exactly_once(input: &[String], out_dir: &Path) -> Ends {
+    let out = read_ndjson(&out_dir.join("enriched.ndjson"));
+    let dlq = support::read_dlq(&out_dir.join(DLQ));
+    let mut ends = Ends::default();
+    let ids: HashMap<String, u64> = input
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            Some((v.get("event_id")?.as_str()?.to_string(), i as u64))
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for ev in &out {
+        let id = ev["event_id"].as_str().unwrap_or_else(|| panic!("an output event has no event_id: {ev}"));
+        let offset = *ids.get(id).unwrap_or_else(|| panic!("output event {id} is not in the input"));
+        assert!(seen.insert(offset), "input line {offset} ({id}) was written twice");
+    }
+    for r in &dlq {
+        assert!(seen.insert(r.offset), "input line {} ended twice (output and/or DLQ): {}", r.offset, r.reason);
+        let line = &input[r.offset as usize];
+        if std::str::from_utf8(line.as_bytes()).is_ok() && !r.reason.contains("too large") {
+            assert_eq!(&r.raw, line, "dead letter {}'s raw is not the input line", r.offset);
+        }
+        assert!(!r.reason.is_empty(), "dead letter {} has no reason", r.offset);
+        ends.dlq.insert(r.offset, (r.reason.clone(), r.raw.clone()));
+    }
+    let lost: Vec<usize> = (0..input.len()).filter(|i| !seen.contains(&(*i as u64))).take(5).collect();
+    assert!(lost.is_empty(), "input lines lost (first few): {lost:?} of {}", input.len());
+    ends.out = out;
+    ends
+}
+
+fn item_of(raw: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(raw).ok()?;
+    Some(v.get("item_id")?.as_str()?.to_string())
+}
+
+fn is_interaction(ev: &Value) -> bool {
+    matches!(ev["type"].as_str(), Some("view" | "click" | "add_to_cart" | "purchase"))
+}
+
+#[test]
+fn every_event_is_enriched_retried_or_dead_lettered_exactly_once_in_input_order() {
+    let service = start_service();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lines) = workload(dir.path(), 6_000);
+    let config = edited_example(dir.path(), &[]);
+    let finished = run(&config, &input, dir.path(), &service.url, &[("FRESHET_ENRICH_TIMEOUT", "100ms")]);
+    finished.assert_success();
+    let ends = ends_exactly_once(&lines, dir.path());
+
+    // Enriched interactions carry the category the service gave; order is the input's.
+    let mut last = None;
+    for ev in &ends.out {
+        let id = ev["event_id"].as_str().unwrap();
+        let offset = lines.iter().position(|l| l.contains(&format!("\"event_id\":\"{id}\""))).unwrap();
+        assert!(last < Some(offset), "event {id} is out of input order");
+        last = Some(offset);
+        if is_interaction(ev) {
+            let item = ev["item_id"].as_str().unwrap();
+            assert!(matches!(behaviour(item), Behaviour::Healthy | Behaviour::Slow | Behaviour::FlakyOnce), "{ev}");
+            assert_eq!(ev["item"]["category"], Value::String(category(item)), "{ev}");
+        }
+    }
+    // Failed calls are dead letters with the error; everything else the service can answer was enriched.
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for (reason, raw) in ends.dlq.values() {
+        let Some(item) = item_of(raw) else { continue };
+        match behaviour(&item) {
+            Behaviour::Missing => {
+                assert!(reason.contains("item_category") && reason.contains("404"), "{reason}");
+                *by_reason.entry("404").or_default() += 1;
+            }
+            Behaviour::Hangs => {
+                assert!(reason.contains("timed out"), "{reason}");
+                *by_reason.entry("timeout").or_default() += 1;
+            }
+            // Only invalid lines (field rules, event time) may fail for other items.
+            _ => assert!(!reason.contains("enrich"), "item {item} should have been enriched: {reason}"),
+        }
+    }
+    assert!(by_reason.get("404").copied().unwrap_or(0) > 10, "{by_reason:?}");
+    assert!(by_reason.get("timeout").copied().unwrap_or(0) > 10, "{by_reason:?}");
+    // A 404 is asked once; a flaky item twice (503, then the retry); a hanging one four times (3 retries).
+    let per_item = service.state.per_item.lock().unwrap();
+    for (item, calls) in per_item.iter() {
+        let interactions = lines.iter().filter(|l| l.contains(&format!("\"item_id\":\"{item}\""))).count() as u64;
+        match behaviour(item) {
+            Behaviour::Missing => assert_eq!(*calls, interactions, "404s are not retried: {item}"),
+            Behaviour::Hangs => assert_eq!(*calls, 4 * interactions, "timeouts are retried 3 times: {item}"),
+            Behaviour::FlakyOnce => assert_eq!(*calls, interactions + 1, "one 503, one retry: {item}"),
+            _ => assert_eq!(*calls, interactions, "healthy items are called once per event: {item}"),
+        }
+    }
+}
+
+#[test]
+fn an_outage_opens_the_breaker_healthy_traffic_resumes_when_it_closes() {
+    let service = start_service();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lines) = workload(dir.path(), 30_000);
+    // Fewer calls in flight slow the job to a few seconds, so the outage falls in its middle.
+    let config = edited_example(dir.path(), &[("max_in_flight = 256", "max_in_flight = 4")]);
+    let state = service.state.clone();
+    let flipper = std::thread::spawn(move || {
+        let started = Instant::now();
+        while state.calls.load(Ordering::SeqCst) < 3_000 && started.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        state.outage.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(800));
+        state.outage.store(false, Ordering::SeqCst);
+        state.calls.load(Ordering::SeqCst)
+    });
+    let finished = run(&config, &input, dir.path(), &service.url, &[("FRESHET_ENRICH_OPEN_FOR", "200ms")]);
+    finished.assert_success();
+    let calls_at_recovery = flipper.join().unwrap();
+    let ends = ends_exactly_once(&lines, dir.path());
+    let stderr = finished.stderr_text();
+    assert!(stderr.contains("Circuit breaker opened"), "the breaker never opened:\n{}", finished.describe());
+    assert!(stderr.contains("Circuit breaker closed"), "the breaker never closed again:\n{}", finished.describe());
+    let open_rejections = ends.dlq.values().filter(|(r, _)| r.contains("circuit open")).count();
+    assert!(open_rejections > 100, "events should fail fast while open, got {open_rejections}");
+    // While open the service is spared: far fewer calls than events in the outage.
+    let outage_calls = service.state.outage_calls.load(Ordering::SeqCst);
+    assert!(outage_calls < open_rejections as u64, "{outage_calls} calls reached the dead service");
+    // After recovery, healthy items are enriched again.
+    assert!(service.state.calls.load(Ordering::SeqCst) > calls_at_recovery + 1000, "traffic did not resume");
+    let enriched_late = ends.out.iter().rev().take(1000).filter(|e| e.get("item").is_some()).count();
+    assert!(enriched_late > 500, "after recovery events should be enriched again ({enriched_late} of the last 1000)");
+}
+
+#[test]
+fn connection_refused_dead_letters_every_interaction_with_the_error_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lines) = workload(dir.path(), 2_000);
+    let config = edited_example(dir.path(), &[]);
+    let finished = run(&config, &input, dir.path(), &closed_port_url(), &[]);
+    finished.assert_success();
+    let ends = ends_exactly_once(&lines, dir.path());
+    assert!(ends.out.iter().all(|e| !is_interaction(e)), "no interaction can be enriched");
+    let refused = ends.dlq.values().filter(|(r, _)| r.contains("item_category")).count();
+    assert!(refused > 1_500, "{refused}");
+    assert!(finished.stderr_text().contains("Circuit breaker opened"), "{}", finished.describe());
+}
+
+#[test]
+fn skip_policy_passes_failed_events_on_marked() {
+    let service = start_service();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, lines) = workload(dir.path(), 3_000);
+    let config = edited_example(dir.path(), &[("on_failure = \"dlq\"", "on_failure = \"skip\"")]);
+    let finished = run(&config, &input, dir.path(), &service.url, &[("FRESHET_ENRICH_TIMEOUT", "50ms")]);
+    finished.assert_success();
+    let ends = ends_exactly_once(&lines, dir.path());
+    let mut marked = 0;
+    for ev in ends.out.iter().filter(|e| is_interaction(e)) {
+        let item = ev["item_id"].as_str().unwrap();
+        match behaviour(item) {
+            Behaviour::Missing | Behaviour::Hangs => {
+                assert_eq!(ev["enrich_skipped"], "item_category", "{ev}");
+                assert!(ev.get("item").is_none(), "{ev}");
+                marked += 1;
+            }
+            _ => assert_eq!(ev["item"]["category"], Value::String(category(item)), "{ev}"),
+        }
+    }
+    assert!(marked > 20, "{marked}");
+    assert!(ends.dlq.values().all(|(r, _)| !r.contains("enrich")), "skip sends nothing to the DLQ");
+}
+
+#[test]
+fn fail_policy_stops_the_job_with_an_error_naming_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = workload(dir.path(), 500);
+    let config = edited_example(dir.path(), &[("on_failure = \"dlq\"", "on_failure = \"fail\"")]);
+    let finished = run(&config, &input, dir.path(), &closed_port_url(), &[]);
+    assert!(!finished.status.success(), "the job should fail:\n{}", finished.describe());
+    let stderr = finished.stderr_text();
+    assert!(stderr.contains("item_category") && stderr.contains("on_failure"), "{}", finished.describe());
+}
