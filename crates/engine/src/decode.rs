@@ -297,19 +297,18 @@ impl<'p> Decoder<'p> {
             let answers = &mut self.answers;
             flow.run_stages(&mut ev, scratch, |stage, ev, scratch| {
                 let Stage::EnrichHttp(e) = stage else { return ControlFlow::Continue(()) };
-                if !answers.contains_key(&(this, e.id)) {
-                    match e.request(ev, scratch) {
+                let answer = match answers.entry((this, e.id)) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => match e.request(ev, scratch) {
                         Ok(request) => {
                             keys.push((this, e.id));
                             requests.push(request);
                             return ControlFlow::Break(());
                         }
-                        Err(why) => {
-                            answers.insert((this, e.id), Answer::Failed(format!("cannot make the call: {why}")));
-                        }
-                    }
-                }
-                match &answers[&(this, e.id)] {
+                        Err(why) => v.insert(Answer::Failed(format!("cannot make the call: {why}"))),
+                    },
+                };
+                match answer {
                     Answer::Fields(values) => e.apply(values, ev),
                     Answer::Failed(_) if e.on_failure == FailurePolicy::Skip => e.mark(ev),
                     Answer::Failed(_) => return ControlFlow::Break(()),
