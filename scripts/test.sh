@@ -33,7 +33,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== freshet config check examples/*.toml"
 cargo build --locked -p freshet
-FRESHET_INPUT=/dev/null FRESHET_OUTPUT="$(mktemp -d)" FRESHET_DATA_DIR="$(mktemp -d)" \
+FRESHET_INPUT=/dev/null FRESHET_OUTPUT="$(mktemp -d)" FRESHET_DATA_DIR="$(mktemp -d)" FRESHET_ENRICH_URL=http://127.0.0.1:9 \
   ./target/debug/freshet config check examples/*.toml
 
 echo "== tests"

@@ -57,9 +57,12 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                // Paths are set; everything else takes its `${VAR:-default}`.
-                let env = |name: &str| name.ends_with("_INPUT") || name.ends_with("_OUTPUT") || name.ends_with("_DIR");
-                let env = move |name: &str| env(name).then(|| "/tmp/x".to_string());
+                // Paths and URLs are set; everything else takes its `${VAR:-default}`.
+                let env = |name: &str| match name.rsplit('_').next() {
+                    Some("INPUT" | "OUTPUT" | "DIR") => Some("/tmp/x".to_string()),
+                    Some("URL") => Some("http://127.0.0.1:9".to_string()),
+                    _ => None,
+                };
                 let config = load::parse(&text, "example", &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 plan::plan(&config, "example", 2, path.parent().unwrap())
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
