@@ -183,7 +183,7 @@ pub struct EnrichHttp {
 }
 
 /// A rendered call, for the [`Enricher`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EnrichRequest {
     /// The stage ([`EnrichHttp::id`]).
     pub stage: u16,
@@ -198,7 +198,8 @@ pub trait Enricher {
     /// Makes every call (concurrently, as the implementation bounds it) and
     /// returns, in request order, each response's body or the last error
     /// once retries are spent or the breaker refused it. Blocks until all
-    /// have settled.
+    /// have settled. Identical requests in one batch may share one call
+    /// (they are lookups made at the same moment).
     fn call(&mut self, requests: Vec<EnrichRequest>) -> Vec<Result<Vec<u8>, String>>;
 }
 

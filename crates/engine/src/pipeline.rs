@@ -110,31 +110,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// Every dedup stage, by id.
     pub fn dedups(&self) -> Vec<&Dedup> {
-        let mut all: Vec<&Dedup> = self
-            .flows
-            .iter()
-            .flat_map(|f| &f.stages)
-            .filter_map(|s| match s {
-                Stage::Dedup(d) => Some(d),
-                _ => None,
-            })
-            .collect();
+        let mut all: Vec<&Dedup> = self.stages(|s| if let Stage::Dedup(d) = s { Some(d) } else { None });
         all.sort_by_key(|d| d.id);
         all
     }
 
     /// Every HTTP enrichment stage, by id.
     pub fn enrich_stages(&self) -> Vec<&EnrichHttp> {
-        let mut all: Vec<&EnrichHttp> = self
-            .flows
-            .iter()
-            .flat_map(|f| &f.stages)
-            .filter_map(|s| match s {
-                Stage::EnrichHttp(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let mut all: Vec<&EnrichHttp> = self.stages(|s| if let Stage::EnrichHttp(e) = s { Some(e) } else { None });
         all.sort_by_key(|e| e.id);
         all
+    }
+
+    /// The stages of every flow that `pick` takes, in flow order.
+    fn stages<'a, T>(&'a self, pick: impl Fn(&'a Stage) -> Option<&'a T>) -> Vec<&'a T> {
+        self.flows.iter().flat_map(|f| &f.stages).filter_map(pick).collect()
     }
 }

@@ -49,8 +49,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         eprintln!("item service on http://{listen} (delay {delay_ms} ms, fail {fail})");
-        let app =
-            axum::Router::new().route("/items/{id}", get(item)).route("/stats", get(stats)).with_state(behaviour);
+        let app = axum::Router::new().route("/items/{id}", get(item)).route("/stats", get(stats)).with_state(behaviour);
         axum::serve(listener, app).await?;
         anyhow::Ok(())
     })
