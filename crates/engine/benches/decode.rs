@@ -149,6 +149,7 @@ fn reference_pipeline(dedup: bool) -> Pipeline {
         event_time: EventTime { max_out_of_orderness: 5000, idle_timeout: 30_000 },
         shards: 1,
         recommender: None,
+        tables: vec![],
     }
 }
 

@@ -34,6 +34,7 @@ use crate::features::emit::{Outputs, write_json_str};
 use crate::features::keys::{hash_bytes, push_part};
 use crate::flow::{Outcome, Stage};
 use crate::json::{self, JsonError, Kind};
+use crate::lookup::{EnrichLookup, Missing, Row, Tables};
 use crate::pipeline::{Pipeline, Unmatched};
 use crate::record::{DedupMarker, ModelInput, ModelInputKind, Record, RecordBatch, RecordValue};
 use crate::time::{MAX_EVENT_TIME, MIN_EVENT_TIME, PartitionId};
@@ -167,6 +168,10 @@ pub struct DecodeStats {
     pub enrich_skipped: Vec<u64>,
     /// Per enrichment stage: events dead-lettered (policy `dlq`).
     pub enrich_dead_lettered: Vec<u64>,
+    /// Per lookup stage: events that found a row.
+    pub lookup_hits: Vec<u64>,
+    /// Per lookup stage: events that found none (passed on or dead-lettered per policy).
+    pub lookup_missing: Vec<u64>,
 }
 
 /// Everything one chunk produced.
@@ -202,6 +207,10 @@ pub struct Decoder<'p> {
     enrich_stages: Vec<&'p EnrichHttp>,
     /// This chunk's settled calls: (line offset, stage id) → answer.
     answers: FxHashMap<(u64, u16), Answer>,
+    /// Lookup stages by id.
+    lookup_stages: Vec<&'p EnrichLookup>,
+    /// This chunk's lookups: (line offset, stage id) → the row, if any.
+    lookups: FxHashMap<(u64, u16), Option<Row>>,
 }
 
 impl<'p> Decoder<'p> {
@@ -218,6 +227,8 @@ impl<'p> Decoder<'p> {
             vector: Vec::new(),
             enrich_stages: pipeline.enrich_stages(),
             answers: FxHashMap::default(),
+            lookup_stages: pipeline.lookup_stages(),
+            lookups: FxHashMap::default(),
         }
     }
 
@@ -233,6 +244,8 @@ impl<'p> Decoder<'p> {
                 enriched: vec![0; self.enrich_stages.len()],
                 enrich_skipped: vec![0; self.enrich_stages.len()],
                 enrich_dead_lettered: vec![0; self.enrich_stages.len()],
+                lookup_hits: vec![0; self.lookup_stages.len()],
+                lookup_missing: vec![0; self.lookup_stages.len()],
                 ..DecodeStats::default()
             },
             failure: None,
@@ -258,6 +271,73 @@ impl<'p> Decoder<'p> {
             }
         }
         self.decode(chunk, out);
+    }
+
+    /// The chunk's table pass (see [`crate::lookup`]): in line order, applies
+    /// the upserts of table flows' valid events to `tables` and answers the
+    /// lookup stages, keeping the answers for [`Decoder::decode`]. The caller
+    /// runs one pass at a time, in chunk order.
+    pub fn table_pass(&mut self, chunk: &Chunk, tables: &Tables) {
+        let p = self.pipeline;
+        self.lookups.clear();
+        let mut offset = chunk.first_offset;
+        let mut oversized = chunk.oversized.iter().peekable();
+        let data = &chunk.data[..];
+        let mut start = 0;
+        while start < data.len() {
+            while oversized.next_if(|o| o.offset == offset).is_some() {
+                offset += 1;
+            }
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            let line = json::trim(&data[start..end]);
+            let this = offset;
+            offset += 1;
+            start = end + 1;
+            if line.len() > p.limits.max_event_bytes {
+                continue;
+            }
+            let Ok(mut ev) = self.fields.decode(line, p.limits.max_depth) else { continue };
+            let scratch = &mut self.scratch;
+            let Some(fi) = p.flows.iter().position(|f| f.when.eval(&mut ev, scratch)) else { continue };
+            let flow = &p.flows[fi];
+            let has_lookup = flow.stages.iter().any(|s| matches!(s, Stage::EnrichLookup(_)));
+            let feeds = p.tables.iter().any(|t| t.flow == fi);
+            if !(has_lookup || feeds) || !valid(flow, &mut ev, line) {
+                continue;
+            }
+            let key = &mut self.text;
+            for (t, spec) in p.tables.iter().enumerate().filter(|(_, t)| t.flow == fi) {
+                key.clear();
+                let Some(k) = ev.get(&spec.key) else { continue };
+                if !k.write_text(key, scratch) {
+                    continue;
+                }
+                let row: Vec<_> = spec.columns.iter().map(|c| ev.get(c).map(|v| (v.raw.to_vec(), v.kind))).collect();
+                tables.upsert(t as u16, key, std::sync::Arc::new(row));
+            }
+            if !has_lookup {
+                continue;
+            }
+            let lookups = &mut self.lookups;
+            flow.run_stages(&mut ev, scratch, |stage, ev, scratch| match stage {
+                Stage::EnrichLookup(l) => {
+                    key.clear();
+                    let row = match ev.get(&l.key) {
+                        Some(k) if k.write_text(key, scratch) => tables.get(l.table, key),
+                        _ => None,
+                    };
+                    if let Some(row) = &row {
+                        l.apply(row, ev);
+                    }
+                    let stop = row.is_none() && l.on_missing == Missing::DeadLetter;
+                    lookups.insert((this, l.id), row);
+                    if stop { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                }
+                // Lookups never follow a call (the planner refuses it).
+                Stage::EnrichHttp(_) => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            });
+        }
     }
 
     /// Walks the chunk's enriching lines without effects up to the first
@@ -458,9 +538,10 @@ impl<'p> Decoder<'p> {
         let unkeyed = &mut out.stats.dedup_unkeyed;
         let (dedup, dedup_bytes) = (&mut self.dedup, &mut self.dedup_bytes);
         dedup.clear();
-        let answers = &self.answers;
+        let (answers, lookups) = (&self.answers, &self.lookups);
         let (enriched, skipped) = (&mut out.stats.enriched, &mut out.stats.enrich_skipped);
-        let mut halted: Option<(u16, String)> = None;
+        let (hits, missing) = (&mut out.stats.lookup_hits, &mut out.stats.lookup_missing);
+        let mut halted: Option<Halt> = None;
         let outcome = flow.run_stages(&mut ev, scratch, |stage, ev, scratch| match stage {
             Stage::Route(sink) => {
                 let buf = &mut sinks[*sink as usize];
@@ -487,12 +568,28 @@ impl<'p> Decoder<'p> {
                             skipped[i] += 1;
                             ControlFlow::Continue(())
                         } else {
-                            halted = Some((e.id, why.to_string()));
+                            halted = Some(Halt::Http(e.id, why.to_string()));
                             ControlFlow::Break(())
                         }
                     }
                 }
             }
+            Stage::EnrichLookup(l) => match lookups.get(&(offset, l.id)) {
+                Some(Some(row)) => {
+                    l.apply(row, ev);
+                    hits[l.id as usize] += 1;
+                    ControlFlow::Continue(())
+                }
+                _ => {
+                    missing[l.id as usize] += 1;
+                    if l.on_missing == Missing::DeadLetter {
+                        halted = Some(Halt::Lookup(l.id));
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+            },
             Stage::Dedup(d) => {
                 if dedup.is_empty() {
                     dedup_bytes.clear();
@@ -516,16 +613,34 @@ impl<'p> Decoder<'p> {
                 return;
             }
             Outcome::Halted => {
-                let Some((id, why)) = halted else { return };
-                let e = self.enrich_stages[id as usize];
-                let reason = format!("flow {}: enrich stage {}: {why}", flow.name, e.name);
-                if e.on_failure == FailurePolicy::Fail {
-                    out.failure.get_or_insert(reason);
-                    return;
-                }
+                let reason = match halted {
+                    Some(Halt::Http(id, why)) => {
+                        let e = self.enrich_stages[id as usize];
+                        let reason = format!("flow {}: enrich stage {}: {why}", flow.name, e.name);
+                        if e.on_failure == FailurePolicy::Fail {
+                            out.failure.get_or_insert(reason);
+                            return;
+                        }
+                        out.stats.enrich_dead_lettered[e.id as usize] += 1;
+                        reason
+                    }
+                    Some(Halt::Lookup(id)) => {
+                        let l = self.lookup_stages[id as usize];
+                        let table = p.tables.get(l.table as usize).map_or("", |t| t.name.as_str());
+                        let mut key = Vec::new();
+                        if let Some(k) = ev.get(&l.key) {
+                            k.write_text(&mut key, &mut self.scratch);
+                        }
+                        let key = String::from_utf8_lossy(&key);
+                        format!(
+                            "flow {}: lookup stage {}: no row for {} = {key:?} in table {table}",
+                            flow.name, l.name, l.key
+                        )
+                    }
+                    None => return,
+                };
                 // The event ends here, in the dead-letter sink, not accepted.
                 out.stats.accepted -= 1;
-                out.stats.enrich_dead_lettered[e.id as usize] += 1;
                 return self.dead_letter(chunk, offset, raw, RejectKind::Enrichment, &reason, out);
             }
         }
@@ -659,6 +774,25 @@ impl<'p> Decoder<'p> {
     }
 }
 
+/// Why an effect stopped an event.
+enum Halt {
+    /// An HTTP enrichment failed for good (stage id, last error).
+    Http(u16, String),
+    /// A lookup found no row and its policy is `dlq` (stage id).
+    Lookup(u16),
+}
+
+/// Whether `ev` passes its flow's rules, schema and event-time checks (the
+/// passes before the real one skip invalid lines, which it dead-letters).
+fn valid(flow: &crate::flow::Flow, ev: &mut Event<'_>, line: &[u8]) -> bool {
+    flow.rules.iter().all(|r| r.check(ev).is_ok())
+        && flow.schema.as_ref().is_none_or(|s| s.check(line).is_ok())
+        && ev
+            .get(&flow.time_field)
+            .and_then(|v| v.as_i64())
+            .is_some_and(|ts| (MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts))
+}
+
 /// Appends the encoded key of `paths` (each field's text, see
 /// [`push_part`]) to `key`; returns where the first part ends, or `None` if
 /// a field is missing or unreadable (`key` then holds a partial key).
@@ -743,6 +877,7 @@ mod tests {
             event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 10_000 },
             shards: 1,
             recommender: None,
+            tables: vec![],
         }
     }
 

@@ -56,6 +56,8 @@ pub enum Stage {
     Dedup(Dedup),
     /// Add fields from an HTTP service's answer (called before the chunk runs).
     EnrichHttp(EnrichHttp),
+    /// Add fields from a lookup table's row (answered in the chunk's table pass).
+    EnrichLookup(crate::lookup::EnrichLookup),
 }
 
 /// A dedup stage: events with the same key within `ttl` of event time are one event.
@@ -168,7 +170,7 @@ impl Flow {
                         ev.remove(p);
                     }
                 }
-                Stage::Route(_) | Stage::Dedup(_) | Stage::EnrichHttp(_) => {
+                Stage::Route(_) | Stage::Dedup(_) | Stage::EnrichHttp(_) | Stage::EnrichLookup(_) => {
                     if effect(stage, ev, scratch).is_break() {
                         return Outcome::Halted;
                     }

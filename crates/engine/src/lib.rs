@@ -32,6 +32,7 @@ pub mod event;
 pub mod features;
 pub mod flow;
 pub mod json;
+pub mod lookup;
 pub mod pipeline;
 pub mod predicate;
 pub mod recommend;

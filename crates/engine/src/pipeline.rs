@@ -105,6 +105,8 @@ pub struct Pipeline {
     pub shards: usize,
     /// The recommender, if the job has one.
     pub recommender: Option<RecommenderPlan>,
+    /// Lookup tables kept from flows' events.
+    pub tables: Vec<crate::lookup::TableSpec>,
 }
 
 impl Pipeline {
@@ -119,6 +121,14 @@ impl Pipeline {
     pub fn enrich_stages(&self) -> Vec<&EnrichHttp> {
         let mut all: Vec<&EnrichHttp> = self.stages(|s| if let Stage::EnrichHttp(e) = s { Some(e) } else { None });
         all.sort_by_key(|e| e.id);
+        all
+    }
+
+    /// Every lookup stage, by id.
+    pub fn lookup_stages(&self) -> Vec<&crate::lookup::EnrichLookup> {
+        let mut all: Vec<&crate::lookup::EnrichLookup> =
+            self.stages(|s| if let Stage::EnrichLookup(l) = s { Some(l) } else { None });
+        all.sort_by_key(|l| l.id);
         all
     }
 

@@ -19,8 +19,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"FRSHCKPT";
-/// Version of the checkpoint file layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the checkpoint file layout (2 added lookup tables; version 1
+/// files are still read, with no tables).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where a source stands at a barrier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +47,18 @@ pub struct Checkpoint {
     pub shards: Vec<Vec<u8>>,
     /// Per sink (in plan order), committed length in bytes.
     pub sinks: Vec<u64>,
+    /// The lookup tables' snapshot (empty without tables).
+    pub tables: Vec<u8>,
+}
+
+/// The layout of format version 1 (no tables).
+#[derive(Deserialize)]
+struct CheckpointV1 {
+    id: u64,
+    fingerprint: String,
+    sources: Vec<SourcePosition>,
+    shards: Vec<Vec<u8>>,
+    sinks: Vec<u64>,
 }
 
 /// The checkpoint directory.
@@ -153,7 +166,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
         bail!("not a checkpoint file (bad magic or truncated header)");
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into()?);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 1 {
         bail!(
             "format version {version}, this build reads {FORMAT_VERSION}; run the version that wrote it or --reset-state"
         );
@@ -166,6 +179,11 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
         .context("truncated payload")?;
     if crc32fast::hash(payload) != crc {
         bail!("checksum mismatch");
+    }
+    if version == 1 {
+        let v1: CheckpointV1 = postcard::from_bytes(payload).context("invalid payload")?;
+        let CheckpointV1 { id, fingerprint, sources, shards, sinks } = v1;
+        return Ok(Checkpoint { id, fingerprint, sources, shards, sinks, tables: Vec::new() });
     }
     postcard::from_bytes(payload).context("invalid payload")
 }
@@ -180,6 +198,7 @@ mod tests {
             fingerprint: "p".into(),
             sources: vec![SourcePosition { position: 10 * id, line: id, finished: false }],
             shards: vec![vec![1, 2, 3], vec![]],
+            tables: vec![],
             sinks: vec![42],
         }
     }

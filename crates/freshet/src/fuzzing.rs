@@ -450,7 +450,14 @@ mod tests {
                 shard.snapshot()
             })
             .collect();
-        let cp = checkpoint::Checkpoint { id: 1, fingerprint: "f".into(), sources: vec![], shards, sinks: vec![] };
+        let cp = checkpoint::Checkpoint {
+            id: 1,
+            fingerprint: "f".into(),
+            sources: vec![],
+            shards,
+            sinks: vec![],
+            tables: vec![],
+        };
         let dir = tempfile::tempdir().unwrap();
         checkpoint::Store::open(dir.path(), 1).unwrap().write(&cp).unwrap();
         let file = dir.path().join("checkpoints").join("checkpoint-00000000000000000001.bin");

@@ -89,6 +89,7 @@ fn pipeline(dedup_ttl: Option<i64>, ttl: Option<i64>, shards: usize) -> Pipeline
         event_time: EventTime { max_out_of_orderness: OOO, idle_timeout: i64::MAX / 4 },
         shards,
         recommender: None,
+        tables: vec![],
     }
 }
 
@@ -393,6 +394,7 @@ fn restore_refuses_progress_times_out_of_range() {
         event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 1000 },
         shards: 1,
         recommender: None,
+        tables: vec![],
     };
     let snap = |max_ts: i64, watermark: i64| {
         postcard::to_stdvec(&ShardSnapshotRef {

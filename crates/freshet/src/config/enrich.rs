@@ -1,13 +1,15 @@
-//! `type = "enrich_http"` stages: the file model and its planning into the
-//! engine's [`EnrichHttp`] (what to ask, what to take, what to do on
-//! failure) and the I/O client's [`HttpEnrichConfig`] (how to call:
-//! timeout, in-flight bound, retries, breaker, cache).
+//! Enrichment: `type = "enrich_http"` stages, planned into the engine's
+//! [`EnrichHttp`] (what to ask, what to take, what to do on failure) and the
+//! I/O client's [`HttpEnrichConfig`] (how to call: timeout, in-flight bound,
+//! retries, breaker, cache); and `[tables.NAME]` with the
+//! `type = "enrich_lookup"` stages that read them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use freshet_engine::enrich::{EnrichHttp, FailurePolicy, Part, Template};
 use freshet_engine::features::emit::write_json_str;
+use freshet_engine::lookup::{EnrichLookup, Missing, TableSpec};
 use freshet_io::enrich::{self as io, HttpEnrichConfig, Method};
 use serde::Deserialize;
 
@@ -234,6 +236,120 @@ pub fn plan(
         cache,
     };
     (stage, client)
+}
+
+/// `[tables.NAME]`: rows kept from a flow's events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The flow whose accepted events upsert rows (before its stages). Required.
+    pub flow: String,
+    /// The row key field of those events. Required.
+    pub key: String,
+    /// Fields of those events kept as columns. Required, at least one.
+    pub columns: Vec<String>,
+}
+
+/// An `enrich_lookup` stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichLookupConfig {
+    /// Stage name, for the DLQ reason and metrics. Default: `<flow>_lookup_<stage index>`.
+    pub name: Option<String>,
+    /// The table (`[tables.NAME]`). Required.
+    pub table: String,
+    /// This event's field holding the row key. Required.
+    pub key: String,
+    /// Event field ← table column (`{ "item.category" = "category" }`). Required.
+    pub fields: BTreeMap<String, String>,
+    /// No row for the key: "pass" (the event goes on without the fields) or
+    /// "dlq" (it goes to the dead-letter sink with the reason). Default: "pass".
+    pub on_missing: Option<String>,
+}
+
+/// Plans `[tables]` (flow names are resolved against `flows`, in config order).
+pub fn plan_tables(
+    tables: &BTreeMap<String, TableConfig>,
+    flows: &[super::model::FlowConfig],
+    p: &mut Planner,
+) -> Vec<TableSpec> {
+    tables
+        .iter()
+        .map(|(name, t)| {
+            let path = format!("tables.{name}");
+            let flow = flows.iter().position(|f| f.name == t.flow).unwrap_or_else(|| {
+                p.err(format!("{path}.flow"), format!("no flow named {:?}", t.flow));
+                0
+            });
+            if t.columns.is_empty() {
+                p.err(format!("{path}.columns"), "at least one column is required");
+            }
+            TableSpec {
+                name: name.clone(),
+                flow,
+                key: p.field(&format!("{path}.key"), &t.key),
+                columns: t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| p.field(&format!("{path}.columns[{i}]"), c))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Plans lookup stage `c` at `path` (`id`: its index among lookup stages).
+pub fn plan_lookup(
+    c: &EnrichLookupConfig,
+    path: &str,
+    id: u16,
+    default_name: String,
+    tables: &[TableSpec],
+    has_dead_letter: bool,
+    p: &mut Planner,
+) -> EnrichLookup {
+    let table = tables.iter().position(|t| t.name == c.table).unwrap_or_else(|| {
+        let known: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        p.err(format!("{path}.table"), format!("no table named {:?} (tables: {known:?})", c.table));
+        0
+    });
+    if c.fields.is_empty() {
+        p.err(format!("{path}.fields"), "at least one `field = \"column\"` is required");
+    }
+    let fields = c
+        .fields
+        .iter()
+        .map(|(field, column)| {
+            let columns = tables.get(table).map(|t| &t.columns[..]).unwrap_or_default();
+            let index = columns.iter().position(|k| k.as_str() == column).unwrap_or_else(|| {
+                p.err(format!("{path}.fields.{field}"), format!("table {:?} has no column {column:?}", c.table));
+                0
+            });
+            (p.field(&format!("{path}.fields.{field}"), field), index)
+        })
+        .collect();
+    let on_missing = match c.on_missing.as_deref() {
+        None | Some("pass") => Missing::Pass,
+        Some("dlq") => {
+            if !has_dead_letter {
+                p.err(format!("{path}.on_missing"), "\"dlq\" needs a dead-letter sink (`pipeline.dead_letter`)");
+            }
+            Missing::DeadLetter
+        }
+        Some(other) => {
+            p.err(format!("{path}.on_missing"), format!("expected \"pass\" or \"dlq\", got {other:?}"));
+            Missing::Pass
+        }
+    };
+    EnrichLookup {
+        id,
+        name: c.name.clone().unwrap_or(default_name),
+        table: table as u16,
+        key: p.field(&format!("{path}.key"), &c.key),
+        fields,
+        on_missing,
+    }
 }
 
 /// Turns a TOML body into template parts (see [`EnrichHttpConfig::body`]).

@@ -30,6 +30,9 @@ pub struct Config {
     pub features: Vec<FeatureConfig>,
     /// The recommender. Default: none.
     pub recommender: Option<super::recommender::RecommenderConfig>,
+    /// Lookup tables kept from flows' events, for `enrich_lookup` stages. Default: none.
+    #[serde(default)]
+    pub tables: BTreeMap<String, super::enrich::TableConfig>,
 }
 
 /// `[pipeline]`.
@@ -270,6 +273,9 @@ pub enum StageConfig {
     /// Add fields from an HTTP service's answer, with retries, a circuit
     /// breaker and a cache; see [`super::enrich::EnrichHttpConfig`].
     EnrichHttp(Box<super::enrich::EnrichHttpConfig>),
+    /// Add fields from a lookup table's row (`[tables.NAME]`), in input
+    /// order; see [`super::enrich::EnrichLookupConfig`].
+    EnrichLookup(Box<super::enrich::EnrichLookupConfig>),
 }
 
 /// One field path or a list of them.

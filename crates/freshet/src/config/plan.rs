@@ -140,19 +140,29 @@ impl Plan {
                     .filter_map(|s| match s {
                         Stage::Dedup(d) => Some(d.definition()),
                         Stage::EnrichHttp(e) => Some(e.definition()),
+                        Stage::EnrichLookup(l) => Some(format!("enrich_lookup {} table {}", l.name, l.table)),
                         _ => None,
                     })
                     .collect();
                 if dedups.is_empty() { f.name.clone() } else { format!("{} ({})", f.name, dedups.join(", ")) }
             })
             .collect();
+        let tables: Vec<String> = p
+            .tables
+            .iter()
+            .map(|t| {
+                let columns: Vec<&str> = t.columns.iter().map(|c| c.as_str()).collect();
+                format!("{} (flow {} key {} columns {})", t.name, t.flow, t.key, columns.join(" "))
+            })
+            .collect();
         format!(
-            "sources {}; sinks {}; flows {}; features {}; shards {}",
+            "sources {}; sinks {}; flows {}; features {}; shards {}{}",
             sources.join(", "),
             sinks.join(", "),
             flows.join(", "),
             features.join(", "),
-            p.shards
+            p.shards,
+            if tables.is_empty() { String::new() } else { format!("; tables {}", tables.join(", ")) }
         )
     }
 
@@ -486,6 +496,8 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     let mut flows: Vec<Flow> = Vec::new();
     let mut dedups = 0u16;
     let mut enrich: Vec<freshet_io::enrich::HttpEnrichConfig> = Vec::new();
+    let tables = super::enrich::plan_tables(&config.tables, &config.flows, &mut p);
+    let mut lookups = 0u16;
     for (i, f) in config.flows.iter().enumerate() {
         let path = format!("flows[{i}]");
         if flows.iter().any(|g| g.name == f.name) {
@@ -590,6 +602,25 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
                     }
                     enrich.push(client);
                     Stage::EnrichHttp(stage)
+                }
+                StageConfig::EnrichLookup(c) => {
+                    if let Some(h) = f.stages.iter().position(|s| matches!(s, StageConfig::EnrichHttp(_)))
+                        && h < j
+                    {
+                        p.err(
+                            &spath,
+                            format!(
+                                "a lookup cannot follow the enrich_http stage {path}.stages[{h}]: lookups are \
+                                 answered in input order before calls are made; move it before"
+                            ),
+                        );
+                    }
+                    let default_name = format!("{}_lookup_{j}", f.name);
+                    lookups += 1;
+                    let has_dlq = dead_letter.is_some();
+                    let stage =
+                        super::enrich::plan_lookup(c, &spath, lookups - 1, default_name, &tables, has_dlq, &mut p);
+                    Stage::EnrichLookup(stage)
                 }
             });
         }
@@ -758,6 +789,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             event_time: EventTime { max_out_of_orderness: ooo, idle_timeout: idle },
             shards,
             recommender,
+            tables,
         },
         sources,
         sinks,

@@ -235,6 +235,11 @@ impl Job {
         }
 
         let enrichment = enrich::Enrichment::start(&plan)?;
+        let tables = (!p.tables.is_empty()).then(|| Arc::new(freshet_engine::lookup::Tables::new(p.tables.len())));
+        if let (Some(t), Some(cp)) = (&tables, &restored) {
+            t.restore(&cp.tables).map_err(anyhow::Error::msg).context("restoring the lookup tables")?;
+        }
+        let passes = tables.map(|t| Arc::new(workers::TablePasses::new(t)));
         let pools = workers::Pools::new(decoders);
         let links = workers::Links { writer: writer_tx.clone(), pools: pools.clone(), shared: shared.clone() };
         let mut threads = Vec::new();
@@ -263,9 +268,9 @@ impl Job {
         let (coordinator_tx, coordinator) = match store {
             Some(store) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
-                let (sh, n) = (shared.clone(), p.shards);
+                let (sh, n, t) = (shared.clone(), p.shards, !p.tables.is_empty());
                 let handle =
-                    spawn("checkpoints", move || workers::coordinate(store, rx, n, fingerprint, log_dirs, sh))?;
+                    spawn("checkpoints", move || workers::coordinate(store, rx, (n, t), fingerprint, log_dirs, sh))?;
                 (Some(tx), Some(handle))
             }
             None => (None, None),
@@ -287,7 +292,10 @@ impl Job {
         for (d, (rx, txs)) in decoder_rxs.into_iter().zip(shard_txs).enumerate() {
             let (plan, links) = (plan.clone(), links.clone());
             let calls = enrichment.as_ref().map(|e| e.calls());
-            threads.push(spawn(&format!("decoder-{d}"), move || workers::decode(&plan, d, rx, txs, links, calls))?);
+            let tables = passes.as_ref().map(|t| (t.clone(), coordinator_tx.clone()));
+            threads.push(spawn(&format!("decoder-{d}"), move || {
+                workers::decode(&plan, d, rx, txs, links, calls, tables)
+            })?);
         }
         let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();

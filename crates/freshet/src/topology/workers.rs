@@ -57,6 +57,41 @@ pub(super) enum CoordMsg {
     Shard { id: u64, shard: usize, bytes: Vec<u8> },
     /// Committed sink lengths at barrier `id` (from the writer).
     Sinks { id: u64, lengths: Vec<u64> },
+    /// The lookup tables at barrier `id` (from the decoder whose turn it was).
+    Tables { id: u64, bytes: Vec<u8> },
+}
+
+/// The lookup tables of a job and the turns that order their passes: the
+/// decoder with message `seq` runs its table pass once every earlier
+/// message's pass is done (see `freshet_engine::lookup`).
+pub(super) struct TablePasses {
+    pub tables: Arc<freshet_engine::lookup::Tables>,
+    next: std::sync::Mutex<u64>,
+    turn: std::sync::Condvar,
+}
+
+impl TablePasses {
+    pub fn new(tables: Arc<freshet_engine::lookup::Tables>) -> Self {
+        Self { tables, next: std::sync::Mutex::new(0), turn: std::sync::Condvar::new() }
+    }
+
+    /// Waits for `seq`'s turn; false when the job stops first.
+    fn wait(&self, seq: u64, shared: &Shared) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        while *next != seq {
+            if shared.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            next = self.turn.wait_timeout(next, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+
+    /// Ends `seq`'s turn.
+    fn done(&self, seq: u64) {
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = seq + 1;
+        self.turn.notify_all();
+    }
 }
 
 /// The dispatcher's checkpoint duties.
@@ -198,7 +233,7 @@ pub(super) fn dispatch(
 pub(super) fn coordinate(
     store: Store,
     rx: Receiver<CoordMsg>,
-    shards: usize,
+    (shards, has_tables): (usize, bool),
     fingerprint: String,
     logs: Vec<(usize, PathBuf)>,
     shared: Arc<Shared>,
@@ -208,6 +243,7 @@ pub(super) fn coordinate(
         sources: Option<Vec<SourcePosition>>,
         shards: Vec<Option<Vec<u8>>>,
         sinks: Option<Vec<u64>>,
+        tables: Option<Vec<u8>>,
     }
     let mut pending: std::collections::BTreeMap<u64, Partial> = Default::default();
     let metrics = crate::metrics::CheckpointMetrics::new();
@@ -217,20 +253,29 @@ pub(super) fn coordinate(
     let mut kept: std::collections::VecDeque<Vec<SourcePosition>> = Default::default();
     while let Ok(msg) = rx.recv() {
         let id = match &msg {
-            CoordMsg::Sources { id, .. } | CoordMsg::Shard { id, .. } | CoordMsg::Sinks { id, .. } => *id,
+            CoordMsg::Sources { id, .. }
+            | CoordMsg::Shard { id, .. }
+            | CoordMsg::Sinks { id, .. }
+            | CoordMsg::Tables { id, .. } => *id,
         };
         let p = pending.entry(id).or_insert_with(|| Partial {
             started: Instant::now(),
             sources: None,
             shards: vec![None; shards],
             sinks: None,
+            tables: None,
         });
         match msg {
             CoordMsg::Sources { positions, .. } => p.sources = Some(positions),
             CoordMsg::Shard { shard, bytes, .. } => p.shards[shard] = Some(bytes),
             CoordMsg::Sinks { lengths, .. } => p.sinks = Some(lengths),
+            CoordMsg::Tables { bytes, .. } => p.tables = Some(bytes),
         }
-        if p.sources.is_none() || p.sinks.is_none() || p.shards.iter().any(Option::is_none) {
+        if p.sources.is_none()
+            || p.sinks.is_none()
+            || p.shards.iter().any(Option::is_none)
+            || (has_tables && p.tables.is_none())
+        {
             continue;
         }
         let Some(p) = pending.remove(&id) else { continue };
@@ -240,6 +285,7 @@ pub(super) fn coordinate(
             sources: p.sources.unwrap_or_default(),
             shards: p.shards.into_iter().map(Option::unwrap_or_default).collect(),
             sinks: p.sinks.unwrap_or_default(),
+            tables: p.tables.unwrap_or_default(),
         };
         match store.write(&cp) {
             Ok(size) => {
@@ -285,12 +331,26 @@ pub(super) fn decode(
     txs: Vec<Sender<ShardInput>>,
     links: Links,
     mut enricher: Option<super::enrich::Calls>,
+    tables: Option<(Arc<TablePasses>, Option<Sender<CoordMsg>>)>,
 ) {
     let Links { pools, shared, .. } = links;
     let pipeline = &plan.pipeline;
     let mut decoder = Decoder::new(pipeline);
     let metrics = DecoderMetrics::new(plan);
     while let Ok(msg) = rx.recv() {
+        if let Some((passes, coordinator)) = &tables {
+            // In sequence: this message's table pass (or snapshot, at a barrier).
+            if !passes.wait(msg.seq, &shared) {
+                return;
+            }
+            if let (Some(id), Some(c)) = (msg.barrier, coordinator) {
+                let _ = c.send(CoordMsg::Tables { id, bytes: passes.tables.snapshot() });
+            }
+            if let Some(c) = &msg.chunk {
+                decoder.table_pass(c, &passes.tables);
+            }
+            passes.done(msg.seq);
+        }
         let mut out = decoder.output();
         for b in out.shards.iter_mut() {
             *b = pools.batch(index);

@@ -402,3 +402,88 @@ fn fail_policy_stops_the_job_with_an_error_naming_the_stage() {
     let stderr = finished.stderr_text();
     assert!(stderr.contains("item_category") && stderr.contains("on_failure"), "{}", finished.describe());
 }
+
+#[test]
+fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lookup.toml");
+    std::fs::write(
+        &config,
+        r#"
+        [pipeline]
+        dead_letter = "dlq"
+        checkpoint_interval = "10ms"
+        [sources.events]
+        type = "file"
+        path = "${FRESHET_INPUT}"
+        [sinks.out]
+        type = "file"
+        path = "${FRESHET_OUTPUT}/enriched.ndjson"
+        [sinks.dlq]
+        type = "file"
+        path = "${FRESHET_OUTPUT}/dlq.ndjson"
+        [tables.items]
+        flow = "catalog"
+        key = "item_id"
+        columns = ["category", "tags"]
+        [[flows]]
+        name = "catalog"
+        when = { field = "type", eq = "item_upsert" }
+        [[flows]]
+        name = "interactions"
+        when = { field = "type", in = ["view", "click"] }
+        stages = [
+          { type = "enrich_lookup", name = "item", table = "items", key = "item_id", fields = { "item.category" = "category", "item.tags" = "tags" }, on_missing = "dlq" },
+          { type = "route", sink = "out" },
+        ]
+        "#,
+    )
+    .unwrap();
+    // Many chunks (small read blocks are not configurable here, so many lines):
+    // item i<k> is upserted at line 2k with category c<k>, re-upserted later
+    // with category d<k>; interactions in between must see the value of the moment.
+    let mut lines = Vec::new();
+    let n = 20_000;
+    for k in 0..n {
+        lines.push(format!(r#"{{"type":"item_upsert","item_id":"i{k}","category":"c{k}","tags":["t{k}"],"ts":{k}}}"#));
+        lines.push(format!(r#"{{"type":"view","user_id":"u{k}","item_id":"i{k}","ts":{k}}}"#));
+    }
+    for k in 0..n {
+        lines.push(format!(r#"{{"type":"item_upsert","item_id":"i{k}","category":"d{k}","ts":{k}}}"#));
+        lines.push(format!(r#"{{"type":"click","user_id":"u{k}","item_id":"i{k}","ts":{k}}}"#));
+    }
+    lines.push(r#"{"type":"click","user_id":"u0","item_id":"nope","ts":1}"#.to_string());
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = support::freshet();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("FRESHET_INPUT", &input)
+        .env("FRESHET_OUTPUT", dir.path());
+    support::run_with_deadline(&mut cmd, DEADLINE).assert_success();
+    let out = read_ndjson(&dir.path().join("enriched.ndjson"));
+    assert_eq!(out.len(), 2 * n, "every interaction but the unknown item's is written");
+    for (i, ev) in out.iter().enumerate() {
+        let k = i % n;
+        let (category, tags) = if i < n {
+            (format!("c{k}"), serde_json::json!([format!("t{k}")]))
+        } else {
+            (format!("d{k}"), Value::Null)
+        };
+        assert_eq!(ev["item_id"], format!("i{k}"), "output order is input order");
+        assert_eq!(ev["item"]["category"], Value::String(category), "{ev}");
+        assert_eq!(ev["item"].get("tags").cloned().unwrap_or(Value::Null), tags, "{ev}");
+    }
+    let dlq = support::read_dlq(&dir.path().join(DLQ));
+    assert_eq!(dlq.len(), 1);
+    assert!(
+        dlq[0].reason.contains("lookup stage item: no row for item_id = \"nope\" in table items"),
+        "{}",
+        dlq[0].reason
+    );
+    assert!(data.join("checkpoints").read_dir().unwrap().count() > 0, "checkpoints with the tables were written");
+}
