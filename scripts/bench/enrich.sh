@@ -50,3 +50,36 @@ kill "$SVC_PID"; wait "$SVC_PID" 2>/dev/null || true
 echo "== reference job on the same input (no enrichment)"
 FRESHET_INPUT="$WORK/events.ndjson" FRESHET_OUTPUT="$WORK/out" "$F" run --config examples/reference-job.toml 2>&1 \
   | grep -o 'Job finished.*' | sed 's/\x1b\[[0-9;]*m//g'
+
+echo "== reference job plus a purchases flow enriched from a dead service (breaker open): the other flows' throughput"
+python3 - "$WORK" <<'PY'
+import sys
+s = open('examples/reference-job.toml').read()
+s = s.replace('# Interactions: the four event types', '''[sinks.purchases]
+type = "file"
+path = "${FRESHET_OUTPUT}/purchases.ndjson"
+
+[[flows]]
+name = "purchases"
+when = { field = "type", eq = "purchase" }
+[[flows.stages]]
+type = "enrich_http"
+url = "${FRESHET_ENRICH_URL}/items/{item_id}"
+fields = { "item.category" = "/category" }
+breaker = { open_for = "60s" }
+[[flows.stages]]
+type = "route"
+sink = "purchases"
+
+# Interactions: the four event types''')
+open(sys.argv[1] + '/mixed.toml', 'w').write(s)
+PY
+service --delay-ms 0 --fail
+for _ in 1 2 3; do
+  for CFG in examples/reference-job.toml "$WORK/mixed.toml"; do
+    echo -n "$(basename "$CFG"): "
+    FRESHET_INPUT="$WORK/events.ndjson" FRESHET_OUTPUT="$WORK/out" FRESHET_ENRICH_URL="http://127.0.0.1:$PORT" "$F" run --config "$CFG" 2>&1 \
+      | grep -o 'events_per_s=[0-9]*' | sed 's/\x1b\[[0-9;]*m//g'
+  done
+done
+kill "$SVC_PID"; wait "$SVC_PID" 2>/dev/null || true
