@@ -403,16 +403,18 @@ fn fail_policy_stops_the_job_with_an_error_naming_the_stage() {
     assert!(stderr.contains("item_category") && stderr.contains("on_failure"), "{}", finished.describe());
 }
 
-#[test]
-fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("lookup.toml");
+/// A lookup job (catalog rows joined into interactions) over `n` items:
+/// item i<k> is upserted with category c<k> just before its view, and
+/// re-upserted with category d<k> (no tags) just before its click, after
+/// all the views; then one click on an unknown item. Returns (config, input).
+fn lookup_job(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let config = dir.join("lookup.toml");
     std::fs::write(
         &config,
         r#"
         [pipeline]
         dead_letter = "dlq"
-        checkpoint_interval = "10ms"
+        checkpoint_interval = "20ms"
         [sources.events]
         type = "file"
         path = "${FRESHET_INPUT}"
@@ -439,11 +441,7 @@ fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_
         "#,
     )
     .unwrap();
-    // Many chunks (small read blocks are not configurable here, so many lines):
-    // item i<k> is upserted at line 2k with category c<k>, re-upserted later
-    // with category d<k>; interactions in between must see the value of the moment.
     let mut lines = Vec::new();
-    let n = 20_000;
     for k in 0..n {
         lines.push(format!(r#"{{"type":"item_upsert","item_id":"i{k}","category":"c{k}","tags":["t{k}"],"ts":{k}}}"#));
         lines.push(format!(r#"{{"type":"view","user_id":"u{k}","item_id":"i{k}","ts":{k}}}"#));
@@ -453,18 +451,31 @@ fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_
         lines.push(format!(r#"{{"type":"click","user_id":"u{k}","item_id":"i{k}","ts":{k}}}"#));
     }
     lines.push(r#"{"type":"click","user_id":"u0","item_id":"nope","ts":1}"#.to_string());
-    let input = dir.path().join("events.ndjson");
+    let input = dir.join("events.ndjson");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let data = dir.path().join("data");
+    (config, input)
+}
+
+fn lookup_command(config: &Path, input: &Path, out: &Path, data: &Path) -> std::process::Command {
     let mut cmd = support::freshet();
     cmd.arg("run")
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .arg("--data-dir")
-        .arg(&data)
-        .env("FRESHET_INPUT", &input)
-        .env("FRESHET_OUTPUT", dir.path());
-    support::run_with_deadline(&mut cmd, DEADLINE).assert_success();
+        .arg(data)
+        .env("FRESHET_INPUT", input)
+        .env("FRESHET_OUTPUT", out)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20_000;
+    let (config, input) = lookup_job(dir.path(), n);
+    let data = dir.path().join("data");
+    support::run_with_deadline(&mut lookup_command(&config, &input, dir.path(), &data), DEADLINE).assert_success();
     let out = read_ndjson(&dir.path().join("enriched.ndjson"));
     assert_eq!(out.len(), 2 * n, "every interaction but the unknown item's is written");
     for (i, ev) in out.iter().enumerate() {
@@ -485,5 +496,48 @@ fn lookup_joins_each_interaction_with_the_catalog_row_as_of_its_position_in_the_
         "{}",
         dlq[0].reason
     );
-    assert!(data.join("checkpoints").read_dir().unwrap().count() > 0, "checkpoints with the tables were written");
+}
+
+/// The tables are checkpointed with the rest: a job killed (SIGKILL) again
+/// and again and restarted on its data dir writes exactly what an
+/// uninterrupted run writes. Without restored tables, the views after a
+/// restart would miss their rows and go to the DLQ.
+#[test]
+fn lookup_tables_survive_kills_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, input) = lookup_job(dir.path(), 150_000);
+    let (clean, killed) = (dir.path().join("clean"), dir.path().join("killed"));
+    std::fs::create_dir_all(&clean).unwrap();
+    std::fs::create_dir_all(&killed).unwrap();
+    let mut cmd = lookup_command(&config, &input, &clean, &dir.path().join("clean-data"));
+    support::run_with_deadline(&mut cmd, DEADLINE).assert_success();
+
+    let started = Instant::now();
+    let (mut kills, mut finished) = (0, false);
+    while !finished && started.elapsed() < DEADLINE {
+        let mut child = lookup_command(&config, &input, &killed, &dir.path().join("killed-data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting freshet");
+        std::thread::sleep(Duration::from_millis(300 + 150 * kills as u64));
+        match child.try_wait().expect("polling freshet") {
+            Some(status) => {
+                assert!(status.success(), "a run failed after {kills} kills: {status}");
+                finished = true;
+            }
+            None => {
+                child.kill().expect("killing freshet");
+                child.wait().expect("reaping freshet");
+                kills += 1;
+            }
+        }
+    }
+    assert!(finished, "the job did not finish after {kills} kills");
+    assert!(kills >= 2, "the job finished before it could be killed twice ({kills}); make the input larger");
+    for file in ["enriched.ndjson", DLQ] {
+        let a = std::fs::read(clean.join(file)).unwrap();
+        let b = std::fs::read(killed.join(file)).unwrap();
+        assert!(a == b, "{file} differs after {kills} kills: {} vs {} bytes", a.len(), b.len());
+    }
 }
