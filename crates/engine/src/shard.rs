@@ -316,8 +316,13 @@ impl Shard {
             if f.spec().entity != entity {
                 continue;
             }
-            n += f.forget(id);
-            if f.spec().serve
+            let removed = f.forget(id);
+            n += removed;
+            // Only the shard that held the entity's keys touches the shared
+            // view: another shard's forget may run later than the owner's
+            // next events, and would delete their fresh value.
+            if removed > 0
+                && f.spec().serve
                 && let Some(view) = self.views.as_ref().and_then(|v| v.get(i))
             {
                 view.remove(&String::from_utf8_lossy(id));

@@ -487,3 +487,55 @@ fn the_owning_shard_learns_snapshots_restores_and_forgets_the_recommender() {
     assert!(restored.forget(Entity::User, b"u1") >= 1);
     assert!(crate::recommend::ModelRead::user(restored.recommender().unwrap(), "u1").is_none());
 }
+
+/// Found in CI: every shard gets a forget, but only the one holding the
+/// entity's keys may touch the shared view. A shard without them that
+/// processes the forget late (after the owner's next events were published)
+/// must not delete the fresh value.
+#[test]
+fn a_late_forget_on_a_shard_without_the_entity_keeps_its_fresh_value_served() {
+    let p = pipeline(None, None, 2);
+    let views: crate::features::Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
+    let mut shards: Vec<Shard> = (0..2).map(|_| Shard::new(&p, Some(views.clone()))).collect();
+    let mut decoder = Decoder::new(&p);
+    let feed = |decoder: &mut Decoder, shards: &mut [Shard], which: &[usize], line: &str, forget: Option<Forget>| {
+        let chunk = Chunk { data: format!("{line}\n").into_bytes(), ..Chunk::default() };
+        let mut out = decoder.output();
+        decoder.decode(&chunk, &mut out);
+        for (i, batch) in out.shards.into_iter().enumerate().filter(|(i, _)| which.contains(i)) {
+            shards[i].process(&ShardInput {
+                seq: 0,
+                partition: Some((0, 0)),
+                max_ts: out.max_ts,
+                end_of_partition: false,
+                ingest_ms: 0,
+                ingest_us: 0,
+                batch,
+                barrier: None,
+                forwarded: None,
+                forget: forget.clone(),
+            });
+            shards[i].publish();
+        }
+    };
+    let line = r#"{"user_id":"alice","item_id":"i","kind":"a","ts":1000,"v":1}"#;
+    let total = p.features.iter().position(|f| f.name == "total").unwrap();
+    let owner = (0..2).find(|&i| {
+        let chunk = Chunk { data: format!("{line}\n").into_bytes(), ..Chunk::default() };
+        let mut out = decoder.output();
+        decoder.decode(&chunk, &mut out);
+        out.shards[i].records.iter().any(|r| r.feature as usize == total)
+    });
+    let owner = owner.expect("some shard owns alice");
+    let other = 1 - owner;
+    let forget = Forget { entity: Entity::User, id: b"alice".to_vec() };
+    feed(&mut decoder, &mut shards, &[0, 1], line, None);
+    // The owner runs ahead: forget, then a fresh event, published.
+    feed(&mut decoder, &mut shards, &[owner], line, Some(forget.clone()));
+    let fresh = line.replace("\"ts\":1000", "\"ts\":2000");
+    feed(&mut decoder, &mut shards, &[owner], &fresh, None);
+    assert!(views[total].get("alice").is_some(), "the owner published alice's fresh value");
+    // The other shard catches up with the forget later.
+    feed(&mut decoder, &mut shards, &[other], line, Some(forget));
+    assert!(views[total].get("alice").is_some(), "a late forget elsewhere must not remove it");
+}
