@@ -79,7 +79,7 @@ for _ in 1 2 3; do
   for CFG in examples/reference-job.toml "$WORK/mixed.toml"; do
     echo -n "$(basename "$CFG"): "
     FRESHET_INPUT="$WORK/events.ndjson" FRESHET_OUTPUT="$WORK/out" FRESHET_ENRICH_URL="http://127.0.0.1:$PORT" "$F" run --config "$CFG" 2>&1 \
-      | grep -o 'events_per_s=[0-9]*' | sed 's/\x1b\[[0-9;]*m//g'
+      | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'events_per_s=[0-9]*'
   done
 done
 kill "$SVC_PID"; wait "$SVC_PID" 2>/dev/null || true
