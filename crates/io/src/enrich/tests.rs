@@ -251,6 +251,59 @@ async fn an_outage_opens_the_breaker_and_recovery_closes_it() {
     assert_eq!(server.requests(), 6);
 }
 
+/// The breaker's state gauge and transition counters, read from a
+/// recorder installed for this test binary (the other tests' stages have
+/// other names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_state_and_transitions_are_exported_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    static SNAPSHOTTER: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    let snapshotter = SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("no other recorder in this test binary");
+        snapshotter
+    });
+    // Counters read as their change since the previous snapshot, so each
+    // phase takes one snapshot and reads everything from it.
+    type Entries = Vec<(metrics_util::CompositeKey, Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue)>;
+    let metric = |entries: &Entries, name: &str, to: Option<&str>| -> Option<f64> {
+        entries.iter().find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
+            let wanted = key.name() == name
+                && labels.contains(&("stage", "metrics_probe"))
+                && to.is_none_or(|to| labels.contains(&("to", to)));
+            match value {
+                DebugValue::Gauge(g) if wanted => Some(g.into_inner()),
+                DebugValue::Counter(c) if wanted => Some(*c as f64),
+                _ => None,
+            }
+        })
+    };
+    let (base, server) = serve(&[], status(503)).await;
+    let open_for = Duration::from_millis(300);
+    let mut c = config();
+    c.stage = "metrics_probe".into();
+    c.retry.max_retries = 0;
+    c.breaker = Some(BreakerConfig { window: 2, min_calls: 2, failure_rate: 0.5, open_for, half_open_probes: 1 });
+    let e = enricher(c);
+    let req = get(format!("{base}/x"));
+    for _ in 0..3 {
+        let _ = e.call(&req).await;
+    }
+    let opened: Entries = snapshotter.snapshot().into_vec();
+    assert_eq!(metric(&opened, crate::metrics::ENRICH_BREAKER_STATE, None), Some(1.0), "open");
+    assert_eq!(metric(&opened, crate::metrics::ENRICH_BREAKER_TRANSITIONS, Some("open")), Some(1.0));
+    server.set_fallback(OK);
+    tokio::time::sleep(open_for + Duration::from_millis(100)).await;
+    assert!(e.call(&req).await.is_ok(), "the probe");
+    let closed: Entries = snapshotter.snapshot().into_vec();
+    assert_eq!(metric(&closed, crate::metrics::ENRICH_BREAKER_STATE, None), Some(0.0), "closed again");
+    assert_eq!(metric(&closed, crate::metrics::ENRICH_BREAKER_TRANSITIONS, Some("half_open")), Some(1.0));
+    assert_eq!(metric(&closed, crate::metrics::ENRICH_BREAKER_TRANSITIONS, Some("closed")), Some(1.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opening_between_retries_stops_retrying() {
     let (base, server) = serve(&[], status(500)).await;
