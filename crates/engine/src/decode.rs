@@ -280,19 +280,7 @@ impl<'p> Decoder<'p> {
     pub fn table_pass(&mut self, chunk: &Chunk, tables: &Tables) {
         let p = self.pipeline;
         self.lookups.clear();
-        let mut offset = chunk.first_offset;
-        let mut oversized = chunk.oversized.iter().peekable();
-        let data = &chunk.data[..];
-        let mut start = 0;
-        while start < data.len() {
-            while oversized.next_if(|o| o.offset == offset).is_some() {
-                offset += 1;
-            }
-            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
-            let line = json::trim(&data[start..end]);
-            let this = offset;
-            offset += 1;
-            start = end + 1;
+        for (this, line) in kept_lines(chunk) {
             if line.len() > p.limits.max_event_bytes {
                 continue;
             }
@@ -345,19 +333,7 @@ impl<'p> Decoder<'p> {
     fn collect_calls(&mut self, chunk: &Chunk) -> (Vec<(u64, u16)>, Vec<EnrichRequest>) {
         let p = self.pipeline;
         let (mut keys, mut requests) = (Vec::new(), Vec::new());
-        let mut offset = chunk.first_offset;
-        let mut oversized = chunk.oversized.iter().peekable();
-        let data = &chunk.data[..];
-        let mut start = 0;
-        while start < data.len() {
-            while oversized.next_if(|o| o.offset == offset).is_some() {
-                offset += 1;
-            }
-            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
-            let line = json::trim(&data[start..end]);
-            let (this, next) = (offset, end + 1);
-            offset += 1;
-            start = next;
+        for (this, line) in kept_lines(chunk) {
             if line.len() > p.limits.max_event_bytes {
                 continue;
             }
@@ -772,6 +748,29 @@ impl<'p> Decoder<'p> {
             self.dead_letter(chunk, offset, raw, RejectKind::Embedding, &reason, out);
         }
     }
+}
+
+/// The chunk's lines with their offsets, trimmed, skipping those the reader
+/// cut for being too long (the passes before the real one ignore them; it
+/// dead-letters them).
+fn kept_lines(chunk: &Chunk) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut oversized = chunk.oversized.iter().peekable();
+    let mut offset = chunk.first_offset;
+    let data = &chunk.data[..];
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= data.len() {
+            return None;
+        }
+        while oversized.next_if(|o| o.offset == offset).is_some() {
+            offset += 1;
+        }
+        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+        let line = (offset, json::trim(&data[start..end]));
+        offset += 1;
+        start = end + 1;
+        Some(line)
+    })
 }
 
 /// Why an effect stopped an event.
