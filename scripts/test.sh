@@ -4,7 +4,9 @@
 # target (scripts/fuzz.sh; installs cargo-fuzz when missing). Needs ../shared
 # beside the clone (or FRESHET_SHARED) for the reference-job and eval tests,
 # and python3; the eval tests run the peer evaluator, which needs numpy, from
-# a venv made once in target/pyenv (pip install from PyPI).
+# a venv made once in target/pyenv (pip install from PyPI). The Kafka tests
+# start their own brokers (tansu 0.6.0, shared/peers/kafka); it is installed
+# here once per machine when missing (about 30 minutes of compiling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,14 @@ if ! "$PYENV/bin/python" -c 'import numpy' 2>/dev/null; then
 fi
 export FRESHET_PYTHON="$PYENV/bin/python"
 
+TANSU_VERSION=0.6.0
+export TANSU_BIN="${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}"
+if ! { [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; }; then
+  echo "== installing the Kafka test broker, tansu $TANSU_VERSION (once per machine)"
+  # dynostore = memory:// storage, libsql = sqlite:// storage; the default features have none.
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
@@ -34,6 +44,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== freshet config check examples/*.toml"
 cargo build --locked -p freshet
 FRESHET_INPUT=/dev/null FRESHET_OUTPUT="$(mktemp -d)" FRESHET_DATA_DIR="$(mktemp -d)" FRESHET_ENRICH_URL=http://127.0.0.1:9 \
+  KAFKA_BROKERS=127.0.0.1:9 FRESHET_TOPIC=events \
   ./target/debug/freshet config check examples/*.toml
 
 echo "== tests"

@@ -113,6 +113,7 @@ fn reference_pipeline(dedup: bool) -> Pipeline {
         field: None,
         sink: Some((sink, Format::Csv)),
         late_sink: None,
+        updates_sink: None,
         allowed_lateness: 0,
         serve: false,
         ttl: None,

@@ -51,6 +51,7 @@ fn spec(window: WindowSpec, ttl: Option<i64>) -> FeatureSpec {
         field: None,
         sink: Some((0, Format::Csv)),
         late_sink: None,
+        updates_sink: None,
         allowed_lateness: 0,
         serve: false,
         ttl,

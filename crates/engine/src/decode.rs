@@ -861,6 +861,7 @@ mod tests {
                 field: None,
                 sink: Some((1, Format::Csv)),
                 late_sink: None,
+                updates_sink: None,
                 allowed_lateness: 1000,
                 serve: false,
                 ttl: None,

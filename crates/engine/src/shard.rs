@@ -327,6 +327,11 @@ impl Shard {
             {
                 view.remove(&String::from_utf8_lossy(id));
             }
+            if removed > 0
+                && let Some(s) = f.spec().updates_sink
+            {
+                crate::features::write_update(&mut self.outputs.sinks[s as usize], f.spec(), id, None);
+            }
         }
         n
     }
@@ -347,14 +352,15 @@ impl Shard {
         if let Some((model, Some(view))) = &mut self.recommender {
             n += view.publish(model, false);
         }
-        let Some(views) = &self.views else { return n };
-        n + self
-            .features
-            .iter_mut()
-            .zip(views.iter())
-            .filter(|(f, _)| f.spec().serve)
-            .map(|(f, v)| f.publish(v))
-            .sum::<usize>()
+        for (i, f) in self.features.iter_mut().enumerate() {
+            let spec = f.spec();
+            let view = self.views.as_ref().and_then(|v| v.get(i)).filter(|_| spec.serve);
+            let updates = spec.updates_sink.map(|s| &mut self.outputs.sinks[s as usize]);
+            if view.is_some() || updates.is_some() {
+                n += f.publish(view, updates);
+            }
+        }
+        n
     }
 
     /// Publishes the recommender's changed items (their neighbour lists) to

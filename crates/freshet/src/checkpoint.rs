@@ -19,9 +19,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"FRSHCKPT";
-/// Version of the checkpoint file layout (2 added lookup tables; version 1
-/// files are still read, with no tables).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of the checkpoint file layout (2 added lookup tables, 3 Kafka
+/// partition offsets; files of versions 1 and 2 are still read).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Where a source stands at a barrier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,46 @@ pub struct SourcePosition {
     pub line: u64,
     /// Whether the source had ended.
     pub finished: bool,
+    /// Kafka sources: the next offset of each partition read so far.
+    pub partitions: Vec<(u32, u64)>,
+}
+
+impl SourcePosition {
+    /// The start of a source.
+    pub fn start() -> Self {
+        Self { position: 0, line: 0, finished: false, partitions: Vec::new() }
+    }
+
+    /// Moves past `chunk` (of this source).
+    pub fn advance(&mut self, chunk: &freshet_engine::decode::Chunk, partitioned: bool) {
+        if partitioned {
+            match self.partitions.iter_mut().find(|(p, _)| *p == chunk.partition) {
+                Some((_, next)) => *next = chunk.end_offset,
+                None => self.partitions.push((chunk.partition, chunk.end_offset)),
+            }
+        } else {
+            *self = Self {
+                position: chunk.end_position,
+                line: chunk.end_offset,
+                finished: chunk.end_of_partition,
+                partitions: Vec::new(),
+            };
+        }
+    }
+}
+
+/// A source position in format versions 1 and 2 (no partitions).
+#[derive(Deserialize)]
+struct SourcePositionV2 {
+    position: u64,
+    line: u64,
+    finished: bool,
+}
+
+impl From<SourcePositionV2> for SourcePosition {
+    fn from(p: SourcePositionV2) -> Self {
+        Self { position: p.position, line: p.line, finished: p.finished, partitions: Vec::new() }
+    }
 }
 
 /// One complete checkpoint.
@@ -56,9 +96,20 @@ pub struct Checkpoint {
 struct CheckpointV1 {
     id: u64,
     fingerprint: String,
-    sources: Vec<SourcePosition>,
+    sources: Vec<SourcePositionV2>,
     shards: Vec<Vec<u8>>,
     sinks: Vec<u64>,
+}
+
+/// The layout of format version 2 (no partition offsets).
+#[derive(Deserialize)]
+struct CheckpointV2 {
+    id: u64,
+    fingerprint: String,
+    sources: Vec<SourcePositionV2>,
+    shards: Vec<Vec<u8>>,
+    sinks: Vec<u64>,
+    tables: Vec<u8>,
 }
 
 /// The checkpoint directory.
@@ -166,7 +217,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
         bail!("not a checkpoint file (bad magic or truncated header)");
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into()?);
-    if version != FORMAT_VERSION && version != 1 {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         bail!(
             "format version {version}, this build reads {FORMAT_VERSION}; run the version that wrote it or --reset-state"
         );
@@ -183,7 +234,14 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     if version == 1 {
         let v1: CheckpointV1 = postcard::from_bytes(payload).context("invalid payload")?;
         let CheckpointV1 { id, fingerprint, sources, shards, sinks } = v1;
+        let sources = sources.into_iter().map(SourcePosition::from).collect();
         return Ok(Checkpoint { id, fingerprint, sources, shards, sinks, tables: Vec::new() });
+    }
+    if version == 2 {
+        let v2: CheckpointV2 = postcard::from_bytes(payload).context("invalid payload")?;
+        let CheckpointV2 { id, fingerprint, sources, shards, sinks, tables } = v2;
+        let sources = sources.into_iter().map(SourcePosition::from).collect();
+        return Ok(Checkpoint { id, fingerprint, sources, shards, sinks, tables });
     }
     postcard::from_bytes(payload).context("invalid payload")
 }
@@ -196,7 +254,10 @@ mod tests {
         Checkpoint {
             id,
             fingerprint: "p".into(),
-            sources: vec![SourcePosition { position: 10 * id, line: id, finished: false }],
+            sources: vec![
+                SourcePosition { position: 10 * id, line: id, finished: false, partitions: Vec::new() },
+                SourcePosition { position: 0, line: 0, finished: false, partitions: vec![(0, id), (3, 7 * id)] },
+            ],
             shards: vec![vec![1, 2, 3], vec![]],
             tables: vec![],
             sinks: vec![42],
@@ -213,6 +274,37 @@ mod tests {
         }
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(store.latest("p").unwrap(), Some(cp(4)));
+    }
+
+    /// Checkpoints written before Kafka sources (format 2) are still restored.
+    #[test]
+    fn format_2_files_are_read_with_no_partition_offsets() {
+        #[derive(Serialize)]
+        struct V2 {
+            id: u64,
+            fingerprint: String,
+            sources: Vec<(u64, u64, bool)>,
+            shards: Vec<Vec<u8>>,
+            sinks: Vec<u64>,
+            tables: Vec<u8>,
+        }
+        let payload = postcard::to_stdvec(&V2 {
+            id: 9,
+            fingerprint: "p".into(),
+            sources: vec![(120, 12, true)],
+            shards: vec![vec![1]],
+            sinks: vec![5],
+            tables: vec![7],
+        })
+        .unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let cp = decode(&bytes).unwrap();
+        assert_eq!(cp.sources, vec![SourcePosition { position: 120, line: 12, finished: true, partitions: vec![] }]);
+        assert_eq!((cp.id, cp.tables, cp.sinks), (9, vec![7], vec![5]));
     }
 
     /// Found by fuzzing (checkpoint target): a header length near

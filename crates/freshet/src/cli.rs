@@ -38,6 +38,92 @@ pub enum Command {
     /// Prequential evaluation of a recommender on an interaction log (the
     /// peer protocol): hit@K, NDCG@K, MRR@K and coverage as a JSON line.
     Eval(EvalArgs),
+    /// Kafka tools for tests, backfills and benchmarks: create a topic,
+    /// produce an NDJSON file, consume a topic to its end.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
+}
+
+/// `freshet kafka ...`.
+#[derive(Debug, Subcommand)]
+pub enum KafkaCommand {
+    /// Create a topic (a no-op when it exists).
+    CreateTopic {
+        /// Bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Keep only the last record of each key (cleanup.policy=compact).
+        #[arg(long)]
+        compacted: bool,
+    },
+    /// Produce each line of an NDJSON file as one record (idempotent producer), keyed by a field.
+    Produce {
+        /// Bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// The top-level field whose value keys each record (records without it have no key).
+        #[arg(long)]
+        key_field: Option<String>,
+        /// Records per second (0: as fast as the broker takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// NDJSON file ('-' for stdin).
+        file: PathBuf,
+    },
+    /// Read a topic from its beginning to the end offsets seen at start and
+    /// print each record (`key<TAB>value`, or the value alone).
+    Consume {
+        /// Bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Print values only.
+        #[arg(long)]
+        values: bool,
+        /// Keep only the last record of each key (what a compacted topic keeps).
+        #[arg(long)]
+        dedup_by_key: bool,
+        /// Print only a JSON line with the record count, bytes and rate (a bare consumer's throughput).
+        #[arg(long)]
+        count: bool,
+    },
+    /// End-to-end latency through a running job: produce an NDJSON file at a
+    /// steady rate into one topic while reading another, match records by an
+    /// id field, and print the latency percentiles (produce call → record
+    /// read from the output topic) as a JSON line.
+    Latency {
+        /// Bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The topic the job reads.
+        #[arg(long)]
+        input: String,
+        /// The topic the job writes each event to.
+        #[arg(long)]
+        output: String,
+        /// The field that identifies an event in both topics.
+        #[arg(long, default_value = "event_id")]
+        id_field: String,
+        /// The field that keys input records.
+        #[arg(long, default_value = "user_id")]
+        key_field: String,
+        /// Events per second.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// NDJSON file of events.
+        file: PathBuf,
+    },
 }
 
 /// `freshet config ...`.

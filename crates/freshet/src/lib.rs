@@ -19,6 +19,7 @@ mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod kafka_cli;
 mod metrics;
 mod telemetry;
 mod topology;
@@ -35,6 +36,7 @@ pub fn main() -> ExitCode {
         cli::Command::Recommend(args) => client::recommend(&args),
         cli::Command::Similar(args) => client::similar(&args),
         cli::Command::Eval(args) => eval::run(args),
+        cli::Command::Kafka(command) => kafka_cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,14 @@ pub enum IoError {
         /// The cause.
         source: reqwest::Error,
     },
+    /// A Kafka client failed (brokers, topics, credentials, delivery).
+    #[error("{component}: {message}")]
+    Kafka {
+        /// The component, e.g. `source events` or `sink results`.
+        component: String,
+        /// What failed, with librdkafka's reason.
+        message: String,
+    },
 }
 
 impl IoError {
@@ -72,7 +80,9 @@ impl IoError {
     pub fn domain(&self) -> Domain {
         match self {
             IoError::Open { .. } | IoError::Create { .. } | IoError::Config { .. } => Domain::User,
-            IoError::Read { .. } | IoError::Write { .. } | IoError::HttpClient { .. } => Domain::External,
+            IoError::Read { .. } | IoError::Write { .. } | IoError::HttpClient { .. } | IoError::Kafka { .. } => {
+                Domain::External
+            }
         }
     }
 }

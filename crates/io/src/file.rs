@@ -17,7 +17,7 @@ use freshet_engine::decode::{Chunk, Oversized};
 use crate::error::{IoError, Result};
 
 /// Bytes of an oversized line kept for its dead-letter record.
-const OVERSIZED_PREFIX: usize = 4096;
+pub(crate) const OVERSIZED_PREFIX: usize = 4096;
 
 /// Reads one file as chunks of lines.
 pub struct FileSource {

@@ -33,6 +33,17 @@ pub const ENRICH_CACHE_MISSES: &str = "freshet_enrich_cache_misses_total";
 /// in-flight slot or between retries), by stage.
 pub const ENRICH_CALL_SECONDS: &str = "freshet_enrich_call_seconds";
 
+/// Errors a Kafka client reported (connection, authentication, broker), by
+/// component (`source NAME`, `sink NAME`).
+pub const KAFKA_CLIENT_ERRORS: &str = "freshet_kafka_client_errors_total";
+/// Records a Kafka sink could not deliver (the job stops), by sink.
+pub const KAFKA_PRODUCER_ERRORS: &str = "freshet_kafka_producer_errors_total";
+/// Records produced and acknowledged, by sink.
+pub const KAFKA_PRODUCED: &str = "freshet_kafka_produced_total";
+/// Consumer lag of a source partition: the partition's high watermark minus
+/// the next offset the source reads, by source and partition.
+pub const KAFKA_CONSUMER_LAG: &str = "freshet_kafka_consumer_lag";
+
 /// An enrichment stage's metric handles, log helpers and the plain counters
 /// behind [`HttpEnricher::stats`](crate::enrich::HttpEnricher::stats).
 pub(crate) struct EnrichMetrics {

@@ -1,9 +1,9 @@
-//! Sink writers: files and stdout, fed whole buffers of formatted rows.
+//! Sink writers: files, stdout and Kafka topics, fed whole buffers of formatted rows.
 //!
-//! Rows are formatted by the engine; a writer only appends bytes, flushes
-//! when asked (periodically for live jobs, at the end for bounded ones) and
-//! reports failures with the sink's name. The dead-letter sink is a file
-//! sink like any other.
+//! Rows are formatted by the engine; a writer only appends bytes (or, for
+//! Kafka, produces one record per row), flushes when asked (periodically for
+//! live jobs, at the end for bounded ones) and reports failures with the
+//! sink's name. The dead-letter sink is a sink like any other.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -18,14 +18,22 @@ pub enum Target {
     File(PathBuf),
     /// Standard output.
     Stdout,
+    /// A Kafka topic.
+    Kafka(crate::kafka::sink::KafkaSinkConfig),
+}
+
+/// Where an open sink's bytes go.
+enum Out {
+    /// A file or stdout, buffered; the file again for fsync (none for stdout).
+    Bytes(BufWriter<Box<dyn Write + Send>>, Option<File>),
+    /// Records of a Kafka topic.
+    Kafka(Box<crate::kafka::sink::KafkaSink>),
 }
 
 /// An open sink.
 pub struct SinkWriter {
     name: String,
-    out: BufWriter<Box<dyn Write + Send>>,
-    /// The file again, for fsync (none for stdout).
-    file: Option<File>,
+    out: Out,
     rows: u64,
     bytes: u64,
     /// Length the file had when it was opened (resumed sinks).
@@ -41,7 +49,18 @@ impl SinkWriter {
     /// Opens `target` keeping its first `committed` bytes (recovery: what a
     /// checkpoint covered) and dropping the rest; `None` starts it empty.
     pub fn open_at(name: &str, target: &Target, committed: Option<u64>) -> Result<Self> {
+        Self::open_with(name, target, committed, &|| false)
+    }
+
+    /// As [`Self::open_at`]; a Kafka sink waits for its topic until `stop()`.
+    pub fn open_with(name: &str, target: &Target, committed: Option<u64>, stop: &dyn Fn() -> bool) -> Result<Self> {
         let (out, file, base): (Box<dyn Write + Send>, _, _) = match target {
+            Target::Kafka(config) => {
+                // Rows after the checkpoint are produced again, with the same keys.
+                let sink = crate::kafka::sink::KafkaSink::open(name, config, stop)?;
+                let out = Out::Kafka(Box::new(sink));
+                return Ok(Self { name: name.to_owned(), out, rows: 0, bytes: 0, base: 0 });
+            }
             Target::Stdout => (Box::new(std::io::stdout()), None, 0),
             Target::File(path) => {
                 let f = match committed {
@@ -52,14 +71,19 @@ impl SinkWriter {
                 (Box::new(f), Some(sync), committed.unwrap_or(0))
             }
         };
-        Ok(Self { name: name.to_owned(), out: BufWriter::with_capacity(1 << 18, out), file, rows: 0, bytes: 0, base })
+        let out = Out::Bytes(BufWriter::with_capacity(1 << 18, out), file);
+        Ok(Self { name: name.to_owned(), out, rows: 0, bytes: 0, base })
     }
 
     /// Flushes and fsyncs the data (a checkpoint's commit point).
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        if let Some(f) = &self.file {
-            f.sync_data().map_err(|source| IoError::Write { name: self.name.clone(), source })?;
+        match &mut self.out {
+            Out::Bytes(_, Some(f)) => {
+                f.sync_data().map_err(|source| IoError::Write { name: self.name.clone(), source })?;
+            }
+            Out::Bytes(_, None) => {}
+            Out::Kafka(k) => k.sync()?,
         }
         Ok(())
     }
@@ -71,7 +95,12 @@ impl SinkWriter {
 
     /// Appends formatted rows.
     pub fn write(&mut self, data: &[u8], rows: u64) -> Result<()> {
-        self.out.write_all(data).map_err(|source| IoError::Write { name: self.name.clone(), source })?;
+        match &mut self.out {
+            Out::Bytes(out, _) => {
+                out.write_all(data).map_err(|source| IoError::Write { name: self.name.clone(), source })?
+            }
+            Out::Kafka(k) => k.write(data)?,
+        }
         self.rows += rows;
         self.bytes += data.len() as u64;
         Ok(())
@@ -79,7 +108,20 @@ impl SinkWriter {
 
     /// Flushes buffered bytes to the target.
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().map_err(|source| IoError::Write { name: self.name.clone(), source })
+        match &mut self.out {
+            Out::Bytes(out, _) => out.flush().map_err(|source| IoError::Write { name: self.name.clone(), source }),
+            // Records leave as librdkafka batches them; `sync` waits for their acknowledgement.
+            Out::Kafka(k) => k.serve(),
+        }
+    }
+
+    /// Flushes at the end of a job: a Kafka sink waits for every
+    /// acknowledgement (and commits its open transaction).
+    pub fn finish(&mut self) -> Result<()> {
+        match &mut self.out {
+            Out::Bytes(..) => self.flush(),
+            Out::Kafka(k) => k.sync(),
+        }
     }
 
     /// The sink's name.

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use super::keys::parts;
 use super::spec::{FeatureSpec, Format};
+use super::view::{GroupView, WindowValue};
 use crate::aggregate::AggValue;
 
 /// Bytes and row count bound for one sink.
@@ -161,6 +162,57 @@ pub fn write_row(
         }
     }
     out.push(b'\n');
+    buf.rows += 1;
+}
+
+fn write_window_json(out: &mut Vec<u8>, w: Option<&WindowValue>) {
+    match w {
+        None => out.extend_from_slice(b"null"),
+        Some(w) => {
+            let _ = write!(out, "{{\"start\":{},\"end\":{},\"value\":", w.start, w.end);
+            write_value_json(out, &w.value);
+            out.push(b'}');
+        }
+    }
+}
+
+/// Appends an entity's values after a change to its updates sink (NDJSON):
+/// `{"feature":…,"entity":…,"value":[{"group":[…],"current":{…},"last_closed":{…},"event_time":…}]}`,
+/// or `"value":null` when the entity is gone (forgotten or expired). The
+/// `value` member comes last, so the row without it identifies the entity
+/// (a Kafka sink's record key; a null value becomes a tombstone).
+pub fn write_update(buf: &mut SinkBuffer, spec: &FeatureSpec, entity: &[u8], values: Option<&[GroupView]>) {
+    let out = &mut buf.data;
+    out.extend_from_slice(b"{\"feature\":");
+    write_json_text(out, &spec.name);
+    out.extend_from_slice(b",\"entity\":");
+    write_json_str(out, entity);
+    out.extend_from_slice(b",\"value\":");
+    match values {
+        None => out.extend_from_slice(b"null"),
+        Some(groups) => {
+            out.push(b'[');
+            for (i, g) in groups.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"group\":[");
+                for (j, part) in g.group.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_json_text(out, part);
+                }
+                out.extend_from_slice(b"],\"current\":");
+                write_window_json(out, g.current.as_ref());
+                out.extend_from_slice(b",\"last_closed\":");
+                write_window_json(out, g.last_closed.as_ref());
+                let _ = write!(out, ",\"event_time\":{}}}", g.event_time);
+            }
+            out.push(b']');
+        }
+    }
+    out.extend_from_slice(b"}\n");
     buf.rows += 1;
 }
 

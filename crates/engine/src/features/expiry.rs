@@ -143,7 +143,7 @@ impl FeatureState {
         self.links[id as usize] = Link { group: NONE, next: NONE };
         let group = &mut self.groups[g as usize];
         if group.head != NONE {
-            if self.spec.serve && !group.dirty {
+            if self.spec.tracked() && !group.dirty {
                 group.dirty = true;
                 self.dirty_groups.push(g);
             }
@@ -155,7 +155,7 @@ impl FeatureState {
         if let Ok(found) = self.group_table.find_entry(hash_bytes(entity), |&(_, x)| x == g) {
             found.remove();
         }
-        if self.spec.serve && announce {
+        if self.spec.tracked() && announce {
             let name = super::keys::parts(entity).next().unwrap_or_default();
             self.removed_entities.push(String::from_utf8_lossy(name).into());
         }

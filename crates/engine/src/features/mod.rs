@@ -13,7 +13,7 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
-pub use emit::{Outputs, SinkBuffer};
+pub use emit::{Outputs, SinkBuffer, write_update};
 pub use snapshot::{FeatureSnapshot, RestoreError, SNAPSHOT_VERSION};
 pub use spec::{Entity, FeatureSpec, Format};
 pub use state::FeatureState;

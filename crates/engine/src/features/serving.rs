@@ -7,6 +7,7 @@
 //! start; others build them on the first forget (`expiry`). Nothing here
 //! changes a key's windows.
 
+use super::emit::{SinkBuffer, write_update};
 use super::keys::{first_part_len, hash_bytes, parts};
 use super::state::{FeatureState, Group, Link, NONE, put};
 use super::view::{EntityView, FeatureView, GroupView, WindowValue};
@@ -72,11 +73,17 @@ impl FeatureState {
         }
     }
 
-    /// Publishes the values of every entity updated since the last call,
-    /// and removes those whose every key expired.
-    pub fn publish(&mut self, view: &FeatureView) -> usize {
+    /// Publishes the values of every entity updated since the last call to
+    /// `view` (served features) and as a row to `updates` (features with an
+    /// updates sink), and removes those whose every key expired.
+    pub fn publish(&mut self, view: Option<&FeatureView>, mut updates: Option<&mut SinkBuffer>) -> usize {
         for entity in self.removed_entities.drain(..) {
-            view.remove(&entity);
+            if let Some(buf) = updates.as_deref_mut() {
+                write_update(buf, &self.spec, entity.as_bytes(), None);
+            }
+            if let Some(view) = view {
+                view.remove(&entity);
+            }
         }
         for id in std::mem::take(&mut self.dirty) {
             // A removed key's flag was cleared: its id may be listed still.
@@ -128,9 +135,14 @@ impl FeatureState {
                 id = next;
             }
             groups.sort_by(|a, b| a.group.cmp(&b.group));
-            match entity {
-                Some(entity) if groups.is_empty() => view.remove(&entity),
-                Some(entity) => view.publish(entity, groups),
+            let Some(entity) = entity else { continue };
+            if let Some(buf) = updates.as_deref_mut() {
+                let values = (!groups.is_empty()).then_some(&groups[..]);
+                write_update(buf, &self.spec, entity.as_bytes(), values);
+            }
+            match view {
+                Some(view) if groups.is_empty() => view.remove(&entity),
+                Some(view) => view.publish(entity, groups),
                 None => {}
             }
         }

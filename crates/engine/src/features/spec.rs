@@ -53,6 +53,9 @@ pub struct FeatureSpec {
     pub allowed_lateness: i64,
     /// Whether values are published for serving reads.
     pub serve: bool,
+    /// Sink index for the entity's values on every change (NDJSON rows,
+    /// `"value": null` when the entity is forgotten or expires).
+    pub updates_sink: Option<u16>,
     /// State TTL in ms: a key whose newest event is this much older than the
     /// watermark, and that has no window left to fire or to take late events,
     /// is removed with its serving value. `None` keeps keys forever.
@@ -60,6 +63,11 @@ pub struct FeatureSpec {
 }
 
 impl FeatureSpec {
+    /// Whether entities' changes are tracked (for serving or for an updates sink).
+    pub fn tracked(&self) -> bool {
+        self.serve || self.updates_sink.is_some()
+    }
+
     /// What shapes this feature's state (key, window, aggregate, field,
     /// lateness, TTL): a snapshot or checkpoint taken under another
     /// definition is refused.

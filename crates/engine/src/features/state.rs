@@ -125,7 +125,7 @@ impl FeatureState {
     /// Empty state for feature number `index`.
     pub fn new(index: u16, spec: FeatureSpec) -> Self {
         Self {
-            indexed: spec.serve,
+            indexed: spec.tracked(),
             spec,
             index,
             keys: KeyTable::default(),
@@ -198,7 +198,7 @@ impl FeatureState {
     /// Sets up the state of a newly interned key (a fresh id or a recycled one).
     fn new_entry(&mut self, id: u32, key: &[u8]) {
         put(&mut self.entries, id, KeyEntry::empty());
-        if self.spec.serve {
+        if self.spec.tracked() {
             put(&mut self.last_closed, id, None);
         }
         if self.spec.ttl.is_some() {
@@ -254,7 +254,7 @@ impl FeatureState {
         let e = &mut self.entries[id as usize];
         let first = e.max_ts == i64::MIN;
         e.max_ts = e.max_ts.max(ts);
-        if self.spec.serve && !e.dirty {
+        if self.spec.tracked() && !e.dirty {
             e.dirty = true;
             self.dirty.push(id);
         }
@@ -266,7 +266,7 @@ impl FeatureState {
     /// Lists a served key for the next publish (after a restore).
     pub(super) fn mark_dirty(&mut self, id: u32) {
         let e = &mut self.entries[id as usize];
-        if self.spec.serve && !e.dirty {
+        if self.spec.tracked() && !e.dirty {
             e.dirty = true;
             self.dirty.push(id);
         }
@@ -542,7 +542,7 @@ impl FeatureState {
         if let Some((sink, format)) = self.spec.sink {
             write_row(&mut out.sinks[sink as usize], format, &self.spec, start, end, self.keys.key(id), &value);
         }
-        if self.spec.serve {
+        if self.spec.tracked() {
             self.last_closed[id as usize] = Some((start, end, value));
             let e = &mut self.entries[id as usize];
             if !e.dirty {

@@ -33,6 +33,7 @@ fn spec(window: WindowSpec, agg: AggFn, lateness: i64) -> FeatureSpec {
         field: None,
         sink: Some((0, Format::Csv)),
         late_sink: Some(1),
+        updates_sink: None,
         allowed_lateness: lateness,
         serve: true,
         ttl: None,
@@ -207,7 +208,7 @@ fn views_show_running_and_last_closed_values() {
     let mut state = FeatureState::new(0, spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0));
     let view = FeatureView::new(state.spec());
     run(&mut state, &[(1, 100, 0.0), (1, 200, 0.0)], 0);
-    state.publish(&view);
+    state.publish(Some(&view), None);
     let v = view.get("k1").unwrap();
     assert_eq!(v[0].last_closed.as_ref().map(|w| (w.start, w.end)), Some((0, 1000)));
     assert_eq!(v[0].event_time, 200);
@@ -237,11 +238,48 @@ fn publishing_an_entity_with_a_key_that_only_had_late_events() {
         state.apply(&batch, &batch.records[0], wm, &mut out);
     }
     assert_eq!(out.late[0], 1);
-    state.publish(&view);
+    state.publish(Some(&view), None);
     let groups = view.get("u1").unwrap();
     let current: Vec<_> = groups.iter().map(|g| (g.group.join(","), g.current.as_ref().map(|w| w.start))).collect();
     // The key made only by a late event has nothing to show, and is left out.
     assert_eq!(current, [("view".to_string(), Some(5000))]);
+}
+
+/// An updates sink gets the entity's values on each publish after a change
+/// (not between changes), and a null value when the entity is forgotten; an
+/// unserved feature with an updates sink tracks its entities all the same.
+#[test]
+fn updates_rows_follow_changes_and_forget() {
+    let mut s = spec(WindowSpec::Tumbling { size: 1000 }, AggFn::Count, 0);
+    s.serve = false;
+    s.updates_sink = Some(2);
+    let mut state = FeatureState::new(0, s);
+    let mut out = Outputs::new(3, 1);
+    let mut clock = (i64::MIN, i64::MIN);
+    feed(&mut state, &[(1, 100, 0.0), (1, 200, 0.0), (2, 300, 0.0)], 5000, &mut clock, &mut out, false);
+    let take = |out: &mut Outputs| -> Vec<serde_json::Value> {
+        let text = String::from_utf8(std::mem::take(&mut out.sinks[2].data)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(state.publish(None, Some(&mut out.sinks[2])), 2);
+    let mut rows = take(&mut out);
+    rows.sort_by_key(|r| r["entity"].as_str().unwrap().to_owned());
+    assert_eq!(rows[0]["entity"], "k1");
+    assert_eq!(rows[0]["value"][0]["current"], serde_json::json!({"start": 0, "end": 1000, "value": 2}));
+    assert_eq!(rows[0]["value"][0]["event_time"], 200);
+    assert_eq!(rows[1]["entity"], "k2");
+    // Nothing changed: nothing to write.
+    assert_eq!(state.publish(None, Some(&mut out.sinks[2])), 0);
+    assert!(take(&mut out).is_empty());
+    feed(&mut state, &[(1, 400, 0.0)], 5000, &mut clock, &mut out, false);
+    state.publish(None, Some(&mut out.sinks[2]));
+    let rows = take(&mut out);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["value"][0]["current"]["value"], 3);
+    assert_eq!(state.forget(b"k2"), 1);
+    // The shard writes the forget row (it knows the entity went); here, by hand.
+    super::write_update(&mut out.sinks[2], state.spec(), b"k2", None);
+    assert_eq!(take(&mut out), [serde_json::json!({"feature": "f", "entity": "k2", "value": null})]);
 }
 
 #[test]
@@ -350,12 +388,12 @@ fn restored_keys_are_served_again_without_new_events() {
     let mut out = Outputs::new(2, 1);
     feed(&mut a, &[(1, 100, 0.0), (1, 200, 0.0), (2, 300, 0.0)], 0, &mut (i64::MIN, i64::MIN), &mut out, false);
     let before = FeatureView::new(&spec);
-    a.publish(&before);
+    a.publish(Some(&before), None);
     let bytes = a.snapshot();
     let mut b = FeatureState::new(0, spec.clone());
     b.restore(&bytes).unwrap();
     let after = FeatureView::new(&spec);
-    assert_eq!(b.publish(&after), 2, "both entities are published from the restored state");
+    assert_eq!(b.publish(Some(&after), None), 2, "both entities are published from the restored state");
     for entity in ["k1", "k2"] {
         let (was, is) = (before.get(entity).unwrap(), after.get(entity).unwrap());
         assert_eq!(format!("{was:?}"), format!("{is:?}"), "entity {entity}");
@@ -443,12 +481,12 @@ proptest! {
         let (mut clock, mut out) = ((i64::MIN, i64::MIN), Outputs::new(2, 1));
         feed_parts(&mut state, &evs, ooo, &mut clock, &mut out, |i, s, _| {
             if i % every == 0 {
-                s.publish(&view);
+                s.publish(Some(&view), None);
             }
         });
         let wm_end = clock.1.saturating_add(1);
         state.on_watermark(wm_end, &mut out);
-        state.publish(&view);
+        state.publish(Some(&view), None);
 
         // Which keys live: an accepted event whose pane or TTL is not done at `wm_end`.
         let mut newest: BTreeMap<(u8, u8), i64> = BTreeMap::new();

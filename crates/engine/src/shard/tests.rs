@@ -44,6 +44,7 @@ fn pipeline(dedup_ttl: Option<i64>, ttl: Option<i64>, shards: usize) -> Pipeline
         field: field.map(path),
         sink: Some((0, Format::Csv)),
         late_sink: None,
+        updates_sink: None,
         allowed_lateness: lateness,
         serve: true,
         ttl,

@@ -2,6 +2,7 @@
 //! planning into a runnable [`plan::Plan`].
 
 pub mod enrich;
+pub mod kafka;
 pub mod load;
 pub mod model;
 pub mod plan;

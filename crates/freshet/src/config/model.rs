@@ -104,6 +104,23 @@ pub enum SourceConfig {
         /// Size at which a log segment is closed and the next begun. Default: 67108864 (64 MiB).
         segment_bytes: Option<u64>,
     },
+    /// A Kafka topic, one JSON event per record value. Offsets live in
+    /// Freshet's checkpoint (the group's committed offsets are written for
+    /// lag display only); each partition has its own watermark.
+    Kafka {
+        /// `bootstrap.servers`, e.g. "127.0.0.1:9092".
+        brokers: String,
+        /// The topic read.
+        topic: String,
+        /// Consumer group id. Default: "freshet".
+        group: Option<String>,
+        /// Read up to the end offsets seen at start, then end like a file. Default: false.
+        bounded: Option<bool>,
+        /// Where partitions start when no checkpoint says: "earliest" or "latest". Default: "earliest".
+        start: Option<String>,
+        /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, fetch tuning).
+        properties: Option<BTreeMap<String, String>>,
+    },
     /// The built-in workload generator (shared/workload's schema).
     Generator {
         /// Lines to generate. Default: unbounded.
@@ -142,6 +159,35 @@ pub enum SinkConfig {
     Stdout {
         /// `csv` or `ndjson`. Default: ndjson.
         format: Option<String>,
+    },
+    /// A Kafka topic: one record per row, the row (no newline) as its value.
+    Kafka {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// The topic written.
+        topic: String,
+        /// `csv` or `ndjson`. Default: ndjson.
+        format: Option<String>,
+        /// Record keys: "result" (the row without its value: window and
+        /// entity, so a replayed result has the same key; other rows are their
+        /// own key), "row", or "none". Default: "result".
+        key: Option<String>,
+        /// Create the topic with this many partitions when it is missing.
+        /// Default: none (a missing topic is waited for).
+        partitions: Option<i32>,
+        /// Replication factor of a created topic. Default: 1.
+        replication: Option<i32>,
+        /// Create the topic compacted (the broker keeps each key's last record). Default: false.
+        compacted: Option<bool>,
+        /// "at_least_once" (idempotent producer, every checkpoint waits for
+        /// the acknowledgements; replays rewrite the same keys) or
+        /// "exactly_once" (also one transaction per checkpoint; needs brokers
+        /// with transactions). Default: "at_least_once".
+        delivery: Option<String>,
+        /// The transactional id of `exactly_once`. Default: "freshet-" + the sink's name.
+        transactional_id: Option<String>,
+        /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, batching).
+        properties: Option<BTreeMap<String, String>>,
     },
 }
 
@@ -342,6 +388,11 @@ pub struct FeatureConfig {
     pub sink: Option<String>,
     /// Sink for events too late for all their windows. Default: none (counted only).
     pub late_sink: Option<String>,
+    /// Sink for the entity's values on every change (NDJSON rows
+    /// `{"feature","entity","value":[groups]}`, `"value": null` when the
+    /// entity is forgotten or expires; to a Kafka sink: a compacted topic
+    /// keyed by feature and entity, with tombstones). Default: none.
+    pub updates_sink: Option<String>,
     /// Allowed lateness. Default: `event_time.allowed_lateness`.
     pub allowed_lateness: Option<String>,
     /// `user`, `item` or `none`. Default: `user` when key[0] is user_id, `item` when item_id.

@@ -16,6 +16,7 @@ use freshet_engine::time::MAX_DURATION_MS;
 use freshet_engine::validate::{FieldRule, FieldType, Schema};
 use freshet_engine::window::WindowSpec;
 use freshet_io::generator::GenOptions;
+use freshet_io::kafka::keys::KeyRule;
 use freshet_io::sink::Target;
 
 use super::load::{ConfigError, Problem};
@@ -28,6 +29,8 @@ pub enum SourceKind {
     File(PathBuf),
     /// HTTP ingest, with its durable log's settings.
     Http(IngestLogPlan),
+    /// A Kafka topic.
+    Kafka(freshet_io::kafka::source::KafkaSourceConfig),
     /// The generator, at `emit_per_s` lines per wall second (0: unthrottled).
     Generator {
         /// Generator knobs.
@@ -64,6 +67,7 @@ impl SourceKind {
         match self {
             SourceKind::File(path) => format!("file {}", path.display()),
             SourceKind::Http(_) => "http".into(),
+            SourceKind::Kafka(k) => format!("kafka {} topic {}", k.connection.brokers, k.topic),
             SourceKind::Generator { options: o, .. } => format!(
                 "generator seed {} users {} items {} events {} malformed {} duplicates {} disorder {}",
                 o.seed, o.users, o.items, o.events, o.malformed_rate, o.duplicate_rate, o.disorder_ms
@@ -119,6 +123,7 @@ impl Plan {
         self.sources.iter().all(|s| match &s.kind {
             SourceKind::File(_) => true,
             SourceKind::Http(_) => false,
+            SourceKind::Kafka(k) => k.bounded,
             SourceKind::Generator { options, .. } => options.events != u64::MAX,
         })
     }
@@ -380,6 +385,32 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             SinkConfig::Stdout { format } => {
                 (Target::Stdout, format_of(&mut p, &format!("{path}.format"), format.as_deref(), Format::Ndjson))
             }
+            SinkConfig::Kafka {
+                brokers,
+                topic,
+                format,
+                key,
+                partitions,
+                replication,
+                compacted,
+                delivery,
+                transactional_id,
+                properties,
+            } => {
+                let format = format_of(&mut p, &format!("{path}.format"), format.as_deref(), Format::Ndjson);
+                let fields = super::kafka::SinkFields {
+                    brokers,
+                    topic,
+                    key: key.as_deref(),
+                    partitions: *partitions,
+                    replication: *replication,
+                    compacted: *compacted,
+                    delivery: delivery.as_deref(),
+                    transactional_id: transactional_id.as_deref(),
+                    properties: properties.as_ref(),
+                };
+                (Target::Kafka(super::kafka::sink(&mut p, name, fields, format)), format)
+            }
         };
         sinks.push(SinkPlan { name: name.clone(), target });
         sink_specs.push(SinkSpec { name: name.clone(), format });
@@ -416,6 +447,16 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     for (name, s) in &config.sources {
         let kind = match s {
             SourceConfig::File { path } => SourceKind::File(path.into()),
+            SourceConfig::Kafka { brokers, topic, group, bounded, start, properties } => {
+                SourceKind::Kafka(super::kafka::source(
+                    &mut p,
+                    name,
+                    (brokers, topic, group.as_deref()),
+                    *bounded,
+                    start.as_deref(),
+                    properties.as_ref(),
+                ))
+            }
             SourceConfig::Http { fsync, segment_bytes } => {
                 let fsync = match fsync.as_deref() {
                     None | Some("always") => Fsync::Always,
@@ -630,6 +671,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     // Features.
     let state_ttl = p.positive_ms("pipeline.state_ttl", pc.state_ttl.as_deref());
     let mut features: Vec<FeatureSpec> = Vec::new();
+    let mut update_sinks: Vec<(u16, String)> = Vec::new();
     for (i, f) in config.features.iter().enumerate() {
         let path = format!("features[{i}]");
         if features.iter().any(|g| g.name == f.name) {
@@ -719,6 +761,17 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             .and_then(|s| sink_index(&mut p, &format!("{path}.sink"), s))
             .map(|i| (i, sink_specs[i as usize].format));
         let late_sink = f.late_sink.as_deref().and_then(|s| sink_index(&mut p, &format!("{path}.late_sink"), s));
+        let updates_sink =
+            f.updates_sink.as_deref().and_then(|s| sink_index(&mut p, &format!("{path}.updates_sink"), s));
+        if let Some(s) = updates_sink {
+            if sink_specs[s as usize].format != Format::Ndjson {
+                p.err(format!("{path}.updates_sink"), "an updates sink writes NDJSON (format = \"ndjson\")");
+            }
+            if entity == Entity::None {
+                p.err(format!("{path}.updates_sink"), "needs an entity (user or item): updates are per entity");
+            }
+            update_sinks.push((s, format!("{path}.updates_sink")));
+        }
         let filter = f.filter.as_ref().map(|q| p.predicate(&format!("{path}.filter"), q));
         let allowed_lateness =
             p.duration_ms(&format!("{path}.allowed_lateness"), f.allowed_lateness.as_deref(), lateness);
@@ -741,6 +794,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             field,
             sink,
             late_sink,
+            updates_sink,
             allowed_lateness,
             serve: f.serve.unwrap_or(true) && entity != Entity::None,
             ttl,
@@ -748,6 +802,22 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     }
     if features.len() > u16::MAX as usize {
         p.err("features", "too many features");
+    }
+    // A sink of updates takes only updates: its rows' null values are tombstones.
+    for (s, path) in &update_sinks {
+        let shared = features.iter().any(|f| f.sink.is_some_and(|(x, _)| x == *s) || f.late_sink == Some(*s))
+            || dead_letter == Some(*s);
+        if shared {
+            p.err(
+                path.as_str(),
+                format!("sink {:?} takes other rows too; give updates a sink of their own", sinks[*s as usize].name),
+            );
+        }
+        if let Target::Kafka(k) = &mut sinks[*s as usize].target
+            && matches!(k.key, KeyRule::Result(_))
+        {
+            k.key = KeyRule::Updates;
+        }
     }
 
     let shards = pc.shards.unwrap_or(cores).max(1);

@@ -226,7 +226,7 @@ pub(super) fn open_log(
             "The ingest log ended in a torn record (a crash mid-write); cut it off. It was never acknowledged."
         );
     }
-    let resume = resume.cloned().unwrap_or(SourcePosition { position: 0, line: 0, finished: false });
+    let resume = resume.cloned().unwrap_or_else(SourcePosition::start);
     if resume.position > report.end {
         anyhow::bail!(
             "the checkpoint says ingest log {} reached position {}, but it ends at {}: \

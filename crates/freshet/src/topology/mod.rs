@@ -37,6 +37,7 @@ use crate::checkpoint::{SourcePosition, Store};
 use crate::config::plan::{Plan, SourceKind};
 use freshet_engine::recommend::{Placement, RecommenderView};
 use freshet_engine::shard::Shard;
+use freshet_engine::time::PartitionId;
 pub use ingest::IngestHandle;
 use std::path::Path;
 
@@ -162,9 +163,20 @@ impl Job {
         // Open everything first: a bad path is one clear error, before any thread.
         let mut opened = Vec::new();
         let mut logs = Vec::new();
+        // Every partition of every source holds the watermark back from the start.
+        let mut partitions: Vec<PartitionId> = Vec::new();
+        let mut commits = Vec::new();
         for (i, s) in plan.sources.iter().enumerate() {
             let resume = restored.as_ref().and_then(|cp| cp.sources.get(i));
-            opened.push(sources::open(i as u16, s, &plan, resume).with_context(|| format!("source {}", s.name))?);
+            let mut source = sources::open(i as u16, s, &plan, resume).with_context(|| format!("source {}", s.name))?;
+            match &mut source {
+                sources::Opened::Kafka { partitions: ps, commits: tx, .. } => {
+                    partitions.extend(ps.iter().map(|p| (i as u16, *p)));
+                    commits.push((i, tx.clone()));
+                }
+                _ => partitions.push((i as u16, 0)),
+            }
+            opened.push(source);
             if let (SourceKind::Http(log_plan), Some(dir)) = (&s.kind, data_dir) {
                 let log = ingest::open_log(dir, &s.name, *log_plan, resume, reset_state)
                     .with_context(|| format!("source {}", s.name))?;
@@ -183,8 +195,9 @@ impl Job {
         let mut writers = Vec::new();
         for (i, s) in plan.sinks.iter().enumerate() {
             let committed = restored.as_ref().and_then(|cp| cp.sinks.get(i).copied());
-            writers
-                .push(SinkWriter::open_at(&s.name, &s.target, committed).with_context(|| format!("sink {}", s.name))?);
+            let writer = SinkWriter::open_with(&s.name, &s.target, committed, &|| shared.stop.load(Ordering::SeqCst))
+                .with_context(|| format!("sink {}", s.name))?;
+            writers.push(writer);
         }
         let mut shards = Vec::new();
         for i in 0..p.shards {
@@ -246,7 +259,7 @@ impl Job {
         let mut ingest = None;
         for (i, src) in opened.into_iter().enumerate() {
             match src {
-                sources::Opened::Thread(run) => {
+                sources::Opened::Thread(run) | sources::Opened::Kafka { run, .. } => {
                     let tx = source_tx.clone();
                     let sh = shared.clone();
                     let name = format!("source-{}", plan.sources[i].name);
@@ -269,8 +282,10 @@ impl Job {
             Some(store) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let (sh, n, t) = (shared.clone(), p.shards, !p.tables.is_empty());
-                let handle =
-                    spawn("checkpoints", move || workers::coordinate(store, rx, (n, t), fingerprint, log_dirs, sh))?;
+                let handle = spawn("checkpoints", move || {
+                    let after = workers::OnComplete { logs: log_dirs, commits };
+                    workers::coordinate(store, rx, (n, t), fingerprint, after, sh)
+                })?;
                 (Some(tx), Some(handle))
             }
             None => (None, None),
@@ -278,10 +293,10 @@ impl Job {
         let barriers = coordinator_tx.as_ref().map(|c| workers::Barriers {
             interval: plan.checkpoint_interval,
             next_id: restored.as_ref().map_or(1, |cp| cp.id + 1),
-            positions: restored.as_ref().map_or_else(
-                || vec![SourcePosition { position: 0, line: 0, finished: false }; plan.sources.len()],
-                |cp| cp.sources.clone(),
-            ),
+            partitioned: plan.sources.iter().map(|s| matches!(s.kind, SourceKind::Kafka(_))).collect(),
+            positions: restored
+                .as_ref()
+                .map_or_else(|| vec![SourcePosition::start(); plan.sources.len()], |cp| cp.sources.clone()),
             coordinator: c.clone(),
             injected: 0,
         });
@@ -297,7 +312,6 @@ impl Job {
                 workers::decode(&plan, d, rx, txs, links, calls, tables)
             })?);
         }
-        let partitions: Vec<_> = plan.sources.iter().enumerate().map(|(i, _)| (i as u16, 0u32)).collect();
         let mut shard_handles = Vec::new();
         for (s, (shard, rxs)) in shards.into_iter().zip(shard_rxs).enumerate() {
             let (plan, parts, links, coord) = (plan.clone(), partitions.clone(), links.clone(), coordinator_tx.clone());

@@ -1,5 +1,5 @@
-//! Source threads (file, generator), feeding chunks into the dispatcher's
-//! bounded channel. HTTP ingest is in [`super::ingest`].
+//! Source threads (file, generator, Kafka), feeding chunks into the
+//! dispatcher's bounded channel. HTTP ingest is in [`super::ingest`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +10,7 @@ use crossbeam_channel::Sender;
 use freshet_engine::decode::Chunk;
 use freshet_io::file::FileSource;
 use freshet_io::generator::Generator;
+use freshet_io::kafka::source::{KafkaSource, Polled};
 
 use super::{Shared, send, wall_ms};
 use crate::checkpoint::SourcePosition;
@@ -18,10 +19,17 @@ use crate::config::plan::{Plan, SourceKind, SourcePlan};
 /// A source thread's body.
 pub(super) type SourceRun = Box<dyn FnOnce(Sender<Chunk>, Arc<Shared>) + Send>;
 
+/// Partition positions (partition → next offset) of a completed checkpoint,
+/// sent to a Kafka source to commit to its group.
+pub(super) type Commits = Vec<(u32, u64)>;
+
 /// An opened source.
 pub(super) enum Opened {
     /// Runs on its own thread.
     Thread(SourceRun),
+    /// A Kafka source's thread, its partitions (each holds the watermark
+    /// back from the start), and where completed checkpoints' offsets go.
+    Kafka { run: SourceRun, partitions: Vec<u32>, commits: Sender<Commits> },
     /// Fed by HTTP handlers (through the ingest log with a data directory).
     Http,
 }
@@ -33,7 +41,7 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&So
     Ok(match &plan.kind {
         SourceKind::File(_) if resume.is_some_and(|r| r.finished) => {
             // Everything was read and checkpointed: only say so again.
-            let r = resume.cloned().unwrap_or(SourcePosition { position: 0, line: 0, finished: true });
+            let r = resume.cloned().unwrap_or(SourcePosition { finished: true, ..SourcePosition::start() });
             Opened::Thread(Box::new(move |tx, shared| {
                 let mut chunk = Chunk {
                     first_offset: r.line,
@@ -117,6 +125,35 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&So
             }))
         }
         SourceKind::Http(_) => Opened::Http,
+        SourceKind::Kafka(config) => {
+            let resume = resume.map(|r| r.partitions.clone()).unwrap_or_default();
+            let mut kafka = KafkaSource::open(&plan.name, config, &resume, (job.read_block, max_line), &|| false)?;
+            let partitions = kafka.partitions();
+            let (commits, committed) = crossbeam_channel::bounded::<Commits>(4);
+            let run: SourceRun = Box::new(move |tx, shared| {
+                loop {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Some(positions) = committed.try_iter().last() {
+                        kafka.commit(&positions);
+                    }
+                    match kafka.poll() {
+                        Ok(Polled::Chunk(mut chunk)) => {
+                            chunk.source = index;
+                            stamp(&mut chunk, index, &shared);
+                            if !send(&tx, chunk, &shared) {
+                                return;
+                            }
+                        }
+                        Ok(Polled::Idle) => {}
+                        Ok(Polled::Finished) => return,
+                        Err(e) => return shared.fail(e.into()),
+                    }
+                }
+            });
+            Opened::Kafka { run, partitions, commits }
+        }
     })
 }
 

@@ -94,11 +94,21 @@ impl TablePasses {
     }
 }
 
+/// What follows a completed checkpoint, per source.
+pub(super) struct OnComplete {
+    /// Ingest log directories whose covered segments are removed.
+    pub logs: Vec<(usize, PathBuf)>,
+    /// Kafka sources that commit the checkpoint's offsets to their group.
+    pub commits: Vec<(usize, Sender<super::sources::Commits>)>,
+}
+
 /// The dispatcher's checkpoint duties.
 pub(super) struct Barriers {
     pub interval: Duration,
     pub next_id: u64,
     pub positions: Vec<SourcePosition>,
+    /// Per source: whether it has partitions with their own offsets (Kafka).
+    pub partitioned: Vec<bool>,
     pub coordinator: Sender<CoordMsg>,
     /// The last barrier this run injected (0: none yet).
     pub injected: u64,
@@ -213,7 +223,7 @@ pub(super) fn dispatch(
         if let (Some(b), Some(c)) = (&mut barriers, &chunk)
             && let Some(p) = b.positions.get_mut(c.source as usize)
         {
-            *p = SourcePosition { position: c.end_position, line: c.end_offset, finished: c.end_of_partition };
+            p.advance(c, b.partitioned.get(c.source as usize).copied().unwrap_or(false));
         }
         if !deal(&mut seq, chunk, None) {
             return;
@@ -235,7 +245,7 @@ pub(super) fn coordinate(
     rx: Receiver<CoordMsg>,
     (shards, has_tables): (usize, bool),
     fingerprint: String,
-    logs: Vec<(usize, PathBuf)>,
+    OnComplete { logs, commits }: OnComplete,
     shared: Arc<Shared>,
 ) {
     struct Partial {
@@ -293,6 +303,11 @@ pub(super) fn coordinate(
                 *shared.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = (id, shared.now_us());
                 let took_ms = p.started.elapsed().as_millis() as u64;
                 tracing::debug!(checkpoint = id, bytes = size, took_ms, "Checkpoint complete.");
+                for (source, tx) in &commits {
+                    if let Some(p) = cp.sources.get(*source) {
+                        let _ = tx.try_send(p.partitions.clone());
+                    }
+                }
                 kept.push_back(cp.sources);
                 if kept.len() > store.keep() {
                     kept.pop_front();
@@ -490,7 +505,8 @@ pub(super) fn shard(
         // Publishing adapts to load: the next one waits at least four times
         // as long as the last took, so it stays under a fifth of the shard.
         let due = last_publish.elapsed() >= plan.publish_interval.max(publish_cost * 4);
-        if due || stats.watermark_advanced {
+        let publishing = due || stats.watermark_advanced;
+        if publishing {
             let started = Instant::now();
             if item_publish.is_some_and(|every| last_item_publish.elapsed() >= every) {
                 shard.publish_recommender_items();
@@ -507,7 +523,8 @@ pub(super) fn shard(
             }
         }
         let barrier = input.barrier;
-        if (barrier.is_some() || stats.watermark_advanced || input.partition.is_none() || shard_output_large(&shard))
+        // A publish may have written updates rows: they leave with it.
+        if (barrier.is_some() || publishing || input.partition.is_none() || shard_output_large(&shard))
             && shard.has_output()
             && !ship(&mut shard)
         {
@@ -621,7 +638,7 @@ pub(super) fn write(
         }
     }
     for w in &mut writers {
-        w.flush()?;
+        w.finish()?;
     }
     Ok(writers.iter().map(|w| (w.name().to_owned(), w.rows())).collect())
 }

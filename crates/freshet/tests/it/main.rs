@@ -2,7 +2,8 @@
 //! 2-core machines): the reference job against two oracles over generated
 //! workloads, bad and odd input through the file source, and configuration
 //! and environment errors; recommendations served by a running process;
-//! enrichment against a real HTTP service the test starts.
+//! enrichment against a real HTTP service the test starts; Kafka sources
+//! and sinks against a real broker (tansu) each test starts.
 //!
 //! They run the built binary as a child process; generated inputs and the
 //! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
@@ -16,6 +17,7 @@ mod dedup;
 mod durable_ingest;
 mod enrich;
 mod eval;
+mod kafka;
 mod oracle;
 mod recommend;
 mod recovery;

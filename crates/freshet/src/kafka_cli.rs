@@ -1,0 +1,288 @@
+//! `freshet kafka`: create a topic, produce an NDJSON file into it, consume
+//! a topic to its end. The test broker here (tansu) is not usable with
+//! Debian's kcat, so the tests, the benchmarks and users preparing a
+//! backfill use these, on the same librdkafka as the pipeline.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use freshet_io::kafka::admin::{TopicSpec, ensure_topic, wait_for_partitions};
+use freshet_io::kafka::{Connection, Logged};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::cli::KafkaCommand;
+
+/// Runs a `freshet kafka` subcommand.
+pub fn run(command: KafkaCommand) -> Result<()> {
+    match command {
+        KafkaCommand::CreateTopic { brokers, topic, partitions, compacted } => {
+            let connection = Connection { brokers, properties: Vec::new() };
+            ensure_topic(&connection, &TopicSpec { name: topic, partitions, replication: 1, compacted })?;
+            Ok(())
+        }
+        KafkaCommand::Produce { brokers, topic, key_field, rate, file } => {
+            produce(&brokers, &topic, key_field, rate, &file)
+        }
+        KafkaCommand::Consume { brokers, topic, values, dedup_by_key, count } => {
+            consume(&brokers, &topic, values, dedup_by_key, count)
+        }
+        KafkaCommand::Latency { brokers, input, output, id_field, key_field, rate, file } => {
+            latency(&brokers, (&input, &output), (&id_field, &key_field), rate, &file)
+        }
+    }
+}
+
+fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, file: &std::path::Path) -> Result<()> {
+    let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
+    let producer: BaseProducer<Logged> = connection
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("partitioner", "murmur2_random"),
+            ("linger.ms", "10"),
+            ("message.timeout.ms", "0"),
+        ])
+        .create_with_context(Logged { component: format!("producer {topic}") })
+        .context("creating the producer")?;
+    wait_for_partitions(producer.client(), topic, "producer", &|| false)?;
+    let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
+    };
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for line in input.split(b'\n') {
+        let line = line.context("reading the input")?;
+        if line.is_empty() {
+            continue;
+        }
+        let key = key_field.as_deref().and_then(|f| key_of(&line, f));
+        let mut record = BaseRecord::to(topic).payload(&line[..]);
+        if let Some(k) = &key {
+            record = record.key(k.as_bytes());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("producing to {topic}: {e}"),
+            }
+        }
+        sent += 1;
+        if rate > 0.0 {
+            let due = Duration::from_secs_f64(sent as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                producer.poll(wait);
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).with_context(|| format!("flushing to {topic}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("{{\"produced\":{sent},\"seconds\":{secs:.3},\"per_s\":{:.0}}}", sent as f64 / secs.max(1e-9));
+    Ok(())
+}
+
+/// The value of the top-level string or number `field` of a JSON line.
+fn key_of(line: &[u8], field: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    match v.get(field)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn consume(brokers: &str, topic: &str, values: bool, dedup: bool, count: bool) -> Result<()> {
+    let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
+    let consumer: BaseConsumer<Logged> = connection
+        .client_config(&[
+            ("group.id", "freshet-cli"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+        ])
+        .create_with_context(Logged { component: format!("consumer {topic}") })
+        .context("creating the consumer")?;
+    let partitions = wait_for_partitions(consumer.client(), topic, "consumer", &|| false)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut open = 0usize;
+    let mut ends = HashMap::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
+            assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+            ends.insert(*p, high);
+            open += 1;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut last: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut idle_since = Instant::now();
+    while open > 0 {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                idle_since = Instant::now();
+                let (key, value) = (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                records += 1;
+                bytes += value.len() as u64;
+                if dedup {
+                    if last.insert(key.to_vec(), value.to_vec()).is_none() {
+                        order.push(key.to_vec());
+                    }
+                } else if !count {
+                    if !values {
+                        out.write_all(key)?;
+                        out.write_all(b"\t")?;
+                    }
+                    out.write_all(value)?;
+                    out.write_all(b"\n")?;
+                }
+                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&m.partition());
+                    open -= 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) if ends.remove(&p).is_some() => open -= 1,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => eprintln!("consume error: {e}"),
+            None if idle_since.elapsed() > Duration::from_secs(60) => bail!("no records from {topic} for 60 s"),
+            None => {}
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if dedup && !count {
+        for key in &order {
+            if !values {
+                out.write_all(key)?;
+                out.write_all(b"\t")?;
+            }
+            out.write_all(&last[key])?;
+            out.write_all(b"\n")?;
+        }
+    }
+    if count {
+        writeln!(
+            out,
+            "{{\"records\":{records},\"bytes\":{bytes},\"seconds\":{secs:.3},\"per_s\":{:.0}}}",
+            records as f64 / secs.max(1e-9)
+        )?;
+    }
+    out.flush()?;
+    let _ = consumer.unassign();
+    Ok(())
+}
+
+fn latency(
+    brokers: &str,
+    (input, output): (&str, &str),
+    (id_field, key_field): (&str, &str),
+    rate: f64,
+    file: &std::path::Path,
+) -> Result<()> {
+    let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
+    let consumer: BaseConsumer<Logged> = connection
+        .client_config(&[("group.id", "freshet-latency"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "5")])
+        .create_with_context(Logged { component: format!("consumer {output}") })
+        .context("creating the consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for p in wait_for_partitions(consumer.client(), output, "consumer", &|| false)? {
+        let (_, high) = consumer.fetch_watermarks(output, p, Duration::from_secs(10))?;
+        assignment.add_partition_offset(output, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    let lines: Vec<Vec<u8>> = std::fs::read(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let producer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let (sent, done, connection) = (sent.clone(), producer_done.clone(), connection.clone());
+        let (input, id_field, key_field) = (input.to_owned(), id_field.to_owned(), key_field.to_owned());
+        std::thread::spawn(move || -> Result<u64> {
+            let producer: BaseProducer<Logged> = connection
+                .client_config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "0")])
+                .create_with_context(Logged { component: format!("producer {input}") })?;
+            let started = Instant::now();
+            let mut n = 0u64;
+            for line in &lines {
+                let Some(id) = key_of(line, &id_field) else { continue };
+                let key = key_of(line, &key_field).unwrap_or_default();
+                let due = started + Duration::from_secs_f64(n as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                sent.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+                let mut record = BaseRecord::to(&input).payload(&line[..]).key(key.as_bytes());
+                while let Err((e, back)) = producer.send(record) {
+                    if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
+                        bail!("producing to {input}: {e}");
+                    }
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+                producer.poll(Duration::ZERO);
+                n += 1;
+            }
+            producer.flush(Duration::from_secs(60))?;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        })
+    };
+    let mut latencies_us: Vec<u64> = Vec::new();
+    let mut last_record = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let now = Instant::now();
+                last_record = now;
+                let Some(id) = m.payload().and_then(|v| key_of(v, id_field)) else { continue };
+                if let Some(at) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+                    latencies_us.push(now.duration_since(at).as_micros() as u64);
+                }
+            }
+            Some(Err(e)) => eprintln!("consume error: {e}"),
+            None => {}
+        }
+        let done = producer_done.load(std::sync::atomic::Ordering::SeqCst);
+        if done
+            && (sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+                || last_record.elapsed() > Duration::from_secs(10))
+        {
+            break;
+        }
+    }
+    let produced = producing.join().map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let _ = consumer.unassign();
+    latencies_us.sort_unstable();
+    let at = |q: f64| {
+        latencies_us.get(((latencies_us.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    println!(
+        "{{\"produced\":{produced},\"matched\":{},\"rate\":{rate},\"p50_ms\":{:.2},\"p90_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
+        latencies_us.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(())
+}

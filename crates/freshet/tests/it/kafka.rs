@@ -1,0 +1,407 @@
+//! Kafka end to end against a real broker: tansu 0.6.0 with sqlite storage
+//! (shared/peers/kafka), which each test starts on its own loopback port and
+//! state directory, so tests run in parallel and one may restart its broker.
+//! scripts/test.sh installs tansu when it is missing; a test that finds no
+//! tansu fails saying so.
+//!
+//! Workloads come from shared/workload/gen_events.py and are produced into a
+//! 4-partition topic keyed by user_id with `freshet kafka produce`; results
+//! are read back with `freshet kafka consume --dedup-by-key` (what a
+//! compacted topic keeps) and checked against the oracle and
+//! shared/peers/flink/check_ref_job.py.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::oracle::{self, Expected};
+use crate::support;
+
+/// The broker binary: `$TANSU_BIN`, else cargo's bin directory.
+fn tansu_bin() -> PathBuf {
+    let bin = match std::env::var_os("TANSU_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => {
+            let home = std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+            home.join("bin/tansu")
+        }
+    };
+    assert!(
+        bin.is_file(),
+        "the Kafka test broker is not installed at {} (set TANSU_BIN); scripts/test.sh installs it: \
+         cargo install tansu --version 0.6.0 --locked --features dynostore,libsql",
+        bin.display()
+    );
+    bin
+}
+
+/// A tansu broker of this test, with durable (sqlite) storage in its own directory.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    external: Option<String>,
+}
+
+impl Broker {
+    /// Starts a broker on a free loopback port, storing in `dir`.
+    pub fn start(dir: &Path) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::create_dir_all(dir).unwrap();
+        let mut broker = Broker { child: None, port, dir: dir.to_owned(), external: None };
+        broker.spawn();
+        broker
+    }
+
+    /// A broker this test did not start (`host:port`).
+    pub fn external(addr: &str) -> Broker {
+        Broker { child: None, port: 0, dir: PathBuf::new(), external: Some(addr.to_owned()) }
+    }
+
+    /// `host:port` for clients.
+    pub fn addr(&self) -> String {
+        match &self.external {
+            Some(addr) => addr.clone(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
+        let child = Command::new(tansu_bin())
+            .current_dir(&self.dir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 30 s; {}",
+                self.port,
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Ready when a Kafka request works, not only the port.
+        loop {
+            let mut cmd = support::freshet();
+            cmd.args(["kafka", "create-topic", "--brokers", &self.addr(), "--topic", "ready-probe"]);
+            if support::run_with_deadline(&mut cmd, Duration::from_secs(20)).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "tansu did not answer within 30 s; {}", self.log_tail());
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 5 s); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("broker log tail:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `freshet kafka ARGS` against `broker`; fails the test unless it succeeds.
+pub fn kafka_tool(broker: &Broker, args: &[&str]) -> support::Finished {
+    let mut cmd = support::freshet();
+    cmd.arg("kafka").arg(args[0]).arg("--brokers").arg(broker.addr()).args(&args[1..]);
+    let run = support::run_with_deadline(&mut cmd, Duration::from_secs(300));
+    assert!(run.status.success(), "{}", run.describe());
+    run
+}
+
+/// A generated reference workload in `dir`, its oracle, and the topic it was produced to (4 partitions, keyed by user_id).
+fn workload(broker: &Broker, dir: &Path, topic: &str, seed: u64, events: u64) -> (PathBuf, Expected) {
+    let input = dir.join("in.ndjson");
+    let args: Vec<String> = [
+        "--seed",
+        &seed.to_string(),
+        "--events",
+        &events.to_string(),
+        "--disorder-ms",
+        "5000",
+        "--malformed-rate",
+        "0.001",
+        // 100 events per second of event time: windows close all through
+        // the run, so results are produced (and checkpointed) as it goes.
+        "--rate-per-s",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    support::generate_events(&input, &args);
+    let expected = oracle::compute(&std::fs::read(&input).unwrap());
+    // The checker groups plainly: that equals Flink only when nothing is late.
+    assert_eq!(expected.late_events, 0, "the workload must have no late events");
+    assert!(!expected.malformed.is_empty(), "the workload should carry malformed lines");
+    kafka_tool(broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    kafka_tool(broker, &["produce", "--topic", topic, "--key-field", "user_id", input.to_str().unwrap()]);
+    (input, expected)
+}
+
+/// The reference job over Kafka on `broker`, as a command (not started).
+fn kafka_job(broker: &Broker, topic: &str, data_dir: &Path) -> Command {
+    let mut cmd = support::freshet();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(support::repo_root().join("examples/kafka-reference-job.toml"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("KAFKA_BROKERS", broker.addr())
+        .env("FRESHET_TOPIC", topic)
+        .env("FRESHET_GROUP", format!("{topic}-group"))
+        .env("FRESHET_CHECKPOINT_INTERVAL", "300ms");
+    cmd
+}
+
+/// The values of `topic` deduplicated by key, sorted.
+fn results(broker: &Broker, topic: &str) -> Vec<String> {
+    let run = kafka_tool(broker, &["consume", "--topic", topic, "--values", "--dedup-by-key"]);
+    let mut lines: Vec<String> = run.stdout_text().lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// Checks the job's output topics against the oracle and check_ref_job.py,
+/// and its dead-letter topic against the malformed lines.
+fn check_outputs(broker: &Broker, topic: &str, input: &Path, expected: &Expected, dir: &Path) {
+    let a = results(broker, &format!("{topic}-user-type-5m"));
+    let b = results(broker, &format!("{topic}-item-views-1h"));
+    support::assert_same_lines("job (a) over Kafka vs oracle", &a, &expected.lines_a);
+    support::assert_same_lines("job (b) over Kafka vs oracle", &b, &expected.lines_b);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(support::OUTPUT_A), a.join("\n") + "\n").unwrap();
+    std::fs::write(out.join(support::OUTPUT_B), b.join("\n") + "\n").unwrap();
+    let checker = support::shared_file("peers/flink/check_ref_job.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(checker)
+        .arg("--input")
+        .arg(input)
+        .arg("--expect-dir")
+        .arg(dir.join("exp"))
+        .arg("--actual-a")
+        .arg(out.join(support::OUTPUT_A))
+        .arg("--actual-b")
+        .arg(out.join(support::OUTPUT_B));
+    let run = support::run_with_deadline(&mut cmd, support::PYTHON_DEADLINE);
+    assert!(run.status.success(), "check_ref_job.py rejects the Kafka job's output: {}", run.describe());
+
+    let dlq = results(broker, &format!("{topic}-dlq"));
+    assert_eq!(dlq.len(), expected.malformed.len(), "one dead letter per malformed line");
+    for record in &dlq {
+        let v: serde_json::Value = serde_json::from_str(record).unwrap();
+        assert!(v["partition"].as_u64().is_some_and(|p| p < 4), "dead letter without a partition: {record}");
+        assert!(v["offset"].as_u64().is_some(), "dead letter without an offset: {record}");
+    }
+}
+
+/// Runs `cmd` to its end within the deadline; fails the test unless it exits 0.
+fn finish(cmd: &mut Command, what: &str) {
+    let run = support::run_with_deadline(cmd, support::JOB_DEADLINE);
+    assert!(run.status.success(), "{what}: {}", run.describe());
+}
+
+#[test]
+fn kafka_reference_job_killed_and_restarted_matches_the_flink_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "ref-kill";
+    let (input, expected) = workload(&broker, dir.path(), topic, 11, 200_000);
+    let data = dir.path().join("data");
+    // Two SIGKILLs mid-run (the first at 1 s, while it reads or produces; the
+    // second once that run has written a checkpoint of its own, or at 10 s), then
+    // a run to the end on the same data dir. Most of a run here is producing
+    // results: the test broker takes about 30k records/s, and a checkpoint
+    // completes once every record before it is acknowledged.
+    // The newest checkpoint's number (files are checkpoint-<id>.bin; the last few are kept).
+    let checkpoints = || -> u64 {
+        let Ok(dir) = std::fs::read_dir(data.join("checkpoints")) else { return 0 };
+        dir.filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("checkpoint-")?.strip_suffix(".bin")?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+    };
+    for (i, (wait_for_checkpoint, at_most)) in [(false, 1000), (true, 10_000)].into_iter().enumerate() {
+        let before = checkpoints();
+        let mut child = kafka_job(&broker, topic, &data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(at_most) && !(wait_for_checkpoint && checkpoints() > before) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run {i} ended before it could be killed mid-run");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("kill {i}: after {:?}, {} checkpoint(s) of this run", started.elapsed(), checkpoints() - before);
+    }
+    finish(&mut kafka_job(&broker, topic, &data), "the run after the kills");
+    check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+#[test]
+fn kafka_job_waits_through_a_broker_restart_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("broker"));
+    let topic = "ref-restart";
+    let (input, expected) = workload(&broker, dir.path(), topic, 12, 40_000);
+    let data = dir.path().join("data");
+    let mut child = kafka_job(&broker, topic, &data).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    thread::sleep(Duration::from_millis(800));
+    broker.stop();
+    thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "the job must wait for the broker, not exit");
+    broker.restart();
+    let deadline = Instant::now() + support::JOB_DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish after the broker came back");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "the job failed across the broker restart: {status}");
+    check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+#[test]
+fn unreachable_brokers_and_missing_topics_are_retried_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let broker = Broker::start(&dir.path().join("broker"));
+    for (brokers, topic, reason) in [
+        (format!("127.0.0.1:{closed}"), "anything", "the brokers"),
+        (broker.addr(), "no-such-topic", "topic \"no-such-topic\" does not exist"),
+    ] {
+        let mut cmd = support::freshet();
+        cmd.args(["run", "--config"])
+            .arg(support::repo_root().join("examples/kafka-reference-job.toml"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KAFKA_BROKERS", &brokers)
+            .env("FRESHET_TOPIC", topic)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        thread::sleep(Duration::from_secs(8));
+        let alive = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(alive, "with {brokers} / {topic} the job exited instead of retrying:\n{stderr}");
+        assert!(
+            stderr.contains(reason) && stderr.contains("retrying in"),
+            "with {brokers} / {topic} the log must say {reason:?} and that it retries:\n{stderr}"
+        );
+        assert!(stderr.matches("retrying in").count() >= 2, "it must keep retrying:\n{stderr}");
+    }
+}
+
+/// examples/kafka-reference-job.toml with `delivery = "exactly_once"` on its result sinks, written into `dir`.
+fn exactly_once_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(support::repo_root().join("examples/kafka-reference-job.toml")).unwrap();
+    assert!(text.contains("compacted = true"), "the example's result sinks are compacted");
+    let path = dir.join("exactly-once.toml");
+    std::fs::write(&path, text.replace("compacted = true", "compacted = true\ndelivery = \"exactly_once\"")).unwrap();
+    path
+}
+
+#[test]
+fn exactly_once_on_a_broker_without_transactions_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    kafka_tool(&broker, &["create-topic", "--topic", "txn", "--partitions", "1"]);
+    let input = dir.path().join("in.ndjson");
+    support::generate_events(&input, &["--seed".into(), "5".into(), "--events".into(), "2000".into()]);
+    kafka_tool(&broker, &["produce", "--topic", "txn", "--key-field", "user_id", input.to_str().unwrap()]);
+    let mut cmd = support::freshet();
+    cmd.args(["run", "--config"])
+        .arg(exactly_once_config(dir.path()))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KAFKA_BROKERS", broker.addr())
+        .env("FRESHET_TOPIC", "txn");
+    let run = support::run_with_deadline(&mut cmd, support::JOB_DEADLINE);
+    assert!(!run.status.success(), "tansu has no transactions: the job must fail\n{}", run.describe());
+    assert!(
+        run.stderr_text().contains("needs brokers with transactions"),
+        "the error must say why: {}",
+        run.describe()
+    );
+}
+
+/// Opt-in: `FRESHET_KAFKA_TXN_BROKERS` names a broker with transactions
+/// (Apache Kafka, Redpanda; none can be installed on the CI machines).
+#[test]
+#[ignore = "needs a broker with transactions: set FRESHET_KAFKA_TXN_BROKERS and run with --ignored"]
+fn exactly_once_reference_job_on_a_broker_with_transactions() {
+    let brokers = std::env::var("FRESHET_KAFKA_TXN_BROKERS")
+        .expect("FRESHET_KAFKA_TXN_BROKERS must name a broker with transactions (host:port)");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("txn-{}", std::process::id());
+    let broker = Broker::external(&brokers);
+    let (input, expected) = workload(&broker, dir.path(), &topic, 13, 40_000);
+    let data = dir.path().join("data");
+    let config = exactly_once_config(dir.path());
+    let job = |cmd: &mut Command| {
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KAFKA_BROKERS", &brokers)
+            .env("FRESHET_TOPIC", &topic)
+            .env("FRESHET_CHECKPOINT_INTERVAL", "300ms");
+    };
+    let mut cmd = support::freshet();
+    job(&mut cmd);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut cmd = support::freshet();
+    job(&mut cmd);
+    finish(&mut cmd, "the run after the kill");
+    check_outputs(&broker, &topic, &input, &expected, dir.path());
+}

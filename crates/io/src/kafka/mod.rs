@@ -1,0 +1,92 @@
+//! Kafka sources and sinks on librdkafka (the `rdkafka` crate).
+//!
+//! - [`source`]: a topic's partitions read into [`freshet_engine::decode::Chunk`]s,
+//!   one partition per chunk, Kafka offsets as line offsets. Positions are
+//!   the caller's (Freshet's checkpoint), not the group's: auto-commit is
+//!   off and offsets are committed to the group only so lag tools can show it.
+//! - [`sink`]: rows produced as records with a deterministic key through an
+//!   idempotent producer, flushed at every checkpoint.
+//! - [`admin`]: topic metadata and creation (the CLI's `freshet kafka`, and
+//!   sinks that create their topic).
+//!
+//! Every client logs through `tracing` ([`Logged`]) rather than librdkafka's
+//! default `log` calls, and takes any librdkafka property the user passes
+//! (security settings, tuning) after Freshet's own.
+
+pub mod admin;
+pub mod keys;
+pub mod sink;
+pub mod source;
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::ProducerContext;
+
+/// How to reach a cluster: bootstrap servers and extra librdkafka properties
+/// (`security.protocol`, `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// `bootstrap.servers`, comma separated.
+    pub brokers: String,
+    /// Passed to librdkafka as they are, after Freshet's own settings (so they win).
+    pub properties: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// A librdkafka configuration with `defaults`, then the user's properties.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// A client context that sends librdkafka's logs and errors to `tracing`.
+#[derive(Debug, Clone, Default)]
+pub struct Logged {
+    /// What the client is, in every line (`source events`, `sink results`).
+    pub component: String,
+}
+
+impl ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let component = self.component.as_str();
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(component, facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(component, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(component, facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(component, facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(crate::metrics::KAFKA_CLIENT_ERRORS, "component" => self.component.clone()).increment(1);
+        tracing::warn!(component = self.component.as_str(), %error, "Kafka: {reason}");
+    }
+}
+
+impl ConsumerContext for Logged {}
+
+/// Failed deliveries are logged; a pipeline sink counts them itself (see [`sink`]).
+impl ProducerContext for Logged {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::error!(component = self.component.as_str(), error = %e, "Kafka did not take a record.");
+        }
+    }
+}

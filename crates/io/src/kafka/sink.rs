@@ -1,0 +1,258 @@
+//! A Kafka sink: each formatted row becomes one record (value = the row
+//! without its newline, key by [`KeyRule`]), produced by an idempotent
+//! producer.
+//!
+//! Delivery is at least once per attempt and exactly once per key: the
+//! writer calls [`KafkaSink::sync`] at every checkpoint, which waits until
+//! the broker has acknowledged every record, so a checkpoint never covers a
+//! record that could still be lost; after a crash the rows since the last
+//! checkpoint are produced again with the same keys (the key is the result's
+//! identity, window and entity). While the brokers are unreachable the
+//! producer keeps retrying (librdkafka's `message.timeout.ms`, unlimited by
+//! default here) and the checkpoint waits; a record that still fails stops
+//! the job with the sink's name and the broker's reason.
+//!
+//! With a transactional id (`delivery = "exactly_once"`, brokers with
+//! transactions: Apache Kafka, Redpanda; not tansu) the records between two
+//! checkpoints form one transaction, committed when the checkpoint's barrier
+//! reaches the writer; consumers with `isolation.level=read_committed` never
+//! see the records of a run that crashed before its commit. The commit
+//! precedes the checkpoint file by the moment it takes to write it: a crash
+//! exactly then produces that checkpoint's rows again in the next
+//! transaction, with the same keys. Consumed offsets stay in Freshet's
+//! checkpoint (the source of truth on restore), not in the transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
+use super::admin::{TopicSpec, ensure_topic, wait_for_partitions};
+use super::keys::{KeyRule, is_tombstone, key_of};
+use super::{Connection, Logged};
+use crate::error::{IoError, Result};
+
+/// Said with every transaction failure: the usual cause is a broker without them.
+const TRANSACTIONS_HINT: &str = " (delivery = \"exactly_once\" needs brokers with transactions, \
+     e.g. Apache Kafka or Redpanda; use \"at_least_once\" with others)";
+
+/// A Kafka sink's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSinkConfig {
+    /// The cluster.
+    pub connection: Connection,
+    /// The topic written.
+    pub topic: String,
+    /// How records are keyed.
+    pub key: KeyRule,
+    /// Create the topic when it is missing, with these settings.
+    pub create: Option<TopicSpec>,
+    /// `delivery = "exactly_once"`: the transactional id; each checkpoint's
+    /// records are committed as one transaction.
+    pub transactional_id: Option<String>,
+}
+
+/// Delivery reports, counted by librdkafka's thread and read by the writer.
+struct Deliveries {
+    logged: Logged,
+    acknowledged: AtomicU64,
+    produced: metrics::Counter,
+    failed: AtomicU64,
+    first_failure: std::sync::Mutex<Option<String>>,
+}
+
+/// The producer's context: delivery reports and logs.
+#[derive(Clone)]
+struct SinkContext(Arc<Deliveries>);
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.logged.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.logged.error(error, reason);
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.acknowledged.fetch_add(1, Ordering::Relaxed);
+                self.0.produced.increment(1);
+            }
+            Err((e, _)) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.0.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// An open Kafka sink.
+pub struct KafkaSink {
+    name: String,
+    topic: String,
+    key: KeyRule,
+    producer: BaseProducer<SinkContext>,
+    deliveries: Arc<Deliveries>,
+    transactional: bool,
+    key_buf: Vec<u8>,
+    errors: metrics::Counter,
+}
+
+impl KafkaSink {
+    /// Connects the producer, creating the topic first when asked, and waits
+    /// (with backoff) until the topic's metadata is there.
+    pub fn open(name: &str, config: &KafkaSinkConfig, stop: &dyn Fn() -> bool) -> Result<Self> {
+        let component = format!("sink {name}");
+        if let Some(spec) = &config.create {
+            ensure_topic(&config.connection, spec)?;
+        }
+        let deliveries = Arc::new(Deliveries {
+            logged: Logged { component: component.clone() },
+            acknowledged: AtomicU64::new(0),
+            produced: metrics::counter!(crate::metrics::KAFKA_PRODUCED, "sink" => name.to_owned()),
+            failed: AtomicU64::new(0),
+            first_failure: std::sync::Mutex::new(None),
+        });
+        let mut settings = vec![
+            ("enable.idempotence", "true"),
+            // Retry for as long as it takes: a checkpoint waits for the broker rather than losing rows.
+            ("message.timeout.ms", "0"),
+            // Java clients' partitioner, so other clients that key by the same bytes agree on the partition.
+            ("partitioner", "murmur2_random"),
+            ("linger.ms", "5"),
+            // A bounded queue pushes back on the pipeline, so a checkpoint (which
+            // waits for every queued record) never waits for more than this.
+            ("queue.buffering.max.messages", "10000"),
+            ("compression.type", "none"),
+        ];
+        if let Some(id) = &config.transactional_id {
+            settings.push(("transactional.id", id.as_str()));
+        }
+        let producer: BaseProducer<SinkContext> =
+            config.connection.client_config(&settings).create_with_context(SinkContext(deliveries.clone())).map_err(
+                |e| IoError::Kafka { component: component.clone(), message: format!("creating the producer: {e}") },
+            )?;
+        wait_for_partitions(producer.client(), &config.topic, &component, stop)?;
+        if config.transactional_id.is_some() {
+            let err = |what: &str, e: KafkaError| IoError::Kafka {
+                component: component.clone(),
+                message: format!("{what}: {e}{TRANSACTIONS_HINT}"),
+            };
+            producer.init_transactions(Duration::from_secs(30)).map_err(|e| err("initialising transactions", e))?;
+            producer.begin_transaction().map_err(|e| err("beginning a transaction", e))?;
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            topic: config.topic.clone(),
+            key: config.key,
+            producer,
+            deliveries,
+            transactional: config.transactional_id.is_some(),
+            key_buf: Vec::new(),
+            errors: metrics::counter!(crate::metrics::KAFKA_PRODUCER_ERRORS, "sink" => name.to_owned()),
+        })
+    }
+
+    /// Produces each line of `data` as one record.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let keyed = key_of(self.key, line, &mut self.key_buf);
+            let mut record = BaseRecord::to(&self.topic);
+            if !is_tombstone(self.key, line) {
+                record = record.payload(line);
+            }
+            if keyed {
+                record = record.key(&self.key_buf[..]);
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue is full: serve delivery reports until there is room.
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(self.failure(format!("producing a record: {e}"))),
+                }
+            }
+        }
+        self.producer.poll(Duration::ZERO);
+        self.check()
+    }
+
+    /// Waits until every record produced so far is acknowledged (a
+    /// checkpoint's commit point), logging while the brokers keep it waiting.
+    pub fn sync(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.producer.flush(Duration::from_secs(5)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    self.check()?;
+                    tracing::warn!(
+                        sink = self.name.as_str(),
+                        waiting_s = started.elapsed().as_secs(),
+                        in_flight = self.producer.in_flight_count(),
+                        "Kafka has not acknowledged every record yet; the checkpoint waits."
+                    );
+                }
+                Err(e) => return Err(self.failure(format!("flushing: {e}"))),
+            }
+        }
+        self.check()?;
+        if self.transactional {
+            self.producer
+                .commit_transaction(Duration::from_secs(60))
+                .map_err(|e| self.failure(format!("committing the transaction: {e}{TRANSACTIONS_HINT}")))?;
+            self.producer.begin_transaction().map_err(|e| self.failure(format!("beginning a transaction: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Serves delivery reports; fails if a record could not be delivered.
+    pub fn serve(&mut self) -> Result<()> {
+        self.producer.poll(Duration::ZERO);
+        self.check()
+    }
+
+    /// Records acknowledged by the broker.
+    pub fn acknowledged(&self) -> u64 {
+        self.deliveries.acknowledged.load(Ordering::Relaxed)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.deliveries.failed.load(Ordering::Relaxed) > 0 {
+            let first = self.deliveries.first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(self.failure(format!(
+                "{} record(s) could not be delivered: {}",
+                self.deliveries.failed.load(Ordering::Relaxed),
+                first.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, message: String) -> IoError {
+        self.errors.increment(1);
+        IoError::Kafka { component: format!("sink {}", self.name), message }
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        // Deliver what is queued; a sink dropped on error gives up after a while.
+        let _ = self.producer.flush(Duration::from_secs(10));
+    }
+}

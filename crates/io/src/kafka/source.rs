@@ -1,0 +1,393 @@
+//! A Kafka source: one topic's partitions, read into chunks.
+//!
+//! Each chunk holds records of one partition with contiguous offsets (a gap,
+//! as compaction leaves, starts a new chunk), so a line's offset is the
+//! record's Kafka offset and a dead letter names the real partition and
+//! offset. A record's value is one line: newlines inside it (pretty-printed
+//! JSON) become spaces; an empty value (a tombstone) is an empty line, which
+//! the decoder dead-letters. Chunks are cut at the read block size, at a gap,
+//! or when no more records are waiting (at most [`LINGER`] after their first
+//! record), so a quiet topic's events reach the pipeline at once.
+//!
+//! Where to start is the caller's: positions restored from Freshet's
+//! checkpoint, else `start` (earliest or latest). Partitions are assigned
+//! explicitly (the group id names whose offsets [`KafkaSource::commit`]
+//! records for lag tools). A bounded source reads each partition up to the
+//! end offset it saw at start, then reports the partition's end.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use freshet_engine::decode::{Chunk, Oversized};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::admin::wait_for_partitions;
+use super::{Connection, Logged};
+use crate::error::{IoError, Result};
+use crate::file::OVERSIZED_PREFIX;
+
+/// How long a chunk may wait for more records of its partition.
+pub const LINGER: Duration = Duration::from_millis(5);
+/// How often the consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+/// At most one warning about consume errors this often.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a partition with no restored position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Its first record.
+    Earliest,
+    /// After its last record at start.
+    Latest,
+}
+
+/// A Kafka source's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSourceConfig {
+    /// The cluster.
+    pub connection: Connection,
+    /// The topic read.
+    pub topic: String,
+    /// Consumer group (offsets are committed there for lag display only).
+    pub group: String,
+    /// Read up to the end offsets seen at start, then end.
+    pub bounded: bool,
+    /// Where partitions without a restored position start.
+    pub start: StartAt,
+}
+
+/// What [`KafkaSource::poll`] found.
+#[derive(Debug)]
+pub enum Polled {
+    /// Records of one partition (or a partition's end).
+    Chunk(Chunk),
+    /// Nothing within the poll's wait.
+    Idle,
+    /// A bounded source has read every partition to its end.
+    Finished,
+}
+
+/// One assigned partition.
+struct Part {
+    id: i32,
+    /// The next offset expected (known once restored or once a record came).
+    next: Option<u64>,
+    /// Bounded: the end offset (exclusive) seen at start.
+    end: Option<u64>,
+    chunk: Option<Chunk>,
+    /// When the pending chunk got its first record.
+    since: Instant,
+    finished: bool,
+    lag: metrics::Gauge,
+}
+
+/// The reading state, apart from the consumer (messages borrow the consumer).
+struct Reader {
+    name: String,
+    topic: String,
+    parts: Vec<Part>,
+    ready: VecDeque<Chunk>,
+    block: usize,
+    max_line: usize,
+}
+
+/// An open Kafka source.
+pub struct KafkaSource {
+    consumer: BaseConsumer<Logged>,
+    reader: Reader,
+    bounded: bool,
+    last_lag: Instant,
+    last_warning: Option<Instant>,
+}
+
+impl KafkaSource {
+    /// Connects, waits (with backoff, logging why) for the topic's
+    /// partitions, and assigns them at `resume` (partition → next offset)
+    /// or `start`. `block` is the chunk size, `max_line` the largest value kept whole.
+    pub fn open(
+        name: &str,
+        config: &KafkaSourceConfig,
+        resume: &[(u32, u64)],
+        (block, max_line): (usize, usize),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Self> {
+        let component = format!("source {name}");
+        let err = |message: String| IoError::Kafka { component: component.clone(), message };
+        let eof = if config.bounded { "true" } else { "false" };
+        let consumer: BaseConsumer<Logged> = config
+            .connection
+            .client_config(&[
+                ("group.id", config.group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", eof),
+                (
+                    "auto.offset.reset",
+                    match config.start {
+                        StartAt::Earliest => "earliest",
+                        StartAt::Latest => "latest",
+                    },
+                ),
+            ])
+            .create_with_context(Logged { component: component.clone() })
+            .map_err(|e| err(format!("creating the consumer: {e}")))?;
+        let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop)?;
+        let mut parts = Vec::new();
+        let mut assignment = TopicPartitionList::new();
+        for id in ids {
+            let restored = resume.iter().find(|(p, _)| *p as i32 == id).map(|(_, next)| *next);
+            let end = if config.bounded {
+                let (low, high) = consumer
+                    .fetch_watermarks(&config.topic, id, Duration::from_secs(10))
+                    .map_err(|e| err(format!("reading the end offset of partition {id}: {e}")))?;
+                let first = match (restored, config.start) {
+                    (Some(n), _) => n as i64,
+                    (None, StartAt::Earliest) => low,
+                    (None, StartAt::Latest) => high,
+                };
+                tracing::debug!(component, partition = id, from = first, to = high, "Bounded partition.");
+                Some(high.max(0) as u64)
+            } else {
+                None
+            };
+            let offset = match (restored, config.start) {
+                (Some(n), _) => Offset::Offset(n as i64),
+                (None, StartAt::Earliest) => Offset::Beginning,
+                (None, StartAt::Latest) => Offset::End,
+            };
+            assignment
+                .add_partition_offset(&config.topic, id, offset)
+                .map_err(|e| err(format!("assigning partition {id}: {e}")))?;
+            parts.push(Part {
+                id,
+                next: restored,
+                end,
+                chunk: None,
+                since: Instant::now(),
+                finished: false,
+                lag: metrics::gauge!(
+                    crate::metrics::KAFKA_CONSUMER_LAG,
+                    "source" => name.to_owned(),
+                    "partition" => id.to_string()
+                ),
+            });
+        }
+        consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
+        let mut reader = Reader {
+            name: component.clone(),
+            topic: config.topic.clone(),
+            parts,
+            ready: VecDeque::new(),
+            block,
+            max_line,
+        };
+        // A bounded partition with nothing to read ends now.
+        if config.bounded {
+            for i in 0..reader.parts.len() {
+                let p = &reader.parts[i];
+                let low = match (p.next, config.start) {
+                    (Some(n), _) => Some(n),
+                    (None, StartAt::Latest) => p.end,
+                    (None, StartAt::Earliest) => consumer
+                        .fetch_watermarks(&config.topic, p.id, Duration::from_secs(10))
+                        .ok()
+                        .map(|(low, _)| low.max(0) as u64),
+                };
+                if low.is_some_and(|n| p.end.is_some_and(|end| n >= end)) {
+                    reader.parts[i].next = low;
+                    reader.finish(i, &consumer);
+                }
+            }
+        }
+        tracing::info!(
+            component,
+            topic = config.topic.as_str(),
+            partitions = reader.parts.len(),
+            bounded = config.bounded,
+            "Kafka source assigned."
+        );
+        Ok(Self { consumer, reader, bounded: config.bounded, last_lag: Instant::now() - LAG_EVERY, last_warning: None })
+    }
+
+    /// The partitions read, for the watermark to wait for each from the start.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.reader.parts.iter().map(|p| p.id as u32).collect()
+    }
+
+    /// The next chunk, or `Idle` after about 100 ms without records, or
+    /// `Finished` once a bounded source has ended every partition.
+    pub fn poll(&mut self) -> Result<Polled> {
+        let Self { consumer, reader, .. } = self;
+        loop {
+            if let Some(c) = reader.ready.pop_front() {
+                return Ok(Polled::Chunk(c));
+            }
+            if self.bounded && reader.parts.iter().all(|p| p.finished) {
+                return Ok(Polled::Finished);
+            }
+            let pending = reader.parts.iter().filter(|p| p.chunk.is_some()).map(|p| p.since).min();
+            if pending.is_some_and(|since| since.elapsed() >= LINGER) {
+                reader.flush_all();
+                continue;
+            }
+            let wait = if pending.is_some() { Duration::ZERO } else { Duration::from_millis(100) };
+            match consumer.poll(wait) {
+                Some(Ok(m)) => reader.take(&m, consumer),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if self.bounded
+                        && let Some(i) = reader.parts.iter().position(|x| x.id == p && !x.finished)
+                    {
+                        reader.finish(i, consumer);
+                    }
+                }
+                Some(Err(e)) => {
+                    if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                        self.last_warning = Some(Instant::now());
+                        tracing::warn!(component = reader.name.as_str(), error = %e, "Kafka consume error; retrying.");
+                    }
+                    reader.flush_all();
+                    if reader.ready.is_empty() {
+                        return Ok(Polled::Idle);
+                    }
+                }
+                None => {
+                    reader.flush_all();
+                    if reader.ready.is_empty() {
+                        if self.last_lag.elapsed() >= LAG_EVERY {
+                            self.last_lag = Instant::now();
+                            reader.measure_lag(consumer);
+                        }
+                        return Ok(Polled::Idle);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records `positions` (partition → next offset) as the group's committed
+    /// offsets, asynchronously, for lag display; Freshet resumes from its
+    /// checkpoint, not from these.
+    pub fn commit(&self, positions: &[(u32, u64)]) {
+        let mut list = TopicPartitionList::new();
+        for (p, next) in positions {
+            if list.add_partition_offset(&self.reader.topic, *p as i32, Offset::Offset(*next as i64)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(component = self.reader.name.as_str(), error = %e, "Could not commit offsets to the group.");
+        }
+    }
+}
+
+impl Reader {
+    fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<Logged>) {
+        let Some(i) = self.parts.iter().position(|p| p.id == m.partition()) else { return };
+        if self.parts[i].finished {
+            return;
+        }
+        let offset = m.offset().max(0) as u64;
+        let value = m.payload().unwrap_or_default();
+        let part = &mut self.parts[i];
+        if let Some(c) = &part.chunk
+            && (c.end_offset != offset || c.data.len() + value.len() >= self.block)
+        {
+            let c = part.chunk.take().expect("checked");
+            self.ready.push_back(c);
+        }
+        let part = &mut self.parts[i];
+        if part.chunk.is_none() {
+            part.since = Instant::now();
+        }
+        let chunk = part.chunk.get_or_insert_with(|| Chunk {
+            partition: part.id as u32,
+            first_offset: offset,
+            end_offset: offset,
+            ..Chunk::default()
+        });
+        if value.len() > self.max_line {
+            // Oversized lines begin a chunk (see `Chunk::oversized`).
+            if !chunk.data.is_empty() {
+                let full = part.chunk.take().expect("present");
+                self.ready.push_back(full);
+                part.since = Instant::now();
+                part.chunk = Some(Chunk {
+                    partition: part.id as u32,
+                    first_offset: offset,
+                    end_offset: offset,
+                    ..Chunk::default()
+                });
+            }
+            let chunk = part.chunk.as_mut().expect("present");
+            let prefix = value[..value.len().min(OVERSIZED_PREFIX)].to_vec();
+            chunk.oversized.push(Oversized { offset, len: value.len() as u64, prefix });
+        } else {
+            let at = chunk.data.len();
+            chunk.data.extend_from_slice(value);
+            for b in &mut chunk.data[at..] {
+                if matches!(*b, b'\n' | b'\r') {
+                    *b = b' ';
+                }
+            }
+            chunk.data.push(b'\n');
+        }
+        let chunk = part.chunk.as_mut().expect("present");
+        chunk.end_offset = offset + 1;
+        chunk.end_position = offset + 1;
+        part.next = Some(offset + 1);
+        if part.end.is_some_and(|end| offset + 1 >= end) {
+            self.finish(i, consumer);
+        }
+    }
+
+    /// Ends partition `i`: its pending chunk (or an empty one) goes out with
+    /// `end_of_partition`, and the consumer stops fetching it.
+    fn finish(&mut self, i: usize, consumer: &BaseConsumer<Logged>) {
+        let part = &mut self.parts[i];
+        part.finished = true;
+        let next = part.next.or(part.end).unwrap_or(0);
+        let mut chunk = part.chunk.take().unwrap_or_else(|| Chunk {
+            partition: part.id as u32,
+            first_offset: next,
+            end_offset: next,
+            end_position: next,
+            ..Chunk::default()
+        });
+        chunk.end_of_partition = true;
+        self.ready.push_back(chunk);
+        part.lag.set(0.0);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, part.id);
+        let _ = consumer.pause(&list);
+    }
+
+    fn flush_all(&mut self) {
+        for p in &mut self.parts {
+            if let Some(c) = p.chunk.take() {
+                self.ready.push_back(c);
+            }
+        }
+    }
+
+    fn measure_lag(&self, consumer: &BaseConsumer<Logged>) {
+        for p in self.parts.iter().filter(|p| !p.finished) {
+            if let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, p.id, Duration::from_secs(1)) {
+                let next = p.next.unwrap_or(0) as i64;
+                p.lag.set((high - next).max(0) as f64);
+            }
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Leave the group explicitly (see shared/peers/kafka: a consumer dropped
+        // right after a commit could hang against the test broker).
+        let _ = self.consumer.unassign();
+    }
+}

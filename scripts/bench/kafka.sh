@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Kafka benchmarks for BENCHMARKS.md, against the test broker (tansu 0.6.0,
+# sqlite storage, shared/peers/kafka) on loopback:
+#  1. throughput: a bare rdkafka consumer reading a 4-partition topic, then
+#     examples/kafka-reference-job.toml (topic -> Freshet -> topics) on the same topic;
+#  2. end-to-end latency at a steady rate: scripts/bench/kafka-latency-job.toml
+#     routes each event to an output topic; `freshet kafka latency` produces at
+#     RATE events/s and reads the output (produce call -> record read back).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+EVENTS=${EVENTS:-1000000}
+RATE=${RATE:-10000}
+LATENCY_EVENTS=${LATENCY_EVENTS:-200000}
+PORT=${KAFKA_PORT:-19392}
+STORAGE=${KAFKA_STORAGE:-sqlite}
+TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
+cargo build --release -p freshet >/dev/null 2>&1
+F=./target/release/freshet
+export KAFKA_BROKERS=127.0.0.1:$PORT
+
+case "$STORAGE" in sqlite) ENGINE=sqlite://tansu.db ;; memory) ENGINE=memory://tansu/ ;; esac
+(cd "$WORK" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine "$ENGINE" >tansu.log 2>&1) &
+for _ in $(seq 100); do "$F" kafka create-topic --topic probe >/dev/null 2>&1 && break; sleep 0.3; done
+
+"$F" gen --events "$EVENTS" --out "$WORK/events.ndjson" 2>/dev/null
+echo "input: $EVENTS lines; tansu $STORAGE storage; $(nproc) cores"
+"$F" kafka create-topic --topic bench --partitions 4
+echo "== produce (freshet kafka produce, idempotent, keyed by user_id)"
+"$F" kafka produce --topic bench --key-field user_id "$WORK/events.ndjson"
+
+echo "== bare rdkafka consumer, whole topic (3 runs)"
+for _ in 1 2 3; do "$F" kafka consume --topic bench --count; done
+
+echo "== Freshet: reference job topic -> topics (3 runs, no checkpoints)"
+FRESHET_TOPIC=bench "$F" bench --config examples/kafka-reference-job.toml --runs 3 2>/dev/null
+
+echo "== Freshet: reference job topic -> topics, checkpoints every 1 s"
+rm -rf "$WORK/data"
+/usr/bin/time -f "wall %e s, max RSS %M KB" env FRESHET_TOPIC=bench FRESHET_GROUP=bench-cp \
+  "$F" run --config examples/kafka-reference-job.toml --data-dir "$WORK/data" --listen 127.0.0.1:0 2>&1 |
+  grep -E 'wall|Job finished' | sed 's/\x1b\[[0-9;]*m//g'
+
+echo "== end-to-end latency at $RATE events/s ($LATENCY_EVENTS events)"
+head -n "$LATENCY_EVENTS" "$WORK/events.ndjson" >"$WORK/latency.ndjson"
+"$F" kafka create-topic --topic lat --partitions 4
+"$F" kafka create-topic --topic lat-out --partitions 4
+FRESHET_TOPIC=lat "$F" run --config scripts/bench/kafka-latency-job.toml --listen 127.0.0.1:0 >"$WORK/job.log" 2>&1 &
+JOB=$!
+sleep 3
+"$F" kafka latency --input lat --output lat-out --rate "$RATE" "$WORK/latency.ndjson"
+kill $JOB
