@@ -57,6 +57,8 @@ pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
 pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
 /// Size of the last checkpoint file.
 pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
+/// How long restoring the last checkpoint took at start (seconds).
+pub const RESTORE_SECONDS: &str = "freshet_restore_duration_seconds";
 
 /// Forget requests accepted (`DELETE /v1/users/{id}`, `/v1/items/{id}`).
 pub const FORGET_REQUESTS: &str = "freshet_forget_requests_total";

@@ -214,6 +214,7 @@ impl Job {
         }
         if let Some(cp) = &restored {
             let took = restore_started.elapsed();
+            metrics::gauge!(crate::metrics::RESTORE_SECONDS).set(took.as_secs_f64());
             let keys: usize = shards.iter().flat_map(Shard::key_counts).sum();
             tracing::info!(
                 checkpoint = cp.id,

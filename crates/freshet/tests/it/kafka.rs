@@ -405,3 +405,123 @@ fn exactly_once_reference_job_on_a_broker_with_transactions() {
     finish(&mut cmd, "the run after the kill");
     check_outputs(&broker, &topic, &input, &expected, dir.path());
 }
+
+/// A live job: a Kafka source, an http source for control (forget), and a
+/// feature whose updates go to a compacted topic.
+const UPDATES_JOB: &str = r#"
+[pipeline]
+publish_interval = "5ms"
+
+[event_time]
+field = "ts"
+
+[sources.events]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "${FRESHET_TOPIC}"
+
+[sources.control]
+type = "http"
+
+[sinks.profiles]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "${FRESHET_TOPIC}-profiles"
+partitions = 2
+compacted = true
+
+[[flows]]
+name = "interactions"
+when = { field = "type", in = ["view", "click", "add_to_cart", "purchase"] }
+fields = { user_id = "string", ts = "integer" }
+
+[[features]]
+name = "user_counts"
+flow = "interactions"
+key = ["user_id", "type"]
+window = { type = "tumbling", size = "1h" }
+aggregate = "count"
+updates_sink = "profiles"
+"#;
+
+/// Every record of `topic` as (key, value), in order per partition.
+fn records(broker: &Broker, topic: &str) -> Vec<(String, String)> {
+    let run = kafka_tool(broker, &["consume", "--topic", topic]);
+    run.stdout_text()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap_or((l, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn feature_updates_reach_a_compacted_topic_and_forget_writes_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "upd";
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "2"]);
+    let events = dir.path().join("events.ndjson");
+    let lines = [
+        r#"{"type":"view","user_id":"u1","item_id":"i1","ts":1000}"#,
+        r#"{"type":"view","user_id":"u1","item_id":"i2","ts":2000}"#,
+        r#"{"type":"click","user_id":"u1","item_id":"i2","ts":3000}"#,
+        r#"{"type":"view","user_id":"u2","item_id":"i1","ts":4000}"#,
+    ];
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", events.to_str().unwrap()]);
+    let config = dir.path().join("updates.toml");
+    std::fs::write(&config, UPDATES_JOB).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut job = support::freshet()
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--listen", &addr])
+        .env("KAFKA_BROKERS", broker.addr())
+        .env("FRESHET_TOPIC", topic)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let profiles = format!("{topic}-profiles");
+    let latest = |entity: &str| -> Option<String> {
+        let key = format!(r#"{{"feature":"user_counts","entity":"{entity}"}}"#);
+        records(&broker, &profiles).into_iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let u1 = loop {
+        let u1 = latest("u1").filter(|v| v.contains(r#""group":["view"]"#) && v.contains(r#""group":["click"]"#));
+        if let (Some(u1), Some(_)) = (u1, latest("u2")) {
+            break u1;
+        }
+        assert!(Instant::now() < deadline, "no updates for u1 and u2 within 60 s");
+        assert!(job.try_wait().unwrap().is_none(), "the job exited");
+        thread::sleep(Duration::from_millis(200));
+    };
+    let v: serde_json::Value = serde_json::from_str(&u1).unwrap();
+    let counts: Vec<(String, i64)> = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"][0].as_str().unwrap().to_owned(), g["current"]["value"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("click".to_owned(), 1), ("view".to_owned(), 2)], "u1's latest update: {u1}");
+
+    let (status, body) = support::request(&addr, "DELETE", "/v1/users/u1", "application/json", "");
+    assert!(status == 202 || status == 200, "forget answered {status}: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latest("u1").as_deref() != Some("") {
+        assert!(Instant::now() < deadline, "no tombstone for u1 within 30 s; latest {:?}", latest("u1"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(latest("u2").is_some_and(|v| !v.is_empty()), "u2 stays");
+
+    let (_, metrics) = support::request(&addr, "GET", "/metrics", "text/plain", "");
+    for name in ["freshet_kafka_consumer_lag{", "freshet_kafka_produced_total{"] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    job.kill().unwrap();
+    job.wait().unwrap();
+}
