@@ -152,23 +152,9 @@ pub fn kafka_tool(broker: &Broker, args: &[&str]) -> support::Finished {
 /// A generated reference workload in `dir`, its oracle, and the topic it was produced to (4 partitions, keyed by user_id).
 fn workload(broker: &Broker, dir: &Path, topic: &str, seed: u64, events: u64) -> (PathBuf, Expected) {
     let input = dir.join("in.ndjson");
-    let args: Vec<String> = [
-        "--seed",
-        &seed.to_string(),
-        "--events",
-        &events.to_string(),
-        "--disorder-ms",
-        "5000",
-        "--malformed-rate",
-        "0.001",
-        // 100 events per second of event time: windows close all through
-        // the run, so results are produced (and checkpointed) as it goes.
-        "--rate-per-s",
-        "100",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // 100 events per second of event time: windows close all through the
+    // run, so results are produced (and checkpointed) as it goes.
+    let args = support::workload_args(seed, events, &["--rate-per-s", "100"]);
     support::generate_events(&input, &args);
     let expected = oracle::compute(&std::fs::read(&input).unwrap());
     // The checker groups plainly: that equals Flink only when nothing is late.

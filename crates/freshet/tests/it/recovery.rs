@@ -69,21 +69,7 @@ impl XorShift {
 
 /// `gen_events.py` arguments for the crash tests' workloads.
 fn generator_args(seed: u64, events: u64) -> Vec<String> {
-    [
-        "--seed",
-        &seed.to_string(),
-        "--events",
-        &events.to_string(),
-        "--disorder-ms",
-        "5000",
-        "--malformed-rate",
-        "0.001",
-        "--duplicate-rate",
-        "0.0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    support::workload_args(seed, events, &["--duplicate-rate", "0.0"])
 }
 
 /// One job's files: its input, output folder, data dir, and a folder for the

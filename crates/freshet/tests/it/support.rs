@@ -186,6 +186,14 @@ pub fn run_python(script: &Path, args: &[String]) -> Finished {
     finished
 }
 
+/// `gen_events.py` arguments of the crash and Kafka tests: `seed`, `events`,
+/// 5 s disorder, 0.1% malformed lines, then `extra`.
+pub fn workload_args(seed: u64, events: u64, extra: &[&str]) -> Vec<String> {
+    let (seed, events) = (seed.to_string(), events.to_string());
+    let base = ["--seed", &seed, "--events", &events, "--disorder-ms", "5000", "--malformed-rate", "0.001"];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 /// Writes a generated workload to `out` with `gen_events.py` and `args`.
 pub fn generate_events(out: &Path, args: &[String]) {
     let script = shared_file("workload/gen_events.py");
