@@ -53,28 +53,107 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         } else {
             None
         };
-    let job = Job::start(plan.clone(), args.process.data_dir.as_deref(), args.process.reset_state)?;
-    let server = match listener {
-        Some(l) => Some(crate::http::Server::start(l, &job, prometheus)?),
+    let data_dir = args.process.data_dir.as_deref();
+    let mut job = Job::start(plan.clone(), data_dir, args.process.reset_state)?;
+    let mut server = match listener {
+        Some(l) => Some(crate::http::Server::start(l, &job, prometheus.clone())?),
         None => None,
     };
     if let Some(s) = &server {
         print_where_to_look(s.addr(), embedded, args.demo, &args.process.data_dir_or_default(), &plan);
     }
-    if !plan.bounded() {
-        let stop = job_stopper();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) && !job.stopped() {
+    // A bounded job ends by itself (Ctrl-C ends the process as usual).
+    let stop = if plan.bounded() { Arc::new(std::sync::atomic::AtomicBool::new(false)) } else { job_stopper() };
+    let mut restarts = Restarts::new();
+    loop {
+        while !plan.bounded() && !stop.load(std::sync::atomic::Ordering::SeqCst) && !job.stopped() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        tracing::info!("Stopping: open windows are not emitted.");
-        job.stop();
+        let stopped_by_user = stop.load(std::sync::atomic::Ordering::SeqCst);
+        if !plan.bounded() && stopped_by_user {
+            tracing::info!("Stopping: open windows are not emitted.");
+            job.stop();
+        }
+        let addr = server.as_ref().map(crate::http::Server::addr);
+        match job.wait() {
+            Ok(summary) => {
+                if let Some(s) = server {
+                    s.stop();
+                }
+                report(&summary);
+                return Ok(());
+            }
+            Err(e) if data_dir.is_some() && !stopped_by_user && external(&e) => {
+                let delay = restarts.next_delay();
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    restart = restarts.count,
+                    "The job failed for an outside reason; restarting from the last checkpoint in {:.1} s.",
+                    delay.as_secs_f64()
+                );
+                metrics::counter!(crate::metrics::JOB_RESTARTS).increment(1);
+                if let Some(s) = server.take() {
+                    s.stop();
+                }
+                sleep_unless(&stop, delay);
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(e);
+                }
+                job = Job::start(plan.clone(), data_dir, false)?;
+                if let Some(addr) = addr {
+                    let listener = std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("listening on {addr} again after the restart"))?;
+                    server = Some(crate::http::Server::start(listener, &job, prometheus.clone())?);
+                }
+            }
+            Err(e) => {
+                if let Some(s) = server {
+                    s.stop();
+                }
+                return Err(e);
+            }
+        }
     }
-    if let Some(s) = server {
-        s.stop();
+}
+
+/// Whether a job's error came from outside the process (a broker, a disk, a
+/// service), where starting again from the last checkpoint may succeed.
+fn external(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<freshet_io::IoError>())
+        .any(|io| io.domain() == freshet_io::Domain::External)
+}
+
+/// Restart delays: exponential from 1 s, capped at 30 s, with jitter (backon's schedule).
+struct Restarts {
+    count: u64,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Restarts {
+    fn new() -> Self {
+        use backon::BackoffBuilder;
+        let delays = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Self { count: 0, delays }
     }
-    let summary = job.wait()?;
-    report(&summary);
-    Ok(())
+
+    fn next_delay(&mut self) -> Duration {
+        self.count += 1;
+        self.delays.next().unwrap_or(Duration::from_secs(30))
+    }
+}
+
+/// Sleeps `delay`, or less if `stop` turns true.
+fn sleep_unless(stop: &std::sync::atomic::AtomicBool, delay: Duration) {
+    let until = std::time::Instant::now() + delay;
+    while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A flag set on Ctrl-C or SIGTERM.

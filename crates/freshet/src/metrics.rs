@@ -57,6 +57,8 @@ pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
 pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
 /// Size of the last checkpoint file.
 pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
+/// Restarts of a failed job from its last checkpoint (outside causes only).
+pub const JOB_RESTARTS: &str = "freshet_job_restarts_total";
 /// How long restoring the last checkpoint took at start (seconds).
 pub const RESTORE_SECONDS: &str = "freshet_restore_duration_seconds";
 

@@ -49,11 +49,12 @@ impl SinkWriter {
     /// Opens `target` keeping its first `committed` bytes (recovery: what a
     /// checkpoint covered) and dropping the rest; `None` starts it empty.
     pub fn open_at(name: &str, target: &Target, committed: Option<u64>) -> Result<Self> {
-        Self::open_with(name, target, committed, &|| false)
+        Self::open_with(name, target, committed, std::sync::Arc::new(|| false))
     }
 
-    /// As [`Self::open_at`]; a Kafka sink waits for its topic until `stop()`.
-    pub fn open_with(name: &str, target: &Target, committed: Option<u64>, stop: &dyn Fn() -> bool) -> Result<Self> {
+    /// As [`Self::open_at`]; a Kafka sink waits for its topic, and later for
+    /// room in its queue and for acknowledgements, until `stop()`.
+    pub fn open_with(name: &str, target: &Target, committed: Option<u64>, stop: crate::kafka::Stop) -> Result<Self> {
         let (out, file, base): (Box<dyn Write + Send>, _, _) = match target {
             Target::Kafka(config) => {
                 // Rows after the checkpoint are produced again, with the same keys.

@@ -62,6 +62,8 @@ mod tests {
                 let env = |name: &str| match name.rsplit('_').next() {
                     Some("INPUT" | "OUTPUT" | "DIR") => Some("/tmp/x".to_string()),
                     Some("URL") => Some("http://127.0.0.1:9".to_string()),
+                    Some("BROKERS") => Some("127.0.0.1:9".to_string()),
+                    Some("TOPIC") => Some("events".to_string()),
                     _ => None,
                 };
                 let config = load::parse(&text, "example", &env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -195,8 +195,10 @@ impl Job {
         let mut writers = Vec::new();
         for (i, s) in plan.sinks.iter().enumerate() {
             let committed = restored.as_ref().and_then(|cp| cp.sinks.get(i).copied());
-            let writer = SinkWriter::open_with(&s.name, &s.target, committed, &|| shared.stop.load(Ordering::SeqCst))
-                .with_context(|| format!("sink {}", s.name))?;
+            let sh = shared.clone();
+            let writer =
+                SinkWriter::open_with(&s.name, &s.target, committed, Arc::new(move || sh.stop.load(Ordering::SeqCst)))
+                    .with_context(|| format!("sink {}", s.name))?;
             writers.push(writer);
         }
         let mut shards = Vec::new();

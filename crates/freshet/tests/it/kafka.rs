@@ -273,23 +273,48 @@ fn kafka_job_waits_through_a_broker_restart_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("broker"));
     let topic = "ref-restart";
-    let (input, expected) = workload(&broker, dir.path(), topic, 12, 40_000);
+    let (input, expected) = workload(&broker, dir.path(), topic, 12, 100_000);
     let data = dir.path().join("data");
-    let mut child = kafka_job(&broker, topic, &data).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    thread::sleep(Duration::from_millis(800));
+    let log = dir.path().join("job.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let mut child = kafka_job(&broker, topic, &data).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+    // Stop the broker as soon as the job runs (it then reads and produces for seconds).
+    let deadline = Instant::now() + support::JOB_DEADLINE;
+    while !std::fs::read_to_string(&log).unwrap().contains("Job started") {
+        assert!(Instant::now() < deadline, "the job did not start within the deadline");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended early: {}", std::fs::read_to_string(&log).unwrap());
+        thread::sleep(Duration::from_millis(20));
+    }
     broker.stop();
     thread::sleep(Duration::from_secs(3));
-    assert!(child.try_wait().unwrap().is_none(), "the job must wait for the broker, not exit");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job must wait for the broker, not exit: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     broker.restart();
     let deadline = Instant::now() + support::JOB_DEADLINE;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the job did not finish after the broker came back");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job did not finish after the broker came back: {}", std::fs::read_to_string(&log).unwrap());
+        }
         thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "the job failed across the broker restart: {status}");
+    assert!(
+        status.success(),
+        "the job failed across the broker restart: {status}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "restarts from the last checkpoint: {}; waits logged: {}",
+        text.matches("restarting from the last checkpoint").count(),
+        text.matches("retrying in").count() + text.matches("the checkpoint waits").count()
+    );
     check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 

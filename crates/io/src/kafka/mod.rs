@@ -25,6 +25,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
 
+/// Whether the job is stopping: a Kafka client that waits for the brokers
+/// gives up then.
+pub type Stop = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// How to reach a cluster: bootstrap servers and extra librdkafka properties
 /// (`security.protocol`, `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::admin::{TopicSpec, ensure_topic, wait_for_partitions};
 use super::keys::{KeyRule, is_tombstone, key_of};
-use super::{Connection, Logged};
+use super::{Connection, Logged, Stop};
 use crate::error::{IoError, Result};
 
 /// Said with every transaction failure: the usual cause is a broker without them.
@@ -106,6 +106,7 @@ pub struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     deliveries: Arc<Deliveries>,
     transactional: bool,
+    stop: Stop,
     key_buf: Vec<u8>,
     errors: metrics::Counter,
 }
@@ -113,7 +114,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Connects the producer, creating the topic first when asked, and waits
     /// (with backoff) until the topic's metadata is there.
-    pub fn open(name: &str, config: &KafkaSinkConfig, stop: &dyn Fn() -> bool) -> Result<Self> {
+    pub fn open(name: &str, config: &KafkaSinkConfig, stop: Stop) -> Result<Self> {
         let component = format!("sink {name}");
         if let Some(spec) = &config.create {
             ensure_topic(&config.connection, spec)?;
@@ -144,7 +145,7 @@ impl KafkaSink {
             config.connection.client_config(&settings).create_with_context(SinkContext(deliveries.clone())).map_err(
                 |e| IoError::Kafka { component: component.clone(), message: format!("creating the producer: {e}") },
             )?;
-        wait_for_partitions(producer.client(), &config.topic, &component, stop)?;
+        wait_for_partitions(producer.client(), &config.topic, &component, &*stop)?;
         if config.transactional_id.is_some() {
             let err = |what: &str, e: KafkaError| IoError::Kafka {
                 component: component.clone(),
@@ -160,6 +161,7 @@ impl KafkaSink {
             producer,
             deliveries,
             transactional: config.transactional_id.is_some(),
+            stop,
             key_buf: Vec::new(),
             errors: metrics::counter!(crate::metrics::KAFKA_PRODUCER_ERRORS, "sink" => name.to_owned()),
         })
@@ -181,6 +183,9 @@ impl KafkaSink {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: serve delivery reports until there is room.
+                        if (self.stop)() {
+                            return Err(self.failure("stopped while waiting for room in the queue".into()));
+                        }
                         record = back;
                         self.producer.poll(Duration::from_millis(10));
                     }
@@ -201,6 +206,9 @@ impl KafkaSink {
                 Ok(()) => break,
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
                     self.check()?;
+                    if (self.stop)() {
+                        return Err(self.failure("stopped while waiting for acknowledgements".into()));
+                    }
                     tracing::warn!(
                         sink = self.name.as_str(),
                         waiting_s = started.elapsed().as_secs(),
