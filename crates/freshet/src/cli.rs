@@ -121,6 +121,9 @@ pub enum KafkaCommand {
         /// Events per second.
         #[arg(long, default_value_t = 10_000.0)]
         rate: f64,
+        /// Seconds at the start left out of the percentiles (clients connecting, the first fetches).
+        #[arg(long, default_value_t = 1.0)]
+        warmup_s: f64,
         /// NDJSON file of events.
         file: PathBuf,
     },

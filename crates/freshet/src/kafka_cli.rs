@@ -33,8 +33,9 @@ pub fn run(command: KafkaCommand) -> Result<()> {
         KafkaCommand::Consume { brokers, topic, values, dedup_by_key, count } => {
             consume(&brokers, &topic, values, dedup_by_key, count)
         }
-        KafkaCommand::Latency { brokers, input, output, id_field, key_field, rate, file } => {
-            latency(&brokers, (&input, &output), (&id_field, &key_field), rate, &file)
+        KafkaCommand::Latency { brokers, input, output, id_field, key_field, rate, warmup_s, file } => {
+            let warmup = (rate * warmup_s) as u64;
+            latency(&brokers, (&input, &output), (&id_field, &key_field), (rate, warmup), &file)
         }
     }
 }
@@ -192,7 +193,7 @@ fn latency(
     brokers: &str,
     (input, output): (&str, &str),
     (id_field, key_field): (&str, &str),
-    rate: f64,
+    (rate, warmup): (f64, u64),
     file: &std::path::Path,
 ) -> Result<()> {
     let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
@@ -212,14 +213,15 @@ fn latency(
         .filter(|l| !l.is_empty())
         .map(<[u8]>::to_vec)
         .collect();
-    let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    // Send instant and sequence number of each event in flight.
+    let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, (Instant, u64)>>> = Default::default();
     let producer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producing = {
         let (sent, done, connection) = (sent.clone(), producer_done.clone(), connection.clone());
         let (input, id_field, key_field) = (input.to_owned(), id_field.to_owned(), key_field.to_owned());
         std::thread::spawn(move || -> Result<u64> {
             let producer: BaseProducer<Logged> = connection
-                .client_config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "0")])
+                .client_config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "1")])
                 .create_with_context(Logged { component: format!("producer {input}") })?;
             let started = Instant::now();
             let mut n = 0u64;
@@ -230,7 +232,7 @@ fn latency(
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                sent.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+                sent.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (Instant::now(), n));
                 let mut record = BaseRecord::to(&input).payload(&line[..]).key(key.as_bytes());
                 while let Err((e, back)) = producer.send(record) {
                     if !matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) {
@@ -255,7 +257,9 @@ fn latency(
                 let now = Instant::now();
                 last_record = now;
                 let Some(id) = m.payload().and_then(|v| key_of(v, id_field)) else { continue };
-                if let Some(at) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+                if let Some((at, n)) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+                    && n >= warmup
+                {
                     latencies_us.push(now.duration_since(at).as_micros() as u64);
                 }
             }

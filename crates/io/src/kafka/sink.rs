@@ -132,7 +132,7 @@ impl KafkaSink {
             ("message.timeout.ms", "0"),
             // Java clients' partitioner, so other clients that key by the same bytes agree on the partition.
             ("partitioner", "murmur2_random"),
-            ("linger.ms", "5"),
+            ("linger.ms", "1"),
             // A bounded queue pushes back on the pipeline, so a checkpoint (which
             // waits for every queued record) never waits for more than this.
             ("queue.buffering.max.messages", "10000"),

@@ -31,7 +31,7 @@ use crate::error::{IoError, Result};
 use crate::file::OVERSIZED_PREFIX;
 
 /// How long a chunk may wait for more records of its partition.
-pub const LINGER: Duration = Duration::from_millis(5);
+pub const LINGER: Duration = Duration::from_millis(2);
 /// How often the consumer lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// At most one warning about consume errors this often.
@@ -126,6 +126,10 @@ impl KafkaSource {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", eof),
+                // A fetch returns at the latest this long after it was sent, data or not.
+                // Brokers that do not answer as soon as data arrives (tansu) make it the
+                // latency floor of every event (librdkafka's default is 500 ms).
+                ("fetch.wait.max.ms", "10"),
                 (
                     "auto.offset.reset",
                     match config.start {
