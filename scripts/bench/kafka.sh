@@ -2,7 +2,8 @@
 # Kafka benchmarks for BENCHMARKS.md, against the test broker (tansu 0.6.0,
 # sqlite storage, shared/peers/kafka) on loopback:
 #  1. throughput: a bare rdkafka consumer reading a 4-partition topic, then
-#     examples/kafka-reference-job.toml (topic -> Freshet -> topics) on the same topic;
+#     examples/kafka-reference-job.toml (topic -> Freshet -> topics) on the same topic,
+#     and scripts/bench/kafka-features-job.toml (the same features, nothing written);
 #  2. end-to-end latency at a steady rate: scripts/bench/kafka-latency-job.toml
 #     routes each event to an output topic; `freshet kafka latency` produces at
 #     RATE events/s and reads the output (produce call -> record read back).
@@ -36,6 +37,9 @@ for _ in 1 2 3; do "$F" kafka consume --topic bench --count; done
 
 echo "== Freshet: reference job topic -> topics (3 runs, no checkpoints)"
 FRESHET_TOPIC=bench "$F" bench --config examples/kafka-reference-job.toml --runs 3 2>/dev/null
+
+echo "== Freshet: the same features, results served not written (3 runs): the read path alone"
+FRESHET_TOPIC=bench "$F" bench --config scripts/bench/kafka-features-job.toml --runs 3 2>/dev/null
 
 echo "== Freshet: reference job topic -> topics, checkpoints every 1 s"
 rm -rf "$WORK/data"
