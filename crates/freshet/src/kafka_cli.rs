@@ -12,6 +12,7 @@ use freshet_io::kafka::admin::{TopicSpec, ensure_topic, wait_for_partitions};
 use freshet_io::kafka::{Connection, Logged};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -40,17 +41,30 @@ pub fn run(command: KafkaCommand) -> Result<()> {
     }
 }
 
-fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, file: &std::path::Path) -> Result<()> {
+/// A librdkafka property and its value.
+type Setting<'a> = (&'a str, &'a str);
+
+/// What every producer of these tools sets: as the pipeline's sinks do.
+const PRODUCER: [Setting; 2] = [("enable.idempotence", "true"), ("partitioner", "murmur2_random")];
+/// What every consumer of these tools sets: they commit nothing.
+const CONSUMER: [Setting; 1] = [("enable.auto.commit", "false")];
+
+/// A client of `brokers` with the `common` settings then `settings`, logging as `component`.
+fn client<T>(brokers: &str, (common, settings): (&[Setting], &[Setting]), component: String) -> Result<T>
+where
+    T: FromClientConfigAndContext<Logged>,
+{
+    let all: Vec<(&str, &str)> = common.iter().chain(settings).copied().collect();
     let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
-    let producer: BaseProducer<Logged> = connection
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("partitioner", "murmur2_random"),
-            ("linger.ms", "10"),
-            ("message.timeout.ms", "0"),
-        ])
-        .create_with_context(Logged { component: format!("producer {topic}") })
-        .context("creating the producer")?;
+    connection
+        .client_config(&all)
+        .create_with_context(Logged { component: component.clone() })
+        .with_context(|| format!("creating the {component}"))
+}
+
+fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, file: &std::path::Path) -> Result<()> {
+    let settings = [("linger.ms", "10"), ("message.timeout.ms", "0")];
+    let producer: BaseProducer<Logged> = client(brokers, (&PRODUCER, &settings), format!("producer {topic}"))?;
     wait_for_partitions(producer.client(), topic, "producer", &|| false)?;
     let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -107,15 +121,8 @@ fn key_of(line: &[u8], field: &str) -> Option<String> {
 }
 
 fn consume(brokers: &str, topic: &str, values: bool, dedup: bool, count: bool) -> Result<()> {
-    let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
-    let consumer: BaseConsumer<Logged> = connection
-        .client_config(&[
-            ("group.id", "freshet-cli"),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-        ])
-        .create_with_context(Logged { component: format!("consumer {topic}") })
-        .context("creating the consumer")?;
+    let settings = [("group.id", "freshet-cli"), ("enable.partition.eof", "true")];
+    let consumer: BaseConsumer<Logged> = client(brokers, (&CONSUMER, &settings), format!("consumer {topic}"))?;
     let partitions = wait_for_partitions(consumer.client(), topic, "consumer", &|| false)?;
     let mut assignment = TopicPartitionList::new();
     let mut open = 0usize;
@@ -196,11 +203,8 @@ fn latency(
     (rate, warmup): (f64, u64),
     file: &std::path::Path,
 ) -> Result<()> {
-    let connection = Connection { brokers: brokers.to_owned(), properties: Vec::new() };
-    let consumer: BaseConsumer<Logged> = connection
-        .client_config(&[("group.id", "freshet-latency"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "5")])
-        .create_with_context(Logged { component: format!("consumer {output}") })
-        .context("creating the consumer")?;
+    let settings = [("group.id", "freshet-latency"), ("fetch.wait.max.ms", "5")];
+    let consumer: BaseConsumer<Logged> = client(brokers, (&CONSUMER, &settings), format!("consumer {output}"))?;
     let mut assignment = TopicPartitionList::new();
     for p in wait_for_partitions(consumer.client(), output, "consumer", &|| false)? {
         let (_, high) = consumer.fetch_watermarks(output, p, Duration::from_secs(10))?;
@@ -217,12 +221,11 @@ fn latency(
     let sent: std::sync::Arc<std::sync::Mutex<HashMap<String, (Instant, u64)>>> = Default::default();
     let producer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producing = {
-        let (sent, done, connection) = (sent.clone(), producer_done.clone(), connection.clone());
+        let (sent, done, brokers) = (sent.clone(), producer_done.clone(), brokers.to_owned());
         let (input, id_field, key_field) = (input.to_owned(), id_field.to_owned(), key_field.to_owned());
         std::thread::spawn(move || -> Result<u64> {
-            let producer: BaseProducer<Logged> = connection
-                .client_config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "1")])
-                .create_with_context(Logged { component: format!("producer {input}") })?;
+            let settings = [("linger.ms", "1")];
+            let producer: BaseProducer<Logged> = client(&brokers, (&PRODUCER, &settings), format!("producer {input}"))?;
             let started = Instant::now();
             let mut n = 0u64;
             for line in &lines {

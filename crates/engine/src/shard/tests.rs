@@ -25,6 +25,22 @@ use crate::window::WindowSpec;
 
 const OOO: i64 = 300;
 
+/// The input a shard gets for one decoded chunk of partition (0, 0).
+fn input(batch: RecordBatch, max_ts: Option<i64>, end_of_partition: bool, forget: Option<Forget>) -> ShardInput {
+    ShardInput {
+        seq: 0,
+        partition: Some((0, 0)),
+        max_ts,
+        end_of_partition,
+        ingest_ms: 0,
+        ingest_us: 0,
+        batch,
+        barrier: None,
+        forwarded: None,
+        forget,
+    }
+}
+
 fn path(s: &str) -> FieldPath {
     FieldPath::parse(s).unwrap()
 }
@@ -176,19 +192,7 @@ impl<'p> Run<'p> {
         let mut out = self.decoder.output();
         self.decoder.decode(&chunk, &mut out);
         for (i, batch) in out.shards.into_iter().enumerate() {
-            let input = ShardInput {
-                seq: 0,
-                partition: Some((0, 0)),
-                max_ts: out.max_ts,
-                end_of_partition: last,
-                ingest_ms: 0,
-                ingest_us: 0,
-                batch,
-                barrier: None,
-                forwarded: None,
-                forget: forget.cloned(),
-            };
-            let stats = self.shards[i].process(&input);
+            let stats = self.shards[i].process(&input(batch, out.max_ts, last, forget.cloned()));
             self.dropped += stats.dedup_dropped;
             self.forgotten += stats.forgotten;
             self.collect(i);
@@ -457,19 +461,7 @@ fn the_owning_shard_learns_snapshots_restores_and_forgets_the_recommender() {
     assert!(out.shards[0].model.is_empty(), "model inputs go to the owning shard only");
     assert_eq!(out.shards[1].model.len(), lines.len());
     for (shard, batch) in shards.iter_mut().zip(out.shards) {
-        let input = ShardInput {
-            seq: 0,
-            partition: Some((0, 0)),
-            max_ts: out.max_ts,
-            end_of_partition: false,
-            ingest_ms: 0,
-            ingest_us: 0,
-            batch,
-            barrier: None,
-            forwarded: None,
-            forget: None,
-        };
-        shard.process(&input);
+        shard.process(&input(batch, out.max_ts, false, None));
     }
     let model = shards[1].recommender().unwrap();
     assert_eq!(model.user_count(), 6);
@@ -504,18 +496,7 @@ fn a_late_forget_on_a_shard_without_the_entity_keeps_its_fresh_value_served() {
         let mut out = decoder.output();
         decoder.decode(&chunk, &mut out);
         for (i, batch) in out.shards.into_iter().enumerate().filter(|(i, _)| which.contains(i)) {
-            shards[i].process(&ShardInput {
-                seq: 0,
-                partition: Some((0, 0)),
-                max_ts: out.max_ts,
-                end_of_partition: false,
-                ingest_ms: 0,
-                ingest_us: 0,
-                batch,
-                barrier: None,
-                forwarded: None,
-                forget: forget.clone(),
-            });
+            shards[i].process(&input(batch, out.max_ts, false, forget.clone()));
             shards[i].publish();
         }
     };

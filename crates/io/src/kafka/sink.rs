@@ -60,7 +60,6 @@ pub struct KafkaSinkConfig {
 /// Delivery reports, counted by librdkafka's thread and read by the writer.
 struct Deliveries {
     logged: Logged,
-    acknowledged: AtomicU64,
     produced: metrics::Counter,
     failed: AtomicU64,
     first_failure: std::sync::Mutex<Option<String>>,
@@ -86,7 +85,6 @@ impl ProducerContext for SinkContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(_) => {
-                self.0.acknowledged.fetch_add(1, Ordering::Relaxed);
                 self.0.produced.increment(1);
             }
             Err((e, _)) => {
@@ -121,7 +119,6 @@ impl KafkaSink {
         }
         let deliveries = Arc::new(Deliveries {
             logged: Logged { component: component.clone() },
-            acknowledged: AtomicU64::new(0),
             produced: metrics::counter!(crate::metrics::KAFKA_PRODUCED, "sink" => name.to_owned()),
             failed: AtomicU64::new(0),
             first_failure: std::sync::Mutex::new(None),
@@ -233,11 +230,6 @@ impl KafkaSink {
     pub fn serve(&mut self) -> Result<()> {
         self.producer.poll(Duration::ZERO);
         self.check()
-    }
-
-    /// Records acknowledged by the broker.
-    pub fn acknowledged(&self) -> u64 {
-        self.deliveries.acknowledged.load(Ordering::Relaxed)
     }
 
     fn check(&self) -> Result<()> {

@@ -143,19 +143,25 @@ impl KafkaSource {
         let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop)?;
         let mut parts = Vec::new();
         let mut assignment = TopicPartitionList::new();
+        // Bounded partitions that have nothing to read, with where they stand.
+        let mut empty = Vec::new();
         for id in ids {
             let restored = resume.iter().find(|(p, _)| *p as i32 == id).map(|(_, next)| *next);
             let end = if config.bounded {
                 let (low, high) = consumer
                     .fetch_watermarks(&config.topic, id, Duration::from_secs(10))
                     .map_err(|e| err(format!("reading the end offset of partition {id}: {e}")))?;
+                let (low, high) = (low.max(0) as u64, high.max(0) as u64);
                 let first = match (restored, config.start) {
-                    (Some(n), _) => n as i64,
+                    (Some(n), _) => n,
                     (None, StartAt::Earliest) => low,
                     (None, StartAt::Latest) => high,
                 };
                 tracing::debug!(component, partition = id, from = first, to = high, "Bounded partition.");
-                Some(high.max(0) as u64)
+                if first >= high {
+                    empty.push((parts.len(), first));
+                }
+                Some(high)
             } else {
                 None
             };
@@ -191,22 +197,9 @@ impl KafkaSource {
             max_line,
         };
         // A bounded partition with nothing to read ends now.
-        if config.bounded {
-            for i in 0..reader.parts.len() {
-                let p = &reader.parts[i];
-                let low = match (p.next, config.start) {
-                    (Some(n), _) => Some(n),
-                    (None, StartAt::Latest) => p.end,
-                    (None, StartAt::Earliest) => consumer
-                        .fetch_watermarks(&config.topic, p.id, Duration::from_secs(10))
-                        .ok()
-                        .map(|(low, _)| low.max(0) as u64),
-                };
-                if low.is_some_and(|n| p.end.is_some_and(|end| n >= end)) {
-                    reader.parts[i].next = low;
-                    reader.finish(i, &consumer);
-                }
-            }
+        for (i, next) in empty {
+            reader.parts[i].next = Some(next);
+            reader.finish(i, &consumer);
         }
         tracing::info!(
             component,
@@ -292,42 +285,28 @@ impl KafkaSource {
 impl Reader {
     fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<Logged>) {
         let Some(i) = self.parts.iter().position(|p| p.id == m.partition()) else { return };
-        if self.parts[i].finished {
+        let Reader { parts, ready, block, max_line, .. } = self;
+        let part = &mut parts[i];
+        if part.finished {
             return;
         }
         let offset = m.offset().max(0) as u64;
         let value = m.payload().unwrap_or_default();
-        let part = &mut self.parts[i];
-        if let Some(c) = &part.chunk
-            && (c.end_offset != offset || c.data.len() + value.len() >= self.block)
-        {
-            let c = part.chunk.take().expect("checked");
-            self.ready.push_back(c);
+        // A gap in offsets, a full chunk, or an oversized value (which must begin
+        // a chunk, see `Chunk::oversized`) sends the pending chunk out first.
+        let cut = |c: &Chunk| {
+            c.end_offset != offset
+                || c.data.len() + value.len() >= *block
+                || (value.len() > *max_line && !c.data.is_empty())
+        };
+        if let Some(c) = part.chunk.take_if(|c| cut(c)) {
+            ready.push_back(c);
         }
-        let part = &mut self.parts[i];
-        if part.chunk.is_none() {
+        let chunk = part.chunk.get_or_insert_with(|| {
             part.since = Instant::now();
-        }
-        let chunk = part.chunk.get_or_insert_with(|| Chunk {
-            partition: part.id as u32,
-            first_offset: offset,
-            end_offset: offset,
-            ..Chunk::default()
+            Chunk { partition: part.id as u32, first_offset: offset, end_offset: offset, ..Chunk::default() }
         });
-        if value.len() > self.max_line {
-            // Oversized lines begin a chunk (see `Chunk::oversized`).
-            if !chunk.data.is_empty() {
-                let full = part.chunk.take().expect("present");
-                self.ready.push_back(full);
-                part.since = Instant::now();
-                part.chunk = Some(Chunk {
-                    partition: part.id as u32,
-                    first_offset: offset,
-                    end_offset: offset,
-                    ..Chunk::default()
-                });
-            }
-            let chunk = part.chunk.as_mut().expect("present");
+        if value.len() > *max_line {
             let prefix = value[..value.len().min(OVERSIZED_PREFIX)].to_vec();
             chunk.oversized.push(Oversized { offset, len: value.len() as u64, prefix });
         } else {
@@ -340,7 +319,6 @@ impl Reader {
             }
             chunk.data.push(b'\n');
         }
-        let chunk = part.chunk.as_mut().expect("present");
         chunk.end_offset = offset + 1;
         chunk.end_position = offset + 1;
         part.next = Some(offset + 1);
