@@ -157,10 +157,15 @@ fn batch(c: usize, b: usize, n: usize) -> (Vec<String>, String) {
     (ids, body)
 }
 
-/// Event ids in the sink file, with how often each occurs.
+/// Event ids in the sink file, with how often each occurs. The file is read
+/// while the job writes it, and a read may see half of a write (Linux does
+/// not make them atomic to each other): a last line without its newline is
+/// still in flight and is left for the next read.
 fn counted(path: &Path) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for line in read(path).lines() {
+    let text = read(path);
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in complete.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("bad output line {line:?}: {e}"));
         *seen.entry(v["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
@@ -314,7 +319,7 @@ fn a_torn_log_tail_and_a_corrupt_record_are_reported_and_survived() {
     let all: Vec<&String> = accepted.iter().chain(&more).collect();
     // All but one batch of ten is expected; give stragglers a moment after that.
     let started = Instant::now();
-    while counted(&s.out.join("accepted.ndjson")).len() < all.len() - 10 && started.elapsed() < Duration::from_secs(20)
+    while counted(&s.out.join("accepted.ndjson")).len() < all.len() - 10 && started.elapsed() < Duration::from_secs(60)
     {
         thread::sleep(Duration::from_millis(100));
     }
@@ -325,10 +330,11 @@ fn a_torn_log_tail_and_a_corrupt_record_are_reported_and_survived() {
     let stderr = read(&s.stderr);
     assert!(stderr.contains("torn record"), "the torn tail is reported:\n{stderr}");
     assert!(stderr.contains("Corrupt record in the ingest log"), "the corrupt record is reported:\n{stderr}");
-    assert!(log_dir.join("quarantine").read_dir().unwrap().count() == 1, "the corrupt record's bytes are kept");
+    let quarantined = log_dir.join("quarantine").read_dir().map_or(0, |d| d.count());
+    assert_eq!(quarantined, 1, "the corrupt record's bytes are kept:\n{stderr}");
     // Everything but the corrupt record's batch (10 events) arrives, once.
     let lost: Vec<_> = all.iter().filter(|id| !seen.contains_key(**id)).collect();
-    assert_eq!(lost.len(), 10, "only the corrupt record's events are missing: {lost:?}");
+    assert_eq!(lost.len(), 10, "only the corrupt record's events are missing: {lost:?}\nstderr:\n{stderr}");
     assert!(seen.values().all(|n| *n == 1));
 }
 

@@ -533,9 +533,11 @@ fn catalog_embeddings_propose_the_nearest_items_and_a_wrong_dimension_is_dead_le
     let dlq_path = dir.path().join(support::DLQ);
     let (dlq, _) = poll("the embeddings' dead letters", Duration::from_secs(5), || {
         let dlq = std::fs::read_to_string(&dlq_path).unwrap_or_default();
-        if dlq.lines().count() >= 2 { Ok(dlq) } else { Err(dlq) }
+        // Complete lines only: the job may be halfway through writing the next.
+        if dlq.matches('\n').count() >= 2 { Ok(dlq) } else { Err(dlq) }
     });
-    let records: Vec<Value> = dlq.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let complete = &dlq[..=dlq.rfind('\n').unwrap()];
+    let records: Vec<Value> = complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let reason = |item: &str| {
         let r = records.iter().find(|r| r["raw"].as_str().unwrap().contains(&format!("\"{item}\"")));
         r.unwrap_or_else(|| panic!("no dead letter for {item}: {dlq}"))["reason"].as_str().unwrap().to_owned()
