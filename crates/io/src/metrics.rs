@@ -43,6 +43,10 @@ pub const KAFKA_PRODUCED: &str = "freshet_kafka_produced_total";
 /// Consumer lag of a source partition: the partition's high watermark minus
 /// the next offset the source reads, by source and partition.
 pub const KAFKA_CONSUMER_LAG: &str = "freshet_kafka_consumer_lag";
+/// Partition assignments a `scale_out` source received from its group, by source.
+pub const KAFKA_REBALANCES: &str = "freshet_kafka_rebalances_total";
+/// Partitions a `scale_out` source owns now, by source.
+pub const KAFKA_ASSIGNED_PARTITIONS: &str = "freshet_kafka_assigned_partitions";
 
 /// An enrichment stage's metric handles, log helpers and the plain counters
 /// behind [`HttpEnricher::stats`](crate::enrich::HttpEnricher::stats).

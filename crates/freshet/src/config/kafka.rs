@@ -10,7 +10,7 @@ use freshet_io::kafka::keys::{KeyRule, RowFormat};
 use freshet_io::kafka::sink::KafkaSinkConfig;
 use freshet_io::kafka::source::{KafkaSourceConfig, StartAt};
 
-use super::plan::Planner;
+use super::plan::{Planner, SourceKind, SourcePlan};
 
 /// Properties Freshet sets itself: a user's value would break what the
 /// source or sink promises (offsets in the checkpoint, delivery before a
@@ -48,7 +48,7 @@ pub fn source(
     p: &mut Planner,
     name: &str,
     (brokers, topic, group): (&str, &str, Option<&str>),
-    bounded: Option<bool>,
+    (bounded, scale_out): (Option<bool>, Option<bool>),
     start: Option<&str>,
     properties: Option<&BTreeMap<String, String>>,
 ) -> KafkaSourceConfig {
@@ -67,12 +67,33 @@ pub fn source(
     if group.is_empty() {
         p.err(format!("{path}.group"), "must not be empty");
     }
-    KafkaSourceConfig {
-        connection,
-        topic: topic.to_owned(),
-        group: group.to_owned(),
-        bounded: bounded.unwrap_or(false),
-        start,
+    let (bounded, scale_out) = (bounded.unwrap_or(false), scale_out.unwrap_or(false));
+    if bounded && scale_out {
+        p.err(
+            format!("{path}.scale_out"),
+            "cannot be combined with bounded = true (a group's members do not know where the others end)",
+        );
+    }
+    KafkaSourceConfig { connection, topic: topic.to_owned(), group: group.to_owned(), bounded, start, scale_out }
+}
+
+/// A `scale_out` source needs a pipeline without keyed state: partitions
+/// move between processes, and state does not move with them yet (that
+/// takes changelog topics).
+pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], kept_state: &[&str]) {
+    let Some(first) = kept_state.first() else { return };
+    for s in sources {
+        if let SourceKind::Kafka(k) = &s.kind
+            && k.scale_out
+        {
+            p.err(
+                format!("sources.{}.scale_out", s.name),
+                format!(
+                    "runs stateless pipelines only for now, and this one keeps {first}: state does not yet move \
+                     with the partitions it belongs to (changelog topics are not built)"
+                ),
+            );
+        }
     }
 }
 

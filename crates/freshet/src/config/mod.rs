@@ -93,6 +93,37 @@ mod tests {
     }
 
     #[test]
+    fn scale_out_is_refused_with_state_or_a_bounded_source() {
+        let job = |extra: &str| {
+            format!(
+                r#"
+                [sources.k]
+                type = "kafka"
+                brokers = "127.0.0.1:9"
+                topic = "events"
+                scale_out = true
+                {extra}
+                [sinks.out]
+                type = "stdout"
+                [[flows]]
+                name = "f"
+                stages = [{{ type = "route", sink = "out" }}]
+                "#
+            )
+        };
+        assert!(plan_text(&job("")).is_ok(), "a stateless job scales out");
+        let err = plan_text(&job("bounded = true")).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["sources.k.scale_out"], "{err}");
+        let stateful =
+            job("") + "[[features]]\nname = \"g\"\nflow = \"f\"\nkey = [\"user_id\"]\nwindow = { type = \"global\" }\n";
+        let err = plan_text(&stateful).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].path, "sources.k.scale_out", "{err}");
+        assert!(err.problems[0].message.contains("keeps features"), "{err}");
+    }
+
+    #[test]
     fn planning_reports_every_problem_with_its_path() {
         let text = r#"
             [sources.a]

@@ -118,6 +118,11 @@ pub enum SourceConfig {
         bounded: Option<bool>,
         /// Where partitions start when no checkpoint says: "earliest" or "latest". Default: "earliest".
         start: Option<String>,
+        /// Share the topic with every process of the same `group`: read the
+        /// partitions the group assigns, follow rebalances, and keep offsets in
+        /// the group (committed after each checkpoint). Stateless pipelines only,
+        /// for now; needs a data directory. Default: false.
+        scale_out: Option<bool>,
         /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, fetch tuning).
         properties: Option<BTreeMap<String, String>>,
     },

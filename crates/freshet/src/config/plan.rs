@@ -447,12 +447,12 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     for (name, s) in &config.sources {
         let kind = match s {
             SourceConfig::File { path } => SourceKind::File(path.into()),
-            SourceConfig::Kafka { brokers, topic, group, bounded, start, properties } => {
+            SourceConfig::Kafka { brokers, topic, group, bounded, start, scale_out, properties } => {
                 SourceKind::Kafka(super::kafka::source(
                     &mut p,
                     name,
                     (brokers, topic, group.as_deref()),
-                    *bounded,
+                    (*bounded, *scale_out),
                     start.as_deref(),
                     properties.as_ref(),
                 ))
@@ -844,6 +844,13 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     }
 
     let recommender = config.recommender.as_ref().map(|r| super::recommender::plan(r, &flows, shards, &mut p));
+    let kept_state = [
+        (!features.is_empty()).then_some("features"),
+        recommender.is_some().then_some("a recommender"),
+        (!tables.is_empty()).then_some("lookup tables"),
+        flows.iter().any(|f| f.stages.iter().any(|s| matches!(s, Stage::Dedup(_)))).then_some("a dedup stage"),
+    ];
+    super::kafka::check_scale_out(&mut p, &sources, &kept_state.into_iter().flatten().collect::<Vec<_>>());
     if !p.problems.is_empty() {
         return Err(ConfigError { origin: origin.into(), problems: p.problems });
     }

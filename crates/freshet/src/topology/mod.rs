@@ -141,6 +141,15 @@ impl Job {
             placements: Arc::new(r.placements.clone()),
         });
 
+        let grouped = plan.sources.iter().find(|s| matches!(&s.kind, SourceKind::Kafka(k) if k.scale_out));
+        if let (Some(s), None) = (grouped, data_dir) {
+            anyhow::bail!(
+                "source {} has scale_out = true, which commits offsets to its group after each checkpoint, \
+                 and checkpoints need a data directory: pass --data-dir (one per process)",
+                s.name
+            );
+        }
+
         // Checkpoints: the store, and the state to resume from.
         let fingerprint = plan.fingerprint();
         let restore_started = Instant::now();
@@ -297,9 +306,17 @@ impl Job {
             interval: plan.checkpoint_interval,
             next_id: restored.as_ref().map_or(1, |cp| cp.id + 1),
             partitioned: plan.sources.iter().map(|s| matches!(s.kind, SourceKind::Kafka(_))).collect(),
-            positions: restored
-                .as_ref()
-                .map_or_else(|| vec![SourcePosition::start(); plan.sources.len()], |cp| cp.sources.clone()),
+            // A group's source starts where its group says, not where this process's checkpoint does.
+            positions: plan
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match (&s.kind, &restored) {
+                    (SourceKind::Kafka(k), _) if k.scale_out => SourcePosition::start(),
+                    (_, Some(cp)) => cp.sources.get(i).cloned().unwrap_or_else(SourcePosition::start),
+                    (_, None) => SourcePosition::start(),
+                })
+                .collect(),
             coordinator: c.clone(),
             injected: 0,
         });

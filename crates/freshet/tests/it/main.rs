@@ -3,7 +3,8 @@
 //! workloads, bad and odd input through the file source, and configuration
 //! and environment errors; recommendations served by a running process;
 //! enrichment against a real HTTP service the test starts; Kafka sources
-//! and sinks against a real broker (tansu) each test starts.
+//! and sinks against a real broker (tansu) each test starts, and a group of
+//! processes sharing a topic.
 //!
 //! They run the built binary as a child process; generated inputs and the
 //! Flink-equivalent checker come from the shared folder (`$FRESHET_SHARED`,
@@ -18,6 +19,7 @@ mod durable_ingest;
 mod enrich;
 mod eval;
 mod kafka;
+mod kafka_group;
 mod oracle;
 mod recommend;
 mod recovery;

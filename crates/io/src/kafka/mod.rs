@@ -3,7 +3,9 @@
 //! - [`source`]: a topic's partitions read into [`freshet_engine::decode::Chunk`]s,
 //!   one partition per chunk, Kafka offsets as line offsets. Positions are
 //!   the caller's (Freshet's checkpoint), not the group's: auto-commit is
-//!   off and offsets are committed to the group only so lag tools can show it.
+//!   off and offsets are committed to the group only so lag tools can show it;
+//!   except with `scale_out`, where the source joins its group, follows its
+//!   assignment, and the committed offsets are where the group goes on.
 //! - [`sink`]: rows produced as records with a deterministic key through an
 //!   idempotent producer, flushed at every checkpoint.
 //! - [`admin`]: topic metadata and creation (the CLI's `freshet kafka`, and

@@ -14,16 +14,25 @@
 //! explicitly (the group id names whose offsets [`KafkaSource::commit`]
 //! records for lag tools). A bounded source reads each partition up to the
 //! end offset it saw at start, then reports the partition's end.
+//!
+//! With `scale_out`, the source instead joins its consumer group and reads
+//! the partitions the group gives it, following every rebalance: a newly
+//! assigned partition starts at the group's committed offset, and a revoked
+//! one's pending records still go out (what comes after them is the new
+//! owner's). The group's committed offsets are then where the group goes
+//! on, so [`KafkaSource::commit`] records only what the caller has finished
+//! (its checkpoints), and only for partitions it still owns.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use freshet_engine::decode::{Chunk, Oversized};
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::admin::wait_for_partitions;
 use super::{Connection, Logged};
@@ -59,6 +68,9 @@ pub struct KafkaSourceConfig {
     pub bounded: bool,
     /// Where partitions without a restored position start.
     pub start: StartAt,
+    /// Join the group and read only the partitions it assigns (several
+    /// processes share the topic); offsets then live in the group.
+    pub scale_out: bool,
 }
 
 /// What [`KafkaSource::poll`] found.
@@ -89,18 +101,61 @@ struct Part {
 /// The reading state, apart from the consumer (messages borrow the consumer).
 struct Reader {
     name: String,
+    source: String,
     topic: String,
+    /// Partitions come and go with the group's assignment (`scale_out`).
+    grouped: bool,
     parts: Vec<Part>,
     ready: VecDeque<Chunk>,
     block: usize,
     max_line: usize,
 }
 
+/// The consumer's context: logs like every client and counts the group's
+/// rebalances, so that the reader follows its assignment.
+struct SourceContext {
+    logged: Logged,
+    source: String,
+    rebalances: AtomicU64,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logged.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logged.error(error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let component = self.logged.component.as_str();
+        let (what, list) = match rebalance {
+            Rebalance::Assign(list) => ("assigned", *list),
+            Rebalance::Revoke(list) => ("revoked", *list),
+            Rebalance::Error(e) => {
+                tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.");
+                return;
+            }
+        };
+        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+        tracing::info!(component, "Kafka group rebalance: partitions {what}: {partitions:?}.");
+        if what == "assigned" {
+            metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
+        }
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// An open Kafka source.
 pub struct KafkaSource {
-    consumer: BaseConsumer<Logged>,
+    consumer: BaseConsumer<SourceContext>,
     reader: Reader,
     bounded: bool,
+    /// Rebalances the reader has followed (see [`SourceContext`]).
+    followed: u64,
     last_lag: Instant,
     last_warning: Option<Instant>,
 }
@@ -108,7 +163,9 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Connects, waits (with backoff, logging why) for the topic's
     /// partitions, and assigns them at `resume` (partition → next offset)
-    /// or `start`. `block` is the chunk size, `max_line` the largest value kept whole.
+    /// or `start`; with `scale_out`, joins the group instead (`resume` is
+    /// not used: the group's committed offsets are). `block` is the chunk
+    /// size, `max_line` the largest value kept whole.
     pub fn open(
         name: &str,
         config: &KafkaSourceConfig,
@@ -119,13 +176,16 @@ impl KafkaSource {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
         let eof = if config.bounded { "true" } else { "false" };
-        let consumer: BaseConsumer<Logged> = config
+        let consumer: BaseConsumer<SourceContext> = config
             .connection
             .client_config(&[
                 ("group.id", config.group.as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", eof),
+                // A dead member's partitions move after this long (librdkafka's default is 45 s).
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
                 // A fetch returns at the latest this long after it was sent, data or not.
                 // Brokers that do not answer as soon as data arrives (tansu) make it the
                 // latency floor of every event (librdkafka's default is 500 ms).
@@ -138,9 +198,41 @@ impl KafkaSource {
                     },
                 ),
             ])
-            .create_with_context(Logged { component: component.clone() })
+            .create_with_context(SourceContext {
+                logged: Logged { component: component.clone() },
+                source: name.to_owned(),
+                rebalances: AtomicU64::new(0),
+            })
             .map_err(|e| err(format!("creating the consumer: {e}")))?;
         let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop)?;
+        let mut reader = Reader {
+            name: component.clone(),
+            source: name.to_owned(),
+            topic: config.topic.clone(),
+            grouped: config.scale_out,
+            parts: Vec::new(),
+            ready: VecDeque::new(),
+            block,
+            max_line,
+        };
+        if config.scale_out {
+            consumer.subscribe(&[&config.topic]).map_err(|e| err(format!("joining group {}: {e}", config.group)))?;
+            tracing::info!(
+                component,
+                topic = config.topic.as_str(),
+                group = config.group.as_str(),
+                partitions = ids.len(),
+                "Kafka source joined its group; partitions follow the group's assignment."
+            );
+            return Ok(Self {
+                consumer,
+                reader,
+                bounded: false,
+                followed: 0,
+                last_lag: Instant::now(),
+                last_warning: None,
+            });
+        }
         let mut parts = Vec::new();
         let mut assignment = TopicPartitionList::new();
         // Bounded partitions that have nothing to read, with where they stand.
@@ -173,29 +265,10 @@ impl KafkaSource {
             assignment
                 .add_partition_offset(&config.topic, id, offset)
                 .map_err(|e| err(format!("assigning partition {id}: {e}")))?;
-            parts.push(Part {
-                id,
-                next: restored,
-                end,
-                chunk: None,
-                since: Instant::now(),
-                finished: false,
-                lag: metrics::gauge!(
-                    crate::metrics::KAFKA_CONSUMER_LAG,
-                    "source" => name.to_owned(),
-                    "partition" => id.to_string()
-                ),
-            });
+            parts.push(Part::new(name, id, restored, end));
         }
         consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
-        let mut reader = Reader {
-            name: component.clone(),
-            topic: config.topic.clone(),
-            parts,
-            ready: VecDeque::new(),
-            block,
-            max_line,
-        };
+        reader.parts = parts;
         // A bounded partition with nothing to read ends now.
         for (i, next) in empty {
             reader.parts[i].next = Some(next);
@@ -208,10 +281,18 @@ impl KafkaSource {
             bounded = config.bounded,
             "Kafka source assigned."
         );
-        Ok(Self { consumer, reader, bounded: config.bounded, last_lag: Instant::now() - LAG_EVERY, last_warning: None })
+        Ok(Self {
+            consumer,
+            reader,
+            bounded: config.bounded,
+            followed: 0,
+            last_lag: Instant::now() - LAG_EVERY,
+            last_warning: None,
+        })
     }
 
-    /// The partitions read, for the watermark to wait for each from the start.
+    /// The partitions read, for the watermark to wait for each from the
+    /// start (none in a group: they are known only once assigned).
     pub fn partitions(&self) -> Vec<u32> {
         self.reader.parts.iter().map(|p| p.id as u32).collect()
     }
@@ -219,8 +300,13 @@ impl KafkaSource {
     /// The next chunk, or `Idle` after about 100 ms without records, or
     /// `Finished` once a bounded source has ended every partition.
     pub fn poll(&mut self) -> Result<Polled> {
-        let Self { consumer, reader, .. } = self;
+        let Self { consumer, reader, followed, .. } = self;
         loop {
+            let rebalances = consumer.context().rebalances.load(Ordering::SeqCst);
+            if rebalances != *followed {
+                *followed = rebalances;
+                reader.follow_assignment(consumer);
+            }
             if let Some(c) = reader.ready.pop_front() {
                 return Ok(Polled::Chunk(c));
             }
@@ -267,14 +353,18 @@ impl KafkaSource {
     }
 
     /// Records `positions` (partition → next offset) as the group's committed
-    /// offsets, asynchronously, for lag display; Freshet resumes from its
-    /// checkpoint, not from these.
+    /// offsets, asynchronously: for lag display, or with `scale_out` as
+    /// where the group goes on (then only for partitions still owned).
     pub fn commit(&self, positions: &[(u32, u64)]) {
         let mut list = TopicPartitionList::new();
-        for (p, next) in positions {
+        let owned = |p: u32| !self.reader.grouped || self.reader.parts.iter().any(|x| x.id as u32 == p);
+        for (p, next) in positions.iter().filter(|(p, _)| owned(*p)) {
             if list.add_partition_offset(&self.reader.topic, *p as i32, Offset::Offset(*next as i64)).is_err() {
                 return;
             }
+        }
+        if list.count() == 0 {
+            return;
         }
         if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::debug!(component = self.reader.name.as_str(), error = %e, "Could not commit offsets to the group.");
@@ -282,9 +372,64 @@ impl KafkaSource {
     }
 }
 
+impl Part {
+    fn new(source: &str, id: i32, next: Option<u64>, end: Option<u64>) -> Self {
+        Part {
+            id,
+            next,
+            end,
+            chunk: None,
+            since: Instant::now(),
+            finished: false,
+            lag: metrics::gauge!(
+                crate::metrics::KAFKA_CONSUMER_LAG,
+                "source" => source.to_owned(),
+                "partition" => id.to_string()
+            ),
+        }
+    }
+}
+
 impl Reader {
-    fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<Logged>) {
-        let Some(i) = self.parts.iter().position(|p| p.id == m.partition()) else { return };
+    /// Follows the group's assignment after a rebalance: a revoked
+    /// partition's pending chunk goes out and the partition is dropped; a new
+    /// one is read from the group's committed offset.
+    fn follow_assignment(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let assigned: Vec<i32> = match consumer.assignment() {
+            Ok(list) => list.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect(),
+            Err(e) => {
+                tracing::warn!(component = self.name.as_str(), error = %e, "Could not read the group's assignment.");
+                return;
+            }
+        };
+        let Reader { parts, ready, .. } = self;
+        parts.retain_mut(|p| {
+            let kept = assigned.contains(&p.id);
+            if !kept {
+                ready.extend(p.chunk.take());
+                p.lag.set(0.0);
+            }
+            kept
+        });
+        for id in assigned {
+            if !self.parts.iter().any(|p| p.id == id) {
+                self.parts.push(Part::new(&self.source, id, None, None));
+            }
+        }
+        metrics::gauge!(crate::metrics::KAFKA_ASSIGNED_PARTITIONS, "source" => self.source.clone())
+            .set(self.parts.len() as f64);
+    }
+
+    fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<SourceContext>) {
+        let i = match self.parts.iter().position(|p| p.id == m.partition()) {
+            Some(i) => i,
+            // A record of a partition assigned in this very poll.
+            None if self.grouped => {
+                self.parts.push(Part::new(&self.source, m.partition(), None, None));
+                self.parts.len() - 1
+            }
+            None => return,
+        };
         let Reader { parts, ready, block, max_line, .. } = self;
         let part = &mut parts[i];
         if part.finished {
@@ -329,7 +474,7 @@ impl Reader {
 
     /// Ends partition `i`: its pending chunk (or an empty one) goes out with
     /// `end_of_partition`, and the consumer stops fetching it.
-    fn finish(&mut self, i: usize, consumer: &BaseConsumer<Logged>) {
+    fn finish(&mut self, i: usize, consumer: &BaseConsumer<SourceContext>) {
         let part = &mut self.parts[i];
         part.finished = true;
         let next = part.next.or(part.end).unwrap_or(0);
@@ -356,7 +501,7 @@ impl Reader {
         }
     }
 
-    fn measure_lag(&self, consumer: &BaseConsumer<Logged>) {
+    fn measure_lag(&self, consumer: &BaseConsumer<SourceContext>) {
         for p in self.parts.iter().filter(|p| !p.finished) {
             if let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, p.id, Duration::from_secs(1)) {
                 let next = p.next.unwrap_or(0) as i64;
@@ -370,6 +515,11 @@ impl Drop for KafkaSource {
     fn drop(&mut self) {
         // Leave the group explicitly (see shared/peers/kafka: a consumer dropped
         // right after a commit could hang against the test broker).
-        let _ = self.consumer.unassign();
+        if self.reader.grouped {
+            // The group moves this process's partitions at once, not after a session timeout.
+            self.consumer.unsubscribe();
+        } else {
+            let _ = self.consumer.unassign();
+        }
     }
 }

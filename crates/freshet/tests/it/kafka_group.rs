@@ -1,0 +1,263 @@
+//! Scale-out as a consumer group, against a real broker: three processes
+//! run examples/kafka-scale-out-job.toml (a stateless job, `scale_out =
+//! true`) on one 4-partition topic. The input arrives in three parts: the
+//! first while all three run, the second after one of them was killed with
+//! SIGKILL and started again (it rejoins), the third after another one was
+//! stopped (it leaves; the other two take its partitions). The group's
+//! output, deduplicated by key, must equal what one uninterrupted process
+//! writes for the same topic.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::kafka::{Broker, kafka_tool};
+use crate::support;
+
+const TOPIC: &str = "grp";
+const EXAMPLE: &str = "examples/kafka-scale-out-job.toml";
+
+/// A `freshet run` of the example, one member of the group.
+struct Member {
+    child: Child,
+    log: PathBuf,
+    /// Where this run's lines begin in the log (a restarted member appends).
+    log_from: usize,
+}
+
+impl Member {
+    fn start(broker: &Broker, dir: &Path, name: &str) -> Member {
+        let log = dir.join(format!("{name}.log"));
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = support::freshet()
+            .arg("run")
+            .arg("--config")
+            .arg(support::repo_root().join(EXAMPLE))
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KAFKA_BROKERS", broker.addr())
+            .env("FRESHET_TOPIC", TOPIC)
+            .env("FRESHET_GROUP", "cleaners")
+            .env("FRESHET_CHECKPOINT_INTERVAL", "200ms")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Member { child, log, log_from }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.get(self.log_from..).unwrap_or_default().to_owned()
+    }
+
+    /// The partitions of this member's latest assignment (none before its first).
+    fn assigned(&self) -> Vec<u32> {
+        let log = self.log();
+        let Some(line) = log.lines().rev().find(|l| l.contains("Kafka group rebalance: partitions")) else {
+            return Vec::new();
+        };
+        if line.contains("partitions revoked") {
+            return Vec::new();
+        }
+        let list = line.split("partitions assigned: [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
+        list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+    }
+
+    fn assignments(&self) -> usize {
+        self.log().matches("Kafka group rebalance: partitions assigned").count()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `members` own the four partitions between them, each its own.
+fn wait_for_settled_group(members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let owned: Vec<Vec<u32>> = members.iter().map(|m| m.assigned()).collect();
+        let all: Vec<u32> = owned.iter().flatten().copied().collect();
+        let distinct: BTreeSet<u32> = all.iter().copied().collect();
+        if owned.iter().all(|o| !o.is_empty()) && all.len() == 4 && distinct.len() == 4 {
+            return;
+        }
+        for m in members.iter_mut() {
+            assert!(m.alive(), "a member exited:\n{}", m.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle within 90 s (assignments {owned:?}); last log:\n{}",
+            members[0].log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The distinct values of `topic` (deduplicated by key, as a compacted topic keeps them).
+fn values(broker: &Broker, topic: &str) -> HashSet<String> {
+    let run = kafka_tool(broker, &["consume", "--topic", topic, "--values", "--dedup-by-key"]);
+    run.stdout_text().lines().map(str::to_owned).collect()
+}
+
+/// Waits until `topic` holds every one of `want`.
+fn wait_for_values(broker: &Broker, topic: &str, want: &HashSet<String>, what: &str, members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let have = values(broker, topic);
+        let missing = want.iter().filter(|v| !have.contains(*v)).count();
+        if missing == 0 {
+            return;
+        }
+        for m in members.iter_mut() {
+            assert!(m.alive(), "a member exited:\n{}", m.log());
+        }
+        assert!(Instant::now() < deadline, "{what}: {missing} of {} results still missing after 120 s", want.len());
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The `event_id` of a result row.
+fn event_id(row: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(row).unwrap_or_else(|e| panic!("result {row:?}: {e}"));
+    v["event_id"].as_str().unwrap_or_else(|| panic!("result without event_id: {row}")).to_owned()
+}
+
+#[test]
+fn a_group_of_processes_shares_partitions_and_loses_nothing_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let input = dir.path().join("in.ndjson");
+    support::generate_events(&input, &support::workload_args(21, 30_000, &[]));
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let parts: Vec<PathBuf> = lines
+        .chunks(lines.len().div_ceil(3))
+        .enumerate()
+        .map(|(i, chunk)| {
+            let path = dir.path().join(format!("part{i}.ndjson"));
+            std::fs::write(&path, chunk.join("\n") + "\n").unwrap();
+            path
+        })
+        .collect();
+    let produce = |path: &Path| {
+        kafka_tool(&broker, &["produce", "--topic", TOPIC, "--key-field", "user_id", path.to_str().unwrap()]);
+    };
+    kafka_tool(&broker, &["create-topic", "--topic", TOPIC, "--partitions", "4"]);
+
+    let mut p1 = Member::start(&broker, dir.path(), "p1");
+    let mut p2 = Member::start(&broker, dir.path(), "p2");
+    let mut p3 = Member::start(&broker, dir.path(), "p3");
+    wait_for_settled_group(&mut [&mut p1, &mut p2, &mut p3]);
+    produce(&parts[0]);
+
+    // The oracle: one bounded, uninterrupted process over the same topic
+    // (offsets, hence dead letters, are the same), once all input is in.
+    // Its results by input part tell the waits below what to expect.
+    let part_ids: Vec<HashSet<String>> = parts
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["event_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    let clean = format!("{TOPIC}-clean");
+    let dlq = format!("{TOPIC}-dlq");
+
+    // Everything of part 1 gets through the group of three.
+    let wait = |want: &HashSet<String>, what: &str, members: &mut [&mut Member]| {
+        wait_for_values(&broker, &clean, want, what, members)
+    };
+    let oracle_rows = |p: usize| -> HashSet<String> {
+        values(&broker, &format!("{TOPIC}-oracle-clean"))
+            .into_iter()
+            .filter(|r| part_ids[..=p].iter().any(|ids| ids.contains(&event_id(r))))
+            .collect()
+    };
+    let run_oracle = || {
+        let config = dir.path().join("oracle.toml");
+        let example = std::fs::read_to_string(support::repo_root().join(EXAMPLE)).unwrap();
+        let single = example
+            .replace("scale_out = true", "bounded = true")
+            .replace("${FRESHET_TOPIC}-clean", "${FRESHET_TOPIC}-oracle-clean")
+            .replace("${FRESHET_TOPIC}-dlq", "${FRESHET_TOPIC}-oracle-dlq");
+        assert_ne!(single, example);
+        std::fs::write(&config, single).unwrap();
+        let mut cmd = support::freshet();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("KAFKA_BROKERS", broker.addr())
+            .env("FRESHET_TOPIC", TOPIC)
+            .env("FRESHET_GROUP", "oracle");
+        let run = support::run_with_deadline(&mut cmd, support::JOB_DEADLINE);
+        assert!(run.status.success(), "the single-process run: {}", run.describe());
+    };
+    run_oracle();
+    let first = oracle_rows(0);
+    assert!(first.len() > 9000, "part 1 should give about 10k results, the oracle has {}", first.len());
+    wait(&first, "part 1 through three members", &mut [&mut p1, &mut p2, &mut p3]);
+
+    // A member dies mid-run; what it had not committed is written again by
+    // whoever reads its partitions next. On Apache Kafka a dead member's
+    // partitions move when its session times out (10 s); tansu 0.6.0 then
+    // forgets the member but hands the survivors their old partitions, so
+    // here they move when the member comes back and the group rebalances.
+    // It comes back after its session ended: a member that rejoins before
+    // that shares the group with its dead self, whose partitions stall.
+    produce(&parts[1]);
+    p3.child.kill().unwrap();
+    p3.child.wait().unwrap();
+    thread::sleep(Duration::from_secs(13));
+    let mut p3 = Member::start(&broker, dir.path(), "p3");
+    wait_for_settled_group(&mut [&mut p1, &mut p2, &mut p3]);
+    run_oracle();
+    wait(&oracle_rows(1), "part 2 across a SIGKILL and a rejoin", &mut [&mut p1, &mut p2, &mut p3]);
+
+    // A member stops (Ctrl-C): it leaves the group and the other two take its partitions at once.
+    let rebalances_before = p1.assignments();
+    let status = std::process::Command::new("kill").args(["-INT", &p2.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p2.alive() || p1.assigned().len() + p3.assigned().len() < 4 {
+        assert!(Instant::now() < deadline, "p2's partitions did not move after it stopped:\n{}", p1.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    produce(&parts[2]);
+    run_oracle();
+    let expected = oracle_rows(2);
+    wait(&expected, "part 3 after a member left", &mut [&mut p1, &mut p3]);
+    assert!(p1.assignments() > rebalances_before, "p1 followed the rebalance");
+
+    // Exactly the oracle's results, deduplicated by key; and its dead letters.
+    let mut have: Vec<String> = values(&broker, &clean).into_iter().collect();
+    let mut want: Vec<String> = expected.into_iter().collect();
+    have.sort();
+    want.sort();
+    support::assert_same_lines("the group's results vs one process", &have, &want);
+    let (mut dead, mut dead_want): (Vec<String>, Vec<String>) = (
+        values(&broker, &dlq).into_iter().collect(),
+        values(&broker, &format!("{TOPIC}-oracle-dlq")).into_iter().collect(),
+    );
+    dead.sort();
+    dead_want.sort();
+    assert!(!dead_want.is_empty(), "the workload has malformed lines");
+    support::assert_same_lines("the group's dead letters vs one process", &dead, &dead_want);
+    assert!(!p3.assigned().is_empty(), "the member that was killed owns partitions again");
+}
