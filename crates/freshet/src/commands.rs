@@ -54,7 +54,10 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             None
         };
     let data_dir = args.process.data_dir.as_deref();
-    let mut job = Job::start(plan.clone(), data_dir, args.process.reset_state)?;
+    // A bounded job ends by itself (Ctrl-C ends the process as usual);
+    // otherwise Ctrl-C stops the job, or a start waiting for its brokers.
+    let stop = if plan.bounded() { Arc::new(std::sync::atomic::AtomicBool::new(false)) } else { job_stopper() };
+    let mut job = Job::start_until(plan.clone(), data_dir, args.process.reset_state, stop.clone())?;
     let mut server = match listener {
         Some(l) => Some(crate::http::Server::start(l, &job, prometheus.clone())?),
         None => None,
@@ -62,8 +65,6 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
     if let Some(s) = &server {
         print_where_to_look(s.addr(), embedded, args.demo, &args.process.data_dir_or_default(), &plan);
     }
-    // A bounded job ends by itself (Ctrl-C ends the process as usual).
-    let stop = if plan.bounded() { Arc::new(std::sync::atomic::AtomicBool::new(false)) } else { job_stopper() };
     let mut restarts = Restarts::new();
     loop {
         while !plan.bounded() && !stop.load(std::sync::atomic::Ordering::SeqCst) && !job.stopped() {
@@ -99,7 +100,7 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return Err(e);
                 }
-                job = Job::start(plan.clone(), data_dir, false)?;
+                job = Job::start_until(plan.clone(), data_dir, false, stop.clone())?;
                 if let Some(addr) = addr {
                     let listener = std::net::TcpListener::bind(addr)
                         .with_context(|| format!("listening on {addr} again after the restart"))?;

@@ -124,6 +124,17 @@ impl Job {
     /// last complete checkpoint), then starts the threads. Fails before
     /// starting anything when an input, output or checkpoint is unusable.
     pub fn start(plan: Arc<Plan>, data_dir: Option<&Path>, reset_state: bool) -> Result<Job> {
+        Self::start_until(plan, data_dir, reset_state, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// As [`Job::start`]; sources and sinks that wait for their brokers
+    /// while opening give up once `cancel` is set (the user stops the process).
+    pub fn start_until(
+        plan: Arc<Plan>,
+        data_dir: Option<&Path>,
+        reset_state: bool,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Job> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             error: std::sync::Mutex::new(None),
@@ -177,7 +188,9 @@ impl Job {
         let mut commits = Vec::new();
         for (i, s) in plan.sources.iter().enumerate() {
             let resume = restored.as_ref().and_then(|cp| cp.sources.get(i));
-            let mut source = sources::open(i as u16, s, &plan, resume).with_context(|| format!("source {}", s.name))?;
+            let cancelled = || cancel.load(Ordering::SeqCst);
+            let mut source =
+                sources::open(i as u16, s, &plan, resume, &cancelled).with_context(|| format!("source {}", s.name))?;
             match &mut source {
                 sources::Opened::Kafka { partitions: ps, commits: tx, .. } => {
                     partitions.extend(ps.iter().map(|p| (i as u16, *p)));
@@ -204,10 +217,10 @@ impl Job {
         let mut writers = Vec::new();
         for (i, s) in plan.sinks.iter().enumerate() {
             let committed = restored.as_ref().and_then(|cp| cp.sinks.get(i).copied());
-            let sh = shared.clone();
-            let writer =
-                SinkWriter::open_with(&s.name, &s.target, committed, Arc::new(move || sh.stop.load(Ordering::SeqCst)))
-                    .with_context(|| format!("sink {}", s.name))?;
+            let (sh, cancel) = (shared.clone(), cancel.clone());
+            let stop = Arc::new(move || sh.stop.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst));
+            let writer = SinkWriter::open_with(&s.name, &s.target, committed, stop)
+                .with_context(|| format!("sink {}", s.name))?;
             writers.push(writer);
         }
         let mut shards = Vec::new();

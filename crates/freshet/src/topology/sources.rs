@@ -35,8 +35,15 @@ pub(super) enum Opened {
 }
 
 /// Opens a source, at `resume` when restoring a checkpoint; file errors
-/// surface here, before any thread starts.
-pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&SourcePosition>) -> Result<Opened> {
+/// surface here, before any thread starts. A Kafka source waits for its
+/// brokers and topic until `cancelled()`.
+pub(super) fn open(
+    index: u16,
+    plan: &SourcePlan,
+    job: &Plan,
+    resume: Option<&SourcePosition>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Opened> {
     let max_line = job.pipeline.limits.max_event_bytes;
     Ok(match &plan.kind {
         SourceKind::File(_) if resume.is_some_and(|r| r.finished) => {
@@ -127,7 +134,7 @@ pub(super) fn open(index: u16, plan: &SourcePlan, job: &Plan, resume: Option<&So
         SourceKind::Http(_) => Opened::Http,
         SourceKind::Kafka(config) => {
             let resume = resume.map(|r| r.partitions.clone()).unwrap_or_default();
-            let mut kafka = KafkaSource::open(&plan.name, config, &resume, (job.read_block, max_line), &|| false)?;
+            let mut kafka = KafkaSource::open(&plan.name, config, &resume, (job.read_block, max_line), cancelled)?;
             let partitions = kafka.partitions();
             let (commits, committed) = crossbeam_channel::bounded::<Commits>(4);
             let run: SourceRun = Box::new(move |tx, shared| {
