@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kafka benchmarks for BENCHMARKS.md, against the test broker (tansu 0.6.0,
 # sqlite storage, shared/peers/kafka) on loopback:
-#  1. throughput: a bare rdkafka consumer reading a 4-partition topic, then
+#  1. throughput: a bare rdkafka consumer reading a 4-partition topic, a bare
+#     consume -> produce pipe (every record written to another topic), then
 #     examples/kafka-reference-job.toml (topic -> Freshet -> topics) on the same topic,
 #     and scripts/bench/kafka-features-job.toml (the same features, nothing written);
 #  2. end-to-end latency at a steady rate: scripts/bench/kafka-latency-job.toml
@@ -34,6 +35,12 @@ echo "== produce (freshet kafka produce, idempotent, keyed by user_id)"
 
 echo "== bare rdkafka consumer, whole topic (3 runs)"
 for _ in 1 2 3; do "$F" kafka consume --topic bench --count; done
+
+echo "== bare rdkafka pipe, whole topic -> another topic (3 runs): the peer of a job that writes as it reads"
+for i in 1 2 3; do
+  "$F" kafka create-topic --topic "pipe$i" --partitions 4
+  "$F" kafka consume --topic bench --count --pipe-to "pipe$i"
+done
 
 echo "== Freshet: reference job topic -> topics (3 runs, no checkpoints)"
 FRESHET_TOPIC=bench "$F" bench --config examples/kafka-reference-job.toml --runs 3 2>/dev/null

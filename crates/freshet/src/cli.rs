@@ -97,6 +97,10 @@ pub enum KafkaCommand {
         /// Print only a JSON line with the record count, bytes and rate (a bare consumer's throughput).
         #[arg(long)]
         count: bool,
+        /// Produce every record read, key and value, into this topic too (a
+        /// bare consume → produce pipe: the peer of a job that writes as it reads).
+        #[arg(long)]
+        pipe_to: Option<String>,
     },
     /// End-to-end latency through a running job: produce an NDJSON file at a
     /// steady rate into one topic while reading another, match records by an

@@ -31,8 +31,8 @@ pub fn run(command: KafkaCommand) -> Result<()> {
         KafkaCommand::Produce { brokers, topic, key_field, rate, file } => {
             produce(&brokers, &topic, key_field, rate, &file)
         }
-        KafkaCommand::Consume { brokers, topic, values, dedup_by_key, count } => {
-            consume(&brokers, &topic, values, dedup_by_key, count)
+        KafkaCommand::Consume { brokers, topic, values, dedup_by_key, count, pipe_to } => {
+            consume(&brokers, &topic, (values, dedup_by_key, count), pipe_to.as_deref())
         }
         KafkaCommand::Latency { brokers, input, output, id_field, key_field, rate, warmup_s, file } => {
             let warmup = (rate * warmup_s) as u64;
@@ -85,16 +85,7 @@ fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, fil
         if let Some(k) = &key {
             record = record.key(k.as_bytes());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => bail!("producing to {topic}: {e}"),
-            }
-        }
+        send(&producer, record)?;
         sent += 1;
         if rate > 0.0 {
             let due = Duration::from_secs_f64(sent as f64 / rate);
@@ -110,6 +101,20 @@ fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, fil
     Ok(())
 }
 
+/// Sends `record`, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer<Logged>, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, r)) => bail!("producing to {}: {e}", r.topic),
+        }
+    }
+}
+
 /// The value of the top-level string or number `field` of a JSON line.
 fn key_of(line: &[u8], field: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
@@ -120,9 +125,24 @@ fn key_of(line: &[u8], field: &str) -> Option<String> {
     }
 }
 
-fn consume(brokers: &str, topic: &str, values: bool, dedup: bool, count: bool) -> Result<()> {
+fn consume(
+    brokers: &str,
+    topic: &str,
+    (values, dedup, count): (bool, bool, bool),
+    pipe_to: Option<&str>,
+) -> Result<()> {
     let settings = [("group.id", "freshet-cli"), ("enable.partition.eof", "true")];
     let consumer: BaseConsumer<Logged> = client(brokers, (&CONSUMER, &settings), format!("consumer {topic}"))?;
+    let pipe = match pipe_to {
+        Some(to) => {
+            // As the pipeline's sinks produce: linger 1 ms, a bounded queue.
+            let settings = [("linger.ms", "1"), ("queue.buffering.max.messages", "10000"), ("message.timeout.ms", "0")];
+            let producer: BaseProducer<Logged> = client(brokers, (&PRODUCER, &settings), format!("producer {to}"))?;
+            wait_for_partitions(producer.client(), to, "producer", &|| false)?;
+            Some((producer, to))
+        }
+        None => None,
+    };
     let partitions = wait_for_partitions(consumer.client(), topic, "consumer", &|| false)?;
     let mut assignment = TopicPartitionList::new();
     let mut open = 0usize;
@@ -149,6 +169,14 @@ fn consume(brokers: &str, topic: &str, values: bool, dedup: bool, count: bool) -
                 let (key, value) = (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
                 records += 1;
                 bytes += value.len() as u64;
+                if let Some((producer, to)) = &pipe {
+                    let mut record = BaseRecord::to(to).payload(value);
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    send(producer, record)?;
+                    producer.poll(Duration::ZERO);
+                }
                 if dedup {
                     if last.insert(key.to_vec(), value.to_vec()).is_none() {
                         order.push(key.to_vec());
@@ -172,6 +200,9 @@ fn consume(brokers: &str, topic: &str, values: bool, dedup: bool, count: bool) -
             None if idle_since.elapsed() > Duration::from_secs(60) => bail!("no records from {topic} for 60 s"),
             None => {}
         }
+    }
+    if let Some((producer, to)) = &pipe {
+        producer.flush(Duration::from_secs(120)).with_context(|| format!("flushing to {to}"))?;
     }
     let secs = started.elapsed().as_secs_f64();
     if dedup && !count {
