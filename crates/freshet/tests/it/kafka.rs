@@ -536,3 +536,30 @@ fn feature_updates_reach_a_compacted_topic_and_forget_writes_a_tombstone() {
     job.kill().unwrap();
     job.wait().unwrap();
 }
+
+#[test]
+fn the_bare_pipe_tool_copies_every_record_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let events = dir.path().join("events.ndjson");
+    let lines = [r#"{"user_id":"u1","n":1}"#, r#"{"user_id":"u2","n":2}"#, r#"{"user_id":"u1","n":3}"#];
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    kafka_tool(&broker, &["create-topic", "--topic", "from", "--partitions", "2"]);
+    kafka_tool(&broker, &["create-topic", "--topic", "to", "--partitions", "2"]);
+    kafka_tool(&broker, &["produce", "--topic", "from", "--key-field", "user_id", events.to_str().unwrap()]);
+    let run = kafka_tool(&broker, &["consume", "--topic", "from", "--count", "--pipe-to", "to"]);
+    assert!(run.stdout_text().contains(r#""records":3"#), "{}", run.describe());
+    let mut copied: Vec<(String, String)> = records(&broker, "to");
+    copied.sort();
+    let mut want: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["user_id"].as_str().unwrap().to_owned(),
+                l.to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(copied, want);
+}
