@@ -25,6 +25,8 @@ struct Member {
     log: PathBuf,
     /// Where this run's lines begin in the log (a restarted member appends).
     log_from: usize,
+    /// Its stdout, which says where it listens.
+    out: PathBuf,
 }
 
 impl Member {
@@ -32,6 +34,7 @@ impl Member {
         let log = dir.join(format!("{name}.log"));
         let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let stdout = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
         let child = support::freshet()
             .arg("run")
             .arg("--config")
@@ -43,11 +46,11 @@ impl Member {
             .env("FRESHET_TOPIC", TOPIC)
             .env("FRESHET_GROUP", "cleaners")
             .env("FRESHET_CHECKPOINT_INTERVAL", "200ms")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap();
-        Member { child, log, log_from }
+        Member { child, log, log_from, out: dir.join(format!("{name}.out")) }
     }
 
     fn log(&self) -> String {
@@ -66,6 +69,19 @@ impl Member {
         }
         let list = line.split("partitions assigned: [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
         list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+    }
+
+    /// Its `/metrics` page.
+    fn metrics(&self) -> String {
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let addr = out
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no address in the member's output: {out}"));
+        let (status, body) = support::request(addr, "GET", "/metrics", "text/plain", "");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     fn assignments(&self) -> usize {
@@ -260,4 +276,11 @@ fn a_group_of_processes_shares_partitions_and_loses_nothing_when_one_is_killed()
     assert!(!dead_want.is_empty(), "the workload has malformed lines");
     support::assert_same_lines("the group's dead letters vs one process", &dead, &dead_want);
     assert!(!p3.assigned().is_empty(), "the member that was killed owns partitions again");
+    let metrics = p1.metrics();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("freshet_kafka_rebalances_total{"), p1.assignments() as f64, "{metrics}");
+    assert_eq!(value("freshet_kafka_assigned_partitions{"), p1.assigned().len() as f64, "{metrics}");
 }

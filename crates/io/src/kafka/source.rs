@@ -502,10 +502,16 @@ impl Reader {
     }
 
     fn measure_lag(&self, consumer: &BaseConsumer<SourceContext>) {
+        // Before its first record a partition stands where the consumer's fetch does.
+        let positions = consumer.position().ok();
+        let fetching = |id: i32| -> Option<u64> {
+            let at = positions.as_ref()?.find_partition(&self.topic, id)?.offset().to_raw()?;
+            (at >= 0).then_some(at as u64)
+        };
         for p in self.parts.iter().filter(|p| !p.finished) {
+            let Some(next) = p.next.or_else(|| fetching(p.id)) else { continue };
             if let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, p.id, Duration::from_secs(1)) {
-                let next = p.next.unwrap_or(0) as i64;
-                p.lag.set((high - next).max(0) as f64);
+                p.lag.set((high - next as i64).max(0) as f64);
             }
         }
     }
