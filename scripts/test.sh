@@ -18,6 +18,13 @@ fi
 export FRESHET_SHARED="$SHARED"
 command -v python3 >/dev/null || { echo "error: python3 is required by the tests" >&2; exit 1; }
 
+# librdkafka links the system's OpenSSL (SSL and SASL SCRAM); the image has it, a bare Debian may not.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  echo "== installing OpenSSL headers for librdkafka (libssl-dev, pkg-config)"
+  { apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config; } ||
+    { echo "error: librdkafka needs OpenSSL's headers: install libssl-dev and pkg-config" >&2; exit 1; }
+fi
+
 PYENV="$PWD/target/pyenv"
 if ! "$PYENV/bin/python" -c 'import numpy' 2>/dev/null; then
   echo "== python venv with numpy for the peer evaluator ($PYENV)"

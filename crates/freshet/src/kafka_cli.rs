@@ -65,7 +65,7 @@ where
 fn produce(brokers: &str, topic: &str, key_field: Option<String>, rate: f64, file: &std::path::Path) -> Result<()> {
     let settings = [("linger.ms", "10"), ("message.timeout.ms", "0")];
     let producer: BaseProducer<Logged> = client(brokers, (&PRODUCER, &settings), format!("producer {topic}"))?;
-    wait_for_partitions(producer.client(), topic, "producer", &|| false)?;
+    wait_for_partitions(producer.client(), topic, "producer", &|| false, &std::thread::sleep)?;
     let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -138,12 +138,12 @@ fn consume(
             // As the pipeline's sinks produce: linger 1 ms, a bounded queue.
             let settings = [("linger.ms", "1"), ("queue.buffering.max.messages", "10000"), ("message.timeout.ms", "0")];
             let producer: BaseProducer<Logged> = client(brokers, (&PRODUCER, &settings), format!("producer {to}"))?;
-            wait_for_partitions(producer.client(), to, "producer", &|| false)?;
+            wait_for_partitions(producer.client(), to, "producer", &|| false, &std::thread::sleep)?;
             Some((producer, to))
         }
         None => None,
     };
-    let partitions = wait_for_partitions(consumer.client(), topic, "consumer", &|| false)?;
+    let partitions = wait_for_partitions(consumer.client(), topic, "consumer", &|| false, &std::thread::sleep)?;
     let mut assignment = TopicPartitionList::new();
     let mut open = 0usize;
     let mut ends = HashMap::new();
@@ -237,7 +237,7 @@ fn latency(
     let settings = [("group.id", "freshet-latency"), ("fetch.wait.max.ms", "5")];
     let consumer: BaseConsumer<Logged> = client(brokers, (&CONSUMER, &settings), format!("consumer {output}"))?;
     let mut assignment = TopicPartitionList::new();
-    for p in wait_for_partitions(consumer.client(), output, "consumer", &|| false)? {
+    for p in wait_for_partitions(consumer.client(), output, "consumer", &|| false, &std::thread::sleep)? {
         let (_, high) = consumer.fetch_watermarks(output, p, Duration::from_secs(10))?;
         assignment.add_partition_offset(output, p, Offset::Offset(high))?;
     }

@@ -45,6 +45,8 @@ pub struct Broker {
     port: u16,
     dir: PathBuf,
     external: Option<String>,
+    /// Clients must authenticate (SASL SCRAM).
+    authentication: bool,
 }
 
 impl Broker {
@@ -52,14 +54,29 @@ impl Broker {
     pub fn start(dir: &Path) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         std::fs::create_dir_all(dir).unwrap();
-        let mut broker = Broker { child: None, port, dir: dir.to_owned(), external: None };
+        let mut broker = Broker { child: None, port, dir: dir.to_owned(), external: None, authentication: false };
         broker.spawn();
         broker
     }
 
+    /// Requires SASL SCRAM-SHA-512 authentication from now on, with `users`
+    /// (name, password) created first; `freshet kafka` cannot authenticate, so
+    /// topics and records are made before this.
+    pub fn require_authentication(&mut self, users: &[(&str, &str)]) {
+        for (name, password) in users {
+            let mut cmd = Command::new(tansu_bin());
+            cmd.args(["user", "create", name, password, "--broker", &format!("tcp://{}", self.addr())]);
+            let run = support::run_with_deadline(&mut cmd, Duration::from_secs(30));
+            assert!(run.status.success(), "creating user {name}: {}", run.describe());
+        }
+        self.stop();
+        self.authentication = true;
+        self.spawn();
+    }
+
     /// A broker this test did not start (`host:port`).
     pub fn external(addr: &str) -> Broker {
-        Broker { child: None, port: 0, dir: PathBuf::new(), external: Some(addr.to_owned()) }
+        Broker { child: None, port: 0, dir: PathBuf::new(), external: Some(addr.to_owned()), authentication: false }
     }
 
     /// `host:port` for clients.
@@ -77,6 +94,7 @@ impl Broker {
             .current_dir(&self.dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -93,7 +111,10 @@ impl Broker {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        // Ready when a Kafka request works, not only the port.
+        // Ready when a Kafka request works, not only the port (the tools cannot authenticate).
+        if self.authentication {
+            return;
+        }
         loop {
             let mut cmd = support::freshet();
             cmd.args(["kafka", "create-topic", "--brokers", &self.addr(), "--topic", "ready-probe"]);
@@ -562,4 +583,75 @@ fn the_bare_pipe_tool_copies_every_record_with_its_key() {
         .collect();
     want.sort();
     assert_eq!(copied, want);
+}
+
+/// A bounded job reading `topic` with SASL SCRAM-SHA-512 as `alice` with
+/// `password`, routing every event to `out/routed.ndjson`.
+const SASL_JOB: &str = r#"
+[sources.events]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "secured"
+bounded = true
+[sources.events.properties]
+"security.protocol" = "SASL_PLAINTEXT"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "alice"
+"sasl.password" = "${KAFKA_PASSWORD}"
+
+[sinks.routed]
+type = "file"
+path = "${FRESHET_OUTPUT}/routed.ndjson"
+
+[[flows]]
+name = "events"
+fields = { user_id = "string" }
+stages = [{ type = "route", sink = "routed" }]
+"#;
+
+#[test]
+fn sasl_credentials_pass_through_and_wrong_ones_are_reported_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("broker"));
+    let events = dir.path().join("events.ndjson");
+    let lines = [r#"{"user_id":"u1","ts":1000}"#, r#"{"user_id":"u2","ts":2000}"#];
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    kafka_tool(&broker, &["create-topic", "--topic", "secured", "--partitions", "1"]);
+    kafka_tool(&broker, &["produce", "--topic", "secured", events.to_str().unwrap()]);
+    broker.require_authentication(&[("alice", "s3cret")]);
+    let config = dir.path().join("sasl.toml");
+    std::fs::write(&config, SASL_JOB).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let job = |password: &str| {
+        let mut cmd = support::freshet();
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env("KAFKA_BROKERS", broker.addr())
+            .env("KAFKA_PASSWORD", password)
+            .env("FRESHET_OUTPUT", &out);
+        cmd
+    };
+
+    // The right password: the job reads the topic to its end.
+    finish(&mut job("s3cret"), "the job with the right password");
+    let routed = std::fs::read_to_string(out.join("routed.ndjson")).unwrap();
+    assert_eq!(routed.lines().count(), 2, "both events routed: {routed}");
+
+    // A wrong one: the reason is logged, the job keeps retrying, it never exits by itself.
+    let log = dir.path().join("wrong.log");
+    let mut child = job("wrong").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("SASL authentication error") && text.matches("retrying in").count() >= 2 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no authentication error and retries within 60 s:\n{text}");
+        assert!(child.try_wait().unwrap().is_none(), "the job exited:\n{text}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(child.try_wait().unwrap().is_none(), "the job must keep retrying:\n{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -54,12 +54,16 @@ fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> std::r
 
 /// The partitions of `topic`, asking again with backoff (one warning per
 /// failed attempt, naming `component` and the reason) until the cluster
-/// answers and the topic exists, or `stop()` turns true.
+/// answers and the topic exists, or `stop()` turns true. Between attempts it
+/// calls `idle` with how long to wait: a client's `poll`, so that what
+/// librdkafka says meanwhile (an authentication error, say) reaches the logs,
+/// or a plain sleep.
 pub fn wait_for_partitions<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
     component: &str,
     stop: &dyn Fn() -> bool,
+    idle: &dyn Fn(Duration),
 ) -> Result<Vec<i32>> {
     let mut delays = ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(200))
@@ -81,7 +85,7 @@ pub fn wait_for_partitions<C: ClientContext>(
                             message: format!("stopped while waiting: {reason}"),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(50).min(delay));
+                    idle(Duration::from_millis(50).min(delay));
                 }
             }
         }

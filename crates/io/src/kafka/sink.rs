@@ -142,7 +142,9 @@ impl KafkaSink {
             config.connection.client_config(&settings).create_with_context(SinkContext(deliveries.clone())).map_err(
                 |e| IoError::Kafka { component: component.clone(), message: format!("creating the producer: {e}") },
             )?;
-        wait_for_partitions(producer.client(), &config.topic, &component, &*stop)?;
+        wait_for_partitions(producer.client(), &config.topic, &component, &*stop, &|wait| {
+            producer.poll(wait);
+        })?;
         if config.transactional_id.is_some() {
             let err = |what: &str, e: KafkaError| IoError::Kafka {
                 component: component.clone(),

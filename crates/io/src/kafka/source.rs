@@ -204,7 +204,10 @@ impl KafkaSource {
                 rebalances: AtomicU64::new(0),
             })
             .map_err(|e| err(format!("creating the consumer: {e}")))?;
-        let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop)?;
+        let serve = |wait| {
+            let _ = consumer.poll(wait);
+        };
+        let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop, &serve)?;
         let mut reader = Reader {
             name: component.clone(),
             source: name.to_owned(),
