@@ -8,7 +8,7 @@ use std::time::Duration;
 use freshet_engine::aggregate::AggFn;
 use freshet_engine::event::FieldPath;
 use freshet_engine::features::{Entity, FeatureSpec, Format};
-use freshet_engine::flow::{Dedup, Flow, Stage};
+use freshet_engine::flow::{Dedup, Flow, Placement, Stage};
 use freshet_engine::json::Kind;
 use freshet_engine::pipeline::{EventTime, Limits, Pipeline, SinkSpec, Unmatched};
 use freshet_engine::predicate::{Literal, Ordering, Predicate};
@@ -848,7 +848,11 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         (!features.is_empty()).then_some("features"),
         recommender.is_some().then_some("a recommender"),
         (!tables.is_empty()).then_some("lookup tables"),
-        flows.iter().any(|f| f.stages.iter().any(|s| matches!(s, Stage::Dedup(_)))).then_some("a dedup stage"),
+        flows
+            .iter()
+            .flat_map(|f| &f.stages)
+            .any(|s| s.placement() == Placement::Keyed)
+            .then_some("a keyed stage (dedup)"),
     ];
     super::kafka::check_scale_out(&mut p, &sources, &kept_state.into_iter().flatten().collect::<Vec<_>>());
     if !p.problems.is_empty() {

@@ -186,8 +186,14 @@ impl Job {
         // Every partition of every source holds the watermark back from the start.
         let mut partitions: Vec<PartitionId> = Vec::new();
         let mut commits = Vec::new();
+        // Where each source resumes: the checkpoint's position, except that a
+        // group's source goes on where its group says.
+        let resume_at = |i: usize| match &plan.sources[i].kind {
+            SourceKind::Kafka(k) if k.scale_out => None,
+            _ => restored.as_ref().and_then(|cp| cp.sources.get(i)),
+        };
         for (i, s) in plan.sources.iter().enumerate() {
-            let resume = restored.as_ref().and_then(|cp| cp.sources.get(i));
+            let resume = resume_at(i);
             let cancelled = || cancel.load(Ordering::SeqCst);
             let mut source =
                 sources::open(i as u16, s, &plan, resume, &cancelled).with_context(|| format!("source {}", s.name))?;
@@ -319,16 +325,8 @@ impl Job {
             interval: plan.checkpoint_interval,
             next_id: restored.as_ref().map_or(1, |cp| cp.id + 1),
             partitioned: plan.sources.iter().map(|s| matches!(s.kind, SourceKind::Kafka(_))).collect(),
-            // A group's source starts where its group says, not where this process's checkpoint does.
-            positions: plan
-                .sources
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match (&s.kind, &restored) {
-                    (SourceKind::Kafka(k), _) if k.scale_out => SourcePosition::start(),
-                    (_, Some(cp)) => cp.sources.get(i).cloned().unwrap_or_else(SourcePosition::start),
-                    (_, None) => SourcePosition::start(),
-                })
+            positions: (0..plan.sources.len())
+                .map(|i| resume_at(i).cloned().unwrap_or_else(SourcePosition::start))
                 .collect(),
             coordinator: c.clone(),
             injected: 0,

@@ -132,18 +132,20 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let component = self.logged.component.as_str();
-        let (what, list) = match rebalance {
-            Rebalance::Assign(list) => ("assigned", *list),
-            Rebalance::Revoke(list) => ("revoked", *list),
+        let partitions =
+            |list: &TopicPartitionList| -> Vec<i32> { list.elements().iter().map(|e| e.partition()).collect() };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(component, "Kafka group rebalance: partitions assigned: {:?}.", partitions(list));
+                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(component, "Kafka group rebalance: partitions revoked: {:?}.", partitions(list));
+            }
             Rebalance::Error(e) => {
                 tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.");
                 return;
             }
-        };
-        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!(component, "Kafka group rebalance: partitions {what}: {partitions:?}.");
-        if what == "assigned" {
-            metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
         }
         self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
@@ -236,7 +238,6 @@ impl KafkaSource {
                 last_warning: None,
             });
         }
-        let mut parts = Vec::new();
         let mut assignment = TopicPartitionList::new();
         // Bounded partitions that have nothing to read, with where they stand.
         let mut empty = Vec::new();
@@ -254,7 +255,7 @@ impl KafkaSource {
                 };
                 tracing::debug!(component, partition = id, from = first, to = high, "Bounded partition.");
                 if first >= high {
-                    empty.push((parts.len(), first));
+                    empty.push((reader.parts.len(), first));
                 }
                 Some(high)
             } else {
@@ -268,10 +269,9 @@ impl KafkaSource {
             assignment
                 .add_partition_offset(&config.topic, id, offset)
                 .map_err(|e| err(format!("assigning partition {id}: {e}")))?;
-            parts.push(Part::new(name, id, restored, end));
+            reader.parts.push(Part::new(name, id, restored, end));
         }
         consumer.assign(&assignment).map_err(|e| err(format!("assigning partitions: {e}")))?;
-        reader.parts = parts;
         // A bounded partition with nothing to read ends now.
         for (i, next) in empty {
             reader.parts[i].next = Some(next);
