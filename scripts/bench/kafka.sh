@@ -33,17 +33,16 @@ echo "input: $EVENTS lines; tansu $STORAGE storage; $(nproc) cores"
 echo "== produce (freshet kafka produce, idempotent, keyed by user_id)"
 "$F" kafka produce --topic bench --key-field user_id "$WORK/events.ndjson"
 
-echo "== bare rdkafka consumer, whole topic (3 runs)"
-for _ in 1 2 3; do "$F" kafka consume --topic bench --count; done
-
-echo "== bare rdkafka pipe, whole topic -> another topic (3 runs): the peer of a job that writes as it reads"
+# Alternating rounds, so that the broker's drift (its sqlite storage) falls on all three alike.
 for i in 1 2 3; do
+  echo "== round $i: bare rdkafka consumer, whole topic"
+  "$F" kafka consume --topic bench --count
+  echo "== round $i: bare rdkafka pipe, whole topic -> another topic (the peer of a job that writes as it reads)"
   "$F" kafka create-topic --topic "pipe$i" --partitions 4
   "$F" kafka consume --topic bench --count --pipe-to "pipe$i"
+  echo "== round $i: Freshet, reference job topic -> topics (no checkpoints)"
+  FRESHET_TOPIC=bench "$F" bench --config examples/kafka-reference-job.toml --runs 1 2>/dev/null
 done
-
-echo "== Freshet: reference job topic -> topics (3 runs, no checkpoints)"
-FRESHET_TOPIC=bench "$F" bench --config examples/kafka-reference-job.toml --runs 3 2>/dev/null
 
 echo "== Freshet: the same features, results served not written (3 runs): the read path alone"
 FRESHET_TOPIC=bench "$F" bench --config scripts/bench/kafka-features-job.toml --runs 3 2>/dev/null
