@@ -54,6 +54,21 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             None
         };
     let data_dir = args.process.data_dir.as_deref();
+    if let Some((i, _)) = crate::group::grouped_source(&plan) {
+        let (Some(dir), Some(path)) = (data_dir, &args.config) else {
+            anyhow::bail!(
+                "source {} scales out with state: its tasks keep checkpoints in a data directory, \
+                 pass --config and --data-dir (one per process)",
+                plan.sources[i].name
+            );
+        };
+        let path = path.clone();
+        // Each task runs one shard and one decoder: a process runs several tasks.
+        let planner = move |edit: &dyn Fn(&mut config::model::Config)| {
+            config::plan_file_with(&path, 1, edit).map_err(anyhow::Error::from)
+        };
+        return crate::group::run(&plan, Arc::new(planner), dir, job_stopper());
+    }
     // A bounded job ends by itself (Ctrl-C ends the process as usual);
     // otherwise Ctrl-C stops the job, or a start waiting for its brokers.
     let stop = if plan.bounded() { Arc::new(std::sync::atomic::AtomicBool::new(false)) } else { job_stopper() };

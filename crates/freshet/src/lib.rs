@@ -18,6 +18,7 @@ mod config;
 mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
+mod group;
 mod http;
 mod kafka_cli;
 mod metrics;

@@ -61,6 +61,8 @@ pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
 pub const JOB_RESTARTS: &str = "freshet_job_restarts_total";
 /// How long restoring the last checkpoint took at start (seconds).
 pub const RESTORE_SECONDS: &str = "freshet_restore_duration_seconds";
+/// How long a group's task took to restore its state from the changelog (seconds), per task.
+pub const TASK_RESTORE_SECONDS: &str = "freshet_task_restore_duration_seconds";
 
 /// Forget requests accepted (`DELETE /v1/users/{id}`, `/v1/items/{id}`).
 pub const FORGET_REQUESTS: &str = "freshet_forget_requests_total";

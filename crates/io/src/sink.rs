@@ -57,10 +57,13 @@ impl SinkWriter {
     pub fn open_with(name: &str, target: &Target, committed: Option<u64>, stop: crate::kafka::Stop) -> Result<Self> {
         let (out, file, base): (Box<dyn Write + Send>, _, _) = match target {
             Target::Kafka(config) => {
-                // Rows after the checkpoint are produced again, with the same keys.
-                let sink = crate::kafka::sink::KafkaSink::open(name, config, stop)?;
+                // Rows after the checkpoint are produced again, with the same keys
+                // (and, in a repartition topic, the same numbers).
+                let mut sink = crate::kafka::sink::KafkaSink::open(name, config, stop)?;
+                let base = committed.unwrap_or(0);
+                sink.resume_at(base);
                 let out = Out::Kafka(Box::new(sink));
-                return Ok(Self { name: name.to_owned(), out, rows: 0, bytes: 0, base: 0 });
+                return Ok(Self { name: name.to_owned(), out, rows: 0, bytes: 0, base });
             }
             Target::Stdout => (Box::new(std::io::stdout()), None, 0),
             Target::File(path) => {
@@ -89,9 +92,14 @@ impl SinkWriter {
         Ok(())
     }
 
-    /// Length of the target in bytes, including what it had when resumed.
+    /// Where the target stands, including what it had when resumed: a
+    /// file's length in bytes, a topic's records written (the checkpoint's `sinks`).
     pub fn position(&self) -> u64 {
-        self.base + self.bytes
+        match self.out {
+            // A topic's position is its records: the next one's number.
+            Out::Kafka(_) => self.base + self.rows,
+            Out::Bytes(..) => self.base + self.bytes,
+        }
     }
 
     /// Appends formatted rows.

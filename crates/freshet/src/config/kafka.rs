@@ -10,7 +10,7 @@ use freshet_io::kafka::keys::{KeyRule, RowFormat};
 use freshet_io::kafka::sink::KafkaSinkConfig;
 use freshet_io::kafka::source::{KafkaSourceConfig, StartAt};
 
-use super::plan::{Planner, SourceKind, SourcePlan};
+use super::plan::{Planner, SinkPlan, SourceKind, SourcePlan};
 
 /// Properties Freshet sets itself: a user's value would break what the
 /// source or sink promises (offsets in the checkpoint, delivery before a
@@ -48,7 +48,7 @@ pub fn source(
     p: &mut Planner,
     name: &str,
     (brokers, topic, group): (&str, &str, Option<&str>),
-    (bounded, scale_out): (Option<bool>, Option<bool>),
+    (bounded, scale_out, partition_key): (Option<bool>, Option<bool>, Option<&str>),
     start: Option<&str>,
     properties: Option<&BTreeMap<String, String>>,
 ) -> KafkaSourceConfig {
@@ -67,34 +67,121 @@ pub fn source(
     if group.is_empty() {
         p.err(format!("{path}.group"), "must not be empty");
     }
-    let (bounded, scale_out) = (bounded.unwrap_or(false), scale_out.unwrap_or(false));
-    if bounded && scale_out {
-        p.err(
-            format!("{path}.scale_out"),
-            "cannot be combined with bounded = true (a group's members do not know where the others end)",
-        );
+    if partition_key.is_some_and(str::is_empty) {
+        p.err(format!("{path}.partition_key"), "must name a field");
     }
-    KafkaSourceConfig { connection, topic: topic.to_owned(), group: group.to_owned(), bounded, start, scale_out }
+    KafkaSourceConfig {
+        connection,
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        bounded: bounded.unwrap_or(false),
+        start,
+        scale_out: scale_out.unwrap_or(false),
+        only: None,
+        partition_key: partition_key.map(str::to_owned),
+        upstreams: None,
+    }
 }
 
-/// A `scale_out` source needs a pipeline without keyed state: partitions
-/// move between processes, and state does not move with them yet (that
-/// takes changelog topics).
-pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], kept_state: &[&str]) {
-    let Some(first) = kept_state.first() else { return };
-    for s in sources {
-        if let SourceKind::Kafka(k) = &s.kind
-            && k.scale_out
-        {
+/// The state a pipeline keeps, as far as scaling out is concerned.
+pub struct KeptState<'a> {
+    /// Per feature: its path, key fields, and whether it is served.
+    pub features: &'a [(String, &'a [String], bool)],
+    /// Other keyed state, described ("a recommender", "lookup tables").
+    pub other: &'a [&'a str],
+}
+
+/// What a `scale_out` source allows. A stateless pipeline shares the topic
+/// through the group directly. One with features (or a bounded one) runs
+/// each assigned partition as a task whose checkpoints go to a changelog
+/// topic, so its state moves with the partition (`crate::group`); then all
+/// of a key's events must be in one partition (every feature is keyed by
+/// the field the topic is keyed by), every task writes the same outputs
+/// (Kafka sinks), and the job has that one source.
+pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPlan], state: &KeptState<'_>) {
+    let Some((name, k)) = sources.iter().find_map(|s| match &s.kind {
+        SourceKind::Kafka(k) if k.scale_out => Some((s.name.as_str(), k)),
+        _ => None,
+    }) else {
+        return;
+    };
+    let path = format!("sources.{name}");
+    if !k.in_tasks(!state.features.is_empty()) {
+        if let Some(first) = state.other.first() {
             p.err(
-                format!("sources.{}.scale_out", s.name),
-                format!(
-                    "runs stateless pipelines only for now, and this one keeps {first}: state does not yet move \
-                     with the partitions it belongs to (changelog topics are not built)"
-                ),
+                format!("{path}.scale_out"),
+                format!("this pipeline keeps {first}, which does not yet move with the partitions it belongs to"),
+            );
+        }
+        return;
+    }
+    if let Some(first) = state.other.first() {
+        p.err(
+            format!("{path}.scale_out"),
+            format!(
+                "moves features with their partitions, and this pipeline also keeps {first}, which does not move yet"
+            ),
+        );
+    }
+    if sources.len() > 1 {
+        p.err(format!("{path}.scale_out"), "a job that scales out with state reads this one source only");
+    }
+    for s in sinks {
+        if !matches!(s.target, freshet_io::sink::Target::Kafka(_)) {
+            p.err(
+                format!("sinks.{}.type", s.name),
+                format!("every task of the group writes it, as {path} scales out with state: use a kafka sink"),
             );
         }
     }
+    if state.features.is_empty() {
+        return;
+    }
+    let Some(key) = &k.partition_key else {
+        p.err(
+            format!("{path}.partition_key"),
+            "is needed to scale out with features: the field the topic's records are keyed by (e.g. \"user_id\")",
+        );
+        return;
+    };
+    // Features keyed otherwise are fed through one repartition topic, keyed by their first key field.
+    let mut by: Option<(&str, &str)> = None;
+    for (feature, fields, serve) in state.features {
+        if *serve {
+            p.err(
+                format!("{feature}.serve"),
+                format!("reads are not yet answered across a group ({path} scales out): set serve = false"),
+            );
+        }
+        if fields.contains(key) {
+            continue;
+        }
+        let Some(first) = fields.first() else {
+            p.err(format!("{feature}.key"), "a feature without a key cannot be spread over a group's tasks");
+            continue;
+        };
+        match by {
+            None => by = Some((feature, first)),
+            Some((other, field)) if field != first => p.err(
+                format!("{feature}.key"),
+                format!(
+                    "would be repartitioned by {first} and {other} by {field}: \
+                     a job repartitions by one field for now"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The field features not keyed by the scaled-out source's partition key are
+/// repartitioned by (the first key field of the first such feature).
+pub fn repartition_field<'a>(partition_key: &str, features: impl IntoIterator<Item = &'a [String]>) -> Option<&'a str> {
+    features
+        .into_iter()
+        .find(|key| !key.iter().any(|f| f == partition_key))
+        .and_then(|key| key.first())
+        .map(String::as_str)
 }
 
 /// What a kafka sink's config says, as given.
@@ -159,5 +246,5 @@ pub fn sink(p: &mut Planner, name: &str, f: SinkFields<'_>, format: Format) -> K
             None
         }
     };
-    KafkaSinkConfig { connection, topic: f.topic.to_owned(), key, create, transactional_id }
+    KafkaSinkConfig { connection, topic: f.topic.to_owned(), key, create, transactional_id, repartition: None }
 }

@@ -23,6 +23,15 @@ pub fn plan_file(path: &Path, cores: usize) -> Result<Plan, ConfigError> {
     plan::plan(&config, &path.display().to_string(), cores, dir)
 }
 
+/// Loads a config file, lets `edit` change it, and plans it (a group's
+/// tasks run parts of the job, see `crate::group`).
+pub fn plan_file_with(path: &Path, cores: usize, edit: &dyn Fn(&mut model::Config)) -> Result<Plan, ConfigError> {
+    let mut config = load::load_file(path)?;
+    edit(&mut config);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    plan::plan(&config, &path.display().to_string(), cores, dir)
+}
+
 /// Plans the embedded default with `data_dir` for its files.
 pub fn plan_default(data_dir: &Path, cores: usize) -> Result<Plan, ConfigError> {
     let dir = data_dir.display().to_string();
@@ -93,8 +102,8 @@ mod tests {
     }
 
     #[test]
-    fn scale_out_is_refused_with_state_or_a_bounded_source() {
-        let job = |extra: &str| {
+    fn scale_out_with_state_needs_a_partition_key_features_keyed_by_it_and_kafka_sinks() {
+        let job = |source: &str, sink: &str, features: &str| {
             format!(
                 r#"
                 [sources.k]
@@ -102,25 +111,38 @@ mod tests {
                 brokers = "127.0.0.1:9"
                 topic = "events"
                 scale_out = true
-                {extra}
+                {source}
                 [sinks.out]
-                type = "stdout"
+                {sink}
                 [[flows]]
                 name = "f"
                 stages = [{{ type = "route", sink = "out" }}]
+                {features}
                 "#
             )
         };
-        assert!(plan_text(&job("")).is_ok(), "a stateless job scales out");
-        let err = plan_text(&job("bounded = true")).unwrap_err();
-        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["sources.k.scale_out"], "{err}");
-        let stateful =
-            job("") + "[[features]]\nname = \"g\"\nflow = \"f\"\nkey = [\"user_id\"]\nwindow = { type = \"global\" }\n";
-        let err = plan_text(&stateful).unwrap_err();
-        assert_eq!(err.problems.len(), 1, "{err}");
-        assert_eq!(err.problems[0].path, "sources.k.scale_out", "{err}");
-        assert!(err.problems[0].message.contains("keeps features"), "{err}");
+        let stdout = "type = \"stdout\"";
+        let kafka = "type = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopic = \"out\"";
+        let feature = |key: &str, serve: bool| {
+            format!(
+                "[[features]]\nname = \"g\"\nflow = \"f\"\nkey = [{key}]\nwindow = {{ type = \"global\" }}\nserve = {serve}\n"
+            )
+        };
+        let paths = |text: &str| -> Vec<String> {
+            let err = plan_text(text).unwrap_err();
+            err.problems.iter().map(|p| p.path.clone()).collect()
+        };
+        assert!(plan_text(&job("", stdout, "")).is_ok(), "a stateless job scales out");
+        // Bounded or stateful, the group runs tasks, which all write the same outputs.
+        assert_eq!(paths(&job("bounded = true", stdout, "")), ["sinks.out.type"]);
+        assert!(plan_text(&job("bounded = true", kafka, "")).is_ok());
+        let stateful = feature("\"user_id\", \"type\"", false);
+        assert_eq!(paths(&job("", kafka, &stateful)), ["sources.k.partition_key"]);
+        assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &stateful)).is_ok());
+        // Keyed by another field, a feature is fed through a repartition topic (one field per job).
+        assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &feature("\"item_id\"", false))).is_ok());
+        let two = feature("\"item_id\"", false) + &feature("\"category\"", true).replace("\"g\"", "\"h\"");
+        assert_eq!(paths(&job("partition_key = \"user_id\"", kafka, &two)), ["features[1].serve", "features[1].key"]);
     }
 
     #[test]

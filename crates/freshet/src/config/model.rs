@@ -120,9 +120,14 @@ pub enum SourceConfig {
         start: Option<String>,
         /// Share the topic with every process of the same `group`: read the
         /// partitions the group assigns, follow rebalances, and keep offsets in
-        /// the group (committed after each checkpoint). Stateless pipelines only,
-        /// for now; needs a data directory. Default: false.
+        /// the group (committed after each checkpoint); needs a data directory.
+        /// A pipeline with features runs each assigned partition as a task
+        /// whose state moves with it through a changelog topic, and needs
+        /// `partition_key`. Default: false.
         scale_out: Option<bool>,
+        /// The event field the topic's records are keyed (partitioned) by,
+        /// e.g. "user_id": state keyed by it belongs to one partition.
+        partition_key: Option<String>,
         /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, fetch tuning).
         properties: Option<BTreeMap<String, String>>,
     },

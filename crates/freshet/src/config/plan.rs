@@ -447,12 +447,12 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     for (name, s) in &config.sources {
         let kind = match s {
             SourceConfig::File { path } => SourceKind::File(path.into()),
-            SourceConfig::Kafka { brokers, topic, group, bounded, start, scale_out, properties } => {
+            SourceConfig::Kafka { brokers, topic, group, bounded, start, scale_out, partition_key, properties } => {
                 SourceKind::Kafka(super::kafka::source(
                     &mut p,
                     name,
                     (brokers, topic, group.as_deref()),
-                    (*bounded, *scale_out),
+                    (*bounded, *scale_out, partition_key.as_deref()),
                     start.as_deref(),
                     properties.as_ref(),
                 ))
@@ -854,7 +854,17 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             .any(|s| s.placement() == Placement::Keyed)
             .then_some("a keyed stage (dedup)"),
     ];
-    super::kafka::check_scale_out(&mut p, &sources, &kept_state.into_iter().flatten().collect::<Vec<_>>());
+    let keyed_by: Vec<(String, &[String], bool)> = config
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("features[{i}]"), f.key.as_slice(), f.serve.unwrap_or(true)))
+        .collect();
+    let state = super::kafka::KeptState {
+        features: &keyed_by,
+        other: &kept_state.into_iter().flatten().filter(|s| *s != "features").collect::<Vec<_>>(),
+    };
+    super::kafka::check_scale_out(&mut p, &sources, &sinks, &state);
     if !p.problems.is_empty() {
         return Err(ConfigError { origin: origin.into(), problems: p.problems });
     }

@@ -41,6 +41,9 @@ use freshet_engine::time::PartitionId;
 pub use ingest::IngestHandle;
 use std::path::Path;
 
+/// Called with each checkpoint once it is written.
+pub type CheckpointHook = Arc<dyn Fn(&crate::checkpoint::Checkpoint) + Send + Sync>;
+
 /// Rows written per sink: (name, rows).
 pub type SinkRows = Vec<(String, u64)>;
 
@@ -134,6 +137,23 @@ impl Job {
         data_dir: Option<&Path>,
         reset_state: bool,
         cancel: Arc<AtomicBool>,
+    ) -> Result<Job> {
+        Self::start_with(plan, data_dir, reset_state, cancel, None)
+    }
+
+    /// As [`Job::start_until`] with checkpoints in `data_dir`, and `after`
+    /// called with each checkpoint once it is written (a group's task ships
+    /// it to its changelog, see `crate::group`).
+    pub fn start_task(plan: Arc<Plan>, data_dir: &Path, cancel: Arc<AtomicBool>, after: CheckpointHook) -> Result<Job> {
+        Self::start_with(plan, Some(data_dir), false, cancel, Some(after))
+    }
+
+    fn start_with(
+        plan: Arc<Plan>,
+        data_dir: Option<&Path>,
+        reset_state: bool,
+        cancel: Arc<AtomicBool>,
+        after_checkpoint: Option<CheckpointHook>,
     ) -> Result<Job> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -314,7 +334,7 @@ impl Job {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let (sh, n, t) = (shared.clone(), p.shards, !p.tables.is_empty());
                 let handle = spawn("checkpoints", move || {
-                    let after = workers::OnComplete { logs: log_dirs, commits };
+                    let after = workers::OnComplete { logs: log_dirs, commits, hook: after_checkpoint };
                     workers::coordinate(store, rx, (n, t), fingerprint, after, sh)
                 })?;
                 (Some(tx), Some(handle))
@@ -351,9 +371,8 @@ impl Job {
         }
         drop(links);
         drop(writer_tx);
-        let sh = shared.clone();
         let (n, coord) = (p.shards, coordinator_tx.clone());
-        let writer = spawn("writer", move || workers::write(writers, writer_rx, n, coord, pools, sh))?;
+        let writer = spawn("writer", move || workers::write(writers, writer_rx, n, coord, pools))?;
         drop(coordinator_tx);
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(
@@ -403,6 +422,12 @@ impl Job {
     /// A flag that turns true when the job stops for any reason.
     pub fn stopped(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Whether the job has ended (its input, or an error, or a stop): its
+    /// last writes are done, [`Job::wait`] returns without waiting long.
+    pub fn finished(&self) -> bool {
+        self.stopped() || self.writer.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Asks the job to stop (unbounded jobs end this way; open windows are not emitted).

@@ -100,6 +100,8 @@ pub(super) struct OnComplete {
     pub logs: Vec<(usize, PathBuf)>,
     /// Kafka sources that commit the checkpoint's offsets to their group.
     pub commits: Vec<(usize, Sender<super::sources::Commits>)>,
+    /// Called with each checkpoint once written.
+    pub hook: Option<super::CheckpointHook>,
 }
 
 /// The dispatcher's checkpoint duties.
@@ -245,7 +247,7 @@ pub(super) fn coordinate(
     rx: Receiver<CoordMsg>,
     (shards, has_tables): (usize, bool),
     fingerprint: String,
-    OnComplete { logs, commits }: OnComplete,
+    OnComplete { logs, commits, hook }: OnComplete,
     shared: Arc<Shared>,
 ) {
     struct Partial {
@@ -303,6 +305,9 @@ pub(super) fn coordinate(
                 *shared.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = (id, shared.now_us());
                 let took_ms = p.started.elapsed().as_millis() as u64;
                 tracing::debug!(checkpoint = id, bytes = size, took_ms, "Checkpoint complete.");
+                if let Some(hook) = &hook {
+                    hook(&cp);
+                }
                 for (source, tx) in &commits {
                     if let Some(p) = cp.sources.get(*source) {
                         let _ = tx.try_send(p.partitions.clone());
@@ -566,7 +571,6 @@ pub(super) fn write(
     shards: usize,
     coordinator: Option<Sender<CoordMsg>>,
     pools: Pools,
-    shared: Arc<Shared>,
 ) -> Result<Vec<(String, u64)>> {
     let metrics = WriterMetrics::new(&writers);
     let mut dirty = false;
@@ -605,10 +609,9 @@ pub(super) fn write(
             match msg {
                 WriterMsg::Rows { sink, buf, .. } => {
                     let w = &mut writers[sink as usize];
-                    if let Err(e) = w.write(&buf.data, buf.rows) {
-                        shared.fail(e.into());
-                        continue;
-                    }
+                    // A failed write ends the writer: no later checkpoint may
+                    // count rows that never reached the sink.
+                    w.write(&buf.data, buf.rows)?;
                     metrics.rows(sink as usize, buf.rows);
                     pools.give_buffer(buf.data);
                     dirty = true;

@@ -16,6 +16,7 @@
 //! (security settings, tuning) after Freshet's own.
 
 pub mod admin;
+pub mod group;
 pub mod keys;
 pub mod sink;
 pub mod source;

@@ -55,6 +55,46 @@ pub struct KafkaSinkConfig {
     /// `delivery = "exactly_once"`: the transactional id; each checkpoint's
     /// records are committed as one transaction.
     pub transactional_id: Option<String>,
+    /// Records of a group's repartition topic (see [`Repartition`]).
+    pub repartition: Option<Repartition>,
+}
+
+/// A repartition topic's records, written by one task of a group that
+/// scales out (`freshet::group`): each NDJSON row (an event) goes to the
+/// partition of its `field`'s value (CRC-32 modulo `partitions`), so all of
+/// a value's events meet in one partition, and its key says which task
+/// wrote it and the row's number in that task's output, on from the
+/// checkpoint's ([`repartition_key`]). A task that runs again from a
+/// checkpoint writes the same rows with the same numbers, which the reader
+/// drops. (Not headers: the test broker, tansu, scans its whole header table
+/// for every record it fetches.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repartition {
+    /// The field whose value picks the partition.
+    pub field: String,
+    /// The writing task (its input partition).
+    pub upstream: u32,
+    /// Partitions of the repartition topic.
+    pub partitions: u32,
+}
+
+/// The number of a repartition topic's end marker: the task has written
+/// everything (its bounded input ended).
+pub const END_OF_UPSTREAM: u64 = u64::MAX;
+
+/// The key of a repartition record: writing task and number, big-endian.
+pub fn repartition_key(upstream: u32, seq: u64) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..4].copy_from_slice(&upstream.to_be_bytes());
+    key[4..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The writing task and number of a repartition record's key.
+pub fn parse_repartition_key(key: &[u8]) -> Option<(u32, u64)> {
+    let upstream = u32::from_be_bytes(key.get(..4)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(key.get(4..12)?.try_into().ok()?);
+    (key.len() == 12).then_some((upstream, seq))
 }
 
 /// Delivery reports, counted by librdkafka's thread and read by the writer.
@@ -107,6 +147,9 @@ pub struct KafkaSink {
     stop: Stop,
     key_buf: Vec<u8>,
     errors: metrics::Counter,
+    repartition: Option<Repartition>,
+    /// The next record's number (repartition topics).
+    seq: u64,
 }
 
 impl KafkaSink {
@@ -163,19 +206,40 @@ impl KafkaSink {
             stop,
             key_buf: Vec::new(),
             errors: metrics::counter!(crate::metrics::KAFKA_PRODUCER_ERRORS, "sink" => name.to_owned()),
+            repartition: config.repartition.clone(),
+            seq: 0,
         })
+    }
+
+    /// Numbers records from `committed` on: the records a checkpoint covered.
+    pub fn resume_at(&mut self, committed: u64) {
+        self.seq = committed;
     }
 
     /// Produces each line of `data` as one record.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let keyed = key_of(self.key, line, &mut self.key_buf);
+            let mut partition = None;
+            let keyed = match &self.repartition {
+                Some(r) => {
+                    field_value(line, &r.field, &mut self.key_buf);
+                    partition = Some((crc32fast::hash(&self.key_buf) % r.partitions.max(1)) as i32);
+                    self.key_buf.clear();
+                    self.key_buf.extend_from_slice(&repartition_key(r.upstream, self.seq));
+                    self.seq += 1;
+                    true
+                }
+                None => key_of(self.key, line, &mut self.key_buf),
+            };
             let mut record = BaseRecord::to(&self.topic);
             if !is_tombstone(self.key, line) {
                 record = record.payload(line);
             }
             if keyed {
                 record = record.key(&self.key_buf[..]);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
             }
             loop {
                 match self.producer.send(record) {
@@ -256,5 +320,15 @@ impl Drop for KafkaSink {
     fn drop(&mut self) {
         // Deliver what is queued; a sink dropped on error gives up after a while.
         let _ = self.producer.flush(Duration::from_secs(10));
+    }
+}
+
+/// Writes the value of `row`'s top-level `field` (a string's text, another
+/// value's JSON; nothing when the row has no such field) into `out`.
+fn field_value(row: &[u8], field: &str, out: &mut Vec<u8>) {
+    out.clear();
+    if let Some((_, _, start, end)) = freshet_engine::json::find_member(row, field) {
+        let value = &row[start..end];
+        out.extend_from_slice(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value));
     }
 }

@@ -71,6 +71,28 @@ pub struct KafkaSourceConfig {
     /// Join the group and read only the partitions it assigns (several
     /// processes share the topic); offsets then live in the group.
     pub scale_out: bool,
+    /// Read only these partitions (a task of a group that keeps state, see
+    /// `freshet::group`); offsets are then committed by the group's member,
+    /// not by this source.
+    pub only: Option<Vec<u32>>,
+    /// The event field the records are keyed by (their producer's
+    /// partitioning), when the config names it.
+    pub partition_key: Option<String>,
+    /// A group's repartition topic, written by this many upstream tasks
+    /// (see [`super::sink::Repartition`]): each upstream is read as a
+    /// partition of its own, whose offsets are its records' numbers (a
+    /// record seen before is dropped) and whose end is its end marker. The
+    /// topic's partition (`only`) is read from its start.
+    pub upstreams: Option<u32>,
+}
+
+impl KafkaSourceConfig {
+    /// Whether a group shares this source as tasks, each partition with its
+    /// own checkpoints (`freshet::group`), rather than directly: so it does
+    /// when the pipeline keeps state (`stateful`) or the source is bounded.
+    pub fn in_tasks(&self, stateful: bool) -> bool {
+        self.scale_out && self.only.is_none() && (stateful || self.bounded)
+    }
 }
 
 /// What [`KafkaSource::poll`] found.
@@ -105,6 +127,10 @@ struct Reader {
     topic: String,
     /// Partitions come and go with the group's assignment (`scale_out`).
     grouped: bool,
+    /// Whether [`KafkaSource::commit`] commits (not for a group's task).
+    committing: bool,
+    /// A repartition topic: `parts` are the upstream tasks.
+    repartitioned: bool,
     parts: Vec<Part>,
     ready: VecDeque<Chunk>,
     block: usize,
@@ -177,7 +203,10 @@ impl KafkaSource {
     ) -> Result<Self> {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
-        let eof = if config.bounded { "true" } else { "false" };
+        let eof = if config.bounded && config.upstreams.is_none() { "true" } else { "false" };
+        // A process of a group runs two consumers per task: each polling every
+        // 10 ms would load a small broker more than the records do.
+        let fetch_wait = if config.only.is_some() { "100" } else { "10" };
         let consumer: BaseConsumer<SourceContext> = config
             .connection
             .client_config(&[
@@ -191,7 +220,7 @@ impl KafkaSource {
                 // A fetch returns at the latest this long after it was sent, data or not.
                 // Brokers that do not answer as soon as data arrives (tansu) make it the
                 // latency floor of every event (librdkafka's default is 500 ms).
-                ("fetch.wait.max.ms", "10"),
+                ("fetch.wait.max.ms", fetch_wait),
                 (
                     "auto.offset.reset",
                     match config.start {
@@ -209,12 +238,20 @@ impl KafkaSource {
         let serve = |wait| {
             let _ = consumer.poll(wait);
         };
-        let ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop, &serve)?;
+        let mut ids = wait_for_partitions(consumer.client(), &config.topic, &component, stop, &serve)?;
+        if let Some(only) = &config.only {
+            if let Some(missing) = only.iter().find(|p| !ids.contains(&(**p as i32))) {
+                return Err(err(format!("topic {} has no partition {missing}", config.topic)));
+            }
+            ids.retain(|id| only.contains(&(*id as u32)));
+        }
         let mut reader = Reader {
             name: component.clone(),
             source: name.to_owned(),
             topic: config.topic.clone(),
             grouped: config.scale_out,
+            committing: config.only.is_none(),
+            repartitioned: config.upstreams.is_some(),
             parts: Vec::new(),
             ready: VecDeque::new(),
             block,
@@ -233,6 +270,31 @@ impl KafkaSource {
                 consumer,
                 reader,
                 bounded: false,
+                followed: 0,
+                last_lag: Instant::now(),
+                last_warning: None,
+            });
+        }
+        if let (Some(upstreams), [partition]) = (config.upstreams, &ids[..]) {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&config.topic, *partition, Offset::Beginning)
+                .and_then(|()| consumer.assign(&list))
+                .map_err(|e| err(format!("assigning partition {partition}: {e}")))?;
+            for u in 0..upstreams {
+                let next = resume.iter().find(|(p, _)| *p == u).map_or(0, |(_, next)| *next);
+                reader.parts.push(Part::new(name, u as i32, Some(next), None));
+            }
+            tracing::info!(
+                component,
+                topic = config.topic.as_str(),
+                partition,
+                upstreams,
+                "Repartition topic assigned."
+            );
+            return Ok(Self {
+                consumer,
+                reader,
+                bounded: config.bounded,
                 followed: 0,
                 last_lag: Instant::now(),
                 last_warning: None,
@@ -359,6 +421,9 @@ impl KafkaSource {
     /// offsets, asynchronously: for lag display, or with `scale_out` as
     /// where the group goes on (then only for partitions still owned).
     pub fn commit(&self, positions: &[(u32, u64)]) {
+        if !self.reader.committing {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         let owned = |p: u32| !self.reader.grouped || self.reader.parts.iter().any(|x| x.id as u32 == p);
         for (p, next) in positions.iter().filter(|(p, _)| owned(*p)) {
@@ -424,6 +489,9 @@ impl Reader {
     }
 
     fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<SourceContext>) {
+        if self.repartitioned {
+            return self.take_repartitioned(m, consumer);
+        }
         let i = match self.parts.iter().position(|p| p.id == m.partition()) {
             Some(i) => i,
             // A record of a partition assigned in this very poll.
@@ -433,13 +501,37 @@ impl Reader {
             }
             None => return,
         };
+        self.append(i, m.offset().max(0) as u64, m.payload().unwrap_or_default(), consumer);
+    }
+
+    /// A repartition record: a row of its upstream's, numbered (dropped when
+    /// seen before), or the upstream's end marker.
+    fn take_repartitioned(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<SourceContext>) {
+        let Some((u, seq)) = m.key().and_then(super::sink::parse_repartition_key) else {
+            let component = self.name.as_str();
+            return tracing::warn!(component, offset = m.offset(), "A repartition record without its key; dropped.");
+        };
+        let Some(i) = self.parts.iter().position(|p| p.id == u as i32) else {
+            let component = self.name.as_str();
+            return tracing::warn!(component, upstream = u, "A repartition record of an unknown task; dropped.");
+        };
+        if seq == super::sink::END_OF_UPSTREAM {
+            if !self.parts[i].finished {
+                self.finish(i, consumer);
+            }
+        } else if self.parts[i].next.is_none_or(|next| seq >= next) {
+            self.append(i, seq, m.payload().unwrap_or_default(), consumer);
+        }
+        // Else written again by a task that ran again from a checkpoint: dropped.
+    }
+
+    /// Appends one record's value (at `offset` of part `i`) to its pending chunk.
+    fn append(&mut self, i: usize, offset: u64, value: &[u8], consumer: &BaseConsumer<SourceContext>) {
         let Reader { parts, ready, block, max_line, .. } = self;
         let part = &mut parts[i];
         if part.finished {
             return;
         }
-        let offset = m.offset().max(0) as u64;
-        let value = m.payload().unwrap_or_default();
         // A gap in offsets, a full chunk, or an oversized value (which must begin
         // a chunk, see `Chunk::oversized`) sends the pending chunk out first.
         let cut = |c: &Chunk| {
@@ -491,9 +583,11 @@ impl Reader {
         chunk.end_of_partition = true;
         self.ready.push_back(chunk);
         part.lag.set(0.0);
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, part.id);
-        let _ = consumer.pause(&list);
+        if !self.repartitioned {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.topic, part.id);
+            let _ = consumer.pause(&list);
+        }
     }
 
     fn flush_all(&mut self) {

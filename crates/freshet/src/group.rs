@@ -1,0 +1,432 @@
+//! Scaling out with state: the processes that run one config with the same
+//! consumer group share the source topic's partitions as tasks, Kafka
+//! Streams' model, with no protocol of Freshet's own.
+//!
+//! A task is one input partition. Its features keyed by the field the topic
+//! is keyed by (`partition_key`, e.g. user_id) are computed on the
+//! partition itself (the *input* half). Features keyed by another field
+//! (item_id) are fed through the repartition topic
+//! `{group}-{source}-by-{field}`, with as many partitions as the input: the
+//! input half routes its flows' events there, keyed by the field, and the
+//! task's *repartitioned* half reads its partition of it and computes them.
+//! Each record's key is its writer task and number, so a half that runs
+//! again from a checkpoint writes the same records and the reader drops
+//! them; an upstream's end of input travels as an end marker in every
+//! partition, and event time in the events, so a reader's watermark is the
+//! minimum over all upstream tasks (an upstream counts as a partition of
+//! the reader's source).
+//!
+//! Each half runs as a job of its own, with checkpoints (state, positions,
+//! sink positions) written locally and shipped to the half's partition of a
+//! changelog topic (`{group}-{source}-changelog`, `…-by-{field}-changelog`).
+//! When the group gives a partition to this process (at start, or because
+//! another process left or died), both halves first restore their last
+//! complete checkpoint from the changelog and go on from there; when the
+//! group takes a partition away, they stop. Results are keyed, so what a
+//! half writes again after a move replaces the same records.
+//!
+//! A bounded job's process ends once every task it owns has read its input
+//! to the end (the repartitioned half: once every upstream task has); an
+//! unbounded one runs until stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use freshet_io::kafka::Connection;
+use freshet_io::kafka::group::{Changelog, Membership, write_end_markers};
+use freshet_io::kafka::sink::Repartition;
+use freshet_io::kafka::source::KafkaSourceConfig;
+use freshet_io::sink::Target;
+
+use crate::checkpoint::{Checkpoint, Store};
+use crate::config::model::{Config, SinkConfig, SourceConfig, StageConfig};
+use crate::config::plan::{Plan, SourceKind};
+use crate::topology::{CheckpointHook, Job};
+
+/// Plans the job from its config file after an edit (each half of each
+/// task runs its own copy).
+pub type Planner = dyn Fn(&dyn Fn(&mut Config)) -> Result<Plan> + Send + Sync;
+
+/// The sink the input half routes events to the repartition topic through.
+const REPARTITION_SINK: &str = "repartition";
+/// A repartitioned half's idle timeout: in effect never.
+const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
+
+/// The group's source: its index and settings.
+pub fn grouped_source(plan: &Plan) -> Option<(usize, &KafkaSourceConfig)> {
+    let stateful = !plan.pipeline.features.is_empty();
+    plan.sources.iter().enumerate().find_map(|(i, s)| match &s.kind {
+        SourceKind::Kafka(k) if k.in_tasks(stateful) => Some((i, k)),
+        _ => None,
+    })
+}
+
+/// Half of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Half {
+    /// On the input partition: the features keyed by the partition key, and
+    /// routing to the repartition topic.
+    Input,
+    /// On the repartition topic's partition: the other features.
+    Repartitioned,
+}
+
+/// How the job splits into halves.
+struct Layout {
+    /// The source's index and name.
+    source: usize,
+    name: String,
+    connection: Connection,
+    /// Partitions of the input (and of the repartition topic).
+    partitions: usize,
+    /// The field events are repartitioned by, when some feature needs it.
+    by: Option<String>,
+    /// The repartition topic.
+    repartition_topic: String,
+    bounded: bool,
+}
+
+/// Runs this process's share of the group until the tasks it owns end
+/// (bounded) or `stop` is set.
+pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+    let (index, source) = grouped_source(plan).context("the job has no source that scales out with state")?;
+    let name = plan.sources[index].name.clone();
+    let stopped = || stop.load(Ordering::SeqCst);
+    let mut membership = Membership::join(&name, &source.connection, (&source.topic, &source.group), &stopped)
+        .with_context(|| format!("source {name}"))?;
+    let partitions = membership.partitions();
+    let by = {
+        let found = std::sync::Mutex::new(None);
+        planner(&|c: &mut Config| {
+            let key = source.partition_key.as_deref().unwrap_or_default();
+            let field = crate::config::kafka::repartition_field(key, c.features.iter().map(|f| f.key.as_slice()));
+            *found.lock().unwrap_or_else(|e| e.into_inner()) = field.map(str::to_owned);
+        })?;
+        found.into_inner().unwrap_or_else(|e| e.into_inner())
+    };
+    let prefix = format!("{}-{name}", source.group);
+    let layout = Layout {
+        source: index,
+        name: name.clone(),
+        connection: source.connection.clone(),
+        partitions,
+        repartition_topic: format!("{prefix}-by-{}", by.as_deref().unwrap_or("none")),
+        by,
+        bounded: plan.bounded(),
+    };
+    let layout_bounded = layout.bounded;
+    let changelog = |suffix: &str| -> Result<Arc<Changelog>> {
+        let topic = format!("{prefix}{suffix}-changelog");
+        let log = Changelog::open(&layout.connection, &topic, partitions)
+            .with_context(|| format!("source {name}: the changelog topic {topic}"))?;
+        Ok(Arc::new(log))
+    };
+    let mut changelogs = BTreeMap::from([(Half::Input, changelog("")?)]);
+    let mut halves = vec![Half::Input];
+    if let Some(by) = &layout.by {
+        freshet_io::kafka::admin::ensure_topic(
+            &layout.connection,
+            &freshet_io::kafka::admin::TopicSpec {
+                name: layout.repartition_topic.clone(),
+                partitions: partitions as i32,
+                replication: 1,
+                compacted: false,
+            },
+        )
+        .with_context(|| format!("source {name}: the repartition topic"))?;
+        changelogs.insert(Half::Repartitioned, changelog(&format!("-by-{by}"))?);
+        halves.push(Half::Repartitioned);
+    }
+    // The output topics are created once here, not by every task's sinks.
+    for sink in &plan.sinks {
+        if let Target::Kafka(k) = &sink.target
+            && let Some(spec) = &k.create
+        {
+            freshet_io::kafka::admin::ensure_topic(&k.connection, spec)
+                .with_context(|| format!("sink {}", sink.name))?;
+        }
+    }
+    let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
+    let starter = Arc::new(Starter {
+        planner,
+        layout,
+        changelogs,
+        stop: stop.clone(),
+        commits: commits.clone(),
+        tasks_dir: data_dir.join("tasks"),
+    });
+    let mut running: BTreeMap<Key, Job> = BTreeMap::new();
+    // Halves being restored and started, off this thread: the group is served meanwhile.
+    let mut starting: BTreeMap<Key, std::thread::JoinHandle<Result<Job>>> = BTreeMap::new();
+    let mut retry_at: BTreeMap<Key, Instant> = BTreeMap::new();
+    let mut owned: Vec<u32> = Vec::new();
+    let mut done: BTreeSet<Key> = BTreeSet::new();
+    let mut assigned_once = false;
+    let mut failures = 0u32;
+    let halt = |job: Job| {
+        job.stop();
+        let _ = job.wait();
+    };
+    loop {
+        if stopped() {
+            tracing::info!("Stopping: the tasks stop at their last checkpoint.");
+            std::mem::take(&mut running).into_values().for_each(halt);
+            for h in std::mem::take(&mut starting).into_values() {
+                if let Ok(Ok(job)) = h.join() {
+                    halt(job);
+                }
+            }
+            return Ok(());
+        }
+        if let Some(assigned) = membership.poll(Duration::from_millis(100)) {
+            assigned_once = true;
+            for key in running.keys().copied().filter(|(p, _)| !assigned.contains(p)).collect::<Vec<_>>() {
+                running.remove(&key).map(halt);
+            }
+            for p in owned.iter().filter(|p| !assigned.contains(p)) {
+                tracing::info!(task = p, "Task moved to another process; stopped here.");
+            }
+            done.retain(|(p, _)| assigned.contains(p));
+            owned = assigned;
+        }
+        for (p, next) in std::mem::take(&mut *commits.lock().unwrap_or_else(|e| e.into_inner())) {
+            membership.commit(p, next);
+        }
+        let mut failed = |key: Key, what: &str, e: anyhow::Error| {
+            failures += 1;
+            let (task, half) = key;
+            tracing::error!(task, ?half, error = %format!("{e:#}"), "{what}");
+            // The broker may be away for a while: each try waits longer.
+            retry_at.insert(key, Instant::now() + Duration::from_millis(500 * u64::from(failures.min(20))));
+        };
+        for key in starting.iter().filter(|(_, h)| h.is_finished()).map(|(k, _)| *k).collect::<Vec<_>>() {
+            let Some(handle) = starting.remove(&key) else { continue };
+            match handle.join() {
+                Ok(Ok(job)) if owned.contains(&key.0) => {
+                    running.insert(key, job);
+                }
+                Ok(Ok(job)) => halt(job),
+                Ok(Err(e)) => failed(key, "Task could not start; trying again.", e),
+                Err(_) => failed(key, "Task start panicked; trying again.", anyhow::anyhow!("panic")),
+            }
+        }
+        // Halves that ended: a bounded one is done; a failed one starts again.
+        for key in running.iter().filter(|(_, job)| job.finished()).map(|(k, _)| *k).collect::<Vec<_>>() {
+            let Some(job) = running.remove(&key) else { continue };
+            let (p, half) = key;
+            let ended = job.wait().and_then(|summary| {
+                tracing::info!(task = p, ?half, lines = summary.lines, "Task half read its input to the end.");
+                if half == Half::Input && starter.layout.by.is_some() {
+                    let l = &starter.layout;
+                    write_end_markers(&l.connection, &l.repartition_topic, p, l.partitions)
+                        .context("marking the end of its repartitioned events")?;
+                }
+                Ok(())
+            });
+            match ended {
+                Ok(()) => {
+                    done.insert(key);
+                }
+                Err(e) => failed(key, "Task failed; it starts again from its changelog.", e),
+            }
+        }
+        let now = Instant::now();
+        for p in owned.clone() {
+            for &half in &halves {
+                let key = (p, half);
+                let busy = running.contains_key(&key) || starting.contains_key(&key) || done.contains(&key);
+                // Two at a time: each start opens its clients and reads a changelog.
+                if busy || starting.len() >= 2 || retry_at.get(&key).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                let starter = starter.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("start-task-{p}"))
+                    .spawn(move || starter.start(key))
+                    .context("spawning a task start")?;
+                starting.insert(key, handle);
+            }
+        }
+        let all_done = owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
+        if layout_bounded && assigned_once && running.is_empty() && starting.is_empty() && all_done {
+            tracing::info!(tasks = ?owned, "Every task of this process read its input to the end.");
+            return Ok(());
+        }
+    }
+}
+
+/// A half of a task: (partition, half).
+type Key = (u32, Half);
+
+/// What starting a task needs, shared with the threads that start them.
+struct Starter {
+    planner: Arc<Planner>,
+    layout: Layout,
+    changelogs: BTreeMap<Half, Arc<Changelog>>,
+    stop: Arc<AtomicBool>,
+    commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+    tasks_dir: std::path::PathBuf,
+}
+
+impl Starter {
+    fn start(&self, (p, half): Key) -> Result<Job> {
+        let dir = self.tasks_dir.join(format!("{p}-{half:?}").to_lowercase());
+        start(&*self.planner, &self.layout, (p, half), &dir, &self.changelogs[&half], &self.stop, self.commits.clone())
+            .with_context(|| format!("task {p} ({half:?} half)"))
+    }
+}
+
+/// The config of one half: the input half keeps the features keyed by the
+/// partition key and routes the events of the others' flows to the
+/// repartition topic; the repartitioned half reads that topic, keeps the
+/// others, and runs its flows without stages (their events were shaped and
+/// checked upstream).
+fn edit(config: &mut Config, layout: &Layout, half: Half) {
+    let Some(SourceConfig::Kafka { partition_key, topic, .. }) = config.sources.get_mut(&layout.name) else { return };
+    let key = partition_key.clone().unwrap_or_default();
+    let local = |k: &[String]| k.contains(&key);
+    match half {
+        Half::Input => {
+            let moved: BTreeSet<String> =
+                config.features.iter().filter(|f| !local(&f.key)).map(|f| f.flow.clone()).collect();
+            config.features.retain(|f| local(&f.key));
+            if moved.is_empty() {
+                return;
+            }
+            for flow in config.flows.iter_mut().filter(|f| moved.contains(&f.name)) {
+                flow.stages.push(StageConfig::Route { sink: REPARTITION_SINK.into() });
+            }
+            config.sinks.insert(
+                REPARTITION_SINK.into(),
+                SinkConfig::Kafka {
+                    brokers: layout.connection.brokers.clone(),
+                    topic: layout.repartition_topic.clone(),
+                    format: Some("ndjson".into()),
+                    key: Some("none".into()),
+                    partitions: None,
+                    replication: None,
+                    compacted: None,
+                    delivery: None,
+                    transactional_id: None,
+                    properties: Some(layout.connection.properties.iter().cloned().collect()),
+                },
+            );
+        }
+        Half::Repartitioned => {
+            *topic = layout.repartition_topic.clone();
+            config.features.retain(|f| !local(&f.key));
+            for flow in &mut config.flows {
+                flow.stages.clear();
+            }
+            // Its events were accepted upstream: nothing of them is dead-lettered twice.
+            config.pipeline.dead_letter = None;
+            config.pipeline.unmatched = None;
+            // An upstream task without records for a while is not idle but
+            // away (moving, restarting): its events still come, so the
+            // watermark waits for every upstream until its end marker.
+            config.event_time.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT.into());
+        }
+    }
+    // Each sink is a producer of each task: the half keeps those it writes.
+    let mut used: BTreeSet<String> =
+        [&config.pipeline.dead_letter, &config.pipeline.unmatched].into_iter().flatten().cloned().collect();
+    for f in &config.features {
+        used.extend([&f.sink, &f.late_sink, &f.updates_sink].into_iter().flatten().cloned());
+    }
+    for flow in &config.flows {
+        for stage in &flow.stages {
+            if let StageConfig::Route { sink } = stage {
+                used.insert(sink.clone());
+            }
+        }
+    }
+    config.sinks.retain(|name, _| used.contains(name));
+}
+
+/// Restores half `half` of task `partition` from its changelog into `dir`
+/// and starts it.
+fn start(
+    planner: &Planner,
+    layout: &Layout,
+    (partition, half): (u32, Half),
+    dir: &Path,
+    changelog: &Arc<Changelog>,
+    stop: &Arc<AtomicBool>,
+    commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+) -> Result<Job> {
+    let mut plan = planner(&|c: &mut Config| edit(c, layout, half))?;
+    if let SourceKind::Kafka(k) = &mut plan.sources[layout.source].kind {
+        k.only = Some(vec![partition]);
+        k.scale_out = false;
+        if half == Half::Repartitioned {
+            k.upstreams = Some(layout.partitions as u32);
+        }
+    }
+    for sink in &mut plan.sinks {
+        if let Target::Kafka(k) = &mut sink.target {
+            k.create = None;
+            if let (REPARTITION_SINK, Some(field)) = (sink.name.as_str(), &layout.by) {
+                k.repartition = Some(Repartition {
+                    field: field.clone(),
+                    upstream: partition,
+                    partitions: layout.partitions as u32,
+                });
+            }
+        }
+    }
+    let started = Instant::now();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let store = Store::open(dir, plan.keep_checkpoints)?;
+    let stopped = || stop.load(Ordering::SeqCst);
+    let restored = changelog.fetch(partition, &stopped)?;
+    let bytes = restored.as_ref().map_or(0, Vec::len);
+    let checkpoint = match restored {
+        Some(bytes) => {
+            let cp: Checkpoint = postcard::from_bytes(&bytes).context("decoding a checkpoint from the changelog")?;
+            store.write(&cp)?;
+            Some(cp.id)
+        }
+        None => None,
+    };
+    let took = started.elapsed();
+    let label = format!("{partition}-{half:?}").to_lowercase();
+    metrics::gauge!(crate::metrics::TASK_RESTORE_SECONDS, "task" => label).set(took.as_secs_f64());
+    tracing::info!(
+        task = partition,
+        ?half,
+        checkpoint,
+        bytes,
+        took_ms = took.as_millis() as u64,
+        "Task restored from the changelog; starting."
+    );
+    let writer = (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64;
+    let (log, source) = (changelog.clone(), layout.source);
+    let hook: CheckpointHook = Arc::new(move |cp| {
+        let shipped = postcard::to_stdvec(cp)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| log.ship(partition, writer, cp.id, &bytes).map_err(anyhow::Error::from));
+        match shipped {
+            Ok(()) => {
+                let position = cp.sources.get(source).and_then(|s| s.partitions.iter().find(|(q, _)| *q == partition));
+                if let (Half::Input, Some((_, next))) = (half, position) {
+                    commits.lock().unwrap_or_else(|e| e.into_inner()).push((partition, *next));
+                }
+            }
+            // The next checkpoint tries again; until then a move replays more.
+            Err(e) => tracing::warn!(
+                task = partition,
+                ?half,
+                checkpoint = cp.id,
+                error = %format!("{e:#}"),
+                "Could not ship a checkpoint to the changelog."
+            ),
+        }
+    });
+    Job::start_task(Arc::new(plan), dir, stop.clone(), hook)
+}

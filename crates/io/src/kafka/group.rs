@@ -1,0 +1,329 @@
+//! The Kafka side of a group that scales out with state: the membership
+//! (which partitions this process owns, as tasks) and the changelog (where a
+//! task's checkpoints go, so that the next owner of its partition starts
+//! from them).
+//!
+//! [`Membership`] is a consumer that joins the group and consumes nothing:
+//! its assignment says which tasks run here, and it commits the tasks'
+//! checkpointed offsets so that lag tools see the group's progress. The
+//! tasks read their partitions with their own assigned consumers.
+//!
+//! [`Changelog`] keeps, per task, its checkpoints in the partition of a
+//! changelog topic with the task's number. A checkpoint is cut into pieces
+//! (a record holds at most [`PIECE_BYTES`]); each piece says which writer
+//! and checkpoint it belongs to and how many pieces there are, and its key is
+//! one of two slots (checkpoint number modulo 2) and its index, so a
+//! compacted topic keeps the last two checkpoints, and a crash halfway
+//! through writing one leaves the previous one whole. [`Changelog::fetch`]
+//! reads the partition to its end and returns the last complete checkpoint
+//! in log order. Two processes may briefly run the same task during a
+//! rebalance; their checkpoints are told apart by writer, and either is a
+//! consistent state (its offsets with its state).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::admin::{TopicSpec, ensure_topic, wait_for_partitions};
+use super::{Connection, Logged};
+use crate::error::{IoError, Result};
+
+/// The largest piece of a checkpoint in one record (brokers take 1 MB).
+pub const PIECE_BYTES: usize = 512 << 10;
+const MAGIC: &[u8; 4] = b"FRCL";
+const HEADER: usize = 4 + 8 + 8 + 4 + 4;
+
+/// The membership consumer's context: logs, and counts assignments.
+struct MemberContext {
+    logged: Logged,
+    /// Assignments received (one per rebalance this member took part in).
+    assignments: AtomicU64,
+}
+
+impl ClientContext for MemberContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logged.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logged.error(error, reason);
+    }
+}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let component = self.logged.component.as_str();
+        let ids = |list: &TopicPartitionList| -> Vec<i32> { list.elements().iter().map(|e| e.partition()).collect() };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(component, "Kafka group rebalance: tasks assigned: {:?}.", ids(list));
+                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => component.to_owned()).increment(1);
+                self.assignments.fetch_add(1, Ordering::SeqCst);
+            }
+            // The tasks go on until the next assignment says which stay here:
+            // with the eager protocol every rebalance revokes everything first.
+            Rebalance::Revoke(list) => {
+                tracing::info!(component, "Kafka group rebalance: tasks revoked: {:?}.", ids(list))
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.")
+            }
+        }
+    }
+}
+
+/// This process's membership of the group.
+pub struct Membership {
+    consumer: BaseConsumer<MemberContext>,
+    topic: String,
+    /// Partitions of the topic.
+    partitions: usize,
+    seen: u64,
+    assigned: metrics::Gauge,
+}
+
+impl Membership {
+    /// Waits (with backoff) for `topic`, then joins `group` on it.
+    pub fn join(
+        name: &str,
+        connection: &Connection,
+        (topic, group): (&str, &str),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Self> {
+        let component = format!("source {name}");
+        let err = |message: String| IoError::Kafka { component: component.clone(), message };
+        let consumer: BaseConsumer<MemberContext> = connection
+            .client_config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+            ])
+            .create_with_context(MemberContext {
+                logged: Logged { component: component.clone() },
+                assignments: AtomicU64::new(0),
+            })
+            .map_err(|e| err(format!("creating the group's consumer: {e}")))?;
+        let serve = |wait| {
+            let _ = consumer.poll(wait);
+        };
+        let ids = wait_for_partitions(consumer.client(), topic, &component, stop, &serve)?;
+        consumer.subscribe(&[topic]).map_err(|e| err(format!("joining group {group}: {e}")))?;
+        tracing::info!(
+            component,
+            topic,
+            group,
+            partitions = ids.len(),
+            "Joined the group; tasks follow its assignment."
+        );
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            partitions: ids.len(),
+            seen: 0,
+            assigned: metrics::gauge!(crate::metrics::KAFKA_ASSIGNED_PARTITIONS, "source" => name.to_owned()),
+        })
+    }
+
+    /// The topic's partition count (one task each).
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// Serves the group for up to `wait`; after a rebalance, the tasks
+    /// (partitions) it assigned to this process, else `None`.
+    pub fn poll(&mut self, wait: Duration) -> Option<Vec<u32>> {
+        // Consumes nothing: the partitions are paused once assigned. An
+        // error comes back at once; the rest of `wait` is slept then.
+        let started = Instant::now();
+        match self.consumer.poll(wait) {
+            Some(Ok(m)) => {
+                tracing::debug!(partition = m.partition(), "A paused partition delivered a record; ignored.")
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "The group's consumer reported an error.");
+                std::thread::sleep(wait.saturating_sub(started.elapsed()));
+            }
+            None => {}
+        }
+        let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
+        if assignments == self.seen {
+            return None;
+        }
+        self.seen = assignments;
+        let list = self.consumer.assignment().ok()?;
+        let _ = self.consumer.pause(&list);
+        let mut ids: Vec<u32> = list.elements_for_topic(&self.topic).iter().map(|e| e.partition() as u32).collect();
+        ids.sort_unstable();
+        self.assigned.set(ids.len() as f64);
+        Some(ids)
+    }
+
+    /// Records a task's checkpointed position as the group's committed
+    /// offset (for lag tools), asynchronously.
+    pub fn commit(&self, partition: u32, next: u64) {
+        let mut list = TopicPartitionList::new();
+        if list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(next as i64)).is_ok()
+            && let Err(e) = self.consumer.commit(&list, CommitMode::Async)
+        {
+            tracing::debug!(partition, error = %e, "Could not commit a task's offset to the group.");
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Leave at once rather than after the session timeout.
+        self.consumer.unsubscribe();
+        let _ = self.consumer.poll(Duration::from_millis(100));
+    }
+}
+
+/// A group's changelog topic.
+pub struct Changelog {
+    connection: Connection,
+    topic: String,
+    producer: BaseProducer<Logged>,
+}
+
+impl Changelog {
+    /// Connects, creating the compacted topic with `partitions` (one per
+    /// task) when it is missing.
+    pub fn open(connection: &Connection, topic: &str, partitions: usize) -> Result<Self> {
+        let component = format!("changelog {topic}");
+        ensure_topic(
+            connection,
+            &TopicSpec { name: topic.to_owned(), partitions: partitions as i32, replication: 1, compacted: true },
+        )?;
+        let producer: BaseProducer<Logged> = connection
+            .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
+            .create_with_context(Logged { component: component.clone() })
+            .map_err(|e| IoError::Kafka { component, message: format!("creating the producer: {e}") })?;
+        Ok(Self { connection: connection.clone(), topic: topic.to_owned(), producer })
+    }
+
+    /// Writes checkpoint `id` of the task `partition` (by `writer`, a
+    /// number of the task's run) and waits until the broker has it all.
+    pub fn ship(&self, partition: u32, writer: u64, id: u64, bytes: &[u8]) -> Result<()> {
+        let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(PIECE_BYTES).collect() };
+        let count = pieces.len() as u32;
+        let mut value = Vec::with_capacity(HEADER + PIECE_BYTES);
+        for (index, piece) in pieces.into_iter().enumerate() {
+            value.clear();
+            value.extend_from_slice(MAGIC);
+            value.extend_from_slice(&writer.to_be_bytes());
+            value.extend_from_slice(&id.to_be_bytes());
+            value.extend_from_slice(&(index as u32).to_be_bytes());
+            value.extend_from_slice(&count.to_be_bytes());
+            value.extend_from_slice(piece);
+            let key = format!("{}/{index}", id % 2);
+            let mut record = BaseRecord::to(&self.topic).partition(partition as i32).key(&key).payload(&value);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(self.error(format!("writing to partition {partition}: {e}"))),
+                }
+            }
+        }
+        self.producer.flush(Duration::from_secs(60)).map_err(|e| self.error(format!("flushing: {e}")))
+    }
+
+    /// The last complete checkpoint of task `partition`, read to the end of
+    /// its changelog partition; `None` when it has none.
+    pub fn fetch(&self, partition: u32, stop: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>> {
+        let consumer: BaseConsumer<Logged> = self
+            .connection
+            .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
+            .create_with_context(Logged { component: format!("changelog {}", self.topic) })
+            .map_err(|e| self.error(format!("creating a consumer: {e}")))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, partition as i32, Duration::from_secs(30))
+            .map_err(|e| self.error(format!("reading the end of partition {partition}: {e}")))?;
+        if high <= low {
+            return Ok(None);
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(low))
+            .and_then(|()| consumer.assign(&list))
+            .map_err(|e| self.error(format!("reading partition {partition}: {e}")))?;
+        let mut pieces: HashMap<(u64, u64), Vec<Option<Vec<u8>>>> = HashMap::new();
+        let mut last = None;
+        let mut quiet = Instant::now();
+        loop {
+            if stop() {
+                return Err(self.error("stopped while restoring".into()));
+            }
+            let m = match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(topic = self.topic.as_str(), partition, error = %e, "Changelog read error; retrying.");
+                    continue;
+                }
+                None if quiet.elapsed() > Duration::from_secs(60) => {
+                    return Err(self.error(format!("partition {partition} stopped short of its end offset {high}")));
+                }
+                None => continue,
+            };
+            quiet = Instant::now();
+            let offset = m.offset();
+            if let Some((writer, id, index, count, piece)) = m.payload().and_then(parse) {
+                let slots = pieces.entry((writer, id)).or_insert_with(|| vec![None; count as usize]);
+                if let Some(slot) = slots.get_mut(index as usize) {
+                    *slot = Some(piece.to_vec());
+                }
+                if slots.iter().all(Option::is_some) {
+                    let whole = pieces.remove(&(writer, id)).unwrap_or_default();
+                    last = Some(whole.into_iter().flatten().flatten().collect::<Vec<u8>>());
+                    // Pieces of earlier checkpoints are of no use any more.
+                    pieces.retain(|(w, i), _| *w != writer || *i > id);
+                }
+            }
+            if offset + 1 >= high {
+                return Ok(last);
+            }
+        }
+    }
+
+    fn error(&self, message: String) -> IoError {
+        IoError::Kafka { component: format!("changelog {}", self.topic), message }
+    }
+}
+
+/// Tells every partition of the repartition topic `topic` that task
+/// `upstream` has written all it will (its bounded input ended), after its
+/// records: readers end that upstream there (see [`super::sink::END_OF_UPSTREAM`]).
+pub fn write_end_markers(connection: &Connection, topic: &str, upstream: u32, partitions: usize) -> Result<()> {
+    let component = format!("repartition {topic}");
+    let err = |message: String| IoError::Kafka { component: component.clone(), message };
+    let producer: BaseProducer<Logged> = connection
+        .client_config(&[("enable.idempotence", "true")])
+        .create_with_context(Logged { component: component.clone() })
+        .map_err(|e| err(format!("creating the producer: {e}")))?;
+    let key = super::sink::repartition_key(upstream, super::sink::END_OF_UPSTREAM);
+    for partition in 0..partitions as i32 {
+        let record = BaseRecord::<[u8], ()>::to(topic).partition(partition).key(&key[..]);
+        producer.send(record).map_err(|(e, _)| err(format!("writing the end marker to partition {partition}: {e}")))?;
+    }
+    producer.flush(Duration::from_secs(60)).map_err(|e| err(format!("flushing the end markers: {e}")))
+}
+
+/// A piece: (writer, checkpoint, index, count, bytes).
+fn parse(value: &[u8]) -> Option<(u64, u64, u32, u32, &[u8])> {
+    if value.len() < HEADER || &value[..4] != MAGIC {
+        return None;
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
+    let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
+    Some((u64_at(4), u64_at(12), u32_at(20), u32_at(24), &value[HEADER..]))
+}
