@@ -67,7 +67,19 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         let planner = move |edit: &dyn Fn(&mut config::model::Config)| {
             config::plan_file_with(&path, 1, edit).map_err(anyhow::Error::from)
         };
-        return crate::group::run(&plan, Arc::new(planner), dir, job_stopper());
+        let server = match listener {
+            Some(l) => {
+                let server = crate::http::Server::operations(l, prometheus)?;
+                println!("Freshet runs its share of group tasks; metrics: http://{}/metrics", server.addr());
+                Some(server)
+            }
+            None => None,
+        };
+        let result = crate::group::run(&plan, Arc::new(planner), dir, job_stopper());
+        if let Some(s) = server {
+            s.stop();
+        }
+        return result;
     }
     // A bounded job ends by itself (Ctrl-C ends the process as usual);
     // otherwise Ctrl-C stops the job, or a start waiting for its brokers.

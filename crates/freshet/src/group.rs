@@ -53,6 +53,8 @@ pub type Planner = dyn Fn(&dyn Fn(&mut Config)) -> Result<Plan> + Send + Sync;
 
 /// The sink the input half routes events to the repartition topic through.
 const REPARTITION_SINK: &str = "repartition";
+/// How long a bounded job's process given no task stays in the group.
+const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(15);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 
@@ -165,7 +167,7 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
     let mut retry_at: BTreeMap<Key, Instant> = BTreeMap::new();
     let mut owned: Vec<u32> = Vec::new();
     let mut done: BTreeSet<Key> = BTreeSet::new();
-    let mut assigned_once = false;
+    let mut assigned_at: Option<Instant> = None;
     let mut failures = 0u32;
     let halt = |job: Job| {
         job.stop();
@@ -183,7 +185,7 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
             return Ok(());
         }
         if let Some(assigned) = membership.poll(Duration::from_millis(100)) {
-            assigned_once = true;
+            assigned_at = Some(Instant::now());
             for key in running.keys().copied().filter(|(p, _)| !assigned.contains(p)).collect::<Vec<_>>() {
                 running.remove(&key).map(halt);
             }
@@ -252,7 +254,10 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
             }
         }
         let all_done = owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
-        if layout_bounded && assigned_once && running.is_empty() && starting.is_empty() && all_done {
+        // A process given nothing waits a while: members join one by one, and
+        // the group may yet need it.
+        let may_end = !owned.is_empty() || assigned_at.is_some_and(|t| t.elapsed() >= IDLE_MEMBER_WAIT);
+        if layout_bounded && assigned_at.is_some() && running.is_empty() && starting.is_empty() && all_done && may_end {
             tracing::info!(tasks = ?owned, "Every task of this process read its input to the end.");
             return Ok(());
         }

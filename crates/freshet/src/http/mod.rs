@@ -90,9 +90,24 @@ pub struct Server {
 impl Server {
     /// Serves the API for `job` on `listener` from a background runtime.
     pub fn start(listener: std::net::TcpListener, job: &Job, prometheus: PrometheusHandle) -> Result<Server> {
+        Self::serve(listener, router(AppState::new(job, prometheus)))
+    }
+
+    /// Serves only the operations endpoints (`/metrics`, `/healthz`): a
+    /// process of a group that scales out with state, whose tasks' features
+    /// are not served yet.
+    pub fn operations(listener: std::net::TcpListener, prometheus: PrometheusHandle) -> Result<Server> {
+        let metrics = move || {
+            let text = prometheus.render();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        };
+        let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(ops::healthz));
+        Self::serve(listener, app)
+    }
+
+    fn serve(listener: std::net::TcpListener, app: Router) -> Result<Server> {
         let addr = listener.local_addr().context("reading the listen address")?;
         listener.set_nonblocking(true).context("configuring the listener")?;
-        let state = AppState::new(job, prometheus);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -108,7 +123,6 @@ impl Server {
                         Ok(l) => l,
                         Err(e) => return tracing::error!(%e, "Cannot serve HTTP."),
                     };
-                    let app = router(state);
                     let shutdown = async move {
                         let _ = rx.await;
                     };

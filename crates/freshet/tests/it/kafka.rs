@@ -171,7 +171,7 @@ pub fn kafka_tool(broker: &Broker, args: &[&str]) -> support::Finished {
 }
 
 /// A generated reference workload in `dir`, its oracle, and the topic it was produced to (4 partitions, keyed by user_id).
-fn workload(broker: &Broker, dir: &Path, topic: &str, seed: u64, events: u64) -> (PathBuf, Expected) {
+pub fn workload(broker: &Broker, dir: &Path, topic: &str, seed: u64, events: u64) -> (PathBuf, Expected) {
     let input = dir.join("in.ndjson");
     // 100 events per second of event time: windows close all through the
     // run, so results are produced (and checkpointed) as it goes.
@@ -213,7 +213,7 @@ fn results(broker: &Broker, topic: &str) -> Vec<String> {
 
 /// Checks the job's output topics against the oracle and check_ref_job.py,
 /// and its dead-letter topic against the malformed lines.
-fn check_outputs(broker: &Broker, topic: &str, input: &Path, expected: &Expected, dir: &Path) {
+pub fn check_outputs(broker: &Broker, topic: &str, input: &Path, expected: &Expected, dir: &Path) {
     let a = results(broker, &format!("{topic}-user-type-5m"));
     let b = results(broker, &format!("{topic}-item-views-1h"));
     support::assert_same_lines("job (a) over Kafka vs oracle", &a, &expected.lines_a);

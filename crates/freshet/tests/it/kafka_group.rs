@@ -1,6 +1,7 @@
-//! Scale-out as a consumer group, against a real broker: three processes
-//! run examples/kafka-scale-out-job.toml (a stateless job, `scale_out =
-//! true`) on one 4-partition topic. The input arrives in three parts: the
+//! Scale-out as a consumer group, against a real broker.
+//!
+//! Stateless: three processes run examples/kafka-scale-out-job.toml
+//! (`scale_out = true`) on one 4-partition topic. The input arrives in three parts: the
 //! first while all three run, the second after one of them was killed with
 //! SIGKILL and started again (it rejoins), the third after another one was
 //! stopped (it leaves; the other two take its partitions). The group's
@@ -31,6 +32,17 @@ struct Member {
 
 impl Member {
     fn start(broker: &Broker, dir: &Path, name: &str) -> Member {
+        Self::spawn(broker, dir, name, (EXAMPLE, TOPIC, "cleaners"), &[])
+    }
+
+    /// A `freshet run` of `example` on `topic` in `group`, with `extra` arguments.
+    fn spawn(
+        broker: &Broker,
+        dir: &Path,
+        name: &str,
+        (example, topic, group): (&str, &str, &str),
+        extra: &[&str],
+    ) -> Member {
         let log = dir.join(format!("{name}.log"));
         let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
@@ -38,13 +50,14 @@ impl Member {
         let child = support::freshet()
             .arg("run")
             .arg("--config")
-            .arg(support::repo_root().join(EXAMPLE))
+            .arg(support::repo_root().join(example))
             .arg("--data-dir")
             .arg(dir.join(name))
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("KAFKA_BROKERS", broker.addr())
-            .env("FRESHET_TOPIC", TOPIC)
-            .env("FRESHET_GROUP", "cleaners")
+            .env("FRESHET_TOPIC", topic)
+            .env("FRESHET_GROUP", group)
             .env("FRESHET_CHECKPOINT_INTERVAL", "200ms")
             .stdout(stdout)
             .stderr(stderr)
@@ -283,4 +296,63 @@ fn a_group_of_processes_shares_partitions_and_loses_nothing_when_one_is_killed()
     };
     assert_eq!(value("freshet_kafka_rebalances_total{"), p1.assignments() as f64, "{metrics}");
     assert_eq!(value("freshet_kafka_assigned_partitions{"), p1.assigned().len() as f64, "{metrics}");
+}
+
+/// With state: three processes run the reference job as a group
+/// (examples/kafka-group-reference-job.toml: job (a) on each partition, job
+/// (b) through the repartition topic by item_id) on a 4-partition topic keyed
+/// by user_id. One is killed with SIGKILL mid-run and started again later;
+/// its tasks go on from their changelogs. The results, deduplicated by key,
+/// must equal check_ref_job.py's output exactly, and the dead letters name
+/// their partition and offset.
+#[test]
+fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_checker() {
+    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "ref-group";
+    let (input, expected) = crate::kafka::workload(&broker, dir.path(), topic, 31, 100_000);
+    let job = (GROUP_EXAMPLE, topic, "refs");
+    let serve = ["--serve"];
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &serve);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &serve);
+    let mut p3 = Member::spawn(&broker, dir.path(), "p3", job, &serve);
+
+    // p3 dies 3 s after it started a task (checkpoints every 200 ms go to the
+    // changelog meanwhile), mid-run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !p3.log().contains("Task restored from the changelog; starting.") {
+        assert!(p3.alive(), "p3 exited before it could be killed:\n{}", p3.log());
+        assert!(Instant::now() < deadline, "p3 started no task within 120 s:\n{}", p3.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(3));
+    // The processes report their tasks' restores and the group's rebalances.
+    let metrics = p1.metrics();
+    for name in ["freshet_task_restore_duration_seconds", "freshet_kafka_rebalances_total"] {
+        assert!(metrics.contains(name), "p1's /metrics lacks {name}:\n{metrics}");
+    }
+    assert!(p3.alive(), "p3 finished before it could be killed mid-run:\n{}", p3.log());
+    p3.child.kill().unwrap();
+    p3.child.wait().unwrap();
+    // Back after its session ended (see the stateless test: tansu moves a dead
+    // member's partitions only when the group changes).
+    thread::sleep(Duration::from_secs(13));
+    let mut p3 = Member::spawn(&broker, dir.path(), "p3", job, &serve);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for m in [&mut p1, &mut p2, &mut p3] {
+        while m.alive() {
+            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
+            thread::sleep(Duration::from_millis(200));
+        }
+        let status = m.child.wait().unwrap();
+        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
+    }
+    let logs = [&p1, &p2, &p3].map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).join("\n");
+    assert!(
+        // A task's checkpoint from the changelog is restored as a local one.
+        logs.contains("Restoring from checkpoint."),
+        "no task went on from a checkpoint in its changelog:\n{logs}"
+    );
+    crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
 }
