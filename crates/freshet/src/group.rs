@@ -18,7 +18,9 @@
 //!
 //! Each half runs as a job of its own, with checkpoints (state, positions,
 //! sink positions) written locally and shipped to the half's partition of a
-//! changelog topic (`{group}-{source}-changelog`, `…-by-{field}-changelog`).
+//! changelog topic (`{group}-{source}-changelog`, `…-by-{field}-changelog`):
+//! each holds the half's whole state, so at most one every few seconds,
+//! and the newest when the half stops or ends.
 //! When the group gives a partition to this process (at start, or because
 //! another process left or died), both halves first restore their last
 //! complete checkpoint from the changelog and go on from there; when the
@@ -55,6 +57,8 @@ pub type Planner = dyn Fn(&dyn Fn(&mut Config)) -> Result<Plan> + Send + Sync;
 const REPARTITION_SINK: &str = "repartition";
 /// How long a bounded job's process given no task stays in the group.
 const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(15);
+/// At most one checkpoint of a half goes to its changelog this often.
+const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 
@@ -161,25 +165,27 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
         commits: commits.clone(),
         tasks_dir: data_dir.join("tasks"),
     });
-    let mut running: BTreeMap<Key, Job> = BTreeMap::new();
+    let mut running: BTreeMap<Key, Running> = BTreeMap::new();
     // Halves being restored and started, off this thread: the group is served meanwhile.
-    let mut starting: BTreeMap<Key, std::thread::JoinHandle<Result<Job>>> = BTreeMap::new();
+    let mut starting: BTreeMap<Key, std::thread::JoinHandle<Result<Running>>> = BTreeMap::new();
     let mut retry_at: BTreeMap<Key, Instant> = BTreeMap::new();
     let mut owned: Vec<u32> = Vec::new();
     let mut done: BTreeSet<Key> = BTreeSet::new();
     let mut assigned_at: Option<Instant> = None;
     let mut failures = 0u32;
-    let halt = |job: Job| {
+    // A half that stops ships its newest checkpoint: its next owner starts there.
+    let halt = |(job, shipper): Running| {
         job.stop();
         let _ = job.wait();
+        shipper.flush();
     };
     loop {
         if stopped() {
             tracing::info!("Stopping: the tasks stop at their last checkpoint.");
             std::mem::take(&mut running).into_values().for_each(halt);
             for h in std::mem::take(&mut starting).into_values() {
-                if let Ok(Ok(job)) = h.join() {
-                    halt(job);
+                if let Ok(Ok(half)) = h.join() {
+                    halt(half);
                 }
             }
             return Ok(());
@@ -208,19 +214,21 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
         for key in starting.iter().filter(|(_, h)| h.is_finished()).map(|(k, _)| *k).collect::<Vec<_>>() {
             let Some(handle) = starting.remove(&key) else { continue };
             match handle.join() {
-                Ok(Ok(job)) if owned.contains(&key.0) => {
-                    running.insert(key, job);
+                Ok(Ok(half)) if owned.contains(&key.0) => {
+                    running.insert(key, half);
                 }
-                Ok(Ok(job)) => halt(job),
+                Ok(Ok(half)) => halt(half),
                 Ok(Err(e)) => failed(key, "Task could not start; trying again.", e),
                 Err(_) => failed(key, "Task start panicked; trying again.", anyhow::anyhow!("panic")),
             }
         }
         // Halves that ended: a bounded one is done; a failed one starts again.
-        for key in running.iter().filter(|(_, job)| job.finished()).map(|(k, _)| *k).collect::<Vec<_>>() {
-            let Some(job) = running.remove(&key) else { continue };
+        for key in running.iter().filter(|(_, (job, _))| job.finished()).map(|(k, _)| *k).collect::<Vec<_>>() {
+            let Some((job, shipper)) = running.remove(&key) else { continue };
             let (p, half) = key;
-            let ended = job.wait().and_then(|summary| {
+            let ended = job.wait();
+            shipper.flush();
+            let ended = ended.and_then(|summary| {
                 tracing::info!(task = p, ?half, lines = summary.lines, "Task half read its input to the end.");
                 if half == Half::Input && starter.layout.by.is_some() {
                     let l = &starter.layout;
@@ -266,6 +274,8 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
 
 /// A half of a task: (partition, half).
 type Key = (u32, Half);
+/// A half running here, and what ships its checkpoints.
+type Running = (Job, Arc<Shipper>);
 
 /// What starting a task needs, shared with the threads that start them.
 struct Starter {
@@ -278,7 +288,7 @@ struct Starter {
 }
 
 impl Starter {
-    fn start(&self, (p, half): Key) -> Result<Job> {
+    fn start(&self, (p, half): Key) -> Result<Running> {
         let dir = self.tasks_dir.join(format!("{p}-{half:?}").to_lowercase());
         start(&*self.planner, &self.layout, (p, half), &dir, &self.changelogs[&half], &self.stop, self.commits.clone())
             .with_context(|| format!("task {p} ({half:?} half)"))
@@ -362,7 +372,7 @@ fn start(
     changelog: &Arc<Changelog>,
     stop: &Arc<AtomicBool>,
     commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
-) -> Result<Job> {
+) -> Result<Running> {
     let mut plan = planner(&|c: &mut Config| edit(c, layout, half))?;
     if let SourceKind::Kafka(k) = &mut plan.sources[layout.source].kind {
         k.only = Some(vec![partition]);
@@ -410,17 +420,72 @@ fn start(
         took_ms = took.as_millis() as u64,
         "Task restored from the changelog; starting."
     );
-    let writer = (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64;
-    let (log, source) = (changelog.clone(), layout.source);
-    let hook: CheckpointHook = Arc::new(move |cp| {
+    let shipper = Arc::new(Shipper {
+        log: changelog.clone(),
+        key: (partition, half),
+        source: layout.source,
+        writer: (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64,
+        commits,
+        state: std::sync::Mutex::new(ShipState::default()),
+    });
+    let offered = shipper.clone();
+    let hook: CheckpointHook = Arc::new(move |cp| offered.offer(cp));
+    Ok((Job::start_task(Arc::new(plan), dir, stop.clone(), hook)?, shipper))
+}
+
+/// Ships a half's checkpoints to its changelog partition. Each holds the
+/// half's whole state, so at most one goes every [`SHIP_EVERY`]; the
+/// newest goes when the half stops or ends. Any of them is a consistent
+/// state: one shipped less often only means a moved task reads more input
+/// again.
+struct Shipper {
+    log: Arc<Changelog>,
+    key: Key,
+    source: usize,
+    /// This run of the half (tells its pieces from another owner's).
+    writer: u64,
+    commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+    state: std::sync::Mutex<ShipState>,
+}
+
+#[derive(Default)]
+struct ShipState {
+    last: Option<Instant>,
+    /// The newest checkpoint not shipped yet.
+    pending: Option<Checkpoint>,
+}
+
+impl Shipper {
+    fn offer(&self, cp: &Checkpoint) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
+            state.pending = Some(cp.clone());
+            return;
+        }
+        state.pending = None;
+        state.last = Some(Instant::now());
+        self.ship(cp);
+    }
+
+    /// Ships the newest checkpoint, if it has not gone yet.
+    fn flush(&self) {
+        let pending = self.state.lock().unwrap_or_else(|e| e.into_inner()).pending.take();
+        if let Some(cp) = pending {
+            self.ship(&cp);
+        }
+    }
+
+    fn ship(&self, cp: &Checkpoint) {
+        let (partition, half) = self.key;
         let shipped = postcard::to_stdvec(cp)
             .map_err(anyhow::Error::from)
-            .and_then(|bytes| log.ship(partition, writer, cp.id, &bytes).map_err(anyhow::Error::from));
+            .and_then(|bytes| self.log.ship(partition, self.writer, cp.id, &bytes).map_err(anyhow::Error::from));
         match shipped {
             Ok(()) => {
-                let position = cp.sources.get(source).and_then(|s| s.partitions.iter().find(|(q, _)| *q == partition));
+                let position =
+                    cp.sources.get(self.source).and_then(|s| s.partitions.iter().find(|(q, _)| *q == partition));
                 if let (Half::Input, Some((_, next))) = (half, position) {
-                    commits.lock().unwrap_or_else(|e| e.into_inner()).push((partition, *next));
+                    self.commits.lock().unwrap_or_else(|e| e.into_inner()).push((partition, *next));
                 }
             }
             // The next checkpoint tries again; until then a move replays more.
@@ -432,6 +497,5 @@ fn start(
                 "Could not ship a checkpoint to the changelog."
             ),
         }
-    });
-    Job::start_task(Arc::new(plan), dir, stop.clone(), hook)
+    }
 }

@@ -327,10 +327,17 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
         thread::sleep(Duration::from_millis(100));
     }
     thread::sleep(Duration::from_secs(3));
-    // The processes report their tasks' restores and the group's rebalances.
-    let metrics = p1.metrics();
-    for name in ["freshet_task_restore_duration_seconds", "freshet_kafka_rebalances_total"] {
-        assert!(metrics.contains(name), "p1's /metrics lacks {name}:\n{metrics}");
+    // The processes report their tasks' restores and the group's rebalances
+    // (p1 once it has started a task of its own).
+    let names = ["freshet_task_restore_duration_seconds", "freshet_kafka_rebalances_total"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = p1.metrics();
+        if names.iter().all(|n| metrics.contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "p1's /metrics lacks one of {names:?} after 60 s:\n{metrics}");
+        thread::sleep(Duration::from_millis(200));
     }
     assert!(p3.alive(), "p3 finished before it could be killed mid-run:\n{}", p3.log());
     p3.child.kill().unwrap();
