@@ -204,9 +204,7 @@ impl KafkaSource {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
         let eof = if config.bounded && config.upstreams.is_none() { "true" } else { "false" };
-        // A process of a group runs two consumers per task: each polling every
-        // 10 ms would load a small broker more than the records do.
-        let fetch_wait = if config.only.is_some() { "100" } else { "10" };
+
         let consumer: BaseConsumer<SourceContext> = config
             .connection
             .client_config(&[
@@ -220,7 +218,7 @@ impl KafkaSource {
                 // A fetch returns at the latest this long after it was sent, data or not.
                 // Brokers that do not answer as soon as data arrives (tansu) make it the
                 // latency floor of every event (librdkafka's default is 500 ms).
-                ("fetch.wait.max.ms", fetch_wait),
+                ("fetch.wait.max.ms", "10"),
                 (
                     "auto.offset.reset",
                     match config.start {
