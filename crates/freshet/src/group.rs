@@ -309,27 +309,26 @@ fn edit(config: &mut Config, layout: &Layout, half: Half) {
             let moved: BTreeSet<String> =
                 config.features.iter().filter(|f| !local(&f.key)).map(|f| f.flow.clone()).collect();
             config.features.retain(|f| local(&f.key));
-            if moved.is_empty() {
-                return;
-            }
             for flow in config.flows.iter_mut().filter(|f| moved.contains(&f.name)) {
                 flow.stages.push(StageConfig::Route { sink: REPARTITION_SINK.into() });
             }
-            config.sinks.insert(
-                REPARTITION_SINK.into(),
-                SinkConfig::Kafka {
-                    brokers: layout.connection.brokers.clone(),
-                    topic: layout.repartition_topic.clone(),
-                    format: Some("ndjson".into()),
-                    key: Some("none".into()),
-                    partitions: None,
-                    replication: None,
-                    compacted: None,
-                    delivery: None,
-                    transactional_id: None,
-                    properties: Some(layout.connection.properties.iter().cloned().collect()),
-                },
-            );
+            if !moved.is_empty() {
+                config.sinks.insert(
+                    REPARTITION_SINK.into(),
+                    SinkConfig::Kafka {
+                        brokers: layout.connection.brokers.clone(),
+                        topic: layout.repartition_topic.clone(),
+                        format: Some("ndjson".into()),
+                        key: Some("none".into()),
+                        partitions: None,
+                        replication: None,
+                        compacted: None,
+                        delivery: None,
+                        transactional_id: None,
+                        properties: Some(layout.connection.properties.iter().cloned().collect()),
+                    },
+                );
+            }
         }
         Half::Repartitioned => {
             *topic = layout.repartition_topic.clone();

@@ -42,6 +42,8 @@ const HEADER: usize = 4 + 8 + 8 + 4 + 4;
 /// The membership consumer's context: logs, and counts assignments.
 struct MemberContext {
     logged: Logged,
+    /// The source's name (the metrics' label).
+    source: String,
     /// Assignments received (one per rebalance this member took part in).
     assignments: AtomicU64,
 }
@@ -63,7 +65,7 @@ impl ConsumerContext for MemberContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 tracing::info!(component, "Kafka group rebalance: tasks assigned: {:?}.", ids(list));
-                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => component.to_owned()).increment(1);
+                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
             }
             // The tasks go on until the next assignment says which stay here:
@@ -108,6 +110,7 @@ impl Membership {
             ])
             .create_with_context(MemberContext {
                 logged: Logged { component: component.clone() },
+                source: name.to_owned(),
                 assignments: AtomicU64::new(0),
             })
             .map_err(|e| err(format!("creating the group's consumer: {e}")))?;
