@@ -94,6 +94,72 @@ struct Layout {
     /// The repartition topic.
     repartition_topic: String,
     bounded: bool,
+    /// The consumer group (prefix of the group's topics).
+    group: String,
+}
+
+impl Layout {
+    /// How `plan`'s source `source` (with `partitions`) splits: whether some
+    /// feature needs the repartition topic, and by which field.
+    fn of(plan: &Plan, source: usize, partitions: usize, planner: &Planner) -> Result<Layout> {
+        let SourceKind::Kafka(k) = &plan.sources[source].kind else {
+            anyhow::bail!("source {} is not a Kafka source", plan.sources[source].name)
+        };
+        let found = std::sync::Mutex::new(None);
+        planner(&|c: &mut Config| {
+            let key = k.partition_key.as_deref().unwrap_or_default();
+            let field = crate::config::kafka::repartition_field(key, c.features.iter().map(|f| f.key.as_slice()));
+            *found.lock().unwrap_or_else(|e| e.into_inner()) = field.map(str::to_owned);
+        })?;
+        let by = found.into_inner().unwrap_or_else(|e| e.into_inner());
+        let name = plan.sources[source].name.clone();
+        Ok(Layout {
+            source,
+            repartition_topic: format!("{}-{name}-by-{}", k.group, by.as_deref().unwrap_or("none")),
+            name,
+            connection: k.connection.clone(),
+            partitions,
+            by,
+            bounded: plan.bounded(),
+            group: k.group.clone(),
+        })
+    }
+}
+
+/// Creates what the group shares when missing: the changelog topic of each
+/// half, the repartition topic, and the output topics (once here, not by
+/// every task's sinks). Returns the changelogs and the halves of a task.
+fn create_topics(plan: &Plan, layout: &Layout) -> Result<(BTreeMap<Half, Arc<Changelog>>, Vec<Half>)> {
+    let name = &layout.name;
+    let changelog = |suffix: &str| -> Result<Arc<Changelog>> {
+        let topic = format!("{}-{name}{suffix}-changelog", layout.group);
+        let log = Changelog::open(&layout.connection, &topic, layout.partitions)
+            .with_context(|| format!("source {name}: the changelog topic {topic}"))?;
+        Ok(Arc::new(log))
+    };
+    let mut changelogs = BTreeMap::from([(Half::Input, changelog("")?)]);
+    let mut halves = vec![Half::Input];
+    if let Some(by) = &layout.by {
+        let spec = freshet_io::kafka::admin::TopicSpec {
+            name: layout.repartition_topic.clone(),
+            partitions: layout.partitions as i32,
+            replication: 1,
+            compacted: false,
+        };
+        freshet_io::kafka::admin::ensure_topic(&layout.connection, &spec)
+            .with_context(|| format!("source {name}: the repartition topic"))?;
+        changelogs.insert(Half::Repartitioned, changelog(&format!("-by-{by}"))?);
+        halves.push(Half::Repartitioned);
+    }
+    for sink in &plan.sinks {
+        if let Target::Kafka(k) = &sink.target
+            && let Some(spec) = &k.create
+        {
+            freshet_io::kafka::admin::ensure_topic(&k.connection, spec)
+                .with_context(|| format!("sink {}", sink.name))?;
+        }
+    }
+    Ok((changelogs, halves))
 }
 
 /// Runs this process's share of the group until the tasks it owns end
@@ -104,58 +170,9 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
     let stopped = || stop.load(Ordering::SeqCst);
     let mut membership = Membership::join(&name, &source.connection, (&source.topic, &source.group), &stopped)
         .with_context(|| format!("source {name}"))?;
-    let partitions = membership.partitions();
-    let by = {
-        let found = std::sync::Mutex::new(None);
-        planner(&|c: &mut Config| {
-            let key = source.partition_key.as_deref().unwrap_or_default();
-            let field = crate::config::kafka::repartition_field(key, c.features.iter().map(|f| f.key.as_slice()));
-            *found.lock().unwrap_or_else(|e| e.into_inner()) = field.map(str::to_owned);
-        })?;
-        found.into_inner().unwrap_or_else(|e| e.into_inner())
-    };
-    let prefix = format!("{}-{name}", source.group);
-    let layout = Layout {
-        source: index,
-        name: name.clone(),
-        connection: source.connection.clone(),
-        partitions,
-        repartition_topic: format!("{prefix}-by-{}", by.as_deref().unwrap_or("none")),
-        by,
-        bounded: plan.bounded(),
-    };
+    let layout = Layout::of(plan, index, membership.partitions(), &*planner)?;
     let layout_bounded = layout.bounded;
-    let changelog = |suffix: &str| -> Result<Arc<Changelog>> {
-        let topic = format!("{prefix}{suffix}-changelog");
-        let log = Changelog::open(&layout.connection, &topic, partitions)
-            .with_context(|| format!("source {name}: the changelog topic {topic}"))?;
-        Ok(Arc::new(log))
-    };
-    let mut changelogs = BTreeMap::from([(Half::Input, changelog("")?)]);
-    let mut halves = vec![Half::Input];
-    if let Some(by) = &layout.by {
-        freshet_io::kafka::admin::ensure_topic(
-            &layout.connection,
-            &freshet_io::kafka::admin::TopicSpec {
-                name: layout.repartition_topic.clone(),
-                partitions: partitions as i32,
-                replication: 1,
-                compacted: false,
-            },
-        )
-        .with_context(|| format!("source {name}: the repartition topic"))?;
-        changelogs.insert(Half::Repartitioned, changelog(&format!("-by-{by}"))?);
-        halves.push(Half::Repartitioned);
-    }
-    // The output topics are created once here, not by every task's sinks.
-    for sink in &plan.sinks {
-        if let Target::Kafka(k) = &sink.target
-            && let Some(spec) = &k.create
-        {
-            freshet_io::kafka::admin::ensure_topic(&k.connection, spec)
-                .with_context(|| format!("sink {}", sink.name))?;
-        }
-    }
+    let (changelogs, halves) = create_topics(plan, &layout)?;
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
         planner,

@@ -330,3 +330,21 @@ fn parse(value: &[u8]) -> Option<(u64, u64, u32, u32, &[u8])> {
     let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
     Some((u64_at(4), u64_at(12), u32_at(20), u32_at(24), &value[HEADER..]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_piece_says_its_writer_checkpoint_index_and_count() {
+        let mut value = MAGIC.to_vec();
+        for part in [&7u64.to_be_bytes()[..], &42u64.to_be_bytes(), &2u32.to_be_bytes(), &3u32.to_be_bytes(), b"state"]
+        {
+            value.extend_from_slice(part);
+        }
+        assert_eq!(parse(&value), Some((7, 42, 2, 3, &b"state"[..])));
+        assert_eq!(parse(&value[..HEADER - 1]), None, "a cut header");
+        value[0] = b'X';
+        assert_eq!(parse(&value), None, "another record");
+    }
+}

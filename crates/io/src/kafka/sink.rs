@@ -332,3 +332,28 @@ fn field_value(row: &[u8], field: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repartition_key_holds_writer_and_number() {
+        let key = repartition_key(3, 1 << 40);
+        assert_eq!(parse_repartition_key(&key), Some((3, 1 << 40)));
+        assert_eq!(parse_repartition_key(&repartition_key(0, END_OF_UPSTREAM)), Some((0, END_OF_UPSTREAM)));
+        assert_eq!(parse_repartition_key(&key[..11]), None);
+        assert_eq!(parse_repartition_key(b"a result key, 12+ bytes"), None);
+    }
+
+    #[test]
+    fn the_repartition_field_is_read_from_the_row() {
+        let mut out = Vec::new();
+        field_value(br#"{"user_id":"u1","item_id":"i9","n":5}"#, "item_id", &mut out);
+        assert_eq!(out, b"i9");
+        field_value(br#"{"user_id":"u1","item_id":"i9","n":5}"#, "n", &mut out);
+        assert_eq!(out, b"5");
+        field_value(br#"{"user_id":"u1"}"#, "item_id", &mut out);
+        assert!(out.is_empty(), "a row without the field goes to the partition of the empty value");
+    }
+}
