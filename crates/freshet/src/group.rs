@@ -128,8 +128,8 @@ impl Layout {
 
 /// Creates what the group shares when missing: the changelog topic of each
 /// half, the repartition topic, and the output topics (once here, not by
-/// every task's sinks). Returns the changelogs and the halves of a task.
-fn create_topics(plan: &Plan, layout: &Layout) -> Result<(BTreeMap<Half, Arc<Changelog>>, Vec<Half>)> {
+/// every task's sinks). Returns the changelog of each half a task has.
+fn create_topics(plan: &Plan, layout: &Layout) -> Result<BTreeMap<Half, Arc<Changelog>>> {
     let name = &layout.name;
     let changelog = |suffix: &str| -> Result<Arc<Changelog>> {
         let topic = format!("{}-{name}{suffix}-changelog", layout.group);
@@ -138,7 +138,6 @@ fn create_topics(plan: &Plan, layout: &Layout) -> Result<(BTreeMap<Half, Arc<Cha
         Ok(Arc::new(log))
     };
     let mut changelogs = BTreeMap::from([(Half::Input, changelog("")?)]);
-    let mut halves = vec![Half::Input];
     if let Some(by) = &layout.by {
         let spec = freshet_io::kafka::admin::TopicSpec {
             name: layout.repartition_topic.clone(),
@@ -149,7 +148,6 @@ fn create_topics(plan: &Plan, layout: &Layout) -> Result<(BTreeMap<Half, Arc<Cha
         freshet_io::kafka::admin::ensure_topic(&layout.connection, &spec)
             .with_context(|| format!("source {name}: the repartition topic"))?;
         changelogs.insert(Half::Repartitioned, changelog(&format!("-by-{by}"))?);
-        halves.push(Half::Repartitioned);
     }
     for sink in &plan.sinks {
         if let Target::Kafka(k) = &sink.target
@@ -159,7 +157,7 @@ fn create_topics(plan: &Plan, layout: &Layout) -> Result<(BTreeMap<Half, Arc<Cha
                 .with_context(|| format!("sink {}", sink.name))?;
         }
     }
-    Ok((changelogs, halves))
+    Ok(changelogs)
 }
 
 /// Runs this process's share of the group until the tasks it owns end
@@ -172,7 +170,8 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
         .with_context(|| format!("source {name}"))?;
     let layout = Layout::of(plan, index, membership.partitions(), &*planner)?;
     let layout_bounded = layout.bounded;
-    let (changelogs, halves) = create_topics(plan, &layout)?;
+    let changelogs = create_topics(plan, &layout)?;
+    let halves: Vec<Half> = changelogs.keys().copied().collect();
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
         planner,
