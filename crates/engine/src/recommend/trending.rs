@@ -28,6 +28,12 @@ impl TopList {
     /// Records `item`'s new (higher) score.
     fn raise(&mut self, item: u32, score: f64, len: usize) {
         let entry = (score, item);
+        // Scores only grow: an item in a full list ranks at least as the last
+        // entry, so one whose new score does not beat the last is not in it
+        // (most events, on long tails), and the list need not be searched.
+        if self.entries.len() >= len && self.entries.last().is_none_or(|&last| !Self::better(entry, last)) {
+            return;
+        }
         let mut at = match self.entries.iter().position(|e| e.1 == item) {
             Some(at) => {
                 self.entries[at].0 = score;
@@ -189,6 +195,25 @@ mod tests {
         assert_eq!(t.overall().iter().map(|e| e.1).collect::<Vec<_>>(), vec![3, 1]);
         assert_eq!(t.category(0).iter().map(|e| e.1).collect::<Vec<_>>(), vec![2, 0]);
         assert_eq!(t.category(1).iter().map(|e| e.1).collect::<Vec<_>>(), vec![3, 1]);
+    }
+
+    #[test]
+    fn the_list_is_the_exact_top_n_after_every_event() {
+        let mut t = Trending::new(HOUR, 5);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..5_000i64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Skewed items, some events weighing nothing, time moving on.
+            let item = ((x % 64) * (x % 64) / 64) as u32;
+            let weight = [0.0, 1.0, 2.5][(x >> 20) as usize % 3];
+            t.add(item, &[], weight, step * 1000);
+            let mut all: Vec<(f64, u32)> = (0..64).map(|i| (t.score(i), i)).filter(|e| e.0 > 0.0).collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            all.truncate(5);
+            assert_eq!(t.overall(), &all[..], "after event {step}");
+        }
     }
 
     #[test]
