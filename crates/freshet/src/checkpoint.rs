@@ -4,7 +4,7 @@
 //! A checkpoint is complete when every shard has snapshotted at barrier `n`
 //! and the writer has flushed and synced every sink up to it. It records the
 //! sources' positions (where to resume), each shard's state, and each sink's
-//! committed length (recovery truncates the sink there, so rows written after
+//! committed position (recovery truncates a file sink there, so rows written after
 //! the checkpoint are written again exactly once). The file is
 //! `magic | format version | payload length | CRC-32 | postcard payload`,
 //! written to a temp file, fsynced, renamed, and the directory fsynced; the
@@ -85,7 +85,8 @@ pub struct Checkpoint {
     pub sources: Vec<SourcePosition>,
     /// Per shard, the engine's snapshot bytes.
     pub shards: Vec<Vec<u8>>,
-    /// Per sink (in plan order), committed length in bytes.
+    /// Per sink (in plan order), its committed position: a file's length in
+    /// bytes, a Kafka topic's records written.
     pub sinks: Vec<u64>,
     /// The lookup tables' snapshot (empty without tables).
     pub tables: Vec<u8>,

@@ -227,17 +227,9 @@ impl Changelog {
             value.extend_from_slice(&count.to_be_bytes());
             value.extend_from_slice(piece);
             let key = format!("{}/{index}", id % 2);
-            let mut record = BaseRecord::to(&self.topic).partition(partition as i32).key(&key).payload(&value);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(self.error(format!("writing to partition {partition}: {e}"))),
-                }
-            }
+            let record = BaseRecord::to(&self.topic).partition(partition as i32).key(&key).payload(&value);
+            super::send_with_room(&self.producer, record, &|| false)
+                .map_err(|m| self.error(format!("writing to partition {partition}: {m}")))?;
         }
         self.producer.flush(Duration::from_secs(60)).map_err(|e| self.error(format!("flushing: {e}")))
     }

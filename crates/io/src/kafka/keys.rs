@@ -78,6 +78,43 @@ fn last_csv_field(row: &[u8]) -> Option<usize> {
     last
 }
 
+/// How a topic's producers chose a keyed record's partition, so that the
+/// partition of a key can be known without reading the topic (a group's
+/// read of a user's features goes to the process owning that partition).
+/// The names are librdkafka's `partitioner` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitioner {
+    /// Java clients' default (and Freshet's producers'): murmur2 of the key,
+    /// positive, modulo the partition count.
+    #[default]
+    Murmur2Random,
+    /// librdkafka's default: CRC-32 of the key modulo the partition count.
+    ConsistentRandom,
+}
+
+impl Partitioner {
+    /// Every name, as configs spell them.
+    pub const NAMES: [&str; 2] = ["murmur2_random", "consistent_random"];
+
+    /// The partitioner named `name` (librdkafka's spelling).
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "murmur2_random" | "murmur2" => Some(Self::Murmur2Random),
+            "consistent_random" | "consistent" => Some(Self::ConsistentRandom),
+            _ => None,
+        }
+    }
+
+    /// The partition of a record keyed `key` in a topic of `partitions`.
+    pub fn partition(self, key: &[u8], partitions: usize) -> u32 {
+        let n = partitions.max(1) as u32;
+        match self {
+            Self::Murmur2Random => (murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff) % n,
+            Self::ConsistentRandom => crc32fast::hash(key) % n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +122,18 @@ mod tests {
     fn key(rule: KeyRule, row: &str) -> Option<String> {
         let mut out = Vec::new();
         key_of(rule, row.as_bytes(), &mut out).then(|| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn partitions_agree_with_the_java_client_and_librdkafka() {
+        // Java's Utils.murmur2 of these keys (Apache Kafka's UtilsTest).
+        for (key, java) in [("21", -973_932_308i32), ("foobar", -790_332_482), ("abc", 479_470_107)] {
+            let positive = (java & 0x7fff_ffff) as u32;
+            assert_eq!(Partitioner::Murmur2Random.partition(key.as_bytes(), 12), positive % 12, "{key}");
+        }
+        assert_eq!(Partitioner::ConsistentRandom.partition(b"abc", 7), crc32fast::hash(b"abc") % 7);
+        assert_eq!(Partitioner::named("consistent_random"), Some(Partitioner::ConsistentRandom));
+        assert_eq!(Partitioner::named("random"), None);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   assignment, and the committed offsets are where the group goes on.
 //! - [`sink`]: rows produced as records with a deterministic key through an
 //!   idempotent producer, flushed at every checkpoint.
+//! - [`group`], [`members`]: a group that scales out with state: its membership,
+//!   its tasks' changelogs, and who owns which task (reads go there).
 //! - [`admin`]: topic metadata and creation (the CLI's `freshet kafka`, and
 //!   sinks that create their topic).
 //!
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod group;
 pub mod keys;
+pub mod members;
 pub mod sink;
 pub mod source;
 
@@ -94,6 +97,34 @@ impl ProducerContext for Logged {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             tracing::error!(component = self.component.as_str(), error = %e, "Kafka did not take a record.");
+        }
+    }
+}
+
+/// Sends `record`; while the producer's local queue is full, serves
+/// delivery reports until there is room, unless `stop` says to give up.
+/// The error says what failed.
+pub(crate) fn send_with_room<K, P, C>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P, C::DeliveryOpaque>,
+    stop: &dyn Fn() -> bool,
+) -> std::result::Result<(), String>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                if stop() {
+                    return Err("stopped while waiting for room in the queue".into());
+                }
+                record = back;
+                producer.poll(std::time::Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(format!("producing a record: {e}")),
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct KafkaSinkConfig {
 
 /// A repartition topic's records, written by one task of a group that
 /// scales out (`freshet::group`): each NDJSON row (an event) goes to the
-/// partition of its `field`'s value (CRC-32 modulo `partitions`), so all of
+/// partition of its `field`'s value (CRC-32 modulo the topic's partitions), so all of
 /// a value's events meet in one partition, and its key says which task
 /// wrote it and the row's number in that task's output, on from the
 /// checkpoint's ([`repartition_key`]). A task that runs again from a
@@ -74,8 +74,6 @@ pub struct Repartition {
     pub field: String,
     /// The writing task (its input partition).
     pub upstream: u32,
-    /// Partitions of the repartition topic.
-    pub partitions: u32,
 }
 
 /// The number of a repartition topic's end marker: the task has written
@@ -148,6 +146,8 @@ pub struct KafkaSink {
     key_buf: Vec<u8>,
     errors: metrics::Counter,
     repartition: Option<Repartition>,
+    /// The topic's partitions (a repartition topic's records pick theirs).
+    partitions: u32,
     /// The next record's number (repartition topics).
     seq: u64,
 }
@@ -185,9 +185,10 @@ impl KafkaSink {
             config.connection.client_config(&settings).create_with_context(SinkContext(deliveries.clone())).map_err(
                 |e| IoError::Kafka { component: component.clone(), message: format!("creating the producer: {e}") },
             )?;
-        wait_for_partitions(producer.client(), &config.topic, &component, &*stop, &|wait| {
+        let partitions = wait_for_partitions(producer.client(), &config.topic, &component, &*stop, &|wait| {
             producer.poll(wait);
-        })?;
+        })?
+        .len() as u32;
         if config.transactional_id.is_some() {
             let err = |what: &str, e: KafkaError| IoError::Kafka {
                 component: component.clone(),
@@ -207,6 +208,7 @@ impl KafkaSink {
             key_buf: Vec::new(),
             errors: metrics::counter!(crate::metrics::KAFKA_PRODUCER_ERRORS, "sink" => name.to_owned()),
             repartition: config.repartition.clone(),
+            partitions,
             seq: 0,
         })
     }
@@ -223,7 +225,10 @@ impl KafkaSink {
             let keyed = match &self.repartition {
                 Some(r) => {
                     field_value(line, &r.field, &mut self.key_buf);
-                    partition = Some((crc32fast::hash(&self.key_buf) % r.partitions.max(1)) as i32);
+                    partition = Some(
+                        super::keys::Partitioner::ConsistentRandom.partition(&self.key_buf, self.partitions as usize)
+                            as i32,
+                    );
                     self.key_buf.clear();
                     self.key_buf.extend_from_slice(&repartition_key(r.upstream, self.seq));
                     self.seq += 1;
@@ -241,20 +246,7 @@ impl KafkaSink {
             if let Some(p) = partition {
                 record = record.partition(p);
             }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The local queue is full: serve delivery reports until there is room.
-                        if (self.stop)() {
-                            return Err(self.failure("stopped while waiting for room in the queue".into()));
-                        }
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(self.failure(format!("producing a record: {e}"))),
-                }
-            }
+            super::send_with_room(&self.producer, record, &*self.stop).map_err(|m| self.failure(m))?;
         }
         self.producer.poll(Duration::ZERO);
         self.check()

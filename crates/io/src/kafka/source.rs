@@ -78,6 +78,9 @@ pub struct KafkaSourceConfig {
     /// The event field the records are keyed by (their producer's
     /// partitioning), when the config names it.
     pub partition_key: Option<String>,
+    /// How the topic's producers chose partitions from keys (where a
+    /// group's read of a key is forwarded).
+    pub partitioner: super::keys::Partitioner,
     /// A group's repartition topic, written by this many upstream tasks
     /// (see [`super::sink::Repartition`]): each upstream is read as a
     /// partition of its own, whose offsets are its records' numbers (a
@@ -118,6 +121,38 @@ struct Part {
     since: Instant,
     finished: bool,
     lag: metrics::Gauge,
+    /// A repartition topic's upstream: the records of each chunk it got,
+    /// oldest first, until a checkpoint holds them (see [`RESUME_PARTITION`]).
+    spans: VecDeque<Span>,
+}
+
+/// The records of one chunk of an upstream task's: the number after its
+/// last, and the repartition topic's offset of its first. An upstream's end
+/// marker is a span that never ends: a restored reader must read it again,
+/// as the end is not in its checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    end: u64,
+    kafka_offset: u64,
+}
+
+/// Where a repartition topic's partition is read again from after a
+/// restore, as a position of its own in the reader's checkpoint: every
+/// record before it is in the checkpoint's state (or a duplicate of one
+/// that is). Without it the partition would be read from its start after
+/// every restore, dropping all it had. It travels as an empty chunk of
+/// this pseudo partition, finished (it never holds the watermark back),
+/// sent once a checkpoint has shown how far its state goes; so the next
+/// checkpoint carries the offset of the one before, which is safe: reading
+/// from earlier only drops more duplicates.
+pub const RESUME_PARTITION: u32 = u32::MAX - 1;
+
+/// A repartition topic's read position: the offset after the last record
+/// read, and the last resume offset sent.
+#[derive(Debug, Default)]
+struct Resume {
+    consumed: u64,
+    sent: u64,
 }
 
 /// The reading state, apart from the consumer (messages borrow the consumer).
@@ -131,6 +166,7 @@ struct Reader {
     committing: bool,
     /// A repartition topic: `parts` are the upstream tasks.
     repartitioned: bool,
+    resume: Resume,
     parts: Vec<Part>,
     ready: VecDeque<Chunk>,
     block: usize,
@@ -204,7 +240,6 @@ impl KafkaSource {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
         let eof = if config.bounded && config.upstreams.is_none() { "true" } else { "false" };
-
         let consumer: BaseConsumer<SourceContext> = config
             .connection
             .client_config(&[
@@ -250,6 +285,7 @@ impl KafkaSource {
             grouped: config.scale_out,
             committing: config.only.is_none(),
             repartitioned: config.upstreams.is_some(),
+            resume: Resume::default(),
             parts: Vec::new(),
             ready: VecDeque::new(),
             block,
@@ -274,8 +310,11 @@ impl KafkaSource {
             });
         }
         if let (Some(upstreams), [partition]) = (config.upstreams, &ids[..]) {
+            let from = resume.iter().find(|(p, _)| *p == RESUME_PARTITION).map_or(0, |(_, k)| *k);
+            reader.resume = Resume { consumed: from, sent: from };
             let mut list = TopicPartitionList::new();
-            list.add_partition_offset(&config.topic, *partition, Offset::Beginning)
+            let offset = if from == 0 { Offset::Beginning } else { Offset::Offset(from as i64) };
+            list.add_partition_offset(&config.topic, *partition, offset)
                 .and_then(|()| consumer.assign(&list))
                 .map_err(|e| err(format!("assigning partition {partition}: {e}")))?;
             for u in 0..upstreams {
@@ -287,6 +326,7 @@ impl KafkaSource {
                 topic = config.topic.as_str(),
                 partition,
                 upstreams,
+                from,
                 "Repartition topic assigned."
             );
             return Ok(Self {
@@ -418,7 +458,10 @@ impl KafkaSource {
     /// Records `positions` (partition → next offset) as the group's committed
     /// offsets, asynchronously: for lag display, or with `scale_out` as
     /// where the group goes on (then only for partitions still owned).
-    pub fn commit(&self, positions: &[(u32, u64)]) {
+    pub fn commit(&mut self, positions: &[(u32, u64)]) {
+        if self.reader.repartitioned {
+            return self.reader.resume_after(positions);
+        }
         if !self.reader.committing {
             return;
         }
@@ -447,6 +490,7 @@ impl Part {
             chunk: None,
             since: Instant::now(),
             finished: false,
+            spans: VecDeque::new(),
             lag: metrics::gauge!(
                 crate::metrics::KAFKA_CONSUMER_LAG,
                 "source" => source.to_owned(),
@@ -513,12 +557,22 @@ impl Reader {
             let component = self.name.as_str();
             return tracing::warn!(component, upstream = u, "A repartition record of an unknown task; dropped.");
         };
+        let kafka_offset = m.offset().max(0) as u64;
+        self.resume.consumed = self.resume.consumed.max(kafka_offset + 1);
         if seq == super::sink::END_OF_UPSTREAM {
             if !self.parts[i].finished {
+                self.parts[i].spans.push_back(Span { end: u64::MAX, kafka_offset });
                 self.finish(i, consumer);
             }
         } else if self.parts[i].next.is_none_or(|next| seq >= next) {
             self.append(i, seq, m.payload().unwrap_or_default(), consumer);
+            let part = &mut self.parts[i];
+            // A record that began a chunk begins a span; others extend the last.
+            let began = part.chunk.as_ref().is_some_and(|c| c.first_offset == seq);
+            match part.spans.back_mut() {
+                Some(span) if !began => span.end = seq + 1,
+                _ => part.spans.push_back(Span { end: seq + 1, kafka_offset }),
+            }
         }
         // Else written again by a task that ran again from a checkpoint: dropped.
     }
@@ -588,6 +642,33 @@ impl Reader {
         }
     }
 
+    /// A checkpoint holding `positions` (each upstream's next number) was
+    /// written: sends the offset the partition can be read again from.
+    fn resume_after(&mut self, positions: &[(u32, u64)]) {
+        let mut from = self.resume.consumed;
+        for part in &mut self.parts {
+            // An upstream absent from the checkpoint has nothing in it yet.
+            let next = positions.iter().find(|(p, _)| *p == part.id as u32).map_or(0, |&(_, next)| next);
+            while part.spans.front().is_some_and(|s| s.end <= next) {
+                part.spans.pop_front();
+            }
+            if let Some(span) = part.spans.front() {
+                from = from.min(span.kafka_offset);
+            }
+        }
+        if from > self.resume.sent {
+            self.ready.push_back(Chunk {
+                partition: RESUME_PARTITION,
+                first_offset: self.resume.sent,
+                end_offset: from,
+                end_position: from,
+                end_of_partition: true,
+                ..Chunk::default()
+            });
+            self.resume.sent = from;
+        }
+    }
+
     fn flush_all(&mut self) {
         for p in &mut self.parts {
             if let Some(c) = p.chunk.take() {
@@ -622,5 +703,65 @@ impl Drop for KafkaSource {
         } else {
             let _ = self.consumer.unassign();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(upstreams: i32) -> Reader {
+        Reader {
+            name: "test".into(),
+            source: "test".into(),
+            topic: "t".into(),
+            grouped: false,
+            committing: false,
+            repartitioned: true,
+            resume: Resume::default(),
+            parts: (0..upstreams).map(|u| Part::new("test", u, None, None)).collect(),
+            ready: VecDeque::new(),
+            block: 1 << 20,
+            max_line: 1 << 20,
+        }
+    }
+
+    fn sent(r: &mut Reader) -> Option<(u64, u64)> {
+        let c = r.ready.pop_back()?;
+        assert_eq!((c.partition, c.end_of_partition, c.data.len()), (RESUME_PARTITION, true, 0));
+        Some((c.first_offset, c.end_offset))
+    }
+
+    #[test]
+    fn a_repartition_reader_resumes_at_the_first_record_its_checkpoint_lacks() {
+        let mut r = reader(2);
+        // Upstream 0: rows 0..10 at offsets 0..10 (one chunk), rows 10..20 at 20.. (another);
+        // upstream 1: rows 0..10 at offsets 10..20. Read up to offset 30.
+        r.parts[0].spans.extend([Span { end: 10, kafka_offset: 0 }, Span { end: 20, kafka_offset: 20 }]);
+        r.parts[1].spans.push_back(Span { end: 10, kafka_offset: 10 });
+        r.resume.consumed = 30;
+        // A checkpoint with upstream 0's first chunk only: upstream 1 is not in it.
+        r.resume_after(&[(0, 10)]);
+        assert_eq!(sent(&mut r), Some((0, 10)));
+        // Both of upstream 1's and the first of upstream 0's: from upstream 0's second chunk.
+        r.resume_after(&[(0, 10), (1, 10)]);
+        assert_eq!(sent(&mut r), Some((10, 20)));
+        // Everything read is in: from the offset after the last record read.
+        r.resume_after(&[(0, 20), (1, 10)]);
+        assert_eq!(sent(&mut r), Some((20, 30)));
+        // Nothing new: nothing sent.
+        r.resume_after(&[(0, 20), (1, 10)]);
+        assert_eq!(sent(&mut r), None);
+    }
+
+    #[test]
+    fn an_upstreams_end_marker_is_always_read_again() {
+        let mut r = reader(1);
+        r.parts[0].spans.extend([Span { end: 5, kafka_offset: 0 }, Span { end: u64::MAX, kafka_offset: 5 }]);
+        r.resume.consumed = 6;
+        r.resume_after(&[(0, 5)]);
+        assert_eq!(sent(&mut r), Some((0, 5)));
+        r.resume_after(&[(0, 5)]);
+        assert_eq!(sent(&mut r), None, "the end marker at 5 is read again after a restore");
     }
 }
