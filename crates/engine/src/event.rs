@@ -55,6 +55,12 @@ impl FieldPath {
     }
 }
 
+impl AsRef<str> for FieldPath {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
 impl std::fmt::Display for FieldPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)

@@ -150,6 +150,10 @@ pub struct ProcessArgs {
     /// Address of the HTTP API (ingest, features, metrics).
     #[arg(long, env = "FRESHET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The address (host:port) other processes of a group that scales out
+    /// with state forward reads to. Default: the --listen address.
+    #[arg(long, env = "FRESHET_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Directory for checkpoints and the embedded default's files. Given,
     /// state is checkpointed there and restored from there at start; not
     /// given, the embedded default writes to ./freshet-data and nothing is

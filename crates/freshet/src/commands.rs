@@ -67,15 +67,21 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
         let planner = move |edit: &dyn Fn(&mut config::model::Config)| {
             config::plan_file_with(&path, 1, edit).map_err(anyhow::Error::from)
         };
-        let server = match listener {
+        let (server, reads) = match listener {
             Some(l) => {
-                let server = crate::http::Server::operations(l, prometheus)?;
-                println!("Freshet runs its share of group tasks; metrics: http://{}/metrics", server.addr());
-                Some(server)
+                let advertised = advertised(&l, args.process.advertise.as_deref())?;
+                let reads = crate::group::reads::Reads::new(&plan, advertised.clone());
+                let server = crate::http::Server::group(l, reads.clone(), prometheus)?;
+                println!(
+                    "Freshet runs its share of group tasks; features: http://{advertised}/v1/users/ID/features, \
+                     metrics: http://{}/metrics",
+                    server.addr()
+                );
+                (Some(server), Some(reads))
             }
-            None => None,
+            None => (None, None),
         };
-        let result = crate::group::run(&plan, Arc::new(planner), dir, job_stopper());
+        let result = crate::group::run(&plan, Arc::new(planner), dir, job_stopper(), reads);
         if let Some(s) = server {
             s.stop();
         }
@@ -142,6 +148,20 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             }
         }
     }
+}
+
+/// The address other processes of a group reach this one's API at:
+/// `--advertise`, else the bound address (an unspecified IP as 127.0.0.1).
+fn advertised(listener: &std::net::TcpListener, advertise: Option<&str>) -> Result<String> {
+    if let Some(a) = advertise {
+        return Ok(a.to_owned());
+    }
+    let mut addr = listener.local_addr().context("reading the listen address")?;
+    if addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "Listening on every interface: other processes of the group are told 127.0.0.1; set --advertise when they run elsewhere.");
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr.to_string())
 }
 
 /// Whether a job's error came from outside the process (a broker, a disk, a

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use freshet_engine::features::Format;
 use freshet_io::kafka::Connection;
 use freshet_io::kafka::admin::TopicSpec;
-use freshet_io::kafka::keys::{KeyRule, RowFormat};
+use freshet_io::kafka::keys::{KeyRule, Partitioner, RowFormat};
 use freshet_io::kafka::sink::KafkaSinkConfig;
 use freshet_io::kafka::source::{KafkaSourceConfig, StartAt};
 
@@ -48,7 +48,7 @@ pub fn source(
     p: &mut Planner,
     name: &str,
     (brokers, topic, group): (&str, &str, Option<&str>),
-    (bounded, scale_out, partition_key): (Option<bool>, Option<bool>, Option<&str>),
+    (bounded, scale_out, partition_key, partitioner): (Option<bool>, Option<bool>, Option<&str>, Option<&str>),
     start: Option<&str>,
     properties: Option<&BTreeMap<String, String>>,
 ) -> KafkaSourceConfig {
@@ -70,6 +70,13 @@ pub fn source(
     if partition_key.is_some_and(str::is_empty) {
         p.err(format!("{path}.partition_key"), "must name a field");
     }
+    let partitioner = match partitioner {
+        None => Partitioner::default(),
+        Some(name) => Partitioner::named(name).unwrap_or_else(|| {
+            p.err(format!("{path}.partitioner"), format!("expected one of {:?}, got {name:?}", Partitioner::NAMES));
+            Partitioner::default()
+        }),
+    };
     KafkaSourceConfig {
         connection,
         topic: topic.to_owned(),
@@ -79,6 +86,7 @@ pub fn source(
         scale_out: scale_out.unwrap_or(false),
         only: None,
         partition_key: partition_key.map(str::to_owned),
+        partitioner,
         upstreams: None,
     }
 }
@@ -147,13 +155,17 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     // Features keyed otherwise are fed through one repartition topic, keyed by their first key field.
     let mut by: Option<(&str, &str)> = None;
     for (feature, fields, serve) in state.features {
-        if *serve {
-            p.err(
-                format!("{feature}.serve"),
-                format!("reads are not yet answered across a group ({path} scales out): set serve = false"),
-            );
-        }
         if fields.contains(key) {
+            // A read names the entity (the first key field): its partition must follow from it.
+            if *serve && fields.first() != Some(key) {
+                p.err(
+                    format!("{feature}.key"),
+                    format!(
+                        "is served, and read by its first field, but {path} is partitioned by {key}: \
+                         put {key} first, or set serve = false"
+                    ),
+                );
+            }
             continue;
         }
         let Some(first) = fields.first() else {
@@ -176,12 +188,15 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
 
 /// The field features not keyed by the scaled-out source's partition key are
 /// repartitioned by (the first key field of the first such feature).
-pub fn repartition_field<'a>(partition_key: &str, features: impl IntoIterator<Item = &'a [String]>) -> Option<&'a str> {
+pub fn repartition_field<'a, F: AsRef<str> + 'a>(
+    partition_key: &str,
+    features: impl IntoIterator<Item = &'a [F]>,
+) -> Option<&'a str> {
     features
         .into_iter()
-        .find(|key| !key.iter().any(|f| f == partition_key))
+        .find(|key| !key.iter().any(|f| f.as_ref() == partition_key))
         .and_then(|key| key.first())
-        .map(String::as_str)
+        .map(AsRef::as_ref)
 }
 
 /// What a kafka sink's config says, as given.

@@ -142,7 +142,17 @@ mod tests {
         // Keyed by another field, a feature is fed through a repartition topic (one field per job).
         assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &feature("\"item_id\"", false))).is_ok());
         let two = feature("\"item_id\"", false) + &feature("\"category\"", true).replace("\"g\"", "\"h\"");
-        assert_eq!(paths(&job("partition_key = \"user_id\"", kafka, &two)), ["features[1].serve", "features[1].key"]);
+        assert_eq!(paths(&job("partition_key = \"user_id\"", kafka, &two)), ["features[1].key"]);
+        // Served features are read by their first key field: the partition must follow from it.
+        let served = |key: &str| feature(key, true);
+        assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &served("\"user_id\", \"type\""))).is_ok());
+        assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &served("\"item_id\""))).is_ok());
+        assert_eq!(
+            paths(&job("partition_key = \"user_id\"", kafka, &served("\"type\", \"user_id\""))),
+            ["features[0].key"]
+        );
+        let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
+        assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);
     }
 
     #[test]

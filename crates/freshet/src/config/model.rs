@@ -128,6 +128,12 @@ pub enum SourceConfig {
         /// The event field the topic's records are keyed (partitioned) by,
         /// e.g. "user_id": state keyed by it belongs to one partition.
         partition_key: Option<String>,
+        /// How the topic's producers chose a record's partition from its key:
+        /// "murmur2_random" (Java clients, Freshet) or "consistent_random"
+        /// (librdkafka's default). A group that scales out with state forwards
+        /// a read of a key to the process owning that key's partition, so it
+        /// must agree with the producers. Default: "murmur2_random".
+        partitioner: Option<String>,
         /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, fetch tuning).
         properties: Option<BTreeMap<String, String>>,
     },

@@ -447,16 +447,24 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     for (name, s) in &config.sources {
         let kind = match s {
             SourceConfig::File { path } => SourceKind::File(path.into()),
-            SourceConfig::Kafka { brokers, topic, group, bounded, start, scale_out, partition_key, properties } => {
-                SourceKind::Kafka(super::kafka::source(
-                    &mut p,
-                    name,
-                    (brokers, topic, group.as_deref()),
-                    (*bounded, *scale_out, partition_key.as_deref()),
-                    start.as_deref(),
-                    properties.as_ref(),
-                ))
-            }
+            SourceConfig::Kafka {
+                brokers,
+                topic,
+                group,
+                bounded,
+                start,
+                scale_out,
+                partition_key,
+                partitioner,
+                properties,
+            } => SourceKind::Kafka(super::kafka::source(
+                &mut p,
+                name,
+                (brokers, topic, group.as_deref()),
+                (*bounded, *scale_out, partition_key.as_deref(), partitioner.as_deref()),
+                start.as_deref(),
+                properties.as_ref(),
+            )),
             SourceConfig::Http { fsync, segment_bytes } => {
                 let fsync = match fsync.as_deref() {
                     None | Some("always") => Fsync::Always,

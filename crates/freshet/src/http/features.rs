@@ -6,18 +6,18 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use freshet_engine::aggregate::AggValue;
-use freshet_engine::features::{Entity, GroupView, WindowValue};
+use freshet_engine::features::{Entity, FeatureView, GroupView, WindowValue};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::ApiError;
 
 pub(super) async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    entity_features(&state, Entity::User, &id)
+    entity_features(&state.views, Entity::User, &id).map(Json)
 }
 
 pub(super) async fn item(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    entity_features(&state, Entity::Item, &id)
+    entity_features(&state.views, Entity::Item, &id).map(Json)
 }
 
 fn value_json(v: &AggValue) -> Value {
@@ -43,13 +43,14 @@ fn group_json(g: &GroupView) -> Map<String, Value> {
     m
 }
 
-fn entity_features(state: &AppState, entity: Entity, id: &str) -> Result<Json<Value>, ApiError> {
+/// Every served feature of `entity` `id` in `views`, as the API answers it.
+pub(super) fn entity_features(views: &[FeatureView], entity: Entity, id: &str) -> Result<Value, ApiError> {
     if id.is_empty() {
         return Err(ApiError::BadRequest("the id must not be empty".into()));
     }
     let mut features = Map::new();
     let mut found = false;
-    for view in state.views.iter().filter(|v| v.entity == entity) {
+    for view in views.iter().filter(|v| v.entity == entity) {
         let values = view.get(id);
         found |= values.is_some();
         let mut f = Map::new();
@@ -85,5 +86,5 @@ fn entity_features(state: &AppState, entity: Entity, id: &str) -> Result<Json<Va
         features.insert(view.name.clone(), Value::Object(f));
     }
     let kind = if entity == Entity::User { "user" } else { "item" };
-    Ok(Json(json!({ "entity": kind, "id": id, "found": found, "features": features })))
+    Ok(json!({ "entity": kind, "id": id, "found": found, "features": features }))
 }

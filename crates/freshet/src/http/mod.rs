@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod features;
 mod forget;
+mod group;
 mod ops;
 mod recommend;
 
@@ -93,16 +94,15 @@ impl Server {
         Self::serve(listener, router(AppState::new(job, prometheus)))
     }
 
-    /// Serves only the operations endpoints (`/metrics`, `/healthz`): a
-    /// process of a group that scales out with state, whose tasks' features
-    /// are not served yet.
-    pub fn operations(listener: std::net::TcpListener, prometheus: PrometheusHandle) -> Result<Server> {
-        let metrics = move || {
-            let text = prometheus.render();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
-        };
-        let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(ops::healthz));
-        Self::serve(listener, app)
+    /// Serves the API of a process of a group that scales out with state:
+    /// its tasks' features (read here or at their owner's) and the
+    /// operations endpoints.
+    pub fn group(
+        listener: std::net::TcpListener,
+        reads: Arc<crate::group::reads::Reads>,
+        prometheus: PrometheusHandle,
+    ) -> Result<Server> {
+        Self::serve(listener, group::router(reads, prometheus))
     }
 
     fn serve(listener: std::net::TcpListener, app: Router) -> Result<Server> {

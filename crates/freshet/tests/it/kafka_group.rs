@@ -7,8 +7,12 @@
 //! stopped (it leaves; the other two take its partitions). The group's
 //! output, deduplicated by key, must equal what one uninterrupted process
 //! writes for the same topic.
+//!
+//! With state: the reference job as a group of three, one killed and
+//! started again, checked against the Flink checker; and reads of a group's
+//! features sent to any member, answered by the owner of the entity's task.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::thread;
@@ -84,15 +88,16 @@ impl Member {
         list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
     }
 
+    /// Where its API answers (the first address its output names), once it says.
+    fn addr(&self) -> Option<String> {
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        out.split("http://").nth(1).and_then(|r| r.split('/').next()).map(str::to_owned)
+    }
+
     /// Its `/metrics` page.
     fn metrics(&self) -> String {
-        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let addr = out
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_else(|| panic!("no address in the member's output: {out}"));
-        let (status, body) = support::request(addr, "GET", "/metrics", "text/plain", "");
+        let addr = self.addr().unwrap_or_else(|| panic!("no address in the member's output:\n{}", self.log()));
+        let (status, body) = support::request(&addr, "GET", "/metrics", "text/plain", "");
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -362,4 +367,170 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
         "no task went on from a checkpoint in its changelog:\n{logs}"
     );
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+/// Reads across a group: two processes run examples/kafka-group-features.toml
+/// (per user and type, and per item, counts of every event so far) on a
+/// 4-partition topic keyed by user_id. Users and items, asked of either
+/// process, must have the counts of their events in the input, and the
+/// answer must come from the one process that runs the entity's task:
+/// forwarded there when asked of the other. Then one process stops; the
+/// other takes its tasks (restoring them from their changelogs) and answers
+/// every read itself, with the same counts.
+#[test]
+fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "reads";
+    let (_, expected) = crate::kafka::workload(&broker, dir.path(), topic, 43, 20_000);
+    let (users, items) = totals(&expected);
+    let job = ("examples/kafka-group-features.toml", topic, "readers");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let addr = |m: &mut Member| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(a) = m.addr() {
+                return a;
+            }
+            assert!(m.alive() && Instant::now() < deadline, "the member never said where it listens:\n{}", m.log());
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (a1, a2) = (addr(&mut p1), addr(&mut p2));
+    // Every 10th user and item, in id order.
+    let reads: Vec<(String, Counts)> = users
+        .iter()
+        .step_by(10)
+        .map(|(u, c)| (format!("/v1/users/{u}/features"), Counts::User(c.clone())))
+        .chain(items.iter().step_by(10).map(|(i, n)| (format!("/v1/items/{i}/features"), Counts::Item(*n))))
+        .collect();
+    assert!(reads.len() > 100, "too few entities to read: {}", reads.len());
+
+    let served = wait_for_reads(&[&a1, &a2], &reads, &mut [&mut p1, &mut p2]);
+    // One owner per entity, whichever process was asked; each process owns some.
+    let mut owners = BTreeSet::new();
+    for (path, by) in &served {
+        assert_eq!(
+            by[0], by[1],
+            "{path} was answered by {} when asked of {a1}, by {} when asked of {a2}",
+            by[0], by[1]
+        );
+        owners.insert(by[0].clone());
+    }
+    assert_eq!(owners, BTreeSet::from([a1.clone(), a2.clone()]), "both processes own tasks read");
+
+    // p2 stops (Ctrl-C): p1 takes its tasks and answers everything itself.
+    let status = std::process::Command::new("kill").args(["-INT", &p2.child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "could not send SIGINT to p2");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p2.alive() {
+        assert!(Instant::now() < deadline, "p2 did not stop within 60 s of a Ctrl-C:\n{}", p2.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let status = p2.child.wait().unwrap();
+    assert!(status.success(), "p2 failed to stop ({status}):\n{}", p2.log());
+    let served = wait_for_reads(&[&a1], &reads, &mut [&mut p1]);
+    for (path, by) in &served {
+        assert_eq!(by[0], a1, "{path} was answered by {} after p2 stopped, not by p1 ({a1})", by[0]);
+    }
+    // A repartitioned half moved from p2 goes on from its checkpoint's
+    // position in the repartition topic, not from the start.
+    let log = p1.log();
+    let froms: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("Repartition topic assigned."))
+        .filter_map(|l| l.split(" from=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        froms.iter().any(|&from| from > 0),
+        "no repartitioned half of p1 resumed past the start of its partition (from = {froms:?}):\n{log}"
+    );
+}
+
+/// What the oracle says an entity's features hold.
+#[derive(Debug, Clone, PartialEq)]
+enum Counts {
+    /// A user's interactions by event type.
+    User(BTreeMap<String, u64>),
+    /// An item's views.
+    Item(u64),
+}
+
+impl Counts {
+    /// The same counts read from a feature answer of the API, if it has them.
+    fn read(&self, body: &str) -> Option<Counts> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let features = &v["features"];
+        match self {
+            Counts::User(_) => {
+                let groups = features["user_events"]["groups"].as_array()?;
+                let counts = groups
+                    .iter()
+                    .map(|g| Some((g["key"]["type"].as_str()?.to_owned(), g["current"]["value"].as_u64()?)))
+                    .collect::<Option<BTreeMap<_, _>>>()?;
+                Some(Counts::User(counts))
+            }
+            Counts::Item(_) => Some(Counts::Item(features["item_views"]["current"]["value"].as_u64()?)),
+        }
+    }
+}
+
+/// Per user its interactions by type, and per item its views, over the
+/// whole input: job (a)'s tumbling windows add up to a user's counts, and
+/// each view lies in 12 of job (b)'s hopping windows.
+fn totals(expected: &crate::oracle::Expected) -> (BTreeMap<String, BTreeMap<String, u64>>, BTreeMap<String, u64>) {
+    let mut users: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for line in &expected.lines_a {
+        let [_, _, user, kind, count] = line.split(',').collect::<Vec<_>>()[..] else { panic!("job (a) line {line}") };
+        *users.entry(user.to_owned()).or_default().entry(kind.to_owned()).or_default() += count.parse::<u64>().unwrap();
+    }
+    let mut items: BTreeMap<String, u64> = BTreeMap::new();
+    for line in &expected.lines_b {
+        let [_, _, item, count] = line.split(',').collect::<Vec<_>>()[..] else { panic!("job (b) line {line}") };
+        *items.entry(item.to_owned()).or_default() += count.parse::<u64>().unwrap();
+    }
+    for (item, in_windows) in items.iter_mut() {
+        assert_eq!(*in_windows % 12, 0, "item {item}'s views are not each in 12 windows");
+        *in_windows /= 12;
+    }
+    (users, items)
+}
+
+/// Asks every one of `addrs` for every read until each answer has the
+/// expected counts (within 120 s); returns, per read, which process served
+/// it when asked of each address.
+fn wait_for_reads(
+    addrs: &[&str],
+    reads: &[(String, Counts)],
+    members: &mut [&mut Member],
+) -> Vec<(String, Vec<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut served: Vec<Vec<Option<String>>> = vec![vec![None; addrs.len()]; reads.len()];
+    loop {
+        let mut last_miss = None;
+        for ((path, want), by) in reads.iter().zip(served.iter_mut()) {
+            for (addr, by) in addrs.iter().zip(by.iter_mut()).filter(|(_, by)| by.is_none()) {
+                let (status, headers, body) = support::request_with_headers(addr, "GET", path, "text/plain", "");
+                let server = headers.iter().find(|(n, _)| n == "x-freshet-served-by").map(|(_, v)| v.clone());
+                if status == 200 && want.read(&body).as_ref() == Some(want) {
+                    *by = Some(server.unwrap_or_else(|| panic!("{path} from {addr}: no x-freshet-served-by")));
+                } else {
+                    last_miss = Some(format!("{path} from {addr}: {status} {body}\nexpected {want:?}"));
+                }
+            }
+        }
+        let Some(miss) = last_miss else {
+            return reads
+                .iter()
+                .zip(served)
+                .map(|((path, _), by)| (path.clone(), by.into_iter().map(Option::unwrap).collect()))
+                .collect();
+        };
+        for m in members.iter_mut() {
+            assert!(m.alive(), "a member exited:\n{}", m.log());
+        }
+        assert!(Instant::now() < deadline, "reads still wrong after 120 s; the last:\n{miss}");
+        thread::sleep(Duration::from_millis(500));
+    }
 }

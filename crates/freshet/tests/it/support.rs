@@ -387,6 +387,19 @@ pub fn assert_dlq(
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
 pub fn request(addr: &str, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = request_with_headers(addr, method, path, content_type, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, response
+/// headers with lowercase names, body).
+pub fn request_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -398,6 +411,12 @@ pub fn request(addr: &str, method: &str, path: &str, content_type: &str, body: &
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }

@@ -30,6 +30,11 @@
 //! A bounded job's process ends once every task it owns has read its input
 //! to the end (the repartitioned half: once every upstream task has); an
 //! unbounded one runs until stopped.
+//!
+//! Reads of the tasks' features are answered by the process that runs the
+//! entity's task, whichever process they are sent to ([`reads`]).
+
+pub mod reads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use freshet_io::kafka::Connection;
 use freshet_io::kafka::group::{Changelog, Membership, write_end_markers};
+use freshet_io::kafka::members::Members;
 use freshet_io::kafka::sink::Repartition;
 use freshet_io::kafka::source::KafkaSourceConfig;
 use freshet_io::sink::Target;
@@ -81,6 +87,14 @@ enum Half {
     Repartitioned,
 }
 
+impl Half {
+    /// The half that computes a feature keyed by `key`: the input half when
+    /// the key holds the field the input is partitioned by.
+    fn of<F: AsRef<str>>(key: &[F], partition_key: &str) -> Half {
+        if key.iter().any(|f| f.as_ref() == partition_key) { Half::Input } else { Half::Repartitioned }
+    }
+}
+
 /// How the job splits into halves.
 struct Layout {
     /// The source's index and name.
@@ -101,17 +115,13 @@ struct Layout {
 impl Layout {
     /// How `plan`'s source `source` (with `partitions`) splits: whether some
     /// feature needs the repartition topic, and by which field.
-    fn of(plan: &Plan, source: usize, partitions: usize, planner: &Planner) -> Result<Layout> {
+    fn of(plan: &Plan, source: usize, partitions: usize) -> Result<Layout> {
         let SourceKind::Kafka(k) = &plan.sources[source].kind else {
             anyhow::bail!("source {} is not a Kafka source", plan.sources[source].name)
         };
-        let found = std::sync::Mutex::new(None);
-        planner(&|c: &mut Config| {
-            let key = k.partition_key.as_deref().unwrap_or_default();
-            let field = crate::config::kafka::repartition_field(key, c.features.iter().map(|f| f.key.as_slice()));
-            *found.lock().unwrap_or_else(|e| e.into_inner()) = field.map(str::to_owned);
-        })?;
-        let by = found.into_inner().unwrap_or_else(|e| e.into_inner());
+        let key = k.partition_key.as_deref().unwrap_or_default();
+        let features = plan.pipeline.features.iter().map(|f| f.key.as_slice());
+        let by = crate::config::kafka::repartition_field(key, features).map(str::to_owned);
         let name = plan.sources[source].name.clone();
         Ok(Layout {
             source,
@@ -161,16 +171,33 @@ fn create_topics(plan: &Plan, layout: &Layout) -> Result<BTreeMap<Half, Arc<Chan
 }
 
 /// Runs this process's share of the group until the tasks it owns end
-/// (bounded) or `stop` is set.
-pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<AtomicBool>) -> Result<()> {
+/// (bounded) or `stop` is set; with `reads`, tells the group where its
+/// tasks' features are read and keeps `reads` up to date.
+pub fn run(
+    plan: &Plan,
+    planner: Arc<Planner>,
+    data_dir: &Path,
+    stop: Arc<AtomicBool>,
+    reads: Option<Arc<reads::Reads>>,
+) -> Result<()> {
     let (index, source) = grouped_source(plan).context("the job has no source that scales out with state")?;
     let name = plan.sources[index].name.clone();
     let stopped = || stop.load(Ordering::SeqCst);
     let mut membership = Membership::join(&name, &source.connection, (&source.topic, &source.group), &stopped)
         .with_context(|| format!("source {name}"))?;
-    let layout = Layout::of(plan, index, membership.partitions(), &*planner)?;
-    let layout_bounded = layout.bounded;
+    let layout = Layout::of(plan, index, membership.partitions())?;
     let changelogs = create_topics(plan, &layout)?;
+    if let Some(reads) = &reads {
+        let topic = format!("{}-{name}-members", layout.group);
+        let members = Members::open(&layout.connection, &topic, reads.advertised())
+            .with_context(|| format!("source {name}: the members topic {topic}"))?;
+        reads.joined(layout.partitions, members);
+    }
+    let forget = |key: Key| {
+        if let Some(r) = &reads {
+            r.stopped(key);
+        }
+    };
     let halves: Vec<Half> = changelogs.keys().copied().collect();
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
@@ -209,7 +236,11 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
         if let Some(assigned) = membership.poll(Duration::from_millis(100)) {
             assigned_at = Some(Instant::now());
             for key in running.keys().copied().filter(|(p, _)| !assigned.contains(p)).collect::<Vec<_>>() {
+                forget(key);
                 running.remove(&key).map(halt);
+            }
+            if let Some(r) = &reads {
+                r.assigned(&assigned);
             }
             for p in owned.iter().filter(|p| !assigned.contains(p)) {
                 tracing::info!(task = p, "Task moved to another process; stopped here.");
@@ -231,6 +262,9 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
             let Some(handle) = starting.remove(&key) else { continue };
             match handle.join() {
                 Ok(Ok(half)) if owned.contains(&key.0) => {
+                    if let Some(r) = &reads {
+                        r.started(key, half.0.views());
+                    }
                     running.insert(key, half);
                 }
                 Ok(Ok(half)) => halt(half),
@@ -257,7 +291,10 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
                 Ok(()) => {
                     done.insert(key);
                 }
-                Err(e) => failed(key, "Task failed; it starts again from its changelog.", e),
+                Err(e) => {
+                    forget(key);
+                    failed(key, "Task failed; it starts again from its changelog.", e)
+                }
             }
         }
         let now = Instant::now();
@@ -281,7 +318,13 @@ pub fn run(plan: &Plan, planner: Arc<Planner>, data_dir: &Path, stop: Arc<Atomic
         // A process given nothing waits a while: members join one by one, and
         // the group may yet need it.
         let may_end = !owned.is_empty() || assigned_at.is_some_and(|t| t.elapsed() >= IDLE_MEMBER_WAIT);
-        if layout_bounded && assigned_at.is_some() && running.is_empty() && starting.is_empty() && all_done && may_end {
+        if starter.layout.bounded
+            && assigned_at.is_some()
+            && running.is_empty()
+            && starting.is_empty()
+            && all_done
+            && may_end
+        {
             tracing::info!(tasks = ?owned, "Every task of this process read its input to the end.");
             return Ok(());
         }
@@ -319,7 +362,7 @@ impl Starter {
 fn edit(config: &mut Config, layout: &Layout, half: Half) {
     let Some(SourceConfig::Kafka { partition_key, topic, .. }) = config.sources.get_mut(&layout.name) else { return };
     let key = partition_key.clone().unwrap_or_default();
-    let local = |k: &[String]| k.contains(&key);
+    let local = |k: &[String]| Half::of(k, &key) == Half::Input;
     match half {
         Half::Input => {
             let moved: BTreeSet<String> =
@@ -400,11 +443,7 @@ fn start(
         if let Target::Kafka(k) = &mut sink.target {
             k.create = None;
             if let (REPARTITION_SINK, Some(field)) = (sink.name.as_str(), &layout.by) {
-                k.repartition = Some(Repartition {
-                    field: field.clone(),
-                    upstream: partition,
-                    partitions: layout.partitions as u32,
-                });
+                k.repartition = Some(Repartition { field: field.clone(), upstream: partition });
             }
         }
     }

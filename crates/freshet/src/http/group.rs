@@ -1,0 +1,108 @@
+//! The API of a process in a group that scales out with state: feature
+//! reads (answered here, or forwarded to the process that runs the
+//! entity's task, see `crate::group::reads`) and the operations endpoints.
+//!
+//! Every answer says which process gave it (`x-freshet-served-by`, an
+//! advertised address). A forwarded request carries `x-freshet-forwarded`,
+//! and a process never forwards such a request again: if the group moved
+//! the task meanwhile, the answer is a 503 to retry, not a loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use freshet_engine::features::Entity;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::error::ApiError;
+use super::features::entity_features;
+use crate::group::reads::{Located, Reads};
+
+/// Marks a request forwarded by another member.
+const FORWARDED: &str = "x-freshet-forwarded";
+/// Names the member that answered.
+const SERVED_BY: &str = "x-freshet-served-by";
+/// How long a forwarded read may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the group API's handlers share.
+#[derive(Clone)]
+pub struct GroupState {
+    reads: Arc<Reads>,
+    prometheus: PrometheusHandle,
+    client: reqwest::Client,
+}
+
+/// The group API's routes.
+pub fn router(reads: Arc<Reads>, prometheus: PrometheusHandle) -> Router {
+    let client = reqwest::Client::builder().timeout(FORWARD_TIMEOUT).build().unwrap_or_default();
+    Router::new()
+        .route("/v1/users/{id}/features", get(user))
+        .route("/v1/items/{id}/features", get(item))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(super::ops::healthz))
+        .layer(axum::middleware::from_fn(super::record_latency))
+        .with_state(GroupState { reads, prometheus, client })
+}
+
+async fn user(State(s): State<GroupState>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
+    read(&s, Entity::User, &id, &headers, &uri).await
+}
+
+async fn item(State(s): State<GroupState>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
+    read(&s, Entity::Item, &id, &headers, &uri).await
+}
+
+async fn metrics(State(s): State<GroupState>) -> impl IntoResponse {
+    super::ops::prometheus_text(&s.prometheus)
+}
+
+async fn read(s: &GroupState, entity: Entity, id: &str, headers: &HeaderMap, uri: &Uri) -> Response {
+    let me = s.reads.advertised();
+    let answer = match s.reads.locate(entity, id) {
+        Located::Here(views) => entity_features(&views, entity, id).map(|v| Json(v).into_response()),
+        Located::At(owner) if headers.contains_key(FORWARDED) => Err(ApiError::Unavailable(format!(
+            "{me} was sent this read as the owner of its task, which is now at {owner}: the group is rebalancing, retry"
+        ))),
+        Located::At(owner) => return forward(s, &owner, uri).await,
+        Located::Unavailable(why) => Err(ApiError::Unavailable(why)),
+    };
+    served_by(answer.unwrap_or_else(IntoResponse::into_response), me)
+}
+
+/// Sends the read to `owner` and returns its answer as it is.
+async fn forward(s: &GroupState, owner: &str, uri: &Uri) -> Response {
+    let me = s.reads.advertised();
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let sent = s.client.get(format!("http://{owner}{path}")).header(FORWARDED, me).send().await;
+    let failed = |e: reqwest::Error| {
+        ApiError::Unavailable(format!("the owner of this read's task, {owner}, did not answer: {e}")).into_response()
+    };
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => return served_by(failed(e), me),
+    };
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let by = response.headers().get(SERVED_BY).cloned();
+    match response.bytes().await {
+        Ok(body) => {
+            let mut answer = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Some(by) = by {
+                answer.headers_mut().insert(SERVED_BY, by);
+            }
+            answer
+        }
+        Err(e) => served_by(failed(e), me),
+    }
+}
+
+fn served_by(mut response: Response, me: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(me) {
+        response.headers_mut().insert(SERVED_BY, v);
+    }
+    response
+}
