@@ -11,16 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 EVENTS=${EVENTS:-200000}
 PORT=${KAFKA_PORT:-19395}
-TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 SHARED=${SHARED:-$PWD/../shared}
-WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
-cargo build --release -p freshet >/dev/null 2>&1
-F=$PWD/target/release/freshet
-export KAFKA_BROKERS=127.0.0.1:$PORT FRESHET_CHECKPOINT_INTERVAL=1s
-(cd "$WORK" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
-for _ in $(seq 100); do "$F" kafka create-topic --topic probe >/dev/null 2>&1 && break; sleep 0.3; done
+source scripts/bench/broker.sh
+export FRESHET_CHECKPOINT_INTERVAL=1s
 python3 "$SHARED/workload/gen_events.py" --seed 7 --events "$EVENTS" --disorder-ms 5000 --malformed-rate 0.001 \
   --rate-per-s 100 --out "$WORK/in.ndjson"
 

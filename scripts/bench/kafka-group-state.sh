@@ -12,16 +12,9 @@ cd "$(dirname "$0")/../.."
 USERS=${USERS:-1000000}
 EVENTS=${EVENTS:-2000000}
 PORT=${KAFKA_PORT:-19394}
-TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
-WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
-cargo build --release -p freshet >/dev/null 2>&1
-F=$PWD/target/release/freshet
+source scripts/bench/broker.sh
 CONFIG=scripts/bench/kafka-group-users-job.toml
-export KAFKA_BROKERS=127.0.0.1:$PORT FRESHET_TOPIC=users FRESHET_GROUP=state
-(cd "$WORK" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
-for _ in $(seq 100); do "$F" kafka create-topic --topic probe >/dev/null 2>&1 && break; sleep 0.3; done
+export FRESHET_TOPIC=users FRESHET_GROUP=state
 "$F" gen --events "$EVENTS" --users "$USERS" --out "$WORK/events.ndjson" 2>/dev/null
 "$F" kafka create-topic --topic users --partitions 4 >/dev/null
 "$F" kafka produce --topic users --key-field user_id "$WORK/events.ndjson"

@@ -14,15 +14,8 @@ cd "$(dirname "$0")/../.."
 EVENTS=${EVENTS:-200000}
 ROUNDS=${ROUNDS:-3}
 PORT=${KAFKA_PORT:-19393}
-TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
-WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
-cargo build --release -p freshet >/dev/null 2>&1
-F=$PWD/target/release/freshet
-export KAFKA_BROKERS=127.0.0.1:$PORT FRESHET_TOPIC=grp FRESHET_GROUP=bench
-(cd "$WORK" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
-for _ in $(seq 100); do "$F" kafka create-topic --topic probe >/dev/null 2>&1 && break; sleep 0.3; done
+source scripts/bench/broker.sh
+export FRESHET_TOPIC=grp FRESHET_GROUP=bench
 "$F" gen --events "$EVENTS" --out "$WORK/events.ndjson" 2>/dev/null
 "$F" kafka create-topic --topic grp --partitions 4 >/dev/null
 "$F" kafka produce --topic grp --key-field user_id "$WORK/events.ndjson" >/dev/null

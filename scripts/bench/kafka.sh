@@ -14,21 +14,10 @@ EVENTS=${EVENTS:-1000000}
 RATE=${RATE:-10000}
 LATENCY_EVENTS=${LATENCY_EVENTS:-200000}
 PORT=${KAFKA_PORT:-19392}
-STORAGE=${KAFKA_STORAGE:-sqlite}
-TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$WORK"' EXIT
-cargo build --release -p freshet >/dev/null 2>&1
-F=./target/release/freshet
-export KAFKA_BROKERS=127.0.0.1:$PORT
-
-case "$STORAGE" in sqlite) ENGINE=sqlite://tansu.db ;; memory) ENGINE=memory://tansu/ ;; esac
-(cd "$WORK" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine "$ENGINE" >tansu.log 2>&1) &
-for _ in $(seq 100); do "$F" kafka create-topic --topic probe >/dev/null 2>&1 && break; sleep 0.3; done
+source scripts/bench/broker.sh
 
 "$F" gen --events "$EVENTS" --out "$WORK/events.ndjson" 2>/dev/null
-echo "input: $EVENTS lines; tansu $STORAGE storage; $(nproc) cores"
+echo "input: $EVENTS lines; tansu ${KAFKA_STORAGE:-sqlite} storage; $(nproc) cores"
 "$F" kafka create-topic --topic bench --partitions 4
 echo "== produce (freshet kafka produce, idempotent, keyed by user_id)"
 "$F" kafka produce --topic bench --key-field user_id "$WORK/events.ndjson"
