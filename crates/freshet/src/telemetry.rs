@@ -1,6 +1,8 @@
 //! Logs and metrics, installed once at start: `tracing` to stderr (text or
 //! JSON) and the Prometheus recorder whose text `/metrics` renders.
 
+use std::io::IsTerminal;
+
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -17,9 +19,13 @@ pub enum LogFormat {
 }
 
 /// Installs the log subscriber. `RUST_LOG` overrides `default_level`.
+/// Text is coloured on a terminal only: a log file gets plain lines.
 pub fn init_logs(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
