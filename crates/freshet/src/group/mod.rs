@@ -28,8 +28,10 @@
 //! half writes again after a move replaces the same records.
 //!
 //! A bounded job's process ends once every task it owns has read its input
-//! to the end (the repartitioned half: once every upstream task has); an
-//! unbounded one runs until stopped.
+//! to the end (the repartitioned half: once every upstream task has) and no
+//! rebalance is under way (it may bring more tasks, and a member that leaves
+//! mid-rebalance can leave the group stuck on tansu); an unbounded one runs
+//! until stopped.
 //!
 //! Reads of the tasks' features are answered by the process that runs the
 //! entity's task, whichever process they are sent to ([`reads`]).
@@ -63,6 +65,13 @@ pub type Planner = dyn Fn(&dyn Fn(&mut Config)) -> Result<Plan> + Send + Sync;
 const REPARTITION_SINK: &str = "repartition";
 /// How long a bounded job's process given no task stays in the group.
 const IDLE_MEMBER_WAIT: Duration = Duration::from_secs(15);
+/// How long a bounded job's process that is done stays in the group before
+/// it leaves: long enough (heartbeats go every second) to hear of a
+/// rebalance another member's leave or join started, and take part in it.
+const LEAVE_SETTLE: Duration = Duration::from_secs(3);
+/// The longest a done process waits for a rebalance to end before it
+/// leaves anyway.
+const REBALANCE_WAIT: Duration = Duration::from_secs(120);
 /// At most one checkpoint of a half goes to its changelog this often.
 const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// A repartitioned half's idle timeout: in effect never.
@@ -215,6 +224,8 @@ pub fn run(
     let mut owned: Vec<u32> = Vec::new();
     let mut done: BTreeSet<Key> = BTreeSet::new();
     let mut assigned_at: Option<Instant> = None;
+    // Since when this process has had nothing left to do (bounded jobs).
+    let mut done_at: Option<Instant> = None;
     let mut failures = 0u32;
     // A half that stops ships its newest checkpoint: its next owner starts there.
     let halt = |(job, shipper): Running| {
@@ -318,15 +329,24 @@ pub fn run(
         // A process given nothing waits a while: members join one by one, and
         // the group may yet need it.
         let may_end = !owned.is_empty() || assigned_at.is_some_and(|t| t.elapsed() >= IDLE_MEMBER_WAIT);
-        if starter.layout.bounded
+        let ending = starter.layout.bounded
             && assigned_at.is_some()
             && running.is_empty()
             && starting.is_empty()
             && all_done
-            && may_end
-        {
-            tracing::info!(tasks = ?owned, "Every task of this process read its input to the end.");
-            return Ok(());
+            && may_end;
+        // A rebalance in flight is seen through first: the group may hand
+        // this process more tasks, and (with tansu) it must not leave then.
+        let rebalancing = membership.rebalancing_for().is_some_and(|t| t < REBALANCE_WAIT);
+        match (ending && !rebalancing, done_at) {
+            (false, _) => done_at = None,
+            (true, None) => done_at = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() >= LEAVE_SETTLE => {
+                tracing::info!(tasks = ?owned, "Every task of this process read its input to the end.");
+                membership.lapse();
+                return Ok(());
+            }
+            (true, Some(_)) => {}
         }
     }
 }

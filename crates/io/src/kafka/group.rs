@@ -46,6 +46,16 @@ struct MemberContext {
     source: String,
     /// Assignments received (one per rebalance this member took part in).
     assignments: AtomicU64,
+    /// When the group last took this member's tasks back for a rebalance
+    /// whose assignment has not come yet (ms since `epoch`; 0: none).
+    revoked_at: AtomicU64,
+    epoch: Instant,
+}
+
+impl MemberContext {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
 }
 
 impl ClientContext for MemberContext {
@@ -67,11 +77,13 @@ impl ConsumerContext for MemberContext {
                 tracing::info!(component, "Kafka group rebalance: tasks assigned: {:?}.", ids(list));
                 metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
+                self.revoked_at.store(0, Ordering::SeqCst);
             }
             // The tasks go on until the next assignment says which stay here:
             // with the eager protocol every rebalance revokes everything first.
             Rebalance::Revoke(list) => {
-                tracing::info!(component, "Kafka group rebalance: tasks revoked: {:?}.", ids(list))
+                tracing::info!(component, "Kafka group rebalance: tasks revoked: {:?}.", ids(list));
+                self.revoked_at.store(self.now_ms(), Ordering::SeqCst);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.")
@@ -112,6 +124,8 @@ impl Membership {
                 logged: Logged { component: component.clone() },
                 source: name.to_owned(),
                 assignments: AtomicU64::new(0),
+                revoked_at: AtomicU64::new(0),
+                epoch: Instant::now(),
             })
             .map_err(|e| err(format!("creating the group's consumer: {e}")))?;
         let serve = |wait| {
@@ -169,6 +183,18 @@ impl Membership {
         Some(ids)
     }
 
+    /// How long a rebalance has been going on for this member (its tasks
+    /// revoked, their new assignment not yet here), if one is.
+    ///
+    /// A member should not leave then: tansu 0.6.0 keeps a leader that
+    /// leaves mid-rebalance as the group's leader, and the members left wait
+    /// for its assignment forever (they never get tasks again).
+    pub fn rebalancing_for(&self) -> Option<Duration> {
+        let context = self.consumer.context();
+        let at = context.revoked_at.load(Ordering::SeqCst);
+        (at != 0).then(|| Duration::from_millis(context.now_ms().saturating_sub(at)))
+    }
+
     /// Records a task's checkpointed position as the group's committed
     /// offset (for lag tools), asynchronously.
     pub fn commit(&self, partition: u32, next: u64) {
@@ -178,6 +204,24 @@ impl Membership {
         {
             tracing::debug!(partition, error = %e, "Could not commit a task's offset to the group.");
         }
+    }
+}
+
+impl Membership {
+    /// Ends this membership without leaving the group: the process is about
+    /// to exit, and the group drops it when its session lapses.
+    ///
+    /// For a bounded job whose members all end within moments of each other:
+    /// on tansu 0.6.0 a member that leaves while another's leave has the
+    /// group re-forming stays its leader, and the group never forms again
+    /// (a later member would wait forever), whereas a lapsed session
+    /// clears it. Stopping (Ctrl-C) still leaves at once, so that the others
+    /// take the tasks without waiting for the session to lapse.
+    pub fn lapse(self) {
+        tracing::debug!(topic = self.topic.as_str(), "Ending without leaving the group; its session lapses.");
+        // Neither this type's Drop (unsubscribe) nor the consumer's (close,
+        // which sends LeaveGroup) runs; the process exits next.
+        std::mem::forget(self);
     }
 }
 
