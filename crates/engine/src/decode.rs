@@ -77,6 +77,11 @@ pub struct Chunk {
     /// An entity to forget after this chunk's lines (a control operation,
     /// ordered with the events around it).
     pub forget: Option<crate::record::Forget>,
+    /// The partition's watermark after this chunk's lines, when its writer
+    /// said so in-band (a repartition topic's upstream task): the partition
+    /// then stands at least there, as if an event with the time giving that
+    /// watermark had come.
+    pub watermark: Option<i64>,
 }
 
 impl Chunk {
@@ -394,6 +399,12 @@ impl<'p> Decoder<'p> {
         }
         for o in oversized {
             self.oversized(chunk, o, out);
+        }
+        if let Some(w) = chunk.watermark {
+            // The event time whose partition watermark is `w` (see crate::time).
+            let ooo = self.pipeline.event_time.max_out_of_orderness;
+            let ts = w.saturating_add(ooo).saturating_add(1).clamp(MIN_EVENT_TIME, MAX_EVENT_TIME);
+            out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
         }
     }
 
@@ -879,6 +890,26 @@ mod tests {
             recommender: None,
             tables: vec![],
         }
+    }
+
+    /// A watermark told in-band raises the chunk's event time to the time
+    /// that gives it (`w + out_of_orderness + 1`), never lowers it, and an
+    /// empty chunk may carry one alone.
+    #[test]
+    fn a_chunk_watermark_stands_for_the_event_time_that_gives_it() {
+        let p = pipeline(WindowSpec::Global);
+        let mut d = Decoder::new(&p);
+        let decode = |d: &mut Decoder<'_>, data: &[u8], watermark| {
+            let mut out = d.output();
+            d.decode(&Chunk { data: data.to_vec(), watermark, ..Chunk::default() }, &mut out);
+            out.max_ts
+        };
+        assert_eq!(decode(&mut d, b"", Some(9_000)), Some(10_001));
+        assert_eq!(decode(&mut d, b"{\"k\":\"a\",\"ts\":5000}\n", Some(9_000)), Some(10_001));
+        assert_eq!(decode(&mut d, b"{\"k\":\"a\",\"ts\":50000}\n", Some(9_000)), Some(50_000));
+        assert_eq!(decode(&mut d, b"{\"k\":\"a\",\"ts\":5000}\n", None), Some(5_000));
+        assert_eq!(decode(&mut d, b"", None), None);
+        assert_eq!(decode(&mut d, b"", Some(i64::MAX - 1)), Some(MAX_EVENT_TIME));
     }
 
     /// Found by fuzzing: an event time near `i64::MAX` or `i64::MIN`

@@ -404,6 +404,14 @@ impl Shard {
         postcard::to_stdvec(&snap).unwrap_or_default()
     }
 
+    /// The combined watermark a snapshot of [`Shard::snapshot`] holds, read
+    /// from its head alone (the state after it is not decoded).
+    pub fn snapshot_watermark(bytes: &[u8]) -> Option<i64> {
+        // Every format begins with the partitions' progress and the watermark.
+        let ((_, watermark), _) = postcard::take_from_bytes::<(Vec<(PartitionId, i64, bool)>, i64)>(bytes).ok()?;
+        Some(watermark)
+    }
+
     /// Loads a snapshot into this fresh shard; `now_ms` restarts idleness clocks.
     pub fn restore(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), RestoreError> {
         let snap: ShardSnapshot = postcard::from_bytes(bytes)

@@ -184,6 +184,7 @@ impl FileSource {
             end_position: self.read_bytes - self.carry.len() as u64,
             end_offset: self.offset,
             forget: None,
+            watermark: None,
         }))
     }
 }

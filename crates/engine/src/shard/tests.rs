@@ -209,6 +209,7 @@ impl<'p> Run<'p> {
     fn restart(&mut self) {
         for i in 0..self.shards.len() {
             let bytes = self.shards[i].snapshot();
+            assert_eq!(Shard::snapshot_watermark(&bytes), Some(self.shards[i].watermark()), "read from the head");
             let view: Views = Arc::new(self.pipeline.features.iter().map(FeatureView::new).collect());
             let mut fresh = Shard::new(self.pipeline, Some(view.clone()));
             fresh.restore(&bytes, 0).unwrap();

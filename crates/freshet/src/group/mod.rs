@@ -12,9 +12,10 @@
 //! Each record's key is its writer task and number, so a half that runs
 //! again from a checkpoint writes the same records and the reader drops
 //! them; an upstream's end of input travels as an end marker in every
-//! partition, and event time in the events, so a reader's watermark is the
-//! minimum over all upstream tasks (an upstream counts as a partition of
-//! the reader's source).
+//! partition, and its watermark as a watermark marker after each of its
+//! checkpoints (besides the events' own times), so a reader's watermark is
+//! the minimum over all upstream tasks (an upstream counts as a partition
+//! of the reader's source), also those that send it no events.
 //!
 //! Each half runs as a job of its own, with checkpoints (state, positions,
 //! sink positions) written locally and shipped to the half's partition of a
@@ -41,12 +42,14 @@ pub mod reads;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use freshet_engine::shard::Shard;
+use freshet_engine::time::WATERMARK_MIN;
 use freshet_io::kafka::Connection;
-use freshet_io::kafka::group::{Changelog, Membership, write_end_markers};
+use freshet_io::kafka::group::{Changelog, Markers, Membership};
 use freshet_io::kafka::members::Members;
 use freshet_io::kafka::sink::Repartition;
 use freshet_io::kafka::source::KafkaSourceConfig;
@@ -291,12 +294,10 @@ pub fn run(
             shipper.flush();
             let ended = ended.and_then(|summary| {
                 tracing::info!(task = p, ?half, lines = summary.lines, "Task half read its input to the end.");
-                if half == Half::Input && starter.layout.by.is_some() {
-                    let l = &starter.layout;
-                    write_end_markers(&l.connection, &l.repartition_topic, p, l.partitions)
-                        .context("marking the end of its repartitioned events")?;
+                match &shipper.upstream {
+                    Some(upstream) => upstream.markers.end().context("marking the end of its repartitioned events"),
+                    None => Ok(()),
                 }
-                Ok(())
             });
             match ended {
                 Ok(()) => {
@@ -494,8 +495,16 @@ fn start(
         took_ms = took.as_millis() as u64,
         "Task restored from the changelog; starting."
     );
+    let upstream = match (half, &layout.by) {
+        (Half::Input, Some(_)) => Some(Upstream {
+            markers: Markers::open(&layout.connection, &layout.repartition_topic, partition, layout.partitions)?,
+            told: AtomicI64::new(WATERMARK_MIN),
+        }),
+        _ => None,
+    };
     let shipper = Arc::new(Shipper {
         log: changelog.clone(),
+        upstream,
         key: (partition, half),
         source: layout.source,
         writer: (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64,
@@ -511,9 +520,11 @@ fn start(
 /// half's whole state, so at most one goes every [`SHIP_EVERY`]; the
 /// newest goes when the half stops or ends. Any of them is a consistent
 /// state: one shipped less often only means a moved task reads more input
-/// again.
+/// again. An input half that feeds the repartition topic also tells it its
+/// watermark at every checkpoint, and its end.
 struct Shipper {
     log: Arc<Changelog>,
+    upstream: Option<Upstream>,
     key: Key,
     source: usize,
     /// This run of the half (tells its pieces from another owner's).
@@ -529,8 +540,40 @@ struct ShipState {
     pending: Option<Checkpoint>,
 }
 
+/// An input half's markers in the repartition topic, and the watermark
+/// they last told.
+struct Upstream {
+    markers: Markers,
+    told: AtomicI64,
+}
+
+impl Upstream {
+    /// Tells the repartition topic the watermark of checkpoint `cp` when it
+    /// moved on: every record the half routed before it is written (the
+    /// checkpoint waited for their acknowledgements), so none of them comes
+    /// after the marker. The watermark of a moved task's first checkpoint
+    /// may be below one told before; readers keep the highest.
+    fn offer(&self, cp: &Checkpoint, task: u32) {
+        let Some(watermark) = cp.shards.iter().map(|s| Shard::snapshot_watermark(s)).min().flatten() else {
+            return tracing::warn!(task, checkpoint = cp.id, "A checkpoint without a readable watermark.");
+        };
+        if watermark == WATERMARK_MIN || watermark <= self.told.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.markers.watermark(watermark) {
+            Ok(()) => self.told.store(watermark, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!(task, error = %e, "Could not tell the repartition topic a watermark; the next checkpoint will.")
+            }
+        }
+    }
+}
+
 impl Shipper {
     fn offer(&self, cp: &Checkpoint) {
+        if let Some(upstream) = &self.upstream {
+            upstream.offer(cp, self.key.0);
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
             state.pending = Some(cp.clone());

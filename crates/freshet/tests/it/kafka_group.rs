@@ -369,6 +369,110 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
+/// Watermarks travel in-band through the repartition topic. One process
+/// runs a job whose per-item counts (1-minute windows) are fed through it,
+/// on a topic where each of 4 users (one per partition) views an item of its
+/// own, each item in another partition of the repartition topic: every
+/// reader gets records from one upstream task only, and the three others
+/// tell it their watermarks with markers. The job is unbounded, so only
+/// those markers let a reader's watermark pass: every window below the
+/// final watermark must close and be written with its count, and the last
+/// one, still open, must not.
+#[test]
+fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_nothing() {
+    use freshet_io::kafka::keys::Partitioner;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "marks";
+    // The first id `{prefix}N` in each of the 4 partitions.
+    let one_per_partition = |partitioner: Partitioner, prefix: &str| -> Vec<String> {
+        (0..4)
+            .map(|p| (0..).map(|n| format!("{prefix}{n}")).find(|id| partitioner.partition(id.as_bytes(), 4) == p))
+            .map(Option::unwrap)
+            .collect()
+    };
+    // Users by the producer's partitioner; items as the repartition topic is written.
+    let users = one_per_partition(Partitioner::Murmur2Random, "u");
+    let items = one_per_partition(Partitioner::ConsistentRandom, "i");
+    // Every second for 10 minutes of event time, user p views item p.
+    let mut input = String::new();
+    for second in 0..600 {
+        for (user, item) in users.iter().zip(&items) {
+            let ts = second * 1000;
+            input.push_str(&format!(
+                "{{\"type\":\"view\",\"user_id\":\"{user}\",\"item_id\":\"{item}\",\"ts\":{ts}}}\n"
+            ));
+        }
+    }
+    let path = dir.path().join("views.ndjson");
+    std::fs::write(&path, input).unwrap();
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", path.to_str().unwrap()]);
+    let config = dir.path().join("item-views.toml");
+    std::fs::write(&config, ITEM_VIEWS_JOB).unwrap();
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", (config.to_str().unwrap(), topic, "markers"), &[]);
+
+    // Each upstream's watermark ends at 599 s - 1 s - 1 ms: minutes 0..9 close, minute 9 stays open.
+    let want: HashSet<String> = items
+        .iter()
+        .flat_map(|item| (0..9).map(move |m| format!("{},{},{item},60", m * 60_000, (m + 1) * 60_000)))
+        .collect();
+    let out = format!("{topic}-item-views");
+    wait_for_values(&broker, &out, &want, "the closed windows of every item", &mut [&mut p1]);
+    // A beat more: nothing else comes (the open window is not written).
+    thread::sleep(Duration::from_secs(2));
+    let have = values(&broker, &out);
+    let extra: Vec<&String> = have.difference(&want).collect();
+    assert!(extra.is_empty(), "windows written that are not closed: {extra:?}");
+}
+
+/// Per item, its views in 1-minute windows, fed through the repartition topic.
+const ITEM_VIEWS_JOB: &str = r#"
+[pipeline]
+dead_letter = "dlq"
+checkpoint_interval = "${FRESHET_CHECKPOINT_INTERVAL:-1s}"
+
+[event_time]
+field = "ts"
+max_out_of_orderness = "1s"
+
+[sources.events]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "${FRESHET_TOPIC}"
+group = "${FRESHET_GROUP}"
+scale_out = true
+partition_key = "user_id"
+
+[sinks.item_views]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "${FRESHET_TOPIC}-item-views"
+format = "csv"
+partitions = 4
+compacted = true
+
+[sinks.dlq]
+type = "kafka"
+brokers = "${KAFKA_BROKERS}"
+topic = "${FRESHET_TOPIC}-dlq"
+partitions = 1
+
+[[flows]]
+name = "views"
+when = { field = "type", eq = "view" }
+fields = { user_id = "string", item_id = "string", ts = "integer" }
+
+[[features]]
+name = "item_views"
+flow = "views"
+key = ["item_id"]
+window = { type = "tumbling", size = "1m" }
+aggregate = "count"
+sink = "item_views"
+serve = false
+"#;
+
 /// Reads across a group: two processes run examples/kafka-group-features.toml
 /// (per user and type, and per item, counts of every event so far) on a
 /// 4-partition topic keyed by user_id. Users and items, asked of either

@@ -339,22 +339,60 @@ impl Changelog {
     }
 }
 
-/// Tells every partition of the repartition topic `topic` that task
-/// `upstream` has written all it will (its bounded input ended), after its
-/// records: readers end that upstream there (see [`super::sink::END_OF_UPSTREAM`]).
-pub fn write_end_markers(connection: &Connection, topic: &str, upstream: u32, partitions: usize) -> Result<()> {
-    let component = format!("repartition {topic}");
-    let err = |message: String| IoError::Kafka { component: component.clone(), message };
-    let producer: BaseProducer<Logged> = connection
-        .client_config(&[("enable.idempotence", "true")])
-        .create_with_context(Logged { component: component.clone() })
-        .map_err(|e| err(format!("creating the producer: {e}")))?;
-    let key = super::sink::repartition_key(upstream, super::sink::END_OF_UPSTREAM);
-    for partition in 0..partitions as i32 {
-        let record = BaseRecord::<[u8], ()>::to(topic).partition(partition).key(&key[..]);
-        producer.send(record).map_err(|(e, _)| err(format!("writing the end marker to partition {partition}: {e}")))?;
+/// What an upstream task tells every partition of its group's repartition
+/// topic, after its records: how far its event time has come (its
+/// watermark, [`super::sink::WATERMARK_OF_UPSTREAM`]), and that it has
+/// written all it will ([`super::sink::END_OF_UPSTREAM`]). So a reader's
+/// watermark moves on with every upstream task's, also one that sends it no
+/// records.
+pub struct Markers {
+    producer: BaseProducer<Logged>,
+    topic: String,
+    upstream: u32,
+    partitions: usize,
+}
+
+impl Markers {
+    /// A producer for task `upstream`'s markers on `topic` (with `partitions`).
+    pub fn open(connection: &Connection, topic: &str, upstream: u32, partitions: usize) -> Result<Self> {
+        let component = format!("repartition {topic}");
+        let producer = connection
+            .client_config(&[("enable.idempotence", "true")])
+            .create_with_context(Logged { component: component.clone() })
+            .map_err(|e| IoError::Kafka { component, message: format!("creating the producer: {e}") })?;
+        Ok(Self { producer, topic: topic.to_owned(), upstream, partitions })
     }
-    producer.flush(Duration::from_secs(60)).map_err(|e| err(format!("flushing the end markers: {e}")))
+
+    /// Tells every partition that the task's watermark is `watermark`: its
+    /// records up to a checkpoint whose state has that watermark must be
+    /// written (acknowledged) first. Not awaited: a marker lost is made
+    /// good by the next.
+    pub fn watermark(&self, watermark: i64) -> Result<()> {
+        self.send(super::sink::WATERMARK_OF_UPSTREAM, watermark.to_string().as_bytes())?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Tells every partition that the task has written all it will (its
+    /// bounded input ended), after its records; waits until they have it.
+    pub fn end(&self) -> Result<()> {
+        self.send(super::sink::END_OF_UPSTREAM, b"")?;
+        self.producer.flush(Duration::from_secs(60)).map_err(|e| self.error(format!("flushing the end markers: {e}")))
+    }
+
+    fn send(&self, number: u64, value: &[u8]) -> Result<()> {
+        let key = super::sink::repartition_key(self.upstream, number);
+        for partition in 0..self.partitions as i32 {
+            let record = BaseRecord::<[u8], [u8]>::to(&self.topic).partition(partition).key(&key[..]).payload(value);
+            super::send_with_room(&self.producer, record, &|| false)
+                .map_err(|m| self.error(format!("writing a marker to partition {partition}: {m}")))?;
+        }
+        Ok(())
+    }
+
+    fn error(&self, message: String) -> IoError {
+        IoError::Kafka { component: format!("repartition {}", self.topic), message }
+    }
 }
 
 /// A piece: (writer, checkpoint, index, count, bytes).

@@ -79,6 +79,10 @@ pub struct Repartition {
 /// The number of a repartition topic's end marker: the task has written
 /// everything (its bounded input ended).
 pub const END_OF_UPSTREAM: u64 = u64::MAX;
+/// The number of a repartition topic's watermark marker, whose value is the
+/// task's watermark (decimal): its later records are not expected to be
+/// older, as with the watermark its own input gives.
+pub const WATERMARK_OF_UPSTREAM: u64 = u64::MAX - 1;
 
 /// The key of a repartition record: writing task and number, big-endian.
 pub fn repartition_key(upstream: u32, seq: u64) -> [u8; 12] {

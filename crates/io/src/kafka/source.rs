@@ -564,6 +564,16 @@ impl Reader {
                 self.parts[i].spans.push_back(Span { end: u64::MAX, kafka_offset });
                 self.finish(i, consumer);
             }
+        } else if seq == super::sink::WATERMARK_OF_UPSTREAM {
+            match std::str::from_utf8(m.payload().unwrap_or_default()).ok().and_then(|v| v.parse().ok()) {
+                Some(watermark) => self.upstream_watermark(i, watermark),
+                None => tracing::warn!(
+                    component = self.name.as_str(),
+                    upstream = u,
+                    offset = m.offset(),
+                    "A watermark marker without a watermark; dropped."
+                ),
+            }
         } else if self.parts[i].next.is_none_or(|next| seq >= next) {
             self.append(i, seq, m.payload().unwrap_or_default(), consumer);
             let part = &mut self.parts[i];
@@ -575,6 +585,32 @@ impl Reader {
             }
         }
         // Else written again by a task that ran again from a checkpoint: dropped.
+    }
+
+    /// Upstream `i` says its watermark is `watermark`: its pending chunk
+    /// carries it (after its records), or an empty chunk when none is
+    /// pending. A marker read again after a restore changes nothing (the
+    /// engine's watermarks never go back).
+    fn upstream_watermark(&mut self, i: usize, watermark: i64) {
+        let part = &mut self.parts[i];
+        if part.finished {
+            return;
+        }
+        let chunk = match &mut part.chunk {
+            Some(c) => c,
+            None => {
+                let next = part.next.unwrap_or(0);
+                self.ready.push_back(Chunk {
+                    partition: part.id as u32,
+                    first_offset: next,
+                    end_offset: next,
+                    end_position: next,
+                    ..Chunk::default()
+                });
+                self.ready.back_mut().expect("just pushed")
+            }
+        };
+        chunk.watermark = Some(chunk.watermark.map_or(watermark, |w| w.max(watermark)));
     }
 
     /// Appends one record's value (at `offset` of part `i`) to its pending chunk.
@@ -752,6 +788,26 @@ mod tests {
         // Nothing new: nothing sent.
         r.resume_after(&[(0, 20), (1, 10)]);
         assert_eq!(sent(&mut r), None);
+    }
+
+    #[test]
+    fn an_upstreams_watermark_rides_on_its_pending_chunk_or_an_empty_one() {
+        let mut r = reader(3);
+        r.parts[0].next = Some(7);
+        r.upstream_watermark(0, 100);
+        let c = r.ready.pop_front().expect("an empty chunk carries it");
+        assert_eq!((c.partition, c.first_offset, c.end_offset, c.end_position), (0, 7, 7, 7));
+        assert_eq!((c.data.len(), c.end_of_partition, c.watermark), (0, false, Some(100)));
+        // After the records pending: on their chunk, the highest told.
+        r.parts[1].chunk = Some(Chunk { partition: 1, end_offset: 2, data: b"a\nb\n".to_vec(), ..Chunk::default() });
+        r.upstream_watermark(1, 50);
+        r.upstream_watermark(1, 40);
+        assert!(r.ready.is_empty());
+        assert_eq!(r.parts[1].chunk.as_ref().and_then(|c| c.watermark), Some(50));
+        // An upstream that ended has nothing more to say.
+        r.parts[2].finished = true;
+        r.upstream_watermark(2, 60);
+        assert!(r.ready.is_empty() && r.parts[2].chunk.is_none());
     }
 
     #[test]
