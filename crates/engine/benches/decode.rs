@@ -193,6 +193,7 @@ fn pipeline_case(c: &mut Criterion, suffix: &str, dedup: bool) {
                     partition: Some((0, 0)),
                     max_ts: out.max_ts,
                     end_of_partition: true,
+                    idle: false,
                     ingest_ms: 0,
                     ingest_us: 0,
                     batch: RecordBatch {

@@ -82,6 +82,10 @@ pub struct Chunk {
     /// then stands at least there, as if an event with the time giving that
     /// watermark had come.
     pub watermark: Option<i64>,
+    /// The partition's writer says it is idle (its own input had nothing
+    /// for its idle timeout): after this chunk the partition no longer holds
+    /// the watermark back, until it delivers again.
+    pub idle: bool,
 }
 
 impl Chunk {
@@ -944,6 +948,7 @@ mod tests {
                     partition: Some((0, 0)),
                     max_ts: out.max_ts.filter(|_| !end),
                     end_of_partition: end,
+                    idle: false,
                     ingest_ms: 0,
                     ingest_us: 0,
                     batch,

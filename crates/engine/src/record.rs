@@ -163,6 +163,8 @@ pub struct ShardInput {
     pub max_ts: Option<i64>,
     /// Whether the partition ended with this chunk.
     pub end_of_partition: bool,
+    /// Whether the partition's writer said it is idle (see `Chunk::idle`).
+    pub idle: bool,
     /// Wall time the chunk was read (ms), for idleness.
     pub ingest_ms: i64,
     /// Monotonic instant the chunk was read (µs, runtime-defined), for latency.

@@ -227,6 +227,9 @@ impl Shard {
         self.apply_model_inputs(batch);
         if let Some(partition) = input.partition {
             self.watermarks.observe(partition, input.max_ts, input.ingest_ms);
+            if input.idle {
+                self.watermarks.idle(partition, input.ingest_ms);
+            }
             if input.end_of_partition {
                 self.watermarks.finish(partition);
             }

@@ -76,6 +76,19 @@ impl Watermarks {
         }
     }
 
+    /// Marks a partition idle at wall time `now_ms`, as if it had been silent
+    /// for the idle timeout: it no longer holds the watermark back until it
+    /// delivers an event time again.
+    pub fn idle(&mut self, partition: PartitionId, now_ms: i64) {
+        let silent_since = now_ms.saturating_sub(self.idle_timeout_ms);
+        let p = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: i64::MIN,
+            last_active_ms: silent_since,
+            finished: false,
+        });
+        p.last_active_ms = p.last_active_ms.min(silent_since);
+    }
+
     /// Marks a partition as finished (end of input): it no longer holds the watermark back.
     pub fn finish(&mut self, partition: PartitionId) {
         let p = self.partitions.entry(partition).or_insert(PartitionClock {
@@ -177,6 +190,26 @@ mod tests {
         // It never goes back when partition 1 wakes up behind.
         w.observe((0, 1), Some(60_000), 41_000);
         assert_eq!(w.advance(41_000), 200_000 - 5001);
+    }
+
+    #[test]
+    fn a_partition_said_idle_stops_holding_until_it_delivers_again() {
+        // A timeout that never passes by itself (a group's repartition reader).
+        let mut w = Watermarks::new(0, i64::MAX / 4);
+        w.observe((0, 0), Some(100_000), 1_000);
+        w.observe((0, 1), Some(10_000), 1_000);
+        assert_eq!(w.advance(1_000), 9_999);
+        w.idle((0, 1), 2_000);
+        assert_eq!(w.advance(2_000), 99_999);
+        // Its next event time makes it count again (the watermark stays).
+        w.observe((0, 1), Some(20_000), 3_000);
+        w.observe((0, 0), Some(300_000), 3_000);
+        assert_eq!(w.advance(3_000), 99_999);
+        w.observe((0, 1), Some(200_000), 4_000);
+        assert_eq!(w.advance(4_000), 199_999);
+        // A partition said idle before it delivered anything holds nothing.
+        w.idle((0, 2), 5_000);
+        assert_eq!(w.advance(5_000), 199_999);
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn shard_input(batch: RecordBatch, max_ts: Option<i64>, end: bool) -> ShardInput
         partition: Some((0, 0)),
         max_ts,
         end_of_partition: end,
+        idle: false,
         ingest_ms: 0,
         ingest_us: 0,
         batch,

@@ -185,6 +185,7 @@ impl FileSource {
             end_offset: self.offset,
             forget: None,
             watermark: None,
+            idle: false,
         }))
     }
 }

@@ -32,6 +32,7 @@ fn input(batch: RecordBatch, max_ts: Option<i64>, end_of_partition: bool, forget
         partition: Some((0, 0)),
         max_ts,
         end_of_partition,
+        idle: false,
         ingest_ms: 0,
         ingest_us: 0,
         batch,

@@ -12,10 +12,11 @@
 //! Each record's key is its writer task and number, so a half that runs
 //! again from a checkpoint writes the same records and the reader drops
 //! them; an upstream's end of input travels as an end marker in every
-//! partition, and its watermark as a watermark marker after each of its
-//! checkpoints (besides the events' own times), so a reader's watermark is
-//! the minimum over all upstream tasks (an upstream counts as a partition
-//! of the reader's source), also those that send it no events.
+//! partition, its watermark as a watermark marker after each of its
+//! checkpoints (besides the events' own times), and its input's idleness
+//! as an idle marker, so a reader's watermark is the minimum over all
+//! upstream tasks that are not idle (an upstream counts as a partition of
+//! the reader's source), also those that send it no events.
 //!
 //! Each half runs as a job of its own, with checkpoints (state, positions,
 //! sink positions) written locally and shipped to the half's partition of a
@@ -42,7 +43,7 @@ pub mod reads;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -496,10 +497,10 @@ fn start(
         "Task restored from the changelog; starting."
     );
     let upstream = match (half, &layout.by) {
-        (Half::Input, Some(_)) => Some(Upstream {
-            markers: Markers::open(&layout.connection, &layout.repartition_topic, partition, layout.partitions)?,
-            told: AtomicI64::new(WATERMARK_MIN),
-        }),
+        (Half::Input, Some(_)) => Some(Upstream::new(
+            Markers::open(&layout.connection, &layout.repartition_topic, partition, layout.partitions)?,
+            Duration::from_millis(plan.pipeline.event_time.idle_timeout.max(0) as u64),
+        )),
         _ => None,
     };
     let shipper = Arc::new(Shipper {
@@ -540,30 +541,61 @@ struct ShipState {
     pending: Option<Checkpoint>,
 }
 
-/// An input half's markers in the repartition topic, and the watermark
-/// they last told.
+/// An input half's markers in the repartition topic, and what they last told.
 struct Upstream {
     markers: Markers,
-    told: AtomicI64,
+    /// The half's own idle timeout: its input silent this long, it says so.
+    idle_after: Duration,
+    state: std::sync::Mutex<UpstreamState>,
+}
+
+struct UpstreamState {
+    /// The watermark last told.
+    told: i64,
+    /// The input's position at the last checkpoint, and since when it stands there.
+    position: Option<u64>,
+    since: Instant,
+    /// When the input was last said idle (while it stays so).
+    idle_told: Option<Instant>,
 }
 
 impl Upstream {
-    /// Tells the repartition topic the watermark of checkpoint `cp` when it
-    /// moved on: every record the half routed before it is written (the
-    /// checkpoint waited for their acknowledgements), so none of them comes
-    /// after the marker. The watermark of a moved task's first checkpoint
-    /// may be below one told before; readers keep the highest.
-    fn offer(&self, cp: &Checkpoint, task: u32) {
+    fn new(markers: Markers, idle_after: Duration) -> Self {
+        let state = UpstreamState { told: WATERMARK_MIN, position: None, since: Instant::now(), idle_told: None };
+        Self { markers, idle_after, state: std::sync::Mutex::new(state) }
+    }
+
+    /// After checkpoint `cp` (its input standing at `position`): tells the
+    /// repartition topic the checkpoint's watermark when it moved on (every
+    /// record the half routed before it is written: the checkpoint waited
+    /// for their acknowledgements, so none of them comes after the marker;
+    /// a moved task's first may be below one told before, and readers keep
+    /// the highest), and that the half is idle once its input has not moved
+    /// for its idle timeout (again every [`SHIP_EVERY`] while it stays so:
+    /// a reader restored meanwhile counts it active again).
+    fn offer(&self, cp: &Checkpoint, task: u32, position: Option<u64>) {
         let Some(watermark) = cp.shards.iter().map(|s| Shard::snapshot_watermark(s)).min().flatten() else {
             return tracing::warn!(task, checkpoint = cp.id, "A checkpoint without a readable watermark.");
         };
-        if watermark == WATERMARK_MIN || watermark <= self.told.load(Ordering::SeqCst) {
-            return;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if watermark != WATERMARK_MIN && watermark > state.told {
+            match self.markers.watermark(watermark) {
+                Ok(()) => state.told = watermark,
+                Err(e) => tracing::warn!(task, error = %e, "Could not tell the repartition topic a watermark."),
+            }
         }
-        match self.markers.watermark(watermark) {
-            Ok(()) => self.told.store(watermark, Ordering::SeqCst),
-            Err(e) => {
-                tracing::warn!(task, error = %e, "Could not tell the repartition topic a watermark; the next checkpoint will.")
+        if position != state.position {
+            (state.position, state.since, state.idle_told) = (position, Instant::now(), None);
+        } else if state.since.elapsed() >= self.idle_after && state.idle_told.is_none_or(|t| t.elapsed() >= SHIP_EVERY)
+        {
+            match self.markers.idle() {
+                Ok(()) => {
+                    if state.idle_told.is_none() {
+                        tracing::info!(task, "The task's input is idle; the repartition topic is told so.");
+                    }
+                    state.idle_told = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(task, error = %e, "Could not tell the repartition topic the task is idle."),
             }
         }
     }
@@ -572,7 +604,9 @@ impl Upstream {
 impl Shipper {
     fn offer(&self, cp: &Checkpoint) {
         if let Some(upstream) = &self.upstream {
-            upstream.offer(cp, self.key.0);
+            let task = self.key.0;
+            let position = cp.sources.get(self.source).and_then(|s| s.partitions.iter().find(|(p, _)| *p == task));
+            upstream.offer(cp, task, position.map(|(_, next)| *next));
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {

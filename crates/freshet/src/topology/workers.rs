@@ -385,6 +385,7 @@ pub(super) fn decode(
                     partition: None,
                     max_ts: None,
                     end_of_partition: false,
+                    idle: false,
                     ingest_ms: msg.now_ms,
                     ingest_us: msg.now_us,
                     batch: RecordBatch::default(),
@@ -399,7 +400,7 @@ pub(super) fn decode(
             continue;
         }
         let forget = msg.chunk.as_ref().and_then(|c| c.forget.clone());
-        let (partition, end, ingest_ms, ingest_us) = match &msg.chunk {
+        let (partition, end, idle, ingest_ms, ingest_us) = match &msg.chunk {
             Some(c) => {
                 match &mut enricher {
                     Some(e) => decoder.decode_enriched(c, &mut out, e),
@@ -417,9 +418,9 @@ pub(super) fn decode(
                 shared.lines.fetch_add(out.stats.lines, Ordering::Relaxed);
                 shared.accepted.fetch_add(out.stats.accepted, Ordering::Relaxed);
                 shared.rejected.fetch_add(rejected, Ordering::Relaxed);
-                (Some::<PartitionId>(c.partition_id()), c.end_of_partition, c.ingest_ms, c.ingest_us)
+                (Some::<PartitionId>(c.partition_id()), c.end_of_partition, c.idle, c.ingest_ms, c.ingest_us)
             }
-            None => (None, false, msg.now_ms, msg.now_us),
+            None => (None, false, false, msg.now_ms, msg.now_us),
         };
         // The decoder's own output rides with shard 0's input, in chunk order.
         let mut forwarded = None;
@@ -440,6 +441,7 @@ pub(super) fn decode(
                 partition,
                 max_ts: out.max_ts,
                 end_of_partition: end,
+                idle,
                 ingest_ms,
                 ingest_us,
                 batch,

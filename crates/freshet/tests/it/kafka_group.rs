@@ -369,13 +369,15 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
-/// Watermarks travel in-band through the repartition topic. One process
-/// runs a job whose per-item counts (1-minute windows) are fed through it,
-/// on a topic where each of 4 users (one per partition) views an item of its
-/// own, each item in another partition of the repartition topic: every
-/// reader gets records from one upstream task only, and the three others
-/// tell it their watermarks with markers. The job is unbounded, so only
-/// those markers let a reader's watermark pass: every window below the
+/// Watermarks and idleness travel in-band through the repartition topic.
+/// One process runs a job whose per-item counts (1-minute windows) are fed
+/// through it. Its 4-partition topic is empty at first: every task's input
+/// falls idle (2 s) and says so. Then 3 users, one in each of partitions
+/// 0..2, each view an item of their own, each item in another partition of
+/// the repartition topic: a reader gets records from one upstream task only,
+/// the two others tell it their watermarks with markers, and the fourth
+/// (partition 3, no events) has said it is idle. The job is unbounded, so
+/// only those markers let a reader's watermark pass: every window below the
 /// final watermark must close and be written with its count, and the last
 /// one, still open, must not.
 #[test]
@@ -384,9 +386,9 @@ fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_no
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
     let topic = "marks";
-    // The first id `{prefix}N` in each of the 4 partitions.
+    // The first id `{prefix}N` in each of partitions 0..3.
     let one_per_partition = |partitioner: Partitioner, prefix: &str| -> Vec<String> {
-        (0..4)
+        (0..3)
             .map(|p| (0..).map(|n| format!("{prefix}{n}")).find(|id| partitioner.partition(id.as_bytes(), 4) == p))
             .map(Option::unwrap)
             .collect()
@@ -394,6 +396,16 @@ fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_no
     // Users by the producer's partitioner; items as the repartition topic is written.
     let users = one_per_partition(Partitioner::Murmur2Random, "u");
     let items = one_per_partition(Partitioner::ConsistentRandom, "i");
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    let config = dir.path().join("item-views.toml");
+    std::fs::write(&config, ITEM_VIEWS_JOB).unwrap();
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", (config.to_str().unwrap(), topic, "markers"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while p1.log().matches("The task's input is idle").count() < 4 {
+        assert!(p1.alive() && Instant::now() < deadline, "the four tasks did not say they are idle:\n{}", p1.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+
     // Every second for 10 minutes of event time, user p views item p.
     let mut input = String::new();
     for second in 0..600 {
@@ -406,12 +418,7 @@ fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_no
     }
     let path = dir.path().join("views.ndjson");
     std::fs::write(&path, input).unwrap();
-    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
     kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", path.to_str().unwrap()]);
-    let config = dir.path().join("item-views.toml");
-    std::fs::write(&config, ITEM_VIEWS_JOB).unwrap();
-    let mut p1 = Member::spawn(&broker, dir.path(), "p1", (config.to_str().unwrap(), topic, "markers"), &[]);
-
     // Each upstream's watermark ends at 599 s - 1 s - 1 ms: minutes 0..9 close, minute 9 stays open.
     let want: HashSet<String> = items
         .iter()
@@ -435,6 +442,7 @@ checkpoint_interval = "${FRESHET_CHECKPOINT_INTERVAL:-1s}"
 [event_time]
 field = "ts"
 max_out_of_orderness = "1s"
+idle_timeout = "2s"
 
 [sources.events]
 type = "kafka"

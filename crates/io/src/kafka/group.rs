@@ -341,8 +341,9 @@ impl Changelog {
 
 /// What an upstream task tells every partition of its group's repartition
 /// topic, after its records: how far its event time has come (its
-/// watermark, [`super::sink::WATERMARK_OF_UPSTREAM`]), and that it has
-/// written all it will ([`super::sink::END_OF_UPSTREAM`]). So a reader's
+/// watermark, [`super::sink::WATERMARK_OF_UPSTREAM`]), that its input is
+/// idle ([`super::sink::IDLE_UPSTREAM`]), and that it has written all it
+/// will ([`super::sink::END_OF_UPSTREAM`]). So a reader's
 /// watermark moves on with every upstream task's, also one that sends it no
 /// records.
 pub struct Markers {
@@ -369,6 +370,14 @@ impl Markers {
     /// good by the next.
     pub fn watermark(&self, watermark: i64) -> Result<()> {
         self.send(super::sink::WATERMARK_OF_UPSTREAM, watermark.to_string().as_bytes())?;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Tells every partition that the task is idle (see
+    /// [`super::sink::IDLE_UPSTREAM`]). Not awaited either.
+    pub fn idle(&self) -> Result<()> {
+        self.send(super::sink::IDLE_UPSTREAM, b"")?;
         self.producer.poll(Duration::ZERO);
         Ok(())
     }

@@ -83,6 +83,10 @@ pub const END_OF_UPSTREAM: u64 = u64::MAX;
 /// task's watermark (decimal): its later records are not expected to be
 /// older, as with the watermark its own input gives.
 pub const WATERMARK_OF_UPSTREAM: u64 = u64::MAX - 1;
+/// The number of a repartition topic's idle marker: the task's own input
+/// has had nothing for its idle timeout, so it holds no reader's watermark
+/// back until it writes again (Flink's idle watermark status).
+pub const IDLE_UPSTREAM: u64 = u64::MAX - 2;
 
 /// The key of a repartition record: writing task and number, big-endian.
 pub fn repartition_key(upstream: u32, seq: u64) -> [u8; 12] {

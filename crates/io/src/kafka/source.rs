@@ -564,6 +564,8 @@ impl Reader {
                 self.parts[i].spans.push_back(Span { end: u64::MAX, kafka_offset });
                 self.finish(i, consumer);
             }
+        } else if seq == super::sink::IDLE_UPSTREAM {
+            self.upstream_idle(i);
         } else if seq == super::sink::WATERMARK_OF_UPSTREAM {
             match std::str::from_utf8(m.payload().unwrap_or_default()).ok().and_then(|v| v.parse().ok()) {
                 Some(watermark) => self.upstream_watermark(i, watermark),
@@ -611,6 +613,25 @@ impl Reader {
             }
         };
         chunk.watermark = Some(chunk.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    /// Upstream `i` says it is idle: its pending chunk goes out, then an
+    /// empty one saying so (records after the marker make it active again).
+    fn upstream_idle(&mut self, i: usize) {
+        let part = &mut self.parts[i];
+        if part.finished {
+            return;
+        }
+        self.ready.extend(part.chunk.take());
+        let next = part.next.unwrap_or(0);
+        self.ready.push_back(Chunk {
+            partition: part.id as u32,
+            first_offset: next,
+            end_offset: next,
+            end_position: next,
+            idle: true,
+            ..Chunk::default()
+        });
     }
 
     /// Appends one record's value (at `offset` of part `i`) to its pending chunk.
@@ -807,7 +828,15 @@ mod tests {
         // An upstream that ended has nothing more to say.
         r.parts[2].finished = true;
         r.upstream_watermark(2, 60);
+        r.upstream_idle(2);
         assert!(r.ready.is_empty() && r.parts[2].chunk.is_none());
+        // Idle: after the records pending, in a chunk of its own.
+        r.upstream_idle(1);
+        let records = r.ready.pop_front().expect("the pending records first");
+        assert_eq!((records.data.len(), records.idle, records.watermark), (4, false, Some(50)));
+        let idle = r.ready.pop_front().expect("then the idle status");
+        assert_eq!((idle.partition, idle.first_offset, idle.data.len(), idle.idle), (1, 0, 0, true));
+        assert!(r.parts[1].chunk.is_none());
     }
 
     #[test]
