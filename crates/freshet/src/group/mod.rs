@@ -499,7 +499,7 @@ fn start(
     let upstream = match (half, &layout.by) {
         (Half::Input, Some(_)) => Some(Upstream::new(
             Markers::open(&layout.connection, &layout.repartition_topic, partition, layout.partitions)?,
-            Duration::from_millis(plan.pipeline.event_time.idle_timeout.max(0) as u64),
+            (!layout.bounded).then(|| Duration::from_millis(plan.pipeline.event_time.idle_timeout.max(0) as u64)),
         )),
         _ => None,
     };
@@ -544,8 +544,10 @@ struct ShipState {
 /// An input half's markers in the repartition topic, and what they last told.
 struct Upstream {
     markers: Markers,
-    /// The half's own idle timeout: its input silent this long, it says so.
-    idle_after: Duration,
+    /// The half's own idle timeout: its input silent this long, it says so
+    /// (not in a bounded job: its input has an end, and a read that stalls
+    /// is not an idle input; the end marker releases the readers).
+    idle_after: Option<Duration>,
     state: std::sync::Mutex<UpstreamState>,
 }
 
@@ -560,7 +562,7 @@ struct UpstreamState {
 }
 
 impl Upstream {
-    fn new(markers: Markers, idle_after: Duration) -> Self {
+    fn new(markers: Markers, idle_after: Option<Duration>) -> Self {
         let state = UpstreamState { told: WATERMARK_MIN, position: None, since: Instant::now(), idle_told: None };
         Self { markers, idle_after, state: std::sync::Mutex::new(state) }
     }
@@ -586,7 +588,8 @@ impl Upstream {
         }
         if position != state.position {
             (state.position, state.since, state.idle_told) = (position, Instant::now(), None);
-        } else if state.since.elapsed() >= self.idle_after && state.idle_told.is_none_or(|t| t.elapsed() >= SHIP_EVERY)
+        } else if self.idle_after.is_some_and(|after| state.since.elapsed() >= after)
+            && state.idle_told.is_none_or(|t| t.elapsed() >= SHIP_EVERY)
         {
             match self.markers.idle() {
                 Ok(()) => {
