@@ -482,6 +482,17 @@ impl KafkaSource {
 }
 
 impl Part {
+    /// An empty chunk of this partition at `offset`: what it says without records.
+    fn empty_chunk(&self, offset: u64) -> Chunk {
+        Chunk {
+            partition: self.id as u32,
+            first_offset: offset,
+            end_offset: offset,
+            end_position: offset,
+            ..Chunk::default()
+        }
+    }
+
     fn new(source: &str, id: i32, next: Option<u64>, end: Option<u64>) -> Self {
         Part {
             id,
@@ -601,14 +612,7 @@ impl Reader {
         let chunk = match &mut part.chunk {
             Some(c) => c,
             None => {
-                let next = part.next.unwrap_or(0);
-                self.ready.push_back(Chunk {
-                    partition: part.id as u32,
-                    first_offset: next,
-                    end_offset: next,
-                    end_position: next,
-                    ..Chunk::default()
-                });
+                self.ready.push_back(part.empty_chunk(part.next.unwrap_or(0)));
                 self.ready.back_mut().expect("just pushed")
             }
         };
@@ -623,15 +627,7 @@ impl Reader {
             return;
         }
         self.ready.extend(part.chunk.take());
-        let next = part.next.unwrap_or(0);
-        self.ready.push_back(Chunk {
-            partition: part.id as u32,
-            first_offset: next,
-            end_offset: next,
-            end_position: next,
-            idle: true,
-            ..Chunk::default()
-        });
+        self.ready.push_back(Chunk { idle: true, ..part.empty_chunk(part.next.unwrap_or(0)) });
     }
 
     /// Appends one record's value (at `offset` of part `i`) to its pending chunk.
@@ -682,13 +678,10 @@ impl Reader {
         let part = &mut self.parts[i];
         part.finished = true;
         let next = part.next.or(part.end).unwrap_or(0);
-        let mut chunk = part.chunk.take().unwrap_or_else(|| Chunk {
-            partition: part.id as u32,
-            first_offset: next,
-            end_offset: next,
-            end_position: next,
-            ..Chunk::default()
-        });
+        let mut chunk = match part.chunk.take() {
+            Some(c) => c,
+            None => part.empty_chunk(next),
+        };
         chunk.end_of_partition = true;
         self.ready.push_back(chunk);
         part.lag.set(0.0);
