@@ -21,6 +21,7 @@
 //! consistent state (its offsets with its state).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -47,15 +48,8 @@ struct MemberContext {
     /// Assignments received (one per rebalance this member took part in).
     assignments: AtomicU64,
     /// When the group last took this member's tasks back for a rebalance
-    /// whose assignment has not come yet (ms since `epoch`; 0: none).
-    revoked_at: AtomicU64,
-    epoch: Instant,
-}
-
-impl MemberContext {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
+    /// whose assignment has not come yet.
+    revoked_at: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for MemberContext {
@@ -77,13 +71,13 @@ impl ConsumerContext for MemberContext {
                 tracing::info!(component, "Kafka group rebalance: tasks assigned: {:?}.", ids(list));
                 metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
-                self.revoked_at.store(0, Ordering::SeqCst);
+                *self.revoked_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
             // The tasks go on until the next assignment says which stay here:
             // with the eager protocol every rebalance revokes everything first.
             Rebalance::Revoke(list) => {
                 tracing::info!(component, "Kafka group rebalance: tasks revoked: {:?}.", ids(list));
-                self.revoked_at.store(self.now_ms(), Ordering::SeqCst);
+                *self.revoked_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             Rebalance::Error(e) => {
                 tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.")
@@ -124,8 +118,7 @@ impl Membership {
                 logged: Logged { component: component.clone() },
                 source: name.to_owned(),
                 assignments: AtomicU64::new(0),
-                revoked_at: AtomicU64::new(0),
-                epoch: Instant::now(),
+                revoked_at: Mutex::new(None),
             })
             .map_err(|e| err(format!("creating the group's consumer: {e}")))?;
         let serve = |wait| {
@@ -190,9 +183,8 @@ impl Membership {
     /// leaves mid-rebalance as the group's leader, and the members left wait
     /// for its assignment forever (they never get tasks again).
     pub fn rebalancing_for(&self) -> Option<Duration> {
-        let context = self.consumer.context();
-        let at = context.revoked_at.load(Ordering::SeqCst);
-        (at != 0).then(|| Duration::from_millis(context.now_ms().saturating_sub(at)))
+        let revoked_at = self.consumer.context().revoked_at.lock().unwrap_or_else(|e| e.into_inner());
+        revoked_at.map(|at| at.elapsed())
     }
 
     /// Records a task's checkpointed position as the group's committed
