@@ -62,8 +62,13 @@ pub trait ModelRead {
     fn user(&self, name: &str) -> Option<Self::User<'_>>;
     /// An item's index, if the item is known.
     fn item_index(&self, name: &str) -> Option<u32>;
+    /// Items are numbered densely from 0: every index below this one may be
+    /// recommended ([`ModelRead::is_item`]).
+    fn item_end(&self) -> usize;
     /// Whether `item` may be recommended.
-    fn is_item(&self, item: u32) -> bool;
+    fn is_item(&self, item: u32) -> bool {
+        (item as usize) < self.item_end()
+    }
     /// The item's category, if the catalog gave one.
     fn category(&self, item: u32) -> Option<u32>;
     /// The attribute id of a category or tag name.
@@ -424,8 +429,8 @@ impl ModelRead for Recommender {
         self.item_ids.get(name).copied()
     }
 
-    fn is_item(&self, item: u32) -> bool {
-        (item as usize) < self.items.len()
+    fn item_end(&self) -> usize {
+        self.items.len()
     }
 
     fn category(&self, item: u32) -> Option<u32> {

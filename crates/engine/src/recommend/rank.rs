@@ -8,7 +8,7 @@
 use rustc_hash::FxHashMap;
 
 use super::spec::Generator;
-use super::{GENERATORS, ModelRead};
+use super::{GENERATORS, ModelRead, Weighted};
 
 /// A placement's rules, applied after blending.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,22 +103,43 @@ impl Scored {
 /// or blocked it (marks are request-stamped, so nothing is ever cleared):
 /// candidate generation touches thousands of entries per request, and a hash
 /// map there was half the cost of ranking.
+///
+/// Scores are zero outside a request: [`Candidates::begin`] zeroes what the
+/// previous request wrote. Co-occurrence, which runs first and proposes most
+/// candidates, relies on that: [`Candidates::accumulate`] adds without
+/// reading marks or branching per entry (an entry whose score was still zero
+/// is appended to `written` unconditionally, the index advanced by the
+/// comparison), and [`Candidates::settle`] then marks the new entries once
+/// each, dropping blocked ones and repeats.
 #[derive(Debug, Default)]
 struct Candidates {
     scores: Vec<[f32; GENERATORS]>,
     /// `2·stamp` when touched by this request, `2·stamp + 1` when blocked.
     marks: Vec<u32>,
     stamp: u32,
+    /// Distinct, unblocked candidates of this request.
     touched: Vec<u32>,
+    /// Every entry this request wrote a score to (with repeats): zeroed by the next `begin`.
+    written: Vec<u32>,
 }
 
 impl Candidates {
-    fn clear(&mut self) {
+    /// Starts a request over a model of `items` items.
+    fn begin(&mut self, items: usize) {
+        for &item in &self.written {
+            self.scores[item as usize] = [0.0; GENERATORS];
+        }
+        self.written.clear();
         self.touched.clear();
         self.stamp += 1;
         if self.stamp >= u32::MAX / 2 {
             self.marks.fill(0);
             self.stamp = 1;
+        }
+        if items > self.scores.len() {
+            let len = items.next_power_of_two();
+            self.scores.resize(len, [0.0; GENERATORS]);
+            self.marks.resize(len, 0);
         }
     }
 
@@ -142,6 +163,41 @@ impl Candidates {
         self.marks.get(item as usize) == Some(&(2 * self.stamp + 1))
     }
 
+    /// Adds `source · weight · norms[item]` to each entry's co-occurrence
+    /// score. Only before any other generator's entries (see the type's doc);
+    /// [`Candidates::settle`] must follow.
+    #[inline]
+    fn accumulate(&mut self, entries: &Weighted, norms: &[f32], source: f64) {
+        const G: usize = Generator::Cooccurrence.index();
+        let start = self.written.len();
+        self.written.resize(start + entries.len(), 0);
+        let mut end = start;
+        for &(item, count) in entries {
+            let i = item as usize;
+            if i >= self.scores.len() {
+                self.grow(item);
+            }
+            let norm = norms.get(i).copied().unwrap_or(0.0);
+            let score = &mut self.scores[i][G];
+            self.written[end] = item;
+            end += usize::from(*score == 0.0);
+            *score += (source * f64::from(count * norm)) as f32;
+        }
+        self.written.truncate(end);
+    }
+
+    /// Marks the entries `accumulate` wrote since `from` in `written` as touched.
+    fn settle(&mut self, from: usize) {
+        let touched = 2 * self.stamp;
+        for &item in &self.written[from..] {
+            let mark = &mut self.marks[item as usize];
+            if *mark != touched && *mark != touched + 1 {
+                *mark = touched;
+                self.touched.push(item);
+            }
+        }
+    }
+
     #[inline]
     fn entry(&mut self, item: u32) -> Option<&mut [f32; GENERATORS]> {
         let i = self.grow(item);
@@ -152,8 +208,8 @@ impl Candidates {
                 return None;
             }
             self.marks[i] = touched;
-            self.scores[i] = [0.0; GENERATORS];
             self.touched.push(item);
+            self.written.push(item);
         }
         Some(&mut self.scores[i])
     }
@@ -174,6 +230,8 @@ pub struct Ranking {
     seeds: Vec<u32>,
     ranked: Vec<(f64, f64, u32)>,
     popularity: Vec<f64>,
+    raw: Vec<[f32; GENERATORS]>,
+    head: Vec<(f64, f64, u32)>,
     /// The result, best first.
     pub items: Vec<Scored>,
 }
@@ -204,7 +262,7 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     }
     out.seeds.truncate(spec.recent_items.max(query.context.len()));
     let candidates = &mut out.candidates;
-    candidates.clear();
+    candidates.begin(model.item_end());
     if let Some(user) = user {
         for item in user.seen() {
             candidates.block(item);
@@ -214,18 +272,16 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         candidates.block(item);
     }
 
+    // Co-occurrence first: `Candidates::accumulate` needs to run before any other generator.
     if weight(Generator::Cooccurrence) > 0.0 {
         let mut w = 1.0;
+        let from = candidates.written.len();
         for &seed in &out.seeds {
             let source = w * f64::from(model.source_norm(seed));
-            model.neighbours(seed, &mut |entries, norms| {
-                for &(item, count) in entries {
-                    let norm = norms.get(item as usize).copied().unwrap_or(0.0);
-                    candidates.add(item, Generator::Cooccurrence, source * f64::from(count * norm));
-                }
-            });
+            model.neighbours(seed, &mut |entries, norms| candidates.accumulate(entries, norms, source));
             w *= spec.recency_decay;
         }
+        candidates.settle(from);
     }
     if weight(Generator::Sequence) > 0.0 {
         let mut w = 1.0;
@@ -269,8 +325,9 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         })
         .collect();
     let filters = !excluded_categories.is_empty() || query.categories.is_some();
+    let item_end = model.item_end();
     let passes = |item: u32| {
-        model.is_item(item)
+        (item as usize) < item_end
             && (!filters
                 || match model.category(item) {
                     Some(c) => {
@@ -282,20 +339,29 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     let trending_on = weight(Generator::Trending) > 0.0;
     let mut touched = std::mem::take(&mut candidates.touched);
     touched.retain(|&item| passes(item));
-    let mut max = [0.0f64; GENERATORS];
     let trend = Generator::Trending.index();
     let popularity = &mut out.popularity;
     model.trending_scores(&touched, popularity);
-    for (&item, &pop) in touched.iter().zip(popularity.iter()) {
-        let parts = &candidates.scores[item as usize];
+    // Each candidate's raw scores, gathered once in candidate order: the
+    // maxima and the blend below then read them sequentially.
+    let raw = &mut out.raw;
+    raw.clear();
+    raw.extend(touched.iter().map(|&item| candidates.scores[item as usize]));
+    let mut max = [0.0f32; GENERATORS];
+    for row in raw.iter() {
         for g in 0..GENERATORS {
-            max[g] = max[g].max(f64::from(parts[g]));
-        }
-        if trending_on {
-            max[trend] = max[trend].max(pop);
+            max[g] = max[g].max(row[g]);
         }
     }
-    let weights: [f64; GENERATORS] = Generator::ALL.map(weight);
+    let mut max = max.map(f64::from);
+    if trending_on {
+        max[trend] = popularity.iter().copied().fold(max[trend], f64::max);
+    }
+    // A generator's raw score times its scale is its weighted, normalised part.
+    let scale: [f64; GENERATORS] = Generator::ALL.map(|g| {
+        let max = max[g.index()];
+        if max > 0.0 { weight(g) / max } else { 0.0 }
+    });
     let boosts: Vec<(u32, f64)> = query
         .placement
         .into_iter()
@@ -305,21 +371,7 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
             _ => None,
         })
         .collect();
-    // Blend into compact (score, popularity, item) entries; the per-generator
-    // parts are worked out again only for the items that make the list.
-    let parts_of = |item: u32, popularity: f64| {
-        let mut raw = candidates.scores[item as usize].map(f64::from);
-        if trending_on {
-            raw[trend] = popularity;
-        }
-        let mut parts = [0.0; GENERATORS];
-        let mut score = 0.0;
-        for g in 0..GENERATORS {
-            if max[g] > 0.0 {
-                parts[g] = weights[g] * raw[g] / max[g];
-                score += parts[g];
-            }
-        }
+    let boosted = |item: u32, mut score: f64| {
         if !boosts.is_empty()
             && let Some(c) = model.category(item)
         {
@@ -327,11 +379,31 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
                 score *= factor;
             }
         }
-        (score, parts)
+        score
     };
+    // A generator's part of a candidate's score: trending's raw score is the popularity.
+    let part = |row: &[f32; GENERATORS], popularity: f64, g: usize| {
+        let raw = if g == trend && trending_on { popularity } else { f64::from(row[g]) };
+        raw * scale[g]
+    };
+    // Blend into compact (score, popularity, item) entries; the per-generator
+    // parts are worked out again only for the items that make the list.
+    // (Summed part by part, not through a local array: writing one element
+    // of an array and reading it back as a vector stalled store forwarding.)
     let ranked = &mut out.ranked;
     ranked.clear();
-    ranked.extend(touched.iter().zip(popularity.iter()).map(|(&item, &pop)| (parts_of(item, pop).0, pop, item)));
+    ranked.extend(touched.iter().zip(raw.iter()).zip(popularity.iter()).map(|((&item, row), &pop)| {
+        let mut score = 0.0;
+        for g in 0..GENERATORS {
+            score += part(row, pop, g);
+        }
+        (boosted(item, score), pop, item)
+    }));
+    let parts_of = |item: u32, popularity: f64| {
+        let row = &candidates.scores[item as usize];
+        let parts: [f64; GENERATORS] = std::array::from_fn(|g| part(row, popularity, g));
+        (boosted(item, parts.iter().sum()), parts)
+    };
     let order =
         |a: &(f64, f64, u32), b: &(f64, f64, u32)| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2));
 
@@ -355,13 +427,9 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     };
     // Only the best few need sorting; a category cap may need more of them.
     let mut limit = if cap == 0 { query.k } else { query.k.saturating_mul(4).max(query.k + 64) };
+    let head = &mut out.head;
     loop {
-        if ranked.len() > limit {
-            ranked.select_nth_unstable_by(limit, order);
-        }
-        let len = limit.min(ranked.len());
-        let head = &mut ranked[..len];
-        head.sort_unstable_by(order);
+        best_sorted(ranked, limit, order, head);
         out.items.clear();
         per_category.clear();
         for &(score, pop, item) in head.iter() {
@@ -404,6 +472,32 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
                 out.items.truncate(query.k);
             }
         }
+    }
+}
+
+/// The `limit` first entries of `entries` by `order` (a total order), sorted, into `head`.
+///
+/// One pass that compares each entry with the worst kept so far: with a
+/// short head and a thousand candidates, almost every entry is rejected by
+/// that one comparison, cheaper than partitioning the whole slice.
+fn best_sorted<T: Copy>(entries: &[T], limit: usize, order: impl Fn(&T, &T) -> std::cmp::Ordering, head: &mut Vec<T>) {
+    head.clear();
+    if entries.len() <= limit {
+        head.extend_from_slice(entries);
+        head.sort_unstable_by(&order);
+        return;
+    }
+    for &entry in entries {
+        if head.len() == limit {
+            match head.last() {
+                Some(worst) if order(&entry, worst).is_lt() => {
+                    head.pop();
+                }
+                _ => continue,
+            }
+        }
+        let at = head.partition_point(|kept| order(kept, &entry).is_lt());
+        head.insert(at, entry);
     }
 }
 
@@ -453,5 +547,29 @@ fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u
                 candidates.add(item, Generator::Content, share * score / top);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::best_sorted;
+
+    proptest! {
+        /// The one-pass selection keeps exactly the first `limit` entries of a full sort.
+        #[test]
+        fn best_sorted_is_the_head_of_a_full_sort(
+            entries in prop::collection::vec((0u8..8, 0u32..1000), 0..300),
+            limit in 0usize..40,
+        ) {
+            let order = |a: &(u8, u32), b: &(u8, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+            let mut head = Vec::new();
+            best_sorted(&entries, limit, order, &mut head);
+            let mut sorted = entries.clone();
+            sorted.sort_by(order);
+            sorted.truncate(limit);
+            prop_assert_eq!(head, sorted);
+        }
     }
 }

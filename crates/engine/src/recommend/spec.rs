@@ -36,7 +36,7 @@ impl Generator {
     }
 
     /// Index into per-generator arrays.
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         self as usize
     }
 }

@@ -8,8 +8,8 @@
 //! the bulk of the model, so they are published at most once per
 //! `item_interval` (default 1 s): similar-items may be up to that old, and a
 //! new catalog item becomes recommendable within it. Neighbour weights are
-//! published already multiplied by the neighbour's damping, so a read needs
-//! no lookup per neighbour.
+//! published as counts, with every item's damping beside them in one dense
+//! array of the same publication.
 //!
 //! The embedding index is not copied: the view shares the model's, which
 //! takes searches concurrently with the model's inserts. An item's vector
@@ -203,10 +203,9 @@ impl ModelRead for RecommenderView {
         self.item_ids.pin().get(name).copied()
     }
 
-    fn is_item(&self, item: u32) -> bool {
-        // Items are numbered densely; every item below the count of the last
-        // item publication has been published.
-        (item as usize) < self.norms.load().len()
+    fn item_end(&self) -> usize {
+        // Every item below the count of the last item publication has been published.
+        self.norms.load().len()
     }
 
     fn category(&self, item: u32) -> Option<u32> {
