@@ -25,8 +25,15 @@ impl TopList {
         a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
     }
 
-    /// Records `item`'s new (higher) score.
-    fn raise(&mut self, item: u32, score: f64, len: usize) {
+    /// Records `item`'s new score, raised from `old`.
+    ///
+    /// An item in the list is normally listed with exactly its previous
+    /// score (both are set from the same value and rescaled by the same
+    /// factor), so a binary search for `(old, item)` finds it; only when it
+    /// is not there is the list searched item by item (an item entering the
+    /// list, or one whose tags changed and whose old tag list kept an older
+    /// score).
+    fn raise(&mut self, item: u32, old: f64, score: f64, len: usize) {
         let entry = (score, item);
         // Scores only grow: an item in a full list ranks at least as the last
         // entry, so one whose new score does not beat the last is not in it
@@ -34,7 +41,12 @@ impl TopList {
         if self.entries.len() >= len && self.entries.last().is_none_or(|&last| !Self::better(entry, last)) {
             return;
         }
-        let mut at = match self.entries.iter().position(|e| e.1 == item) {
+        let guess = self.entries.partition_point(|&e| Self::better(e, (old, item)));
+        let listed = match self.entries.get(guess) {
+            Some(e) if e.1 == item => Some(guess),
+            _ => self.entries.iter().position(|e| e.1 == item),
+        };
+        let at = match listed {
             Some(at) => {
                 self.entries[at].0 = score;
                 at
@@ -52,10 +64,11 @@ impl TopList {
                 _ => return,
             },
         };
-        while at > 0 && Self::better(self.entries[at], self.entries[at - 1]) {
-            self.entries.swap(at, at - 1);
-            at -= 1;
-        }
+        // Recent events outweigh old ones by far (forward decay), so a raised
+        // item often climbs many places: find its place by binary search and
+        // shift the entries it passes in one move.
+        let to = self.entries[..at].partition_point(|&e| Self::better(e, entry));
+        self.entries[to..=at].rotate_right(1);
     }
 
     fn remove(&mut self, item: u32) {
@@ -106,11 +119,12 @@ impl Trending {
         if self.scores.len() <= index {
             self.scores.resize(index + 1, 0.0);
         }
+        let old = self.scores[index];
         self.scores[index] += weight * exponent.exp2();
         let score = self.scores[index];
-        self.overall.raise(item, score, self.list_len);
+        self.overall.raise(item, old, score, self.list_len);
         for &attribute in attributes {
-            self.by_category.entry(attribute).or_default().raise(item, score, self.list_len);
+            self.by_category.entry(attribute).or_default().raise(item, old, score, self.list_len);
         }
     }
 
@@ -138,7 +152,7 @@ impl Trending {
         if let Some(to) = to
             && score > 0.0
         {
-            self.by_category.entry(to).or_default().raise(item, score, self.list_len);
+            self.by_category.entry(to).or_default().raise(item, score, score, self.list_len);
         }
     }
 
@@ -214,6 +228,20 @@ mod tests {
             all.truncate(5);
             assert_eq!(t.overall(), &all[..], "after event {step}");
         }
+    }
+
+    #[test]
+    fn an_item_back_in_an_old_tag_list_is_moved_not_listed_twice() {
+        let mut t = Trending::new(HOUR, 10);
+        t.add(1, &[7], 1.0, 0);
+        t.add(2, &[7], 1.0, 0);
+        // Item 1 loses tag 7 for a while: list 7 keeps it at its older score.
+        t.add(1, &[8], 1.0, HOUR);
+        t.add(1, &[8], 1.0, HOUR);
+        t.add(1, &[7], 1.0, 2 * HOUR);
+        let listed: Vec<u32> = t.category(7).iter().map(|e| e.1).collect();
+        assert_eq!(listed, vec![1, 2]);
+        assert_eq!(t.category(7)[0].0, t.score(1));
     }
 
     #[test]
