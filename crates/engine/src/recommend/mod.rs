@@ -110,6 +110,9 @@ pub(crate) struct ItemState {
     pub(crate) candidate_norm: f32,
     pub(crate) neighbours: Neighbours,
     pub(crate) successors: Neighbours,
+    /// Changed since the items were last taken for publication (listed in `Dirty::items`).
+    #[serde(skip)]
+    pub(crate) dirty: bool,
 }
 
 /// The live model: every generator's state.
@@ -138,6 +141,15 @@ pub struct Recommender {
     pair_weights: Vec<f64>,
 }
 
+/// Lists `item` (whose state is `state`) as changed, once.
+#[inline]
+fn mark_dirty(dirty: &mut Vec<u32>, state: &mut ItemState, item: u32) {
+    if !state.dirty {
+        state.dirty = true;
+        dirty.push(item);
+    }
+}
+
 /// The co-occurrence weight of each pair distance `1..=pair_window`.
 fn pair_weights(spec: &RecommenderSpec) -> Vec<f64> {
     let c = &spec.cooccurrence;
@@ -147,8 +159,11 @@ fn pair_weights(spec: &RecommenderSpec) -> Vec<f64> {
 /// What changed since the view was last published.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Dirty {
-    pub(crate) items: rustc_hash::FxHashSet<u32>,
-    pub(crate) users: rustc_hash::FxHashSet<Box<str>>,
+    /// Each changed item once (its `ItemState::dirty` says whether it is listed):
+    /// a flag on the item it touches anyway is cheaper per pair than a hash set.
+    pub(crate) items: Vec<u32>,
+    /// Each changed user once (its `UserProfile::dirty` says whether it is listed).
+    pub(crate) users: Vec<Box<str>>,
     pub(crate) forgotten: Vec<Box<str>>,
     pub(crate) catalog: bool,
 }
@@ -223,13 +238,18 @@ impl Recommender {
             Some(profile) => profile,
             None => self.users.entry(user.into()).or_default(),
         };
+        if !profile.dirty {
+            profile.dirty = true;
+            self.dirty.users.push(user.into());
+        }
         if spec.sequence.enabled
             && let Some((previous, at)) = profile.last
             && previous != item
             && time_ms.saturating_sub(at) <= spec.sequence.session_gap_ms
         {
-            self.items[previous as usize].successors.add(item, weight as f32, spec.sequence.max_successors);
-            self.dirty.items.insert(previous);
+            let state = &mut self.items[previous as usize];
+            state.successors.add(item, weight as f32, spec.sequence.max_successors);
+            mark_dirty(&mut self.dirty.items, state, previous);
         }
         profile.last = Some((item, time_ms));
         if !profile.seen.contains(&item) {
@@ -247,8 +267,9 @@ impl Recommender {
                     };
                     let w = (weight * pair_weight) as f32;
                     self.items[item as usize].neighbours.add(other, w, c.max_neighbours);
-                    self.items[other as usize].neighbours.add(item, w, c.max_neighbours);
-                    self.dirty.items.insert(other);
+                    let state = &mut self.items[other as usize];
+                    state.neighbours.add(item, w, c.max_neighbours);
+                    mark_dirty(&mut self.dirty.items, state, other);
                 }
                 profile.history.push_back((item, ordinal));
                 while profile.history.len() > c.pair_window {
@@ -275,10 +296,7 @@ impl Recommender {
         // Kept even when trending proposes nothing: it breaks ties and fills short lists.
         let attributes: smallvec::SmallVec<[u32; 4]> = state.category.iter().chain(&state.tags).copied().collect();
         self.trending.add(item, &attributes, weight, time_ms);
-        self.dirty.items.insert(item);
-        if !self.dirty.users.contains(user) {
-            self.dirty.users.insert(user.into());
-        }
+        mark_dirty(&mut self.dirty.items, &mut self.items[item as usize], item);
     }
 
     /// Registers or updates a catalog item; it is recommendable from now on.
@@ -329,7 +347,7 @@ impl Recommender {
         } else {
             self.trending.recategorise(index, previous, category);
         }
-        self.dirty.items.insert(index);
+        mark_dirty(&mut self.dirty.items, &mut self.items[index as usize], index);
         self.dirty.catalog = true;
         index
     }
@@ -340,7 +358,7 @@ impl Recommender {
     pub fn forget_user(&mut self, user: &str) -> bool {
         let removed = self.users.remove(user).is_some();
         if removed {
-            self.dirty.users.remove(user);
+            self.dirty.users.retain(|name| &**name != user);
             self.dirty.forgotten.push(user.into());
         }
         removed
@@ -354,8 +372,16 @@ impl Recommender {
         self.embeddings = Embeddings::rebuilt(spec.embedding.dimension, std::mem::take(&mut self.embeddings.items));
         self.spec = spec;
         self.dirty.catalog = true;
-        self.dirty.items.extend(0..self.items.len() as u32);
-        self.dirty.users.extend(self.users.keys().cloned());
+        self.dirty.items.clear();
+        for (index, state) in self.items.iter_mut().enumerate() {
+            state.dirty = false;
+            mark_dirty(&mut self.dirty.items, state, index as u32);
+        }
+        self.dirty.users.clear();
+        for (name, profile) in &mut self.users {
+            profile.dirty = true;
+            self.dirty.users.push(name.clone());
+        }
         self
     }
 
@@ -381,16 +407,29 @@ impl Recommender {
         Ok(model.with_spec(spec))
     }
 
-    pub(crate) fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+    /// What changed since the last call; changed items only `with_items`
+    /// (otherwise they stay for the next call that takes them).
+    pub(crate) fn take_dirty(&mut self, with_items: bool) -> Dirty {
+        let items = if with_items { std::mem::take(&mut self.dirty.items) } else { Vec::new() };
+        for &item in &items {
+            self.items[item as usize].dirty = false;
+        }
+        for name in &self.dirty.users {
+            if let Some(profile) = self.users.get_mut(name) {
+                profile.dirty = false;
+            }
+        }
+        Dirty {
+            items,
+            users: std::mem::take(&mut self.dirty.users),
+            forgotten: std::mem::take(&mut self.dirty.forgotten),
+            catalog: std::mem::take(&mut self.dirty.catalog),
+        }
     }
 
-    pub(crate) fn keep_dirty_items(&mut self, items: rustc_hash::FxHashSet<u32>) {
-        if self.dirty.items.is_empty() {
-            self.dirty.items = items;
-        } else {
-            self.dirty.items.extend(items);
-        }
+    /// Items changed since they were last taken for publication.
+    pub(crate) fn pending_items(&self) -> &[u32] {
+        &self.dirty.items
     }
 
     pub(crate) fn candidate_norms(&self) -> &[f32] {

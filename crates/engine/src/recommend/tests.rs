@@ -273,6 +273,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever mix of events, forgets and user-only or full publications:
+    /// after a full one the view ranks every user exactly like the model
+    /// (nothing changed is left out of a publication).
+    #[test]
+    fn after_a_full_publication_the_view_ranks_like_the_model(
+        steps in prop::collection::vec((0u8..8, 0u8..30, 0u8..20), 1..200),
+    ) {
+        let mut m = Recommender::new(RecommenderSpec::default());
+        let view = RecommenderView::new(m.spec().clone());
+        for (n, &(u, i, action)) in steps.iter().enumerate() {
+            let (user, item, t) = (format!("u{u}"), format!("i{i}"), n as i64 * MINUTE);
+            match action {
+                0 => {
+                    m.forget_user(&user);
+                    view.remove_user(&user);
+                }
+                1 => m.upsert_item(&item, Some(&format!("c{}", i % 3)), &[], t),
+                2 => {
+                    view.publish(&mut m, false);
+                }
+                3 => {
+                    view.publish(&mut m, true);
+                }
+                _ => m.interaction(&user, &item, None, t),
+            }
+        }
+        view.publish(&mut m, true);
+        for u in 0..8u8 {
+            let user = format!("u{u}");
+            let (mut x, mut y) = (Ranking::default(), Ranking::default());
+            rank(&m, &Query::for_user(&user, 10), &mut x);
+            rank(&view, &Query::for_user(&user, 10), &mut y);
+            prop_assert_eq!(&x.items, &y.items, "user {}", user);
+        }
+    }
+}
+
 /// Spec with 4-dimensional embeddings.
 fn embedded_spec() -> RecommenderSpec {
     let mut spec = RecommenderSpec::default();

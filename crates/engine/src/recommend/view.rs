@@ -100,7 +100,7 @@ impl RecommenderView {
     /// Publishes what changed in `model`: users, forgotten users and trending
     /// lists always; items too when `with_items`. Returns how many entries were written.
     pub fn publish(&self, model: &mut Recommender, with_items: bool) -> usize {
-        let dirty = model.take_dirty();
+        let dirty = model.take_dirty(with_items);
         let mut written = 0;
         {
             let users = self.users.pin();
@@ -118,9 +118,10 @@ impl RecommenderView {
             let trending = self.trending.pin();
             let state = model.trending_state();
             trending.insert(OVERALL, state.overall().iter().map(|&(s, i)| (i, s)).collect());
-            // Lists of the changed items' categories and tags (cheap: a list is short).
-            let mut categories: Vec<u32> = dirty
-                .items
+            // Lists of the changed items' categories and tags (cheap: a list is
+            // short), also of those whose items wait for the next item publication.
+            let changed = if with_items { &dirty.items[..] } else { model.pending_items() };
+            let mut categories: Vec<u32> = changed
                 .iter()
                 .flat_map(|&i| {
                     let item = model.item_state(i);
@@ -148,9 +149,6 @@ impl RecommenderView {
             self.scores.store(Arc::new(scores));
             self.norms.store(Arc::new(model.candidate_norms().to_vec()));
             self.embeddings.store(model.embedding_index().cloned());
-        } else {
-            // Items wait for the next item publication.
-            model.keep_dirty_items(dirty.items);
         }
         written
     }
