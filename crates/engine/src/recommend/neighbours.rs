@@ -9,12 +9,12 @@
 //! a few lines over `hashbrown` and sits on the per-event path.
 
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Weights by item index, bounded: entries in a vector (ranking reads them
 /// as one slice) with a hash index for updates.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Neighbours {
     entries: Vec<(u32, f32)>,
     index: FxHashMap<u32, u32>,
@@ -22,7 +22,7 @@ pub struct Neighbours {
 }
 
 /// What a snapshot holds (the index is rebuilt on load).
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Stored {
     entries: Vec<(u32, f32)>,
     total: f64,
@@ -35,9 +35,17 @@ impl From<Stored> for Neighbours {
     }
 }
 
-impl From<Neighbours> for Stored {
-    fn from(n: Neighbours) -> Self {
-        Stored { entries: n.entries, total: n.total }
+/// [`Stored`] by reference: a snapshot writes the entries without copying the map.
+#[derive(Serialize)]
+#[serde(rename = "Stored")]
+struct StoredRef<'a> {
+    entries: &'a [(u32, f32)],
+    total: f64,
+}
+
+impl Serialize for Neighbours {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredRef { entries: &self.entries, total: self.total }.serialize(serializer)
     }
 }
 
@@ -121,6 +129,21 @@ mod tests {
         let kept: Vec<u32> = n.top(10).into_iter().map(|(i, _)| i).collect();
         assert_eq!(kept, vec![7, 6, 5, 4]);
         assert_eq!(n.total(), (0..8).sum::<u32>() as f64);
+    }
+
+    #[test]
+    fn a_snapshot_round_trip_keeps_entries_order_and_total() {
+        let mut n = Neighbours::default();
+        for item in [5u32, 3, 9, 3, 1] {
+            n.add(item, 0.5 + item as f32, 10);
+        }
+        let bytes = postcard::to_stdvec(&n).unwrap();
+        // The layout is (entries, total), as snapshots have always stored it.
+        let (entries, total): (Vec<(u32, f32)>, f64) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((&entries[..], total), (n.entries(), n.total()));
+        let back: Neighbours = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.entries(), n.entries());
+        assert_eq!(back.get(3), n.get(3));
     }
 
     #[test]
