@@ -8,6 +8,8 @@
 //! the amortised pruning cost is O(1) per insert. Hand-written because it is
 //! a few lines over `hashbrown` and sits on the per-event path.
 
+use std::collections::hash_map::Entry;
+
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -54,10 +56,10 @@ impl Neighbours {
     #[inline]
     pub fn add(&mut self, item: u32, weight: f32, bound: usize) {
         self.total += f64::from(weight);
-        match self.index.get(&item) {
-            Some(&at) => self.entries[at as usize].1 += weight,
-            None => {
-                self.index.insert(item, self.entries.len() as u32);
+        match self.index.entry(item) {
+            Entry::Occupied(at) => self.entries[*at.get() as usize].1 += weight,
+            Entry::Vacant(slot) => {
+                slot.insert(self.entries.len() as u32);
                 self.entries.push((item, weight));
                 if bound > 0 && self.entries.len() >= 2 * bound {
                     self.prune(bound);
