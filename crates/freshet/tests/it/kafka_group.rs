@@ -158,7 +158,14 @@ fn wait_for_values(broker: &Broker, topic: &str, want: &HashSet<String>, what: &
         for m in members.iter_mut() {
             assert!(m.alive(), "a member exited:\n{}", m.log());
         }
-        assert!(Instant::now() < deadline, "{what}: {missing} of {} results still missing after 120 s", want.len());
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
+            panic!(
+                "{what}: {missing} of {} results still missing after 120 s; members' logs:\n{}",
+                want.len(),
+                logs.join("\n----\n")
+            );
+        }
         thread::sleep(Duration::from_millis(500));
     }
 }
