@@ -378,15 +378,18 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
 
 /// Watermarks and idleness travel in-band through the repartition topic.
 /// One process runs a job whose per-item counts (1-minute windows) are fed
-/// through it. Its 4-partition topic is empty at first: every task's input
-/// falls idle (2 s) and says so. Then 3 users, one in each of partitions
-/// 0..2, each view an item of their own, each item in another partition of
-/// the repartition topic: a reader gets records from one upstream task only,
-/// the two others tell it their watermarks with markers, and the fourth
-/// (partition 3, no events) has said it is idle. The job is unbounded, so
-/// only those markers let a reader's watermark pass: every window below the
-/// final watermark must close and be written with its count, and the last
-/// one, still open, must not.
+/// through it. As soon as its tasks run, 3 users, one in each of partitions
+/// 0..2 of its 4-partition topic, each view an item of their own, each item
+/// in another partition of the repartition topic: a reader gets records from
+/// one upstream task only, the two others tell it their watermarks with
+/// markers, and the fourth (partition 3, no events) says it is idle after
+/// its idle timeout (5 s). The job is unbounded, so only those markers let a
+/// reader's watermark pass: every window below the final watermark must
+/// close and be written with its count, and the last one, still open, must
+/// not. (The events go in before the tasks' inputs fall idle: a reader whose
+/// upstream said idle and then sends events behind the others' watermarks
+/// counts them late, as Flink's idleness does; an earlier version of this
+/// test let all four fall idle first and failed now and then that way.)
 #[test]
 fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_nothing() {
     use freshet_io::kafka::keys::Partitioner;
@@ -408,9 +411,9 @@ fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_no
     std::fs::write(&config, ITEM_VIEWS_JOB).unwrap();
     let mut p1 = Member::spawn(&broker, dir.path(), "p1", (config.to_str().unwrap(), topic, "markers"), &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
-    while p1.log().matches("The task's input is idle").count() < 4 {
-        assert!(p1.alive() && Instant::now() < deadline, "the four tasks did not say they are idle:\n{}", p1.log());
-        thread::sleep(Duration::from_millis(200));
+    while p1.log().matches("Repartition topic assigned").count() < 4 {
+        assert!(p1.alive() && Instant::now() < deadline, "the four tasks did not start:\n{}", p1.log());
+        thread::sleep(Duration::from_millis(100));
     }
 
     // Every second for 10 minutes of event time, user p views item p.
@@ -433,6 +436,7 @@ fn a_repartitioned_task_follows_the_watermarks_of_upstream_tasks_that_send_it_no
         .collect();
     let out = format!("{topic}-item-views");
     wait_for_values(&broker, &out, &want, "the closed windows of every item", &mut [&mut p1]);
+    assert!(p1.log().contains("The task's input is idle"), "no task said it is idle:\n{}", p1.log());
     // A beat more: nothing else comes (the open window is not written).
     thread::sleep(Duration::from_secs(2));
     let have = values(&broker, &out);
@@ -449,7 +453,7 @@ checkpoint_interval = "${FRESHET_CHECKPOINT_INTERVAL:-1s}"
 [event_time]
 field = "ts"
 max_out_of_orderness = "1s"
-idle_timeout = "2s"
+idle_timeout = "5s"
 
 [sources.events]
 type = "kafka"

@@ -319,7 +319,12 @@ impl KafkaSource {
                 .map_err(|e| err(format!("assigning partition {partition}: {e}")))?;
             for u in 0..upstreams {
                 let next = resume.iter().find(|(p, _)| *p == u).map_or(0, |(_, next)| *next);
-                reader.parts.push(Part::new(name, u as i32, Some(next), None));
+                let part = Part::new(name, u as i32, Some(next), None);
+                // Every upstream is known from the start: one that has said
+                // nothing yet holds the watermark back (no record, watermark,
+                // idle or end marker of its can be overtaken).
+                reader.ready.push_back(part.empty_chunk(next));
+                reader.parts.push(part);
             }
             tracing::info!(
                 component,
