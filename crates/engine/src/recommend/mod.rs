@@ -141,13 +141,19 @@ pub struct Recommender {
     pair_weights: Vec<f64>,
 }
 
+/// Lists something as changed, once: `listed` is its own flag, `id` makes its entry.
+#[inline]
+fn list_once<T>(listed: &mut bool, list: &mut Vec<T>, id: impl FnOnce() -> T) {
+    if !*listed {
+        *listed = true;
+        list.push(id());
+    }
+}
+
 /// Lists `item` (whose state is `state`) as changed, once.
 #[inline]
 fn mark_dirty(dirty: &mut Vec<u32>, state: &mut ItemState, item: u32) {
-    if !state.dirty {
-        state.dirty = true;
-        dirty.push(item);
-    }
+    list_once(&mut state.dirty, dirty, || item);
 }
 
 /// The co-occurrence weight of each pair distance `1..=pair_window`.
@@ -238,10 +244,7 @@ impl Recommender {
             Some(profile) => profile,
             None => self.users.entry(user.into()).or_default(),
         };
-        if !profile.dirty {
-            profile.dirty = true;
-            self.dirty.users.push(user.into());
-        }
+        list_once(&mut profile.dirty, &mut self.dirty.users, || user.into());
         if spec.sequence.enabled
             && let Some((previous, at)) = profile.last
             && previous != item
@@ -379,8 +382,8 @@ impl Recommender {
         }
         self.dirty.users.clear();
         for (name, profile) in &mut self.users {
-            profile.dirty = true;
-            self.dirty.users.push(name.clone());
+            profile.dirty = false;
+            list_once(&mut profile.dirty, &mut self.dirty.users, || name.clone());
         }
         self
     }

@@ -136,6 +136,11 @@ impl Candidates {
             self.marks.fill(0);
             self.stamp = 1;
         }
+        self.fit(items);
+    }
+
+    /// Makes room for items `0..items` (in powers of two).
+    fn fit(&mut self, items: usize) {
         if items > self.scores.len() {
             let len = items.next_power_of_two();
             self.scores.resize(len, [0.0; GENERATORS]);
@@ -146,11 +151,7 @@ impl Candidates {
     #[inline]
     fn grow(&mut self, item: u32) -> usize {
         let i = item as usize;
-        if i >= self.scores.len() {
-            let len = (i + 1).next_power_of_two();
-            self.scores.resize(len, [0.0; GENERATORS]);
-            self.marks.resize(len, 0);
-        }
+        self.fit(i + 1);
         i
     }
 
@@ -261,8 +262,9 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         }
     }
     out.seeds.truncate(spec.recent_items.max(query.context.len()));
+    let item_end = model.item_end();
     let candidates = &mut out.candidates;
-    candidates.begin(model.item_end());
+    candidates.begin(item_end);
     if let Some(user) = user {
         for item in user.seen() {
             candidates.block(item);
@@ -325,7 +327,6 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         })
         .collect();
     let filters = !excluded_categories.is_empty() || query.categories.is_some();
-    let item_end = model.item_end();
     let passes = |item: u32| {
         (item as usize) < item_end
             && (!filters
