@@ -345,18 +345,27 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     model.trending_scores(&touched, popularity);
     // Each candidate's raw scores, gathered once in candidate order: the
     // maxima and the blend below then read them sequentially.
+    // (Maxima by plain comparison: scores are never NaN, and `f32::max`'s
+    // NaN handling made a chain of five instructions per generator and row.)
     let raw = &mut out.raw;
     raw.clear();
-    raw.extend(touched.iter().map(|&item| candidates.scores[item as usize]));
     let mut max = [0.0f32; GENERATORS];
-    for row in raw.iter() {
+    raw.extend(touched.iter().map(|&item| {
+        let row = candidates.scores[item as usize];
         for g in 0..GENERATORS {
-            max[g] = max[g].max(row[g]);
+            if row[g] > max[g] {
+                max[g] = row[g];
+            }
         }
-    }
+        row
+    }));
     let mut max = max.map(f64::from);
     if trending_on {
-        max[trend] = popularity.iter().copied().fold(max[trend], f64::max);
+        for &p in popularity.iter() {
+            if p > max[trend] {
+                max[trend] = p;
+            }
+        }
     }
     // A generator's raw score times its scale is its weighted, normalised part.
     let scale: [f64; GENERATORS] = Generator::ALL.map(|g| {
