@@ -345,6 +345,11 @@ pub struct EvalArgs {
     /// space-separated, best first), for prequential_eval.py --score-recs.
     #[arg(long, value_name = "FILE")]
     pub write_recs: Option<PathBuf>,
+    /// Replay threads (default: the machine's cores). Each learns every event
+    /// on its own copy of the model and ranks its share of the evaluated ones;
+    /// the numbers are the same for any count.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
 }
 
 /// A number as Python's `float()` reads it (the peer's command line).

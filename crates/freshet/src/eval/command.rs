@@ -14,10 +14,9 @@ use serde::Serialize;
 
 use super::baselines::{ItemKnn, Pop};
 use super::dataset::{self, CsvColumns, Format, LoadOptions, Stream};
-use super::model::StreamRecommender;
-use super::models::freshet_models;
+use super::models::{NamedFactory, freshet_models};
 use super::protocol::{EvalFrac, Protocol};
-use super::replay::{Outcome, replay};
+use super::replay::{ModelFactory, Outcome, replay};
 use crate::cli::{EvalArgs, EvalModel};
 
 /// The JSON report (the last stdout line).
@@ -107,14 +106,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         protocol.evaluated.len(),
     );
 
-    let (name, mut main, ablations) = build_models(&args, &stream)?;
-    let outcome = replay_with_progress(name, &stream, &protocol, k, main.as_mut(), args.write_recs.is_some());
-    // One model in memory at a time: item-kNN's dense counts can be large.
-    drop(main);
+    let threads = match args.threads {
+        Some(n) => usize::try_from(n)?,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let (name, main, ablations) = build_models(&args, &stream)?;
+    let outcome = replay_with_progress(name, &stream, &protocol, k, &*main, threads, args.write_recs.is_some());
     let mut ablation = BTreeMap::new();
     let mut rows = vec![(name.to_owned(), outcome.clone())];
-    for (variant, mut model) in ablations {
-        let o = replay_with_progress(&variant, &stream, &protocol, k, model.as_mut(), false);
+    for (variant, model) in ablations {
+        let o = replay_with_progress(&variant, &stream, &protocol, k, &*model, threads, false);
         ablation.insert(variant.clone(), Scores::from(&o));
         rows.push((format!("ablation {variant}"), o));
     }
@@ -162,7 +163,7 @@ fn parse_dataset(text: &str) -> Result<(Format, Vec<PathBuf>)> {
     Ok((format, paths))
 }
 
-type Models<'s> = (&'static str, Box<dyn StreamRecommender + 's>, Vec<(String, Box<dyn StreamRecommender + 's>)>);
+type Models<'s> = (&'static str, Box<ModelFactory<'s>>, Vec<NamedFactory<'s>>);
 
 fn build_models<'s>(args: &EvalArgs, stream: &'s Stream) -> Result<Models<'s>> {
     Ok(match args.model {
@@ -171,8 +172,8 @@ fn build_models<'s>(args: &EvalArgs, stream: &'s Stream) -> Result<Models<'s>> {
                 .context("building the Freshet recommender")?;
             ("freshet", main, ablations)
         }
-        EvalModel::Pop => ("pop", Box::new(Pop::new()), Vec::new()),
-        EvalModel::ItemKnn => ("itemknn", Box::new(ItemKnn::new(stream.n_items())), Vec::new()),
+        EvalModel::Pop => ("pop", Box::new(|| Box::new(Pop::new())), Vec::new()),
+        EvalModel::ItemKnn => ("itemknn", Box::new(|| Box::new(ItemKnn::new(stream.n_items()))), Vec::new()),
     })
 }
 
@@ -181,7 +182,8 @@ fn replay_with_progress(
     stream: &Stream,
     protocol: &Protocol,
     k: usize,
-    model: &mut dyn StreamRecommender,
+    make: &ModelFactory<'_>,
+    threads: usize,
     keep_lists: bool,
 ) -> Outcome {
     // Drawn only when stderr is a terminal.
@@ -195,7 +197,7 @@ fn replay_with_progress(
     });
     bar.set_style(style);
     bar.set_prefix(name.to_owned());
-    let outcome = replay(stream, protocol, k, model, keep_lists, &bar);
+    let outcome = replay(stream, protocol, k, make, threads, keep_lists, &bar);
     bar.finish_and_clear();
     outcome
 }

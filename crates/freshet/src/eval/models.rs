@@ -15,30 +15,38 @@ use freshet_engine::recommend::{Generator, Query, Ranking, Recommender, Recommen
 
 use super::dataset::Stream;
 use super::model::StreamRecommender;
+use super::replay::ModelFactory;
+
+/// A named model factory, one per replay.
+pub type NamedFactory<'s> = (String, Box<ModelFactory<'s>>);
 
 /// The models `freshet eval` replays: the main one, and with `ablation` one per generator.
-#[allow(clippy::type_complexity)]
 pub fn freshet_models<'s>(
     config: Option<&Path>,
     ablation: bool,
     stream: &'s Stream,
-) -> Result<(Box<dyn StreamRecommender + 's>, Vec<(String, Box<dyn StreamRecommender + 's>)>)> {
+) -> Result<(Box<ModelFactory<'s>>, Vec<NamedFactory<'s>>)> {
     let spec = match config {
         Some(path) => crate::config::recommender_spec_file(path)
             .with_context(|| format!("reading the recommender of {}", path.display()))?,
         None => RecommenderSpec::default(),
     };
-    let mut ablations: Vec<(String, Box<dyn StreamRecommender + 's>)> = Vec::new();
+    let mut ablations: Vec<NamedFactory<'s>> = Vec::new();
     if ablation {
         for generator in Generator::ALL {
             // Logs carry no embeddings: that generator could only ever propose nothing.
             if generator == Generator::Embedding {
                 continue;
             }
-            ablations.push((generator.name().to_string(), Box::new(FreshetModel::new(spec.only(generator), stream))));
+            ablations.push((generator.name().to_string(), factory(spec.only(generator), stream)));
         }
     }
-    Ok((Box::new(FreshetModel::new(spec, stream)), ablations))
+    Ok((factory(spec, stream), ablations))
+}
+
+/// Builds Freshet models of `spec` over `stream`.
+fn factory<'s>(spec: RecommenderSpec, stream: &'s Stream) -> Box<ModelFactory<'s>> {
+    Box::new(move || Box::new(FreshetModel::new(spec.clone(), stream)))
 }
 
 /// The Freshet recommender behind the replay's interface.
