@@ -97,6 +97,9 @@ pub struct KeptState<'a> {
     pub features: &'a [(String, &'a [String], bool)],
     /// Other keyed state, described ("a recommender", "lookup tables").
     pub other: &'a [&'a str],
+    /// Whether a flow has a keyed stage (dedup): its tables move with the
+    /// tasks' checkpoints, so only a group of tasks can keep them.
+    pub keyed_stages: bool,
 }
 
 /// What a `scale_out` source allows. A stateless pipeline shares the topic
@@ -115,7 +118,7 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     };
     let path = format!("sources.{name}");
     if !k.in_tasks(!state.features.is_empty()) {
-        if let Some(first) = state.other.first() {
+        if let Some(first) = state.other.first().or(state.keyed_stages.then_some(&"a keyed stage (dedup)")) {
             p.err(
                 format!("{path}.scale_out"),
                 format!("this pipeline keeps {first}, which does not yet move with the partitions it belongs to"),

@@ -151,6 +151,17 @@ mod tests {
             paths(&job("partition_key = \"user_id\"", kafka, &served("\"type\", \"user_id\""))),
             ["features[0].key"]
         );
+        // Dedup tables move with a group's tasks; a stateless group has no tasks to move them with.
+        let dedup = |text: String| {
+            let route = r#"stages = [{ type = "route", sink = "out" }]"#;
+            assert!(text.contains(route));
+            text.replace(
+                route,
+                r#"stages = [{ type = "route", sink = "out" }, { type = "dedup", key = "id", ttl = "1h" }]"#,
+            )
+        };
+        assert!(plan_text(&dedup(job("partition_key = \"user_id\"", kafka, &stateful))).is_ok());
+        assert_eq!(paths(&dedup(job("", stdout, ""))), ["sources.k.scale_out"]);
         let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
         assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);
     }

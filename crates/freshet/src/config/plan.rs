@@ -856,12 +856,8 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         (!features.is_empty()).then_some("features"),
         recommender.is_some().then_some("a recommender"),
         (!tables.is_empty()).then_some("lookup tables"),
-        flows
-            .iter()
-            .flat_map(|f| &f.stages)
-            .any(|s| s.placement() == Placement::Keyed)
-            .then_some("a keyed stage (dedup)"),
     ];
+    let keyed_stages = flows.iter().flat_map(|f| &f.stages).any(|s| s.placement() == Placement::Keyed);
     let keyed_by: Vec<(String, &[String], bool)> = config
         .features
         .iter()
@@ -871,6 +867,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     let state = super::kafka::KeptState {
         features: &keyed_by,
         other: &kept_state.into_iter().flatten().filter(|s| *s != "features").collect::<Vec<_>>(),
+        keyed_stages,
     };
     super::kafka::check_scale_out(&mut p, &sources, &sinks, &state);
     if !p.problems.is_empty() {

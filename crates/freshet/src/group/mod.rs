@@ -379,8 +379,14 @@ impl Starter {
 /// The config of one half: the input half keeps the features keyed by the
 /// partition key and routes the events of the others' flows to the
 /// repartition topic; the repartitioned half reads that topic, keeps the
-/// others, and runs its flows without stages (their events were shaped and
-/// checked upstream).
+/// others, and runs its flows without the stages the input half ran (their
+/// events were shaped and checked upstream).
+///
+/// Dedup is decided where feature records meet state, so each half keeps
+/// its own tables: the input half routes a flow's events before its first
+/// dedup stage (a route after one would write duplicates), and the
+/// repartitioned half runs that stage and the ones after it. Copies of an
+/// event carry its keys, so they reach the same task and shard in both halves.
 fn edit(config: &mut Config, layout: &Layout, half: Half) {
     let Some(SourceConfig::Kafka { partition_key, topic, .. }) = config.sources.get_mut(&layout.name) else { return };
     let key = partition_key.clone().unwrap_or_default();
@@ -391,7 +397,8 @@ fn edit(config: &mut Config, layout: &Layout, half: Half) {
                 config.features.iter().filter(|f| !local(&f.key)).map(|f| f.flow.clone()).collect();
             config.features.retain(|f| local(&f.key));
             for flow in config.flows.iter_mut().filter(|f| moved.contains(&f.name)) {
-                flow.stages.push(StageConfig::Route { sink: REPARTITION_SINK.into() });
+                let at = first_dedup(&flow.stages);
+                flow.stages.insert(at, StageConfig::Route { sink: REPARTITION_SINK.into() });
             }
             if !moved.is_empty() {
                 config.sinks.insert(
@@ -415,7 +422,8 @@ fn edit(config: &mut Config, layout: &Layout, half: Half) {
             *topic = layout.repartition_topic.clone();
             config.features.retain(|f| !local(&f.key));
             for flow in &mut config.flows {
-                flow.stages.clear();
+                let upstream = first_dedup(&flow.stages);
+                flow.stages.drain(..upstream);
             }
             // Its events were accepted upstream: nothing of them is dead-lettered twice.
             config.pipeline.dead_letter = None;
@@ -440,6 +448,11 @@ fn edit(config: &mut Config, layout: &Layout, half: Half) {
         }
     }
     config.sinks.retain(|name, _| used.contains(name));
+}
+
+/// Where a flow's first dedup stage is (its length when it has none).
+fn first_dedup(stages: &[StageConfig]) -> usize {
+    stages.iter().position(|s| matches!(s, StageConfig::Dedup { .. })).unwrap_or(stages.len())
 }
 
 /// Restores half `half` of task `partition` from its changelog into `dir`
@@ -651,5 +664,88 @@ impl Shipper {
                 "Could not ship a checkpoint to the changelog."
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet_engine::flow::Stage;
+
+    use super::*;
+    use crate::config::{load, plan};
+
+    /// Per-user and per-item counts over one scaled-out topic, with a dedup
+    /// stage between a filter and a mask.
+    const JOB: &str = r#"
+        [sources.events]
+        type = "kafka"
+        brokers = "127.0.0.1:9"
+        topic = "events"
+        group = "g"
+        bounded = true
+        scale_out = true
+        partition_key = "user_id"
+
+        [sinks.out]
+        type = "kafka"
+        brokers = "127.0.0.1:9"
+        topic = "out"
+
+        [[flows]]
+        name = "interactions"
+        stages = [
+          { type = "filter", when = { field = "type", ne = "bot" } },
+          { type = "dedup", key = "event_id", ttl = "1h" },
+          { type = "remove", fields = ["ip"] },
+        ]
+
+        [[features]]
+        name = "per_user"
+        flow = "interactions"
+        key = ["user_id"]
+        window = { type = "tumbling", size = "5m" }
+        aggregate = "count"
+        sink = "out"
+        serve = false
+
+        [[features]]
+        name = "per_item"
+        flow = "interactions"
+        key = ["item_id"]
+        window = { type = "tumbling", size = "5m" }
+        aggregate = "count"
+        sink = "out"
+        serve = false
+    "#;
+
+    fn kinds(plan: &Plan) -> Vec<&'static str> {
+        plan.pipeline.flows[0]
+            .stages
+            .iter()
+            .map(|s| match s {
+                Stage::Filter(_) => "filter",
+                Stage::Dedup(_) => "dedup",
+                Stage::Route(_) => "route",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_half_keeps_its_own_dedup_and_the_input_half_routes_before_it() {
+        let config = load::parse(JOB, "t", &|_| None).unwrap();
+        let whole = plan::plan(&config, "t", 1, Path::new(".")).expect("a dedup stage scales out with its tasks");
+        let layout = Layout::of(&whole, 0, 4).unwrap();
+        assert_eq!(layout.by.as_deref(), Some("item_id"));
+        let half = |half: Half| {
+            let mut c = load::parse(JOB, "t", &|_| None).unwrap();
+            edit(&mut c, &layout, half);
+            plan::plan(&c, "t", 1, Path::new(".")).unwrap_or_else(|e| panic!("the {half:?} half plans: {e}"))
+        };
+        // The input half writes each event (duplicates too) to the repartition
+        // topic before dedup, then dedups for its own feature.
+        assert_eq!(kinds(&half(Half::Input)), ["filter", "route", "dedup", "other"]);
+        // The repartitioned half dedups what it reads, then runs what followed.
+        assert_eq!(kinds(&half(Half::Repartitioned)), ["dedup", "other"]);
     }
 }

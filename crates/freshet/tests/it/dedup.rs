@@ -12,14 +12,20 @@ use crate::support::{self, OUTPUT_A, OUTPUT_B};
 
 /// The reference config with a dedup stage in the interactions flow.
 fn dedup_config() -> String {
-    let text = std::fs::read_to_string(support::reference_config()).unwrap();
+    with_dedup_stage(&support::reference_config())
+}
+
+/// The reference job's config at `path` with a dedup stage on `event_id`
+/// in its interactions flow.
+pub fn with_dedup_stage(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
     let rules = "fields = { user_id = \"string\", item_id = \"string\", ts = \"integer\" }\n";
-    assert!(text.contains(rules), "examples/reference-job.toml's interactions flow changed; update this test");
+    assert!(text.contains(rules), "{}: the interactions flow changed; update this test", path.display());
     text.replacen(rules, &format!("{rules}stages = [{{ type = \"dedup\", key = \"event_id\", ttl = \"1h\" }}]\n"), 1)
 }
 
 /// The input without the lines that repeat an earlier interaction's `event_id`.
-fn without_duplicates(bytes: &[u8]) -> (Vec<u8>, usize) {
+pub fn without_duplicates(bytes: &[u8]) -> (Vec<u8>, usize) {
     let mut seen = HashSet::new();
     let (mut out, mut dropped) = (Vec::new(), 0);
     for line in support::input_lines(bytes) {

@@ -9,8 +9,9 @@
 //! writes for the same topic.
 //!
 //! With state: the reference job as a group of three, one killed and
-//! started again, checked against the Flink checker; and reads of a group's
-//! features sent to any member, answered by the owner of the entity's task.
+//! started again, checked against the Flink checker; the same with a dedup
+//! stage over duplicated input; and reads of a group's features sent to any
+//! member, answered by the owner of the entity's task.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -374,6 +375,65 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
         "no task went on from a checkpoint in its changelog:\n{logs}"
     );
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+/// Dedup in a group: the reference group job with a dedup stage on
+/// `event_id`, over a workload whose duplicates repeat one of the last
+/// thousand lines verbatim (5 % of lines), run by two processes, one killed
+/// with SIGKILL mid-run and started again. Each task half keeps its own
+/// dedup tables in the checkpoints its changelog holds (the input half for
+/// job (a); the repartitioned half for job (b), which reads every copy from
+/// the repartition topic), so after the move the outputs, deduplicated by
+/// key, equal the checker's over the input without its duplicates.
+#[test]
+fn dedup_in_a_group_with_a_member_killed_drops_exactly_the_duplicates() {
+    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "dedup-group";
+    let input = dir.path().join("in.ndjson");
+    let args = support::workload_args(37, 60_000, &["--rate-per-s", "100", "--duplicate-rate", "0.05"]);
+    support::generate_events(&input, &args);
+    let (clean, dropped) = crate::dedup::without_duplicates(&std::fs::read(&input).unwrap());
+    assert!(dropped > 1000, "the workload has only {dropped} duplicates; the test is weak");
+    let clean_input = dir.path().join("clean.ndjson");
+    std::fs::write(&clean_input, &clean).unwrap();
+    let expected = crate::oracle::compute(&clean);
+    assert_eq!(expected.late_events, 0, "the workload must have no late events");
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", input.to_str().unwrap()]);
+    let config = dir.path().join("dedup-group.toml");
+    std::fs::write(&config, crate::dedup::with_dedup_stage(&support::repo_root().join(GROUP_EXAMPLE))).unwrap();
+    let job = (config.to_str().unwrap(), topic, "dedups");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !p2.log().contains("Task restored from the changelog; starting.") {
+        assert!(p2.alive(), "p2 exited before it could be killed:\n{}", p2.log());
+        assert!(Instant::now() < deadline, "p2 started no task within 120 s:\n{}", p2.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(2));
+    assert!(p2.alive(), "p2 finished before it could be killed mid-run:\n{}", p2.log());
+    p2.child.kill().unwrap();
+    p2.child.wait().unwrap();
+    // Back after its session ended (tansu moves a dead member's partitions
+    // only when the group changes).
+    thread::sleep(Duration::from_secs(13));
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for m in [&mut p1, &mut p2] {
+        while m.alive() {
+            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
+            thread::sleep(Duration::from_millis(200));
+        }
+        let status = m.child.wait().unwrap();
+        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
+    }
+    let logs = [&p1, &p2].map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).join("\n");
+    assert!(logs.contains("Restoring from checkpoint."), "no task went on from a checkpoint in its changelog:\n{logs}");
+    crate::kafka::check_outputs(&broker, topic, &clean_input, &expected, dir.path());
 }
 
 /// Watermarks and idleness travel in-band through the repartition topic.
