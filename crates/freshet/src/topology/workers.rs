@@ -476,10 +476,8 @@ pub(super) fn shard(
     }
     let mut latencies = Vec::new();
     let mut pending: Vec<u64> = Vec::new();
-    let mut last_publish = Instant::now();
-    let mut publish_cost = Duration::ZERO;
-    let item_publish = plan.pipeline.recommender.as_ref().map(|r| Duration::from_millis(r.item_publish_ms as u64));
-    let mut last_item_publish = Instant::now();
+    let item_every = plan.pipeline.recommender.as_ref().map(|r| Duration::from_millis(r.item_publish_ms as u64));
+    let mut clock = PublishClock::new(plan.publish_interval, item_every);
     let mut seq = 0usize;
     let send_buffers = |outputs: freshet_engine::features::Outputs| -> bool {
         metrics.record_late(&outputs.late);
@@ -493,9 +491,31 @@ pub(super) fn shard(
         true
     };
     let ship = |shard: &mut Shard| -> bool { send_buffers(shard.take_outputs(|| pools.buffer())) };
+    let published = |pending: &mut Vec<u64>, latencies: &mut Vec<u64>| {
+        let now = shared.now_us();
+        for t in pending.drain(..) {
+            let lat = now.saturating_sub(t);
+            metrics.latency(lat);
+            latencies.push(lat);
+        }
+    };
     loop {
         let from = seq % rxs.len();
-        let Ok(mut input) = rxs[from].recv() else { break };
+        let mut input = match rxs[from].recv_timeout(clock.due_in().unwrap_or(IDLE_WAIT)) {
+            Ok(input) => input,
+            Err(RecvTimeoutError::Timeout) => {
+                // No input for a while: what changed is published on time all the same.
+                if clock.due() {
+                    clock.publish(&mut shard);
+                    published(&mut pending, &mut latencies);
+                    if shard.has_output() && !ship(&mut shard) {
+                        return latencies;
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         seq += 1;
         if let Some(forwarded) = input.forwarded.take()
             && !send_buffers(forwarded)
@@ -509,29 +529,20 @@ pub(super) fn shard(
         if had_records {
             pending.push(input.ingest_us);
         }
-        // Publishing adapts to load: the next one waits at least four times
-        // as long as the last took, so it stays under a fifth of the shard.
-        let due = last_publish.elapsed() >= plan.publish_interval.max(publish_cost * 4);
-        let publishing = due || stats.watermark_advanced;
+        clock.changed(had_records || stats.watermark_advanced || stats.forgotten > 0, had_records);
+        let publishing = clock.due();
         if publishing {
-            let started = Instant::now();
-            if item_publish.is_some_and(|every| last_item_publish.elapsed() >= every) {
-                shard.publish_recommender_items();
-                last_item_publish = Instant::now();
-            }
-            shard.publish();
-            last_publish = Instant::now();
-            publish_cost = last_publish - started;
-            let now = shared.now_us();
-            for t in pending.drain(..) {
-                let lat = now.saturating_sub(t);
-                metrics.latency(lat);
-                latencies.push(lat);
-            }
+            clock.publish(&mut shard);
+            published(&mut pending, &mut latencies);
         }
         let barrier = input.barrier;
-        // A publish may have written updates rows: they leave with it.
-        if (barrier.is_some() || publishing || input.partition.is_none() || shard_output_large(&shard))
+        // Closed windows' rows leave as the watermark passes them; a publish
+        // may have written updates rows: they leave with it.
+        if (barrier.is_some()
+            || publishing
+            || stats.watermark_advanced
+            || input.partition.is_none()
+            || shard_output_large(&shard))
             && shard.has_output()
             && !ship(&mut shard)
         {
@@ -553,6 +564,81 @@ pub(super) fn shard(
     let keys: usize = shard.key_counts().iter().sum();
     tracing::debug!(shard = index, keys, heap_bytes = shard.heap_bytes(), "Shard finished.");
     latencies
+}
+
+/// How long a shard with nothing to publish waits for input before it looks again.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// When a shard publishes its views. A change waits at most one publish
+/// interval, stretched to four times what the last publication took, so
+/// that publishing stays under a fifth of a busy shard; the recommender's
+/// item lists go at most every item interval. Not at every watermark step:
+/// with event time near wall time that is nearly every chunk, and
+/// publication then took most of a busy shard (78 % at 50k events/s).
+struct PublishClock {
+    interval: Duration,
+    item_every: Option<Duration>,
+    last: Instant,
+    cost: Duration,
+    last_items: Instant,
+    /// Changes applied since the last publication.
+    changed: bool,
+    /// Recommender changes since the last item publication.
+    items_changed: bool,
+}
+
+impl PublishClock {
+    /// A clock whose first publication is due at once: a restored shard
+    /// serves its state before any input arrives.
+    fn new(interval: Duration, item_every: Option<Duration>) -> Self {
+        let now = Instant::now();
+        PublishClock {
+            interval,
+            item_every,
+            last: now,
+            cost: Duration::ZERO,
+            last_items: now,
+            changed: true,
+            items_changed: item_every.is_some(),
+        }
+    }
+
+    /// Notes what a chunk changed: served state, and the recommender's items.
+    fn changed(&mut self, state: bool, items: bool) {
+        self.changed |= state;
+        self.items_changed |= items && self.item_every.is_some();
+    }
+
+    /// How long until a publication is due; `None` when nothing waits.
+    fn due_in(&self) -> Option<Duration> {
+        let state = self
+            .changed
+            .then(|| (self.last + self.interval.max(self.cost * 4)).saturating_duration_since(Instant::now()));
+        let items = self
+            .item_every
+            .filter(|_| self.items_changed)
+            .map(|every| (self.last_items + every).saturating_duration_since(Instant::now()));
+        match (state, items) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.due_in() == Some(Duration::ZERO)
+    }
+
+    /// Publishes the shard's changes (and its item lists, when their interval has passed).
+    fn publish(&mut self, shard: &mut Shard) {
+        let started = Instant::now();
+        if self.items_changed && self.item_every.is_some_and(|every| self.last_items.elapsed() >= every) {
+            shard.publish_recommender_items();
+            (self.last_items, self.items_changed) = (Instant::now(), false);
+        }
+        shard.publish();
+        self.last = Instant::now();
+        (self.cost, self.changed) = (self.last - started, false);
+    }
 }
 
 fn shard_output_large(shard: &Shard) -> bool {
