@@ -588,8 +588,8 @@ struct PublishClock {
 }
 
 impl PublishClock {
-    /// A clock whose first publication is due at once: a restored shard
-    /// serves its state before any input arrives.
+    /// A clock whose first publication is due one interval after start: a
+    /// restored shard serves its state before any input arrives.
     fn new(interval: Duration, item_every: Option<Duration>) -> Self {
         let now = Instant::now();
         PublishClock {
@@ -732,4 +732,39 @@ pub(super) fn write(
         w.finish()?;
     }
     Ok(writers.iter().map(|w| (w.name().to_owned(), w.rows())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_change_is_due_within_an_interval_stretched_by_the_last_cost() {
+        let mut clock = PublishClock::new(5 * MS, None);
+        assert!(clock.due_in().is_some_and(|d| d <= 5 * MS), "a start publishes what it restored");
+        clock.changed = false;
+        assert_eq!(clock.due_in(), None, "nothing changed, nothing due");
+        clock.changed(true, true);
+        assert!(clock.due_in().is_some_and(|d| d <= 5 * MS && d > Duration::ZERO));
+        assert!(!clock.items_changed, "no recommender, no item lists");
+        // A publication that took 10 ms puts the next one 40 ms after it.
+        clock.cost = 10 * MS;
+        assert!(clock.due_in().is_some_and(|d| d > 30 * MS && d <= 40 * MS));
+        clock.last -= 40 * MS;
+        assert!(clock.due());
+    }
+
+    #[test]
+    fn item_lists_wait_for_their_own_interval() {
+        let mut clock = PublishClock::new(5 * MS, Some(500 * MS));
+        clock.changed = false;
+        assert!(clock.due_in().is_some_and(|d| d > 400 * MS), "the item lists of a start are due in 500 ms");
+        clock.items_changed = false;
+        assert_eq!(clock.due_in(), None);
+        clock.changed(false, true);
+        clock.last_items -= 500 * MS;
+        assert!(clock.due(), "an item change once the item interval has passed");
+    }
 }
