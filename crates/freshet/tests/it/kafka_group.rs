@@ -110,6 +110,41 @@ impl Member {
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Waits (up to 120 s) until this member runs a task.
+    fn wait_for_a_task(&mut self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.log().contains("Task restored from the changelog; starting.") {
+            assert!(self.alive(), "{name} exited before it ran a task:\n{}", self.log());
+            assert!(Instant::now() < deadline, "{name} started no task within 120 s:\n{}", self.log());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills this member with SIGKILL, mid-run.
+    fn kill(&mut self, name: &str) {
+        assert!(self.alive(), "{name} finished before it could be killed mid-run:\n{}", self.log());
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Waits (up to 10 minutes) until every member of a bounded job has ended, each with success.
+fn wait_for_success(members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for m in members.iter_mut() {
+        while m.alive() {
+            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
+            thread::sleep(Duration::from_millis(200));
+        }
+        let status = m.child.wait().unwrap();
+        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
+    }
+}
+
+/// Every run's log of `members`, restarted ones included.
+fn whole_logs(members: &[&Member]) -> String {
+    members.iter().map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).collect::<Vec<_>>().join("\n")
 }
 
 impl Drop for Member {
@@ -264,8 +299,7 @@ fn a_group_of_processes_shares_partitions_and_loses_nothing_when_one_is_killed()
     // It comes back after its session ended: a member that rejoins before
     // that shares the group with its dead self, whose partitions stall.
     produce(&parts[1]);
-    p3.child.kill().unwrap();
-    p3.child.wait().unwrap();
+    p3.kill("p3");
     thread::sleep(Duration::from_secs(13));
     let mut p3 = Member::start(&broker, dir.path(), "p3");
     wait_for_settled_group(&mut [&mut p1, &mut p2, &mut p3]);
@@ -333,12 +367,7 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
 
     // p3 dies 3 s after it started a task (checkpoints every 200 ms go to the
     // changelog meanwhile), mid-run.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !p3.log().contains("Task restored from the changelog; starting.") {
-        assert!(p3.alive(), "p3 exited before it could be killed:\n{}", p3.log());
-        assert!(Instant::now() < deadline, "p3 started no task within 120 s:\n{}", p3.log());
-        thread::sleep(Duration::from_millis(100));
-    }
+    p3.wait_for_a_task("p3");
     thread::sleep(Duration::from_secs(3));
     // The processes report their tasks' restores and the group's rebalances
     // (p1 once it has started a task of its own).
@@ -352,23 +381,13 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
         assert!(Instant::now() < deadline, "p1's /metrics lacks one of {names:?} after 60 s:\n{metrics}");
         thread::sleep(Duration::from_millis(200));
     }
-    assert!(p3.alive(), "p3 finished before it could be killed mid-run:\n{}", p3.log());
-    p3.child.kill().unwrap();
-    p3.child.wait().unwrap();
+    p3.kill("p3");
     // Back after its session ended (see the stateless test: tansu moves a dead
     // member's partitions only when the group changes).
     thread::sleep(Duration::from_secs(13));
     let mut p3 = Member::spawn(&broker, dir.path(), "p3", job, &serve);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for m in [&mut p1, &mut p2, &mut p3] {
-        while m.alive() {
-            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
-            thread::sleep(Duration::from_millis(200));
-        }
-        let status = m.child.wait().unwrap();
-        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
-    }
-    let logs = [&p1, &p2, &p3].map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).join("\n");
+    wait_for_success(&mut [&mut p1, &mut p2, &mut p3]);
+    let logs = whole_logs(&[&p1, &p2, &p3]);
     assert!(
         // A task's checkpoint from the changelog is restored as a local one.
         logs.contains("Restoring from checkpoint."),
@@ -408,30 +427,15 @@ fn dedup_in_a_group_with_a_member_killed_drops_exactly_the_duplicates() {
     let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
     let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !p2.log().contains("Task restored from the changelog; starting.") {
-        assert!(p2.alive(), "p2 exited before it could be killed:\n{}", p2.log());
-        assert!(Instant::now() < deadline, "p2 started no task within 120 s:\n{}", p2.log());
-        thread::sleep(Duration::from_millis(100));
-    }
+    p2.wait_for_a_task("p2");
     thread::sleep(Duration::from_secs(2));
-    assert!(p2.alive(), "p2 finished before it could be killed mid-run:\n{}", p2.log());
-    p2.child.kill().unwrap();
-    p2.child.wait().unwrap();
+    p2.kill("p2");
     // Back after its session ended (tansu moves a dead member's partitions
     // only when the group changes).
     thread::sleep(Duration::from_secs(13));
     let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for m in [&mut p1, &mut p2] {
-        while m.alive() {
-            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
-            thread::sleep(Duration::from_millis(200));
-        }
-        let status = m.child.wait().unwrap();
-        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
-    }
-    let logs = [&p1, &p2].map(|m| std::fs::read_to_string(&m.log).unwrap_or_default()).join("\n");
+    wait_for_success(&mut [&mut p1, &mut p2]);
+    let logs = whole_logs(&[&p1, &p2]);
     assert!(logs.contains("Restoring from checkpoint."), "no task went on from a checkpoint in its changelog:\n{logs}");
     crate::kafka::check_outputs(&broker, topic, &clean_input, &expected, dir.path());
 }

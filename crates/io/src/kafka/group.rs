@@ -21,18 +21,16 @@
 //! consistent state (its offsets with its state).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::{TopicSpec, ensure_topic, wait_for_partitions};
-use super::{Connection, Logged};
+use super::{Connection, GroupContext, Logged};
 use crate::error::{IoError, Result};
 
 /// The largest piece of a checkpoint in one record (brokers take 1 MB).
@@ -40,55 +38,9 @@ pub const PIECE_BYTES: usize = 512 << 10;
 const MAGIC: &[u8; 4] = b"FRCL";
 const HEADER: usize = 4 + 8 + 8 + 4 + 4;
 
-/// The membership consumer's context: logs, and counts assignments.
-struct MemberContext {
-    logged: Logged,
-    /// The source's name (the metrics' label).
-    source: String,
-    /// Assignments received (one per rebalance this member took part in).
-    assignments: AtomicU64,
-    /// When the group last took this member's tasks back for a rebalance
-    /// whose assignment has not come yet.
-    revoked_at: Mutex<Option<Instant>>,
-}
-
-impl ClientContext for MemberContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        self.logged.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.logged.error(error, reason);
-    }
-}
-
-impl ConsumerContext for MemberContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let component = self.logged.component.as_str();
-        let ids = |list: &TopicPartitionList| -> Vec<i32> { list.elements().iter().map(|e| e.partition()).collect() };
-        match rebalance {
-            Rebalance::Assign(list) => {
-                tracing::info!(component, "Kafka group rebalance: tasks assigned: {:?}.", ids(list));
-                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
-                self.assignments.fetch_add(1, Ordering::SeqCst);
-                *self.revoked_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            }
-            // The tasks go on until the next assignment says which stay here:
-            // with the eager protocol every rebalance revokes everything first.
-            Rebalance::Revoke(list) => {
-                tracing::info!(component, "Kafka group rebalance: tasks revoked: {:?}.", ids(list));
-                *self.revoked_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            }
-            Rebalance::Error(e) => {
-                tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.")
-            }
-        }
-    }
-}
-
 /// This process's membership of the group.
 pub struct Membership {
-    consumer: BaseConsumer<MemberContext>,
+    consumer: BaseConsumer<GroupContext>,
     topic: String,
     /// Partitions of the topic.
     partitions: usize,
@@ -106,7 +58,7 @@ impl Membership {
     ) -> Result<Self> {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
-        let consumer: BaseConsumer<MemberContext> = connection
+        let consumer: BaseConsumer<GroupContext> = connection
             .client_config(&[
                 ("group.id", group),
                 ("enable.auto.commit", "false"),
@@ -114,12 +66,7 @@ impl Membership {
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
             ])
-            .create_with_context(MemberContext {
-                logged: Logged { component: component.clone() },
-                source: name.to_owned(),
-                assignments: AtomicU64::new(0),
-                revoked_at: Mutex::new(None),
-            })
+            .create_with_context(GroupContext::new(&component, name, "tasks"))
             .map_err(|e| err(format!("creating the group's consumer: {e}")))?;
         let serve = |wait| {
             let _ = consumer.poll(wait);
@@ -183,7 +130,7 @@ impl Membership {
     /// leaves mid-rebalance as the group's leader, and the members left wait
     /// for its assignment forever (they never get tasks again).
     pub fn rebalancing_for(&self) -> Option<Duration> {
-        let revoked_at = self.consumer.context().revoked_at.lock().unwrap_or_else(|e| e.into_inner());
+        let revoked_at = self.consumer.context().revoked_at();
         revoked_at.map(|at| at.elapsed())
     }
 

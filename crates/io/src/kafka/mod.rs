@@ -24,12 +24,16 @@ pub mod members;
 pub mod sink;
 pub mod source;
 
-use rdkafka::ClientContext;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 /// Whether the job is stopping: a Kafka client that waits for the brokers
 /// gives up then.
@@ -126,5 +130,76 @@ where
             }
             Err((e, _)) => return Err(format!("producing a record: {e}")),
         }
+    }
+}
+
+/// The context of Freshet's consumers (a source's, and a group's
+/// membership): logs like [`Logged`], and counts and logs the group's
+/// rebalances, which a scaled-out source and a membership follow.
+struct GroupContext {
+    logged: Logged,
+    /// The source's name (the metrics' label).
+    source: String,
+    /// What the group hands out, as the logs name it: "partitions" or "tasks".
+    shares: &'static str,
+    /// Rebalance callbacks so far, assignments and revocations.
+    rebalances: AtomicU64,
+    /// Assignments so far (one per rebalance this member took part in).
+    assignments: AtomicU64,
+    /// When the group last took this member's share back for a rebalance
+    /// whose assignment has not come yet.
+    revoked_at: Mutex<Option<Instant>>,
+}
+
+impl GroupContext {
+    fn new(component: &str, source: &str, shares: &'static str) -> Self {
+        GroupContext {
+            logged: Logged { component: component.to_owned() },
+            source: source.to_owned(),
+            shares,
+            rebalances: AtomicU64::new(0),
+            assignments: AtomicU64::new(0),
+            revoked_at: Mutex::new(None),
+        }
+    }
+
+    fn revoked_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.revoked_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logged.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logged.error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (component, shares) = (self.logged.component.as_str(), self.shares);
+        let ids = |list: &TopicPartitionList| -> Vec<i32> { list.elements().iter().map(|e| e.partition()).collect() };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(component, "Kafka group rebalance: {shares} assigned: {:?}.", ids(list));
+                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
+                self.assignments.fetch_add(1, Ordering::SeqCst);
+                *self.revoked_at() = None;
+            }
+            // With the eager protocol every rebalance revokes everything first;
+            // the next assignment says what stays here.
+            Rebalance::Revoke(list) => {
+                tracing::info!(component, "Kafka group rebalance: {shares} revoked: {:?}.", ids(list));
+                *self.revoked_at() = Some(Instant::now());
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.");
+                return;
+            }
+        }
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -24,18 +24,17 @@
 //! (its checkpoints), and only for partitions it still owns.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use freshet_engine::decode::{Chunk, Oversized};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::wait_for_partitions;
-use super::{Connection, Logged};
+use super::{Connection, GroupContext};
 use crate::error::{IoError, Result};
 use crate::file::OVERSIZED_PREFIX;
 
@@ -173,52 +172,12 @@ struct Reader {
     max_line: usize,
 }
 
-/// The consumer's context: logs like every client and counts the group's
-/// rebalances, so that the reader follows its assignment.
-struct SourceContext {
-    logged: Logged,
-    source: String,
-    rebalances: AtomicU64,
-}
-
-impl ClientContext for SourceContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.logged.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.logged.error(error, reason);
-    }
-}
-
-impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let component = self.logged.component.as_str();
-        let partitions =
-            |list: &TopicPartitionList| -> Vec<i32> { list.elements().iter().map(|e| e.partition()).collect() };
-        match rebalance {
-            Rebalance::Assign(list) => {
-                tracing::info!(component, "Kafka group rebalance: partitions assigned: {:?}.", partitions(list));
-                metrics::counter!(crate::metrics::KAFKA_REBALANCES, "source" => self.source.clone()).increment(1);
-            }
-            Rebalance::Revoke(list) => {
-                tracing::info!(component, "Kafka group rebalance: partitions revoked: {:?}.", partitions(list));
-            }
-            Rebalance::Error(e) => {
-                tracing::warn!(component, error = %e, "Kafka group rebalance failed; the group retries.");
-                return;
-            }
-        }
-        self.rebalances.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// An open Kafka source.
 pub struct KafkaSource {
-    consumer: BaseConsumer<SourceContext>,
+    consumer: BaseConsumer<GroupContext>,
     reader: Reader,
     bounded: bool,
-    /// Rebalances the reader has followed (see [`SourceContext`]).
+    /// Rebalances the reader has followed (see [`GroupContext`]).
     followed: u64,
     last_lag: Instant,
     last_warning: Option<Instant>,
@@ -240,7 +199,7 @@ impl KafkaSource {
         let component = format!("source {name}");
         let err = |message: String| IoError::Kafka { component: component.clone(), message };
         let eof = if config.bounded && config.upstreams.is_none() { "true" } else { "false" };
-        let consumer: BaseConsumer<SourceContext> = config
+        let consumer: BaseConsumer<GroupContext> = config
             .connection
             .client_config(&[
                 ("group.id", config.group.as_str()),
@@ -262,11 +221,7 @@ impl KafkaSource {
                     },
                 ),
             ])
-            .create_with_context(SourceContext {
-                logged: Logged { component: component.clone() },
-                source: name.to_owned(),
-                rebalances: AtomicU64::new(0),
-            })
+            .create_with_context(GroupContext::new(&component, name, "partitions"))
             .map_err(|e| err(format!("creating the consumer: {e}")))?;
         let serve = |wait| {
             let _ = consumer.poll(wait);
@@ -520,7 +475,7 @@ impl Reader {
     /// Follows the group's assignment after a rebalance: a revoked
     /// partition's pending chunk goes out and the partition is dropped; a new
     /// one is read from the group's committed offset.
-    fn follow_assignment(&mut self, consumer: &BaseConsumer<SourceContext>) {
+    fn follow_assignment(&mut self, consumer: &BaseConsumer<GroupContext>) {
         let assigned: Vec<i32> = match consumer.assignment() {
             Ok(list) => list.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect(),
             Err(e) => {
@@ -546,7 +501,7 @@ impl Reader {
             .set(self.parts.len() as f64);
     }
 
-    fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<SourceContext>) {
+    fn take(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<GroupContext>) {
         if self.repartitioned {
             return self.take_repartitioned(m, consumer);
         }
@@ -564,7 +519,7 @@ impl Reader {
 
     /// A repartition record: a row of its upstream's, numbered (dropped when
     /// seen before), or the upstream's end marker.
-    fn take_repartitioned(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<SourceContext>) {
+    fn take_repartitioned(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<GroupContext>) {
         let Some((u, seq)) = m.key().and_then(super::sink::parse_repartition_key) else {
             let component = self.name.as_str();
             return tracing::warn!(component, offset = m.offset(), "A repartition record without its key; dropped.");
@@ -636,7 +591,7 @@ impl Reader {
     }
 
     /// Appends one record's value (at `offset` of part `i`) to its pending chunk.
-    fn append(&mut self, i: usize, offset: u64, value: &[u8], consumer: &BaseConsumer<SourceContext>) {
+    fn append(&mut self, i: usize, offset: u64, value: &[u8], consumer: &BaseConsumer<GroupContext>) {
         let Reader { parts, ready, block, max_line, .. } = self;
         let part = &mut parts[i];
         if part.finished {
@@ -679,7 +634,7 @@ impl Reader {
 
     /// Ends partition `i`: its pending chunk (or an empty one) goes out with
     /// `end_of_partition`, and the consumer stops fetching it.
-    fn finish(&mut self, i: usize, consumer: &BaseConsumer<SourceContext>) {
+    fn finish(&mut self, i: usize, consumer: &BaseConsumer<GroupContext>) {
         let part = &mut self.parts[i];
         part.finished = true;
         let next = part.next.or(part.end).unwrap_or(0);
@@ -732,7 +687,7 @@ impl Reader {
         }
     }
 
-    fn measure_lag(&self, consumer: &BaseConsumer<SourceContext>) {
+    fn measure_lag(&self, consumer: &BaseConsumer<GroupContext>) {
         // Before its first record a partition stands where the consumer's fetch does.
         let positions = consumer.position().ok();
         let fetching = |id: i32| -> Option<u64> {
