@@ -63,9 +63,10 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
             );
         };
         let path = path.clone();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         // Each task runs one shard and one decoder: a process runs several tasks.
         let planner = move |edit: &dyn Fn(&mut config::model::Config)| {
-            config::plan_file_with(&path, 1, edit).map_err(anyhow::Error::from)
+            config::plan_text_with(&text, &path, 1, edit).map_err(anyhow::Error::from)
         };
         let (server, reads) = match listener {
             Some(l) => {

@@ -23,10 +23,17 @@ pub fn plan_file(path: &Path, cores: usize) -> Result<Plan, ConfigError> {
     plan::plan(&config, &path.display().to_string(), cores, dir)
 }
 
-/// Loads a config file, lets `edit` change it, and plans it (a group's
-/// tasks run parts of the job, see `crate::group`).
-pub fn plan_file_with(path: &Path, cores: usize, edit: &dyn Fn(&mut model::Config)) -> Result<Plan, ConfigError> {
-    let mut config = load::load_file(path)?;
+/// Parses `text`, the config file at `path` as read once at start, lets
+/// `edit` change it, and plans it (a group's tasks run parts of the job, see
+/// `crate::group`: each task plans the same text, whatever the file says
+/// by then).
+pub fn plan_text_with(
+    text: &str,
+    path: &Path,
+    cores: usize,
+    edit: &dyn Fn(&mut model::Config),
+) -> Result<Plan, ConfigError> {
+    let mut config = load::parse(text, &path.display().to_string(), &|name| std::env::var(name).ok())?;
     edit(&mut config);
     let dir = path.parent().unwrap_or(Path::new("."));
     plan::plan(&config, &path.display().to_string(), cores, dir)
