@@ -6,11 +6,14 @@
 //! dropping the lightest entries (ties by higher item index, so pruning is
 //! deterministic). Memory per item is thus at most `2 · bound` entries, and
 //! the amortised pruning cost is O(1) per insert. Hand-written because it is
-//! a few lines over `hashbrown` and sits on the per-event path.
+//! a few lines over `hashbrown` and sits on the per-event path: the index
+//! holds only positions (4 bytes a slot, half a map from item to position),
+//! and a probe checks the entry it points at.
 
-use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Weights by item index, bounded: entries in a vector (ranking reads them
@@ -19,8 +22,13 @@ use serde::{Deserialize, Serialize, Serializer};
 #[serde(from = "Stored")]
 pub struct Neighbours {
     entries: Vec<(u32, f32)>,
-    index: FxHashMap<u32, u32>,
+    /// Positions in `entries`, hashed by their entry's item.
+    index: HashTable<u32>,
     total: f64,
+}
+
+fn hash(item: u32) -> u64 {
+    FxBuildHasher.hash_one(item)
 }
 
 /// What a snapshot holds (the index is rebuilt on load).
@@ -32,8 +40,9 @@ struct Stored {
 
 impl From<Stored> for Neighbours {
     fn from(s: Stored) -> Self {
-        let index = s.entries.iter().enumerate().map(|(at, &(item, _))| (item, at as u32)).collect();
-        Neighbours { entries: s.entries, index, total: s.total }
+        let mut n = Neighbours { entries: s.entries, index: HashTable::new(), total: s.total };
+        n.reindex();
+        n
     }
 }
 
@@ -56,12 +65,15 @@ impl Neighbours {
     #[inline]
     pub fn add(&mut self, item: u32, weight: f32, bound: usize) {
         self.total += f64::from(weight);
-        match self.index.entry(item) {
-            Entry::Occupied(at) => self.entries[*at.get() as usize].1 += weight,
-            Entry::Vacant(slot) => {
-                slot.insert(self.entries.len() as u32);
-                self.entries.push((item, weight));
-                if bound > 0 && self.entries.len() >= 2 * bound {
+        let entries = &mut self.entries;
+        let h = hash(item);
+        match self.index.find(h, |&at| entries[at as usize].0 == item) {
+            Some(&at) => entries[at as usize].1 += weight,
+            None => {
+                let at = entries.len() as u32;
+                entries.push((item, weight));
+                self.index.insert_unique(h, at, |&at| hash(entries[at as usize].0));
+                if bound > 0 && entries.len() >= 2 * bound {
                     self.prune(bound);
                 }
             }
@@ -71,13 +83,23 @@ impl Neighbours {
     fn prune(&mut self, bound: usize) {
         self.entries.select_nth_unstable_by(bound, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         self.entries.truncate(bound);
+        self.reindex();
+    }
+
+    /// Rebuilds the index from the entries (keeping its capacity).
+    fn reindex(&mut self) {
         self.index.clear();
-        self.index.extend(self.entries.iter().enumerate().map(|(at, &(item, _))| (item, at as u32)));
+        let entries = &self.entries;
+        self.index.reserve(entries.len(), |&at| hash(entries[at as usize].0));
+        for (at, &(item, _)) in entries.iter().enumerate() {
+            self.index.insert_unique(hash(item), at as u32, |&at| hash(entries[at as usize].0));
+        }
     }
 
     /// The weight of `item` (0 when absent).
     pub fn get(&self, item: u32) -> f32 {
-        self.index.get(&item).map_or(0.0, |&at| self.entries[at as usize].1)
+        let entries = &self.entries;
+        self.index.find(hash(item), |&at| entries[at as usize].0 == item).map_or(0.0, |&at| entries[at as usize].1)
     }
 
     /// Every entry, in no particular order.
