@@ -349,12 +349,25 @@ impl Shard {
         self.watermarks.all_finished()
     }
 
-    /// Publishes changed entities to the views; returns how many.
+    /// Publishes changed entities to the views (features and the
+    /// recommender's users; not its item lists); returns how many.
     pub fn publish(&mut self) -> usize {
-        let mut n = 0;
-        if let Some((model, Some(view))) = &mut self.recommender {
-            n += view.publish(model, false);
+        self.publish_recommender_users() + self.publish_features()
+    }
+
+    /// Publishes the recommender's changed users and trending lists to its
+    /// view (cheap next to features: a user's seen set is shared with its
+    /// published copy, not copied).
+    pub fn publish_recommender_users(&mut self) -> usize {
+        match &mut self.recommender {
+            Some((model, Some(view))) => view.publish(model, false),
+            _ => 0,
         }
+    }
+
+    /// Publishes the features' changed entities to their views and updates sinks.
+    pub fn publish_features(&mut self) -> usize {
+        let mut n = 0;
         for (i, f) in self.features.iter_mut().enumerate() {
             let spec = f.spec();
             let view = self.views.as_ref().and_then(|v| v.get(i)).filter(|_| spec.serve);

@@ -506,8 +506,9 @@ pub(super) fn shard(
             Err(RecvTimeoutError::Timeout) => {
                 // No input for a while: what changed is published on time all the same.
                 if clock.due() {
-                    clock.publish(&mut shard);
-                    published(&mut pending, &mut latencies);
+                    if clock.publish(&mut shard) {
+                        published(&mut pending, &mut latencies);
+                    }
                     if shard.has_output() && !ship(&mut shard) {
                         return latencies;
                     }
@@ -529,10 +530,12 @@ pub(super) fn shard(
         if had_records {
             pending.push(input.ingest_us);
         }
-        clock.changed(had_records || stats.watermark_advanced || stats.forgotten > 0, had_records);
+        clock.changed(
+            had_records || stats.watermark_advanced || stats.forgotten > 0,
+            had_records || stats.forgotten > 0,
+        );
         let publishing = clock.due();
-        if publishing {
-            clock.publish(&mut shard);
+        if publishing && clock.publish(&mut shard) {
             published(&mut pending, &mut latencies);
         }
         let barrier = input.barrier;
@@ -569,75 +572,101 @@ pub(super) fn shard(
 /// How long a shard with nothing to publish waits for input before it looks again.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
-/// When a shard publishes its views. A change waits at most one publish
-/// interval, stretched to four times what the last publication took, so
-/// that publishing stays under a fifth of a busy shard; the recommender's
-/// item lists go at most every item interval. Not at every watermark step:
-/// with event time near wall time that is nearly every chunk, and
-/// publication then took most of a busy shard (78 % at 50k events/s).
+/// When a shard publishes its views, in three lanes: features, the
+/// recommender's users, and its item lists. A change waits at most one
+/// interval (`publish_interval`; `item_publish_interval` for item lists),
+/// stretched to four times what the lane's last publication took, so that
+/// publishing stays under a fifth of a busy shard; the lanes stretch apart,
+/// so costly features do not hold back the recommender's users. Not at every
+/// watermark step: with event time near wall time that is nearly every
+/// chunk, and publication then took most of a busy shard (78 % at 50k
+/// events/s).
 struct PublishClock {
-    interval: Duration,
-    item_every: Option<Duration>,
+    features: Lane,
+    users: Option<Lane>,
+    items: Option<Lane>,
+}
+
+/// One kind of publication: its interval, and what its last one cost.
+struct Lane {
+    every: Duration,
     last: Instant,
     cost: Duration,
-    last_items: Instant,
     /// Changes applied since the last publication.
     changed: bool,
-    /// Recommender changes since the last item publication.
-    items_changed: bool,
+}
+
+impl Lane {
+    /// A lane with a publication due one interval from now (a start
+    /// publishes what it restored, before any input arrives).
+    fn new(every: Duration) -> Self {
+        Lane { every, last: Instant::now(), cost: Duration::ZERO, changed: true }
+    }
+
+    fn due_in(&self) -> Option<Duration> {
+        self.changed.then(|| (self.last + self.every.max(self.cost * 4)).saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `publish` if it is due; says whether it ran.
+    fn publish_if_due(&mut self, publish: impl FnOnce()) -> bool {
+        if self.due_in() != Some(Duration::ZERO) {
+            return false;
+        }
+        let started = Instant::now();
+        publish();
+        self.last = Instant::now();
+        (self.cost, self.changed) = (self.last - started, false);
+        true
+    }
 }
 
 impl PublishClock {
-    /// A clock whose first publication is due one interval after start: a
-    /// restored shard serves its state before any input arrives.
-    fn new(interval: Duration, item_every: Option<Duration>) -> Self {
-        let now = Instant::now();
+    /// `recommender`: the recommender's item publication interval, on the shard that owns it.
+    fn new(interval: Duration, recommender: Option<Duration>) -> Self {
         PublishClock {
-            interval,
-            item_every,
-            last: now,
-            cost: Duration::ZERO,
-            last_items: now,
-            changed: true,
-            items_changed: item_every.is_some(),
+            features: Lane::new(interval),
+            users: recommender.map(|_| Lane::new(interval)),
+            items: recommender.map(Lane::new),
         }
     }
 
-    /// Notes what a chunk changed: served state, and the recommender's items.
-    fn changed(&mut self, state: bool, items: bool) {
-        self.changed |= state;
-        self.items_changed |= items && self.item_every.is_some();
+    /// Notes what a chunk changed: features, and the recommender.
+    fn changed(&mut self, features: bool, recommender: bool) {
+        self.features.changed |= features;
+        for lane in [&mut self.users, &mut self.items].into_iter().flatten() {
+            lane.changed |= recommender;
+        }
     }
 
     /// How long until a publication is due; `None` when nothing waits.
     fn due_in(&self) -> Option<Duration> {
-        let state = self
-            .changed
-            .then(|| (self.last + self.interval.max(self.cost * 4)).saturating_duration_since(Instant::now()));
-        let items = self
-            .item_every
-            .filter(|_| self.items_changed)
-            .map(|every| (self.last_items + every).saturating_duration_since(Instant::now()));
-        match (state, items) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [Some(&self.features), self.users.as_ref(), self.items.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(Lane::due_in)
+            .min()
     }
 
     fn due(&self) -> bool {
         self.due_in() == Some(Duration::ZERO)
     }
 
-    /// Publishes the shard's changes (and its item lists, when their interval has passed).
-    fn publish(&mut self, shard: &mut Shard) {
-        let started = Instant::now();
-        if self.items_changed && self.item_every.is_some_and(|every| self.last_items.elapsed() >= every) {
-            shard.publish_recommender_items();
-            (self.last_items, self.items_changed) = (Instant::now(), false);
+    /// Publishes what is due; says whether the features were (the chunks
+    /// applied before are then visible: the pipeline latency's end).
+    fn publish(&mut self, shard: &mut Shard) -> bool {
+        if let Some(lane) = &mut self.items {
+            lane.publish_if_due(|| {
+                shard.publish_recommender_items();
+            });
         }
-        shard.publish();
-        self.last = Instant::now();
-        (self.cost, self.changed) = (self.last - started, false);
+        if let Some(lane) = &mut self.users {
+            lane.publish_if_due(|| {
+                shard.publish_recommender_users();
+            });
+        }
+        self.features.publish_if_due(|| {
+            shard.publish_features();
+        })
     }
 }
 
@@ -744,27 +773,34 @@ mod tests {
     fn a_change_is_due_within_an_interval_stretched_by_the_last_cost() {
         let mut clock = PublishClock::new(5 * MS, None);
         assert!(clock.due_in().is_some_and(|d| d <= 5 * MS), "a start publishes what it restored");
-        clock.changed = false;
+        assert!(clock.users.is_none() && clock.items.is_none(), "no recommender, no recommender lanes");
+        clock.features.changed = false;
         assert_eq!(clock.due_in(), None, "nothing changed, nothing due");
         clock.changed(true, true);
         assert!(clock.due_in().is_some_and(|d| d <= 5 * MS && d > Duration::ZERO));
-        assert!(!clock.items_changed, "no recommender, no item lists");
         // A publication that took 10 ms puts the next one 40 ms after it.
-        clock.cost = 10 * MS;
+        clock.features.cost = 10 * MS;
         assert!(clock.due_in().is_some_and(|d| d > 30 * MS && d <= 40 * MS));
-        clock.last -= 40 * MS;
+        clock.features.last -= 40 * MS;
         assert!(clock.due());
     }
 
     #[test]
-    fn item_lists_wait_for_their_own_interval() {
+    fn the_recommenders_lanes_keep_their_own_time() {
         let mut clock = PublishClock::new(5 * MS, Some(500 * MS));
-        clock.changed = false;
+        let users = clock.users.as_mut().unwrap();
+        users.changed = false;
+        clock.features.changed = false;
         assert!(clock.due_in().is_some_and(|d| d > 400 * MS), "the item lists of a start are due in 500 ms");
-        clock.items_changed = false;
+        clock.items.as_mut().unwrap().changed = false;
         assert_eq!(clock.due_in(), None);
-        clock.changed(false, true);
-        clock.last_items -= 500 * MS;
-        assert!(clock.due(), "an item change once the item interval has passed");
+        // Costly features do not hold back the users.
+        clock.features.cost = 50 * MS;
+        clock.changed(true, true);
+        assert!(clock.due_in().is_some_and(|d| d <= 5 * MS), "the users' lane is due within its interval");
+        clock.items.as_mut().unwrap().last -= 500 * MS;
+        clock.users.as_mut().unwrap().last -= 5 * MS;
+        assert!(clock.due(), "users and items are due; features wait for 200 ms");
+        assert!(clock.features.due_in().is_some_and(|d| d > 150 * MS));
     }
 }
