@@ -576,7 +576,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// recommender's users, and its item lists. A change waits at most one
 /// interval (`publish_interval`; `item_publish_interval` for item lists),
 /// stretched to four times what the lane's last publication took, so that
-/// publishing stays under a fifth of a busy shard; the lanes stretch apart,
+/// each lane stays under a fifth of a busy shard; the lanes stretch apart,
 /// so costly features do not hold back the recommender's users. Not at every
 /// watermark step: with event time near wall time that is nearly every
 /// chunk, and publication then took most of a busy shard (78 % at 50k
