@@ -84,12 +84,30 @@ pub struct Checkpoint {
     /// Per source (in plan order).
     pub sources: Vec<SourcePosition>,
     /// Per shard, the engine's snapshot bytes.
+    #[serde(with = "byte_blocks")]
     pub shards: Vec<Vec<u8>>,
     /// Per sink (in plan order), its committed position: a file's length in
     /// bytes, a Kafka topic's records written.
     pub sinks: Vec<u64>,
     /// The lookup tables' snapshot (empty without tables).
+    #[serde(with = "serde_bytes")]
     pub tables: Vec<u8>,
+}
+
+/// Snapshot bytes encoded as byte blocks: postcard writes the same bytes as
+/// for a `Vec<Vec<u8>>` (lengths, then bytes) but copies each block at once
+/// instead of serialising it byte by byte.
+mod byte_blocks {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(blocks: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(blocks.iter().map(|b| Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<ByteBuf>::deserialize(d)?.into_iter().map(ByteBuf::into_vec).collect())
+    }
 }
 
 /// The layout of format version 1 (no tables).
@@ -98,6 +116,7 @@ struct CheckpointV1 {
     id: u64,
     fingerprint: String,
     sources: Vec<SourcePositionV2>,
+    #[serde(with = "byte_blocks")]
     shards: Vec<Vec<u8>>,
     sinks: Vec<u64>,
 }
@@ -108,8 +127,10 @@ struct CheckpointV2 {
     id: u64,
     fingerprint: String,
     sources: Vec<SourcePositionV2>,
+    #[serde(with = "byte_blocks")]
     shards: Vec<Vec<u8>>,
     sinks: Vec<u64>,
+    #[serde(with = "serde_bytes")]
     tables: Vec<u8>,
 }
 
@@ -164,13 +185,17 @@ impl Store {
 
     /// Writes `cp` atomically and drops the oldest beyond `keep`; returns its size.
     pub fn write(&self, cp: &Checkpoint) -> Result<u64> {
-        let payload = postcard::to_stdvec(cp).context("encoding checkpoint")?;
-        let mut bytes = Vec::with_capacity(payload.len() + 24);
+        // The payload is encoded after room for the header, which is then filled in.
+        let size = 24 + cp.shards.iter().chain([&cp.tables]).map(|b| b.len() + 10).sum::<usize>() + 4096;
+        let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        bytes.resize(24, 0);
+        let mut bytes = postcard::to_extend(cp, bytes).context("encoding checkpoint")?;
+        let payload_len = (bytes.len() - 24) as u64;
+        let crc = crc32fast::hash(&bytes[24..]);
+        bytes[12..20].copy_from_slice(&payload_len.to_le_bytes());
+        bytes[20..24].copy_from_slice(&crc.to_le_bytes());
         let path = self.dir.join(file_name(cp.id));
         let tmp = path.with_extension("bin.tmp");
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -275,6 +300,35 @@ mod tests {
         }
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(store.latest("p").unwrap(), Some(cp(4)));
+    }
+
+    /// Byte blocks encode as plain byte vectors did, so files written before
+    /// `serde_bytes` read back unchanged (and the other way round).
+    #[test]
+    fn byte_blocks_encode_as_byte_vectors() {
+        #[derive(Serialize)]
+        struct Plain {
+            id: u64,
+            fingerprint: String,
+            sources: Vec<SourcePosition>,
+            shards: Vec<Vec<u8>>,
+            sinks: Vec<u64>,
+            tables: Vec<u8>,
+        }
+        let mut c = cp(3);
+        c.shards = vec![(0..=255).collect(), vec![], vec![7; 300]];
+        c.tables = vec![9; 200];
+        let plain = Plain {
+            id: c.id,
+            fingerprint: c.fingerprint.clone(),
+            sources: c.sources.clone(),
+            shards: c.shards.clone(),
+            sinks: c.sinks.clone(),
+            tables: c.tables.clone(),
+        };
+        let bytes = postcard::to_stdvec(&plain).unwrap();
+        assert_eq!(postcard::to_stdvec(&c).unwrap(), bytes);
+        assert_eq!(postcard::from_bytes::<Checkpoint>(&bytes).unwrap(), c);
     }
 
     /// Checkpoints written before Kafka sources (format 2) are still restored.

@@ -30,6 +30,7 @@ pub const SNAPSHOT_VERSION: u32 = 2;
 /// One key's state, as read back.
 #[derive(Debug, Deserialize)]
 struct KeySnapshot {
+    #[serde(with = "serde_bytes")]
     key: Vec<u8>,
     max_ts: i64,
     panes: Vec<Pane>,
@@ -40,6 +41,7 @@ struct KeySnapshot {
 /// per-key copies (the encoding is the same as [`KeySnapshot`]'s).
 #[derive(Debug, Serialize)]
 struct KeySnapshotRef<'a> {
+    #[serde(with = "serde_bytes")]
     key: &'a [u8],
     max_ts: i64,
     panes: &'a [Pane],

@@ -392,7 +392,12 @@ impl Recommender {
     /// has one, the embeddings as (item, generation, vector). The HNSW graph
     /// is not stored; a restore rebuilds it.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = postcard::to_stdvec(self).expect("the model serialises");
+        self.snapshot_with_capacity(0)
+    }
+
+    /// [`Recommender::snapshot`] into a buffer of `capacity` bytes to start with.
+    pub fn snapshot_with_capacity(&self, capacity: usize) -> Vec<u8> {
+        let mut bytes = postcard::to_extend(self, Vec::with_capacity(capacity)).expect("the model serialises");
         let stored = self.embeddings.stored();
         if !stored.is_empty() {
             bytes.extend(postcard::to_stdvec(&stored).expect("embeddings serialise"));
