@@ -4,6 +4,7 @@
 pub mod emit;
 mod expiry;
 pub mod keys;
+mod prefix;
 mod serving;
 mod snapshot;
 mod spec;

@@ -47,7 +47,7 @@ impl FeatureState {
     }
 
     /// The running value of the earliest open window holding the key's newest event.
-    fn current(&self, id: u32) -> Option<WindowValue> {
+    fn current(&mut self, id: u32) -> Option<WindowValue> {
         let e = &self.entries[id as usize];
         if e.max_ts == i64::MIN {
             return None;
@@ -68,7 +68,12 @@ impl FeatureState {
                 if start > align(e.max_ts, slide) {
                     return None;
                 }
-                Some(WindowValue { start, end: start + size, value: self.merged(id, start, start + size)? })
+                let value = if self.keeps_prefixes() {
+                    self.merged_through_prefix(id, start, start + size)?
+                } else {
+                    self.merged(id, start, start + size)?
+                };
+                Some(WindowValue { start, end: start + size, value })
             }
         }
     }
@@ -109,6 +114,7 @@ impl FeatureState {
             let mut groups: EntityView = Vec::new();
             let mut id = self.groups[g as usize].head;
             while id != NONE {
+                let current = self.current(id);
                 let key = self.keys.key(id);
                 let next = self.links[id as usize].next;
                 let mut ps = parts(key);
@@ -124,7 +130,7 @@ impl FeatureState {
                 }
                 groups.push(GroupView {
                     group: ps.map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
-                    current: self.current(id),
+                    current,
                     last_closed: self.last_closed[id as usize].clone().map(|(start, end, value)| WindowValue {
                         start,
                         end,

@@ -30,6 +30,9 @@ use crate::aggregate::{Acc, AggValue, Input};
 use crate::record::{Record, RecordBatch};
 use crate::time::WATERMARK_MAX;
 use crate::window::{WindowSpec, align};
+use rustc_hash::FxHashMap;
+
+use super::prefix::Prefix;
 
 pub(super) const NONE: u32 = u32::MAX;
 
@@ -119,6 +122,8 @@ pub struct FeatureState {
     pub(super) upkeep_deadline: i64,
     /// The last watermark seen.
     pub(super) watermark: i64,
+    /// Hopping distinct counts: per key, its running window's older panes merged (see `prefix`).
+    pub(super) prefixes: FxHashMap<u32, Prefix>,
 }
 
 impl FeatureState {
@@ -149,6 +154,7 @@ impl FeatureState {
             limbo: BinaryHeap::new(),
             upkeep_deadline: i64::MAX,
             watermark: i64::MIN,
+            prefixes: FxHashMap::default(),
         }
     }
 
@@ -170,6 +176,7 @@ impl FeatureState {
             + self.links.capacity() * std::mem::size_of::<Link>()
             + self.ttl_due.capacity() * 8
             + (self.ttl_queue.capacity() + self.limbo.capacity()) * 16
+            + self.prefix_bytes()
     }
 
     /// Loads the key table slot of `hash` ahead of [`FeatureState::intern`].
@@ -198,6 +205,7 @@ impl FeatureState {
     /// Sets up the state of a newly interned key (a fresh id or a recycled one).
     fn new_entry(&mut self, id: u32, key: &[u8]) {
         put(&mut self.entries, id, KeyEntry::empty());
+        self.forget_prefix(id);
         if self.spec.tracked() {
             put(&mut self.last_closed, id, None);
         }
@@ -321,6 +329,10 @@ impl FeatureState {
             }
         };
         e.panes[pos].acc.update(&self.spec.agg, ts, input);
+        if pos + 1 != e.panes.len() {
+            // Only the newest pane is never part of a cached merge.
+            self.forget_prefix(id);
+        }
         if pane < self.fired_until {
             // Windows holding this pane have fired: re-emit those still within lateness.
             let first = self.spec.window.first_window_containing(pane).unwrap_or(pane);
@@ -514,6 +526,7 @@ impl FeatureState {
                 if let Some(i) = panes.iter().position(|p| p.start == pane) {
                     panes.remove(i);
                 }
+                self.forget_prefix(id);
             }
             ids.clear();
             self.spare_lists.push(ids);
