@@ -52,6 +52,14 @@ pub struct FeatureView {
     map: papaya::HashMap<Box<str>, Arc<EntityView>>,
 }
 
+/// A serving map whose replaced values are reclaimed in batches of 1,024.
+/// Each batch costs a process-wide memory barrier (`membarrier`: an
+/// interrupt on every core, the HTTP threads' too); at seize's default of 32
+/// that was 4-5 % of a publishing shard's time.
+pub(crate) fn serving_map<K, V>() -> papaya::HashMap<K, V> {
+    papaya::HashMap::builder().collector(seize::Collector::new().batch_size(1024)).build()
+}
+
 impl FeatureView {
     /// An empty view for `spec`.
     pub fn new(spec: &FeatureSpec) -> Self {
@@ -61,7 +69,7 @@ impl FeatureView {
             group_fields: spec.key.iter().skip(1).map(|p| p.as_str().to_owned()).collect(),
             aggregate: spec.agg.name(),
             window: spec.window.to_string(),
-            map: papaya::HashMap::new(),
+            map: serving_map(),
         }
     }
 

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::features::view::serving_map;
+
 use super::{Embedded, EmbeddingIndex, ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted};
 
 /// Key of the overall trending list in the per-category map.
@@ -70,11 +72,11 @@ impl RecommenderView {
     pub fn new(spec: RecommenderSpec) -> Self {
         Self {
             spec,
-            item_ids: papaya::HashMap::new(),
-            items: papaya::HashMap::new(),
-            attributes: papaya::HashMap::new(),
-            users: papaya::HashMap::new(),
-            trending: papaya::HashMap::new(),
+            item_ids: serving_map(),
+            items: serving_map(),
+            attributes: serving_map(),
+            users: serving_map(),
+            trending: serving_map(),
             scores: ArcSwap::from_pointee(Vec::new()),
             norms: ArcSwap::from_pointee(Vec::new()),
             embeddings: ArcSwapOption::empty(),
