@@ -14,7 +14,6 @@
 //! seen. Two events that share a dedup key but differ in the fields that
 //! pick shards are each kept where the other was not seen.
 
-use std::cell::Cell;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +24,7 @@ use crate::features::{Entity, FeatureState, Outputs, RestoreError, SNAPSHOT_VERS
 use std::sync::Arc;
 
 use crate::pipeline::{Pipeline, RecommenderPlan};
-use crate::recommend::{ModelRead, Recommender, RecommenderView};
+use crate::recommend::{ModelCopy, ModelRead, Recommender, RecommenderView, push_varint};
 use crate::record::{ModelInput, ModelInputKind, RecordBatch, ShardInput};
 use crate::time::{PartitionId, WATERMARK_MAX, WATERMARK_MIN, Watermarks, in_state_range};
 
@@ -58,14 +57,41 @@ struct ShardSnapshot<'a> {
     recommender: Option<&'a [u8]>,
 }
 
-/// The same, as written.
+/// The same but the recommender, as written: the recommender's bytes follow
+/// (an `Option` of a byte block), see [`ShardCopy::encode`].
 #[derive(Serialize)]
-struct ShardSnapshotRef<'a> {
+struct ShardSnapshotHead<'a> {
     progress: Vec<(PartitionId, i64, bool)>,
     watermark: i64,
     features: Vec<ByteBuf>,
     dedup: Vec<DedupSnapshotRef<'a>>,
-    recommender: Option<ByteBuf>,
+}
+
+/// A shard's state at a barrier, copied so that it can be encoded on
+/// another thread: all but the recommender encoded already, the
+/// recommender copied (its encoding is most of the work; see `recommend::snapshot`).
+#[derive(Debug)]
+pub struct ShardCopy {
+    head: Vec<u8>,
+    recommender: Option<ModelCopy>,
+}
+
+impl ShardCopy {
+    /// The snapshot's bytes, as [`Shard::snapshot`] makes them.
+    pub fn encode(self) -> Vec<u8> {
+        let mut bytes = self.head;
+        match &self.recommender {
+            None => bytes.push(0),
+            Some(model) => {
+                let len = model.encoded_len();
+                bytes.reserve(len + 11);
+                bytes.push(1);
+                push_varint(&mut bytes, len as u64);
+                model.encode_into(&mut bytes);
+            }
+        }
+        bytes
+    }
 }
 
 /// A shard snapshot of the second format (no recommender), still restorable.
@@ -100,9 +126,6 @@ pub struct Shard {
     sinks: usize,
     /// The recommender, on the shard that owns it, with its serving view.
     recommender: Option<(Recommender, Option<Arc<RecommenderView>>)>,
-    /// The recommender's last snapshot length: the next is encoded into a
-    /// buffer of about that size, not one grown (copied, faulted in) by doubling.
-    recommender_snapshot_len: Cell<usize>,
 }
 
 impl Shard {
@@ -121,7 +144,6 @@ impl Shard {
             views,
             sinks: pipeline.sinks.len(),
             recommender: None,
-            recommender_snapshot_len: Cell::new(0),
         }
     }
 
@@ -422,22 +444,24 @@ impl Shard {
 
     /// Encodes the shard's state (taken between two inputs, i.e. at a barrier).
     pub fn snapshot(&self) -> Vec<u8> {
-        let last = self.recommender_snapshot_len.get();
-        let recommender = self.recommender.as_ref().map(|(m, _)| m.snapshot_with_capacity(last + last / 16));
-        self.recommender_snapshot_len.set(recommender.as_ref().map_or(0, Vec::len));
-        let snap = ShardSnapshotRef {
+        self.snapshot_copy().encode()
+    }
+
+    /// The shard's state for [`ShardCopy::encode`], which may run on another thread.
+    pub fn snapshot_copy(&self) -> ShardCopy {
+        let head = ShardSnapshotHead {
             progress: self.watermarks.progress(),
             watermark: self.watermarks.current(),
             features: self.features.iter().map(|f| ByteBuf::from(f.snapshot())).collect(),
             dedup: self.dedups.iter().map(DedupTable::snapshot).collect(),
-            recommender: recommender.map(ByteBuf::from),
         };
-        // The nested blocks' bytes plus room for the rest (grown if short).
-        let blocks: usize = snap.features.iter().chain(&snap.recommender).map(|b| b.len() + 10).sum();
+        // The features' bytes plus room for the rest (grown if short).
+        let blocks: usize = head.features.iter().map(|b| b.len() + 10).sum();
         let dedup_keys: usize = self.dedups.iter().map(DedupTable::len).sum();
-        let capacity = blocks + dedup_keys * 32 + snap.progress.len() * 24 + 64;
+        let capacity = blocks + dedup_keys * 32 + head.progress.len() * 24 + 64;
         // Encoding plain data into a Vec cannot fail.
-        postcard::to_extend(&snap, Vec::with_capacity(capacity)).unwrap_or_default()
+        let head = postcard::to_extend(&head, Vec::with_capacity(capacity)).unwrap_or_default();
+        ShardCopy { head, recommender: self.recommender.as_ref().map(|(m, _)| m.snapshot_copy()) }
     }
 
     /// The combined watermark a snapshot of [`Shard::snapshot`] holds, read

@@ -20,6 +20,7 @@
 mod embedding;
 mod neighbours;
 mod rank;
+mod snapshot;
 mod spec;
 mod trending;
 mod user;
@@ -36,6 +37,8 @@ use embedding::Embeddings;
 pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, UnitCosine, parse_json as parse_embedding};
 pub use neighbours::Neighbours;
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
+pub use snapshot::ModelCopy;
+pub(crate) use snapshot::push_varint;
 pub use spec::{ContentSpec, CooccurrenceSpec, EmbeddingSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
 pub use trending::Trending;
 pub use user::UserProfile;
@@ -98,7 +101,8 @@ pub trait ModelRead {
     }
 }
 
-/// One item of the catalog as the live model keeps it.
+/// One item of the catalog as the live model keeps it. `snapshot` writes
+/// these fields in this order: keep the two alike.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ItemState {
     pub(crate) name: Box<str>,
@@ -115,7 +119,8 @@ pub(crate) struct ItemState {
     pub(crate) dirty: bool,
 }
 
-/// The live model: every generator's state.
+/// The live model: every generator's state. `snapshot` writes the stored
+/// fields in this order: keep the two alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recommender {
     #[serde(skip)]
@@ -390,19 +395,10 @@ impl Recommender {
 
     /// Encodes the model's state (postcard): the model, then, when any item
     /// has one, the embeddings as (item, generation, vector). The HNSW graph
-    /// is not stored; a restore rebuilds it.
+    /// is not stored; a restore rebuilds it. In two steps, so that the second
+    /// can run on another thread: [`Recommender::snapshot_copy`], [`ModelCopy::encode`].
     pub fn snapshot(&self) -> Vec<u8> {
-        self.snapshot_with_capacity(0)
-    }
-
-    /// [`Recommender::snapshot`] into a buffer of `capacity` bytes to start with.
-    pub fn snapshot_with_capacity(&self, capacity: usize) -> Vec<u8> {
-        let mut bytes = postcard::to_extend(self, Vec::with_capacity(capacity)).expect("the model serialises");
-        let stored = self.embeddings.stored();
-        if !stored.is_empty() {
-            bytes.extend(postcard::to_stdvec(&stored).expect("embeddings serialise"));
-        }
-        bytes
+        self.snapshot_copy().encode()
     }
 
     /// Decodes a snapshot taken by [`Recommender::snapshot`], running it with `spec`.

@@ -404,14 +404,9 @@ fn restore_refuses_progress_times_out_of_range() {
         tables: vec![],
     };
     let snap = |max_ts: i64, watermark: i64| {
-        postcard::to_stdvec(&ShardSnapshotRef {
-            progress: vec![((0, 0), max_ts, false)],
-            watermark,
-            features: vec![],
-            dedup: vec![],
-            recommender: None,
-        })
-        .unwrap()
+        let head =
+            ShardSnapshotHead { progress: vec![((0, 0), max_ts, false)], watermark, features: vec![], dedup: vec![] };
+        ShardCopy { head: postcard::to_stdvec(&head).unwrap(), recommender: None }.encode()
     };
     assert!(Shard::new(&p, None).restore(&snap(i64::MIN, WATERMARK_MIN), 0).is_ok());
     assert!(Shard::new(&p, None).restore(&snap(5000, WATERMARK_MAX), 0).is_ok());
@@ -475,6 +470,10 @@ fn the_owning_shard_learns_snapshots_restores_and_forgets_the_recommender() {
     let before: Vec<_> = (0..6).map(|u| ranking(&shards[1], &format!("u{u}"))).collect();
     assert!(before.iter().all(|r| !r.is_empty()));
     let bytes = shards[1].snapshot();
+    // The model's bytes sit in the shard's as a block, as postcard writes the model (no embeddings here).
+    let read: ShardSnapshot = postcard::from_bytes(&bytes).unwrap();
+    let model = shards[1].recommender().unwrap();
+    assert_eq!(read.recommender, Some(&postcard::to_stdvec(model).unwrap()[..]));
     let mut restored = Shard::new(&p, None).with_recommender(&plan, None);
     restored.restore(&bytes, 0).unwrap();
     let after: Vec<_> = (0..6).map(|u| ranking(&restored, &format!("u{u}"))).collect();

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use freshet_engine::decode::{Chunk, Decoder};
 use freshet_engine::features::SinkBuffer;
 use freshet_engine::record::{RecordBatch, ShardInput};
-use freshet_engine::shard::Shard;
+use freshet_engine::shard::{Shard, ShardCopy};
 use freshet_engine::time::PartitionId;
 use freshet_io::sink::SinkWriter;
 
@@ -53,8 +53,9 @@ impl WriterMsg {
 pub(super) enum CoordMsg {
     /// Source positions at barrier `id` (from the dispatcher).
     Sources { id: u64, positions: Vec<SourcePosition> },
-    /// One shard's snapshot at barrier `id`.
-    Shard { id: u64, shard: usize, bytes: Vec<u8> },
+    /// One shard's state at barrier `id`, encoded by the coordinator (so
+    /// the shard goes on while the bulk of its model is encoded).
+    Shard { id: u64, shard: usize, state: ShardCopy },
     /// Committed sink lengths at barrier `id` (from the writer).
     Sinks { id: u64, lengths: Vec<u64> },
     /// The lookup tables at barrier `id` (from the decoder whose turn it was).
@@ -279,7 +280,7 @@ pub(super) fn coordinate(
         });
         match msg {
             CoordMsg::Sources { positions, .. } => p.sources = Some(positions),
-            CoordMsg::Shard { shard, bytes, .. } => p.shards[shard] = Some(bytes),
+            CoordMsg::Shard { shard, state, .. } => p.shards[shard] = Some(state.encode()),
             CoordMsg::Sinks { lengths, .. } => p.sinks = Some(lengths),
             CoordMsg::Tables { bytes, .. } => p.tables = Some(bytes),
         }
@@ -553,7 +554,7 @@ pub(super) fn shard(
         }
         if let (Some(id), Some(coordinator)) = (barrier, &coordinator) {
             // Everything before the barrier is shipped: snapshot, then tell the writer.
-            let _ = coordinator.send(CoordMsg::Shard { id, shard: index, bytes: shard.snapshot() });
+            let _ = coordinator.send(CoordMsg::Shard { id, shard: index, state: shard.snapshot_copy() });
             if !send(&wtx, WriterMsg::Barrier { shard: index, id }, &shared) {
                 return latencies;
             }
