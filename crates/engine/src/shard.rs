@@ -401,16 +401,33 @@ impl Shard {
 
     /// Publishes the features' changed entities to their views and updates sinks.
     pub fn publish_features(&mut self) -> usize {
+        let mut unlimited = usize::MAX;
+        self.publish_some_features(&mut unlimited)
+    }
+
+    /// [`Shard::publish_features`], of at most `budget` entities (counted
+    /// down), so that a large publication can be taken in slices with input
+    /// in between; [`Shard::features_unpublished`] says whether any wait.
+    pub fn publish_some_features(&mut self, budget: &mut usize) -> usize {
         let mut n = 0;
         for (i, f) in self.features.iter_mut().enumerate() {
             let spec = f.spec();
             let view = self.views.as_ref().and_then(|v| v.get(i)).filter(|_| spec.serve);
             let updates = spec.updates_sink.map(|s| &mut self.outputs.sinks[s as usize]);
             if view.is_some() || updates.is_some() {
-                n += f.publish(view, updates);
+                n += f.publish_some(view, updates, budget);
             }
         }
         n
+    }
+
+    /// Whether features' changes wait for publication.
+    pub fn features_unpublished(&self) -> bool {
+        self.features.iter().enumerate().any(|(i, f)| {
+            let spec = f.spec();
+            let served = self.views.as_ref().is_some_and(|v| v.get(i).is_some()) && spec.serve;
+            (served || spec.updates_sink.is_some()) && f.has_unpublished()
+        })
     }
 
     /// Publishes the recommender's changed items (their neighbour lists) to

@@ -81,7 +81,24 @@ impl FeatureState {
     /// Publishes the values of every entity updated since the last call to
     /// `view` (served features) and as a row to `updates` (features with an
     /// updates sink), and removes those whose every key expired.
-    pub fn publish(&mut self, view: Option<&FeatureView>, mut updates: Option<&mut SinkBuffer>) -> usize {
+    pub fn publish(&mut self, view: Option<&FeatureView>, updates: Option<&mut SinkBuffer>) -> usize {
+        let mut unlimited = usize::MAX;
+        self.publish_some(view, updates, &mut unlimited)
+    }
+
+    /// Whether changes wait for [`FeatureState::publish`].
+    pub fn has_unpublished(&self) -> bool {
+        !self.dirty.is_empty() || !self.dirty_groups.is_empty() || !self.removed_entities.is_empty()
+    }
+
+    /// [`FeatureState::publish`], of at most `budget` entities (counted
+    /// down), the ones changed longest ago first; the rest wait for the next call.
+    pub fn publish_some(
+        &mut self,
+        view: Option<&FeatureView>,
+        mut updates: Option<&mut SinkBuffer>,
+        budget: &mut usize,
+    ) -> usize {
         for entity in self.removed_entities.drain(..) {
             if let Some(buf) = updates.as_deref_mut() {
                 write_update(buf, &self.spec, entity.as_bytes(), None);
@@ -104,10 +121,17 @@ impl FeatureState {
             }
         }
         let mut n = 0;
-        for g in std::mem::take(&mut self.dirty_groups) {
+        let mut taken = 0;
+        let mut pending = std::mem::take(&mut self.dirty_groups);
+        for &g in &pending {
+            if *budget == 0 {
+                break;
+            }
+            taken += 1;
             if !self.groups[g as usize].dirty {
                 continue;
             }
+            *budget -= 1;
             n += 1;
             self.groups[g as usize].dirty = false;
             let mut entity: Option<Box<str>> = None;
@@ -152,6 +176,8 @@ impl FeatureState {
                 None => {}
             }
         }
+        pending.drain(..taken);
+        self.dirty_groups = pending;
         n
     }
 }

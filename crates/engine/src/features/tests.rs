@@ -697,3 +697,31 @@ proptest! {
         prop_assert!(cached > 0);
     }
 }
+
+/// A publication in slices of a few entities each ends with the views one
+/// publication gives, and a slice publishes no more than its budget.
+#[test]
+fn publishing_in_slices_ends_where_publishing_at_once_does() {
+    let evs: Vec<Ev> = (0..200).map(|i| ((i % 7) as u8, i * 37, i as f64)).collect();
+    let w = WindowSpec::Hopping { size: 4000, slide: 1000 };
+    let (mut whole, mut sliced) =
+        (FeatureState::new(0, spec(w, AggFn::Sum, 0)), FeatureState::new(0, spec(w, AggFn::Sum, 0)));
+    let (view_whole, view_sliced) = (FeatureView::new(whole.spec()), FeatureView::new(sliced.spec()));
+    let (mut out, mut clock) = (Outputs::new(2, 1), (i64::MIN, i64::MIN));
+    feed(&mut whole, &evs, 100, &mut clock, &mut out, false);
+    clock = (i64::MIN, i64::MIN);
+    feed(&mut sliced, &evs, 100, &mut clock, &mut out, false);
+    assert_eq!(whole.publish(Some(&view_whole), None), 7);
+    let mut slices = 0;
+    while sliced.has_unpublished() {
+        let mut budget = 2;
+        let n = sliced.publish_some(Some(&view_sliced), None, &mut budget);
+        assert!(n <= 2 && n + budget == 2 || !sliced.has_unpublished(), "{n} {budget}");
+        slices += 1;
+    }
+    assert_eq!(slices, 4, "7 entities, 2 a slice");
+    for k in 0..7 {
+        let entity = format!("k{k}");
+        assert_eq!(view_sliced.get(&entity), view_whole.get(&entity), "{entity}");
+    }
+}
