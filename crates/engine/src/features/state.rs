@@ -21,18 +21,17 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use hashbrown::HashTable;
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::emit::{Outputs, write_late, write_row};
 use super::keys::KeyTable;
+use super::prefix::Prefix;
 use super::spec::FeatureSpec;
 use crate::aggregate::{Acc, AggValue, Input};
 use crate::record::{Record, RecordBatch};
 use crate::time::WATERMARK_MAX;
 use crate::window::{WindowSpec, align};
-use rustc_hash::FxHashMap;
-
-use super::prefix::Prefix;
 
 pub(super) const NONE: u32 = u32::MAX;
 
@@ -374,6 +373,18 @@ impl FeatureState {
             let p = &e.panes[i];
             if p.start <= merged.end && p.end >= merged.start {
                 let p = e.panes.remove(i);
+                // Its timer is stale now: dropped, so timers stay one per
+                // session rather than one per event (a hot key's 30 minutes
+                // of events were millions of them).
+                let due = if p.fired { p.end.saturating_add(lateness) } else { p.end };
+                if let Some(ids) = self.timers.get_mut(&due) {
+                    if let Some(at) = ids.iter().position(|&x| x == id) {
+                        ids.swap_remove(at);
+                    }
+                    if ids.is_empty() {
+                        self.timers.remove(&due);
+                    }
+                }
                 merged.start = merged.start.min(p.start);
                 merged.end = merged.end.max(p.end);
                 merged.acc.merge(&agg, &p.acc);

@@ -725,3 +725,19 @@ fn publishing_in_slices_ends_where_publishing_at_once_does() {
         assert_eq!(view_sliced.get(&entity), view_whole.get(&entity), "{entity}");
     }
 }
+
+/// A session keeps one timer however many events extend it (a timer per
+/// event was kept until the watermark passed it: millions for a hot key).
+#[test]
+fn a_session_extended_by_many_events_keeps_one_timer() {
+    for lateness in [0, 500] {
+        let mut state = FeatureState::new(0, spec(WindowSpec::Session { gap: 1000 }, AggFn::Count, lateness));
+        let evs: Vec<Ev> = (0..5000).map(|i| (0, i * 10, 0.0)).collect();
+        let (mut out, mut clock) = (Outputs::new(2, 1), (i64::MIN, i64::MIN));
+        feed(&mut state, &evs, 0, &mut clock, &mut out, false);
+        let timers: usize = state.timers.values().map(Vec::len).sum();
+        assert_eq!(timers, 1, "lateness {lateness}");
+        state.on_watermark(WATERMARK_MAX, &mut out);
+        assert_eq!(rows(&mut out), ["0,50990,k0,5000"], "lateness {lateness}");
+    }
+}
