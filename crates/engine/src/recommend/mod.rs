@@ -144,6 +144,11 @@ pub struct Recommender {
     /// (index 0 unused): learning reads it instead of calling `powf` per pair.
     #[serde(skip)]
     pair_weights: Vec<f64>,
+    /// The buffer of the last [`ModelCopy`]'s item lists, back from its
+    /// encoding: the next copy writes into pages already mapped (a fresh
+    /// buffer is faulted in page by page, on the shard).
+    #[serde(skip)]
+    spare_lists: snapshot::Spare,
 }
 
 /// Lists something as changed, once: `listed` is its own flag, `id` makes its entry.
@@ -186,6 +191,7 @@ impl Recommender {
         let embeddings = Embeddings::new(spec.embedding.dimension);
         Self {
             pair_weights: pair_weights(&spec),
+            spare_lists: Default::default(),
             spec,
             item_ids: FxHashMap::default(),
             items: Vec::new(),
