@@ -402,32 +402,24 @@ impl Shard {
     /// Publishes the features' changed entities to their views and updates sinks.
     pub fn publish_features(&mut self) -> usize {
         let mut unlimited = usize::MAX;
-        self.publish_some_features(&mut unlimited)
+        self.publish_some_features(&mut unlimited).0
     }
 
     /// [`Shard::publish_features`], of at most `budget` entities (counted
     /// down), so that a large publication can be taken in slices with input
-    /// in between; [`Shard::features_unpublished`] says whether any wait.
-    pub fn publish_some_features(&mut self, budget: &mut usize) -> usize {
-        let mut n = 0;
+    /// in between. Returns how many, and whether none is left waiting.
+    pub fn publish_some_features(&mut self, budget: &mut usize) -> (usize, bool) {
+        let (mut n, mut done) = (0, true);
         for (i, f) in self.features.iter_mut().enumerate() {
             let spec = f.spec();
             let view = self.views.as_ref().and_then(|v| v.get(i)).filter(|_| spec.serve);
             let updates = spec.updates_sink.map(|s| &mut self.outputs.sinks[s as usize]);
             if view.is_some() || updates.is_some() {
                 n += f.publish_some(view, updates, budget);
+                done &= !f.has_unpublished();
             }
         }
-        n
-    }
-
-    /// Whether features' changes wait for publication.
-    pub fn features_unpublished(&self) -> bool {
-        self.features.iter().enumerate().any(|(i, f)| {
-            let spec = f.spec();
-            let served = self.views.as_ref().is_some_and(|v| v.get(i).is_some()) && spec.serve;
-            (served || spec.updates_sink.is_some()) && f.has_unpublished()
-        })
+        (n, done)
     }
 
     /// Publishes the recommender's changed items (their neighbour lists) to

@@ -693,8 +693,7 @@ impl PublishClock {
         }
         self.features.publish_if_due(|| {
             let mut budget = FEATURE_SLICE;
-            shard.publish_some_features(&mut budget);
-            !shard.features_unpublished()
+            shard.publish_some_features(&mut budget).1
         })
     }
 }
