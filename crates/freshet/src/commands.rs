@@ -73,9 +73,13 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
                 let advertised = advertised(&l, args.process.advertise.as_deref())?;
                 let reads = crate::group::reads::Reads::new(&plan, advertised.clone());
                 let server = crate::http::Server::group(l, reads.clone(), prometheus)?;
+                let recommendations = match plan.pipeline.recommender {
+                    Some(_) => format!(", recommendations: POST http://{advertised}/v1/recommend"),
+                    None => String::new(),
+                };
                 println!(
-                    "Freshet runs its share of group tasks; features: http://{advertised}/v1/users/ID/features, \
-                     metrics: http://{}/metrics",
+                    "Freshet runs its share of group tasks; features: http://{advertised}/v1/users/ID/features\
+                     {recommendations}, metrics: http://{}/metrics",
                     server.addr()
                 );
                 (Some(server), Some(reads))

@@ -95,7 +95,10 @@ pub fn source(
 pub struct KeptState<'a> {
     /// Per feature: its path, key fields, and whether it is served.
     pub features: &'a [(String, &'a [String], bool)],
-    /// Other keyed state, described ("a recommender", "lookup tables").
+    /// Whether it has a recommender: a group runs it on every process, over
+    /// every partition (`crate::group`'s replica).
+    pub recommender: bool,
+    /// Other keyed state, described ("lookup tables").
     pub other: &'a [&'a str],
     /// Whether a flow has a keyed stage (dedup): its tables move with the
     /// tasks' checkpoints, so only a group of tasks can keep them.
@@ -103,12 +106,15 @@ pub struct KeptState<'a> {
 }
 
 /// What a `scale_out` source allows. A stateless pipeline shares the topic
-/// through the group directly. One with features (or a bounded one) runs
-/// each assigned partition as a task whose checkpoints go to a changelog
-/// topic, so its state moves with the partition (`crate::group`); then all
-/// of a key's events must be in one partition (every feature is keyed by
-/// the field the topic is keyed by), every task writes the same outputs
-/// (Kafka sinks), and the job has that one source.
+/// through the group directly. One with features or a recommender (or a
+/// bounded one) runs each assigned partition as a task whose checkpoints go
+/// to a changelog topic, so its state moves with the partition
+/// (`crate::group`); then all of a key's events must be in one partition
+/// (every feature is keyed by the field the topic is keyed by), every task
+/// writes the same outputs (Kafka sinks), and the job has that one source.
+/// A recommender is not split by partition (its item model learns from
+/// every user): each process keeps a replica of it that reads every
+/// partition.
 pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPlan], state: &KeptState<'_>) {
     let Some((name, k)) = sources.iter().find_map(|s| match &s.kind {
         SourceKind::Kafka(k) if k.scale_out => Some((s.name.as_str(), k)),
@@ -117,7 +123,7 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
         return;
     };
     let path = format!("sources.{name}");
-    if !k.in_tasks(!state.features.is_empty()) {
+    if !k.in_tasks(!state.features.is_empty() || state.recommender) {
         if let Some(first) = state.other.first().or(state.keyed_stages.then_some(&"a keyed stage (dedup)")) {
             p.err(
                 format!("{path}.scale_out"),

@@ -169,6 +169,11 @@ mod tests {
         };
         assert!(plan_text(&dedup(job("partition_key = \"user_id\"", kafka, &stateful))).is_ok());
         assert_eq!(paths(&dedup(job("", stdout, ""))), ["sources.k.scale_out"]);
+        // A recommender runs as a replica on every process; the group's tasks write the outputs.
+        let recommender = "[recommender]\ninteractions = [\"f\"]\n";
+        assert_eq!(paths(&job("", stdout, recommender)), ["sinks.out.type"]);
+        assert!(plan_text(&job("", kafka, recommender)).is_ok());
+        assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &(stateful.clone() + recommender))).is_ok());
         let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
         assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);
     }

@@ -852,11 +852,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     }
 
     let recommender = config.recommender.as_ref().map(|r| super::recommender::plan(r, &flows, shards, &mut p));
-    let kept_state = [
-        (!features.is_empty()).then_some("features"),
-        recommender.is_some().then_some("a recommender"),
-        (!tables.is_empty()).then_some("lookup tables"),
-    ];
+    let other_state = [(!tables.is_empty()).then_some("lookup tables")];
     let keyed_stages = flows.iter().flat_map(|f| &f.stages).any(|s| s.placement() == Placement::Keyed);
     let keyed_by: Vec<(String, &[String], bool)> = config
         .features
@@ -866,7 +862,8 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         .collect();
     let state = super::kafka::KeptState {
         features: &keyed_by,
-        other: &kept_state.into_iter().flatten().filter(|s| *s != "features").collect::<Vec<_>>(),
+        recommender: recommender.is_some(),
+        other: &other_state.into_iter().flatten().collect::<Vec<_>>(),
         keyed_stages,
     };
     super::kafka::check_scale_out(&mut p, &sources, &sinks, &state);

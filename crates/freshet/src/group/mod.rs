@@ -37,8 +37,15 @@
 //!
 //! Reads of the tasks' features are answered by the process that runs the
 //! entity's task, whichever process they are sent to ([`reads`]).
+//!
+//! A recommender does not split by partition (its item model learns from
+//! every user): each process runs a replica of it over every partition
+//! ([`replica`]), which answers the recommendations asked of that process.
+//! A bounded job's process also waits for its replica to read the input to
+//! the end.
 
 pub mod reads;
+mod replica;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -83,7 +90,7 @@ const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 
 /// The group's source: its index and settings.
 pub fn grouped_source(plan: &Plan) -> Option<(usize, &KafkaSourceConfig)> {
-    let stateful = !plan.pipeline.features.is_empty();
+    let stateful = !plan.pipeline.features.is_empty() || plan.pipeline.recommender.is_some();
     plan.sources.iter().enumerate().find_map(|(i, s)| match &s.kind {
         SourceKind::Kafka(k) if k.in_tasks(stateful) => Some((i, k)),
         _ => None,
@@ -212,6 +219,10 @@ pub fn run(
         }
     };
     let halves: Vec<Half> = changelogs.keys().copied().collect();
+    let mut replica = plan.pipeline.recommender.is_some().then(|| {
+        let source = (name.as_str(), layout.partitions);
+        replica::Replica::new(planner.clone(), source, data_dir.join("recommender"), stop.clone(), reads.clone())
+    });
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
         planner,
@@ -240,6 +251,9 @@ pub fn run(
     loop {
         if stopped() {
             tracing::info!("Stopping: the tasks stop at their last checkpoint.");
+            if let Some(r) = replica.take() {
+                r.stop();
+            }
             std::mem::take(&mut running).into_values().for_each(halt);
             for h in std::mem::take(&mut starting).into_values() {
                 if let Ok(Ok(half)) = h.join() {
@@ -327,7 +341,8 @@ pub fn run(
                 starting.insert(key, handle);
             }
         }
-        let all_done = owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
+        let replica_done = replica.as_mut().is_none_or(replica::Replica::step);
+        let all_done = replica_done && owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
         // A process given nothing waits a while: members join one by one, and
         // the group may yet need it.
         let may_end = !owned.is_empty() || assigned_at.is_some_and(|t| t.elapsed() >= IDLE_MEMBER_WAIT);
@@ -388,6 +403,8 @@ impl Starter {
 /// repartitioned half runs that stage and the ones after it. Copies of an
 /// event carry its keys, so they reach the same task and shard in both halves.
 fn edit(config: &mut Config, layout: &Layout, half: Half) {
+    // The recommender is not split by partition: it runs in the process's replica.
+    config.recommender = None;
     let Some(SourceConfig::Kafka { partition_key, topic, .. }) = config.sources.get_mut(&layout.name) else { return };
     let key = partition_key.clone().unwrap_or_default();
     let local = |k: &[String]| Half::of(k, &key) == Half::Input;

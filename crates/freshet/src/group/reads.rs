@@ -2,7 +2,9 @@
 //! answered here when this process runs the task that owns the entity's
 //! partition, and otherwise by the process that does, which the group's
 //! members topic names ([`freshet_io::kafka::members`]); the HTTP layer
-//! forwards it there (`crate::http::group`).
+//! forwards it there (`crate::http::group`). Recommendations are answered
+//! by every process from its own replica of the recommender
+//! ([`super::replica`]).
 //!
 //! An entity's served features all live in one half of its task: the input
 //! half when they are keyed by the source's `partition_key` (the entity's
@@ -11,7 +13,7 @@
 //! is written).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use freshet_engine::features::{Entity, Views};
 use freshet_io::kafka::keys::Partitioner;
@@ -19,6 +21,7 @@ use freshet_io::kafka::members::Members;
 
 use super::Half;
 use crate::config::plan::Plan;
+use crate::topology::Recommending;
 
 /// Where a read is answered.
 pub enum Located {
@@ -30,6 +33,16 @@ pub enum Located {
     Unavailable(String),
 }
 
+/// What answers recommendations here.
+pub enum Recommender {
+    /// Nothing: the job has no recommender.
+    Absent,
+    /// Its replica is starting (restoring its checkpoint, or not started yet).
+    Starting,
+    /// The replica's published model.
+    Ready(Recommending),
+}
+
 /// What a group process needs to answer or forward a read.
 pub struct Reads {
     /// Per entity: the half serving it and how its ids map to partitions.
@@ -39,6 +52,10 @@ pub struct Reads {
     partitions: OnceLock<usize>,
     members: OnceLock<Members>,
     local: Mutex<Local>,
+    /// Whether the job has a recommender.
+    has_recommender: bool,
+    /// Its replica's model, once the replica runs here.
+    replica: RwLock<Option<Recommending>>,
 }
 
 /// The tasks of this process, and the views of its running halves.
@@ -74,6 +91,8 @@ impl Reads {
             partitions: OnceLock::new(),
             members: OnceLock::new(),
             local: Mutex::new(Local::default()),
+            has_recommender: plan.pipeline.recommender.is_some(),
+            replica: RwLock::new(None),
         })
     }
 
@@ -106,6 +125,22 @@ impl Reads {
                 "no process has announced task {partition} yet (the group is rebalancing)"
             )),
         }
+    }
+
+    /// What answers a recommendation here.
+    pub fn recommender(&self) -> Recommender {
+        if !self.has_recommender {
+            return Recommender::Absent;
+        }
+        match &*self.replica.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(r) => Recommender::Ready(r.clone()),
+            None => Recommender::Starting,
+        }
+    }
+
+    /// The recommender's replica started here: its model answers recommendations.
+    pub(super) fn replica_started(&self, recommending: Recommending) {
+        *self.replica.write().unwrap_or_else(|e| e.into_inner()) = Some(recommending);
     }
 
     /// The group was joined: the topic has `partitions`, and `members` says who owns which.

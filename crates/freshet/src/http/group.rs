@@ -1,6 +1,8 @@
 //! The API of a process in a group that scales out with state: feature
 //! reads (answered here, or forwarded to the process that runs the
-//! entity's task, see `crate::group::reads`) and the operations endpoints.
+//! entity's task, see `crate::group::reads`), recommendations (answered
+//! here, from this process's replica of the recommender) and the
+//! operations endpoints.
 //!
 //! Every answer says which process gave it (`x-freshet-served-by`, an
 //! advertised address). A forwarded request carries `x-freshet-forwarded`,
@@ -10,17 +12,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use freshet_engine::features::Entity;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::error::ApiError;
 use super::features::entity_features;
-use crate::group::reads::{Located, Reads};
+use super::recommend::{SimilarParams, no_recommender, recommend_from, similar_from};
+use crate::group::reads::{Located, Reads, Recommender};
+use crate::topology::Recommending;
 
 /// Marks a request forwarded by another member.
 const FORWARDED: &str = "x-freshet-forwarded";
@@ -43,6 +49,8 @@ pub fn router(reads: Arc<Reads>, prometheus: PrometheusHandle) -> Router {
     Router::new()
         .route("/v1/users/{id}/features", get(user))
         .route("/v1/items/{id}/features", get(item))
+        .route("/v1/recommend", post(recommend))
+        .route("/v1/items/{id}/similar", get(similar))
         .route("/metrics", get(metrics))
         .route("/healthz", get(super::ops::healthz))
         .layer(axum::middleware::from_fn(super::record_latency))
@@ -55,6 +63,31 @@ async fn user(State(s): State<GroupState>, Path(id): Path<String>, headers: Head
 
 async fn item(State(s): State<GroupState>, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     read(&s, Entity::Item, &id, &headers, &uri).await
+}
+
+async fn recommend(State(s): State<GroupState>, body: Bytes) -> Response {
+    let answer = replica(&s).and_then(|rec| recommend_from(&rec, &body));
+    served_by(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response), s.reads.advertised())
+}
+
+async fn similar(
+    State(s): State<GroupState>,
+    Path(id): Path<String>,
+    params: Result<Query<SimilarParams>, QueryRejection>,
+) -> Response {
+    let answer = replica(&s).and_then(|rec| similar_from(&rec, id, params));
+    served_by(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response), s.reads.advertised())
+}
+
+/// This process's replica of the recommender, which answers every recommendation asked of it.
+fn replica(s: &GroupState) -> Result<Recommending, ApiError> {
+    match s.reads.recommender() {
+        Recommender::Ready(r) => Ok(r),
+        Recommender::Starting => Err(ApiError::Unavailable(
+            "this process's replica of the recommender is starting (restoring its checkpoint): retry".into(),
+        )),
+        Recommender::Absent => Err(no_recommender()),
+    }
 }
 
 async fn metrics(State(s): State<GroupState>) -> impl IntoResponse {

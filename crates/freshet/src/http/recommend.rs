@@ -86,11 +86,14 @@ fn recommendation_id() -> String {
 }
 
 fn recommending(state: &AppState) -> Result<&Recommending, ApiError> {
-    state.recommending.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "this pipeline has no recommender: add a [recommender] section to its config (docs/config.md)".into(),
-        )
-    })
+    state.recommending.as_ref().ok_or_else(no_recommender)
+}
+
+/// The answer to a recommendation asked of a pipeline without a recommender.
+pub(super) fn no_recommender() -> ApiError {
+    ApiError::NotFound(
+        "this pipeline has no recommender: add a [recommender] section to its config (docs/config.md)".into(),
+    )
 }
 
 fn check_k(k: Option<i64>) -> Result<usize, ApiError> {
@@ -210,8 +213,12 @@ fn items(view: &RecommenderView, ranking: &Ranking) -> Vec<Item> {
 
 /// `POST /v1/recommend`.
 pub(super) async fn recommend(State(state): State<AppState>, body: Bytes) -> Result<Json<Recommendations>, ApiError> {
-    let rec = recommending(&state)?;
-    let request = parse_body(&body)?;
+    recommend_from(recommending(&state)?, &body)
+}
+
+/// The answer to a `POST /v1/recommend` with `body`, from `rec`.
+pub(super) fn recommend_from(rec: &Recommending, body: &[u8]) -> Result<Json<Recommendations>, ApiError> {
+    let request = parse_body(body)?;
     let k = check_k(request.k)?;
     let placement = request.placement.as_deref().map(|name| find_placement(&rec.placements, name)).transpose()?;
     if let Some(user) = &request.user_id
@@ -272,7 +279,15 @@ pub(super) async fn similar(
     Path(id): Path<String>,
     params: Result<Query<SimilarParams>, QueryRejection>,
 ) -> Result<Json<SimilarItems>, ApiError> {
-    let rec = recommending(&state)?;
+    similar_from(recommending(&state)?, id, params)
+}
+
+/// The answer to a `GET /v1/items/{id}/similar` with `params`, from `rec`.
+pub(super) fn similar_from(
+    rec: &Recommending,
+    id: String,
+    params: Result<Query<SimilarParams>, QueryRejection>,
+) -> Result<Json<SimilarItems>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let k = check_k(params.k)?;
     let view = &*rec.view;

@@ -119,6 +119,8 @@ pub struct Job {
     coordinator: Option<JoinHandle<()>>,
     /// Kept until the decoders are done.
     enrichment: Option<Arc<enrich::Enrichment>>,
+    /// The checkpoint it started from.
+    restored: Option<u64>,
     started: Instant,
 }
 
@@ -199,6 +201,7 @@ impl Job {
             tracing::info!(checkpoint = cp.id, "Restoring from checkpoint.");
         }
         let restored_bytes: usize = restored.as_ref().map_or(0, |cp| cp.shards.iter().map(Vec::len).sum());
+        let restored_id = restored.as_ref().map(|cp| cp.id);
 
         // Open everything first: a bad path is one clear error, before any thread.
         let mut opened = Vec::new();
@@ -394,8 +397,14 @@ impl Job {
             shards: shard_handles,
             coordinator,
             enrichment,
+            restored: restored_id,
             started: Instant::now(),
         })
+    }
+
+    /// The checkpoint the job started from, if it restored one.
+    pub fn restored(&self) -> Option<u64> {
+        self.restored
     }
 
     /// The serving views.

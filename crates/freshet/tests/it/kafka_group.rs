@@ -574,17 +574,7 @@ fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
     let job = ("examples/kafka-group-features.toml", topic, "readers");
     let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
     let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
-    let addr = |m: &mut Member| -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(a) = m.addr() {
-                return a;
-            }
-            assert!(m.alive() && Instant::now() < deadline, "the member never said where it listens:\n{}", m.log());
-            thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let (a1, a2) = (addr(&mut p1), addr(&mut p2));
+    let (a1, a2) = (wait_for_addr(&mut p1), wait_for_addr(&mut p2));
     // Every 10th user and item, in id order.
     let reads: Vec<(String, Counts)> = users
         .iter()
@@ -633,6 +623,117 @@ fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
         froms.iter().any(|&from| from > 0),
         "no repartitioned half of p1 resumed past the start of its partition (from = {froms:?}):\n{log}"
     );
+}
+
+/// A recommender in a group: every process keeps a replica of it over every
+/// partition and answers recommendations itself. Thirty users view `alpha`
+/// then `beta`, and twelve probe users view `alpha` (users and probes
+/// spread over the 4 partitions by their ids): asked of either process,
+/// `beta` is every probe's first recommendation, proposed by co-occurrence,
+/// and `alpha`'s first similar item, each answered by the process asked.
+/// Then one process is killed (SIGKILL) and started again: its replica goes
+/// on from its checkpoint, learns what comes after (thirty users view
+/// `gamma` then `delta`; twelve more probes view `gamma` and get `delta`),
+/// and still knows what came before.
+#[test]
+fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_recommender() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "recs";
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    let probes = |name: &str| (0..12).map(|i| format!("{name}-{i}")).collect::<Vec<_>>();
+    let produce = |name: &str, pair: (&str, &str), probe: &str, from_ms: i64| {
+        let event = |user: &str, item: &str, at: i64| {
+            serde_json::json!({ "type": "view", "user_id": user, "item_id": item, "ts": from_ms + at }).to_string()
+        };
+        let mut lines: Vec<String> = (0..30)
+            .flat_map(|u| {
+                let user = format!("{name}-user-{u}");
+                [event(&user, pair.0, 2 * u), event(&user, pair.1, 2 * u + 1)]
+            })
+            .collect();
+        lines.extend(probes(probe).iter().map(|p| event(p, pair.0, 100)));
+        let file = dir.path().join(format!("{name}.ndjson"));
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", file.to_str().unwrap()]);
+    };
+    let job = ("examples/kafka-group-features.toml", topic, "recommenders");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    produce("first", ("alpha", "beta"), "probe-1", 1_700_000_000_000);
+    let (a1, a2) = (wait_for_addr(&mut p1), wait_for_addr(&mut p2));
+    let asks = |probe: &str, (seed, want): (&'static str, &'static str)| {
+        let mut asks: Vec<(String, String, &str)> = probes(probe)
+            .into_iter()
+            .map(|p| ("/v1/recommend".to_owned(), format!(r#"{{"user_id":"{p}","k":3}}"#), want))
+            .collect();
+        asks.push((format!("/v1/items/{seed}/similar?k=3"), String::new(), want));
+        asks
+    };
+    let first = asks("probe-1", ("alpha", "beta"));
+    wait_for_top_items(&[&a1, &a2], &first, &mut [&mut p1, &mut p2]);
+
+    p2.kill("p2");
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let a2 = wait_for_addr(&mut p2);
+    produce("second", ("gamma", "delta"), "probe-2", 1_700_000_100_000);
+    let second = asks("probe-2", ("gamma", "delta"));
+    wait_for_top_items(&[&a1, &a2], &second, &mut [&mut p1, &mut p2]);
+    wait_for_top_items(&[&a2], &first, &mut [&mut p2]);
+    let log = p2.log();
+    let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
+    assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
+}
+
+/// Waits (up to 60 s) until `member` says where it listens.
+fn wait_for_addr(member: &mut Member) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(a) = member.addr() {
+            return a;
+        }
+        assert!(
+            member.alive() && Instant::now() < deadline,
+            "the member never said where it listens:\n{}",
+            member.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asks every one of `addrs` each of `asks` (path, POST body or "" for a
+/// GET, the item expected first) until every answer lists that item first,
+/// proposed by co-occurrence and answered by the process asked (within 120 s).
+fn wait_for_top_items(addrs: &[&str], asks: &[(String, String, &str)], members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut last_miss = None;
+        for addr in addrs {
+            for (path, body, first) in asks {
+                let method = if body.is_empty() { "GET" } else { "POST" };
+                let (status, headers, answer) =
+                    support::request_with_headers(addr, method, path, "application/json", body);
+                let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+                let top = &v["items"][0];
+                let by_cooccurrence =
+                    top["reasons"].as_array().is_some_and(|r| r.iter().any(|r| r["generator"] == "cooccurrence"));
+                let served_by = headers.iter().find(|(n, _)| n == "x-freshet-served-by").map(|(_, v)| v.as_str());
+                let first = *first;
+                if status == 200 && top["item_id"] == first {
+                    assert!(by_cooccurrence, "{path} from {addr}: {first} first, but not by co-occurrence: {answer}");
+                    assert_eq!(served_by, Some(*addr), "{path} asked of {addr} was answered elsewhere");
+                } else {
+                    last_miss = Some(format!("{path} from {addr}: {status} {answer}\nexpected {first} first"));
+                }
+            }
+        }
+        let Some(miss) = last_miss else { return };
+        for m in members.iter_mut() {
+            assert!(m.alive(), "a member exited:\n{}", m.log());
+        }
+        assert!(Instant::now() < deadline, "recommendations still wrong after 120 s; the last:\n{miss}");
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// What the oracle says an entity's features hold.

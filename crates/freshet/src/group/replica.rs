@@ -1,0 +1,171 @@
+//! The recommender of a group: a replica on every process, reading every
+//! partition of the group's source (Kafka Streams' global stores).
+//!
+//! Features split by partition; the recommender's item model does not: an
+//! item's co-occurrence neighbours learn from every user who touched it,
+//! whichever partition holds the user. So each process keeps the whole
+//! model and answers every recommendation itself (nothing is forwarded),
+//! and serving scales with the processes while learning does not: each
+//! replica learns every event.
+//!
+//! The replica is a job of its own: the config's flows and recommender,
+//! without features (the tasks keep them), sinks, routes and dead letters
+//! (the tasks write those). Its stages run again on the events (an `enrich`
+//! stage calls its service once per task and once per replica). It reads
+//! the partitions by assignment, not as a member of the group, and commits
+//! nothing to the group: its positions live in its checkpoints, in the
+//! process's data directory (`recommender/`). A process that restarts goes
+//! on from its last checkpoint; a new one reads the topic from its start.
+//! A replica that fails starts again from its checkpoint, after a backoff;
+//! meanwhile its last published model still answers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::Planner;
+use super::reads::Reads;
+use crate::config::model::{Config, StageConfig};
+use crate::config::plan::SourceKind;
+use crate::topology::Job;
+
+/// The replica's state.
+enum State {
+    /// To start at this instant (at once the first time; after a backoff once it failed).
+    Waiting(Instant),
+    /// Restoring its checkpoint and opening its source, off the group's thread.
+    Starting(JoinHandle<Result<Job>>),
+    Running(Job),
+    /// A bounded source read to its end.
+    Done,
+}
+
+/// This process's replica of the recommender.
+pub(super) struct Replica {
+    planner: Arc<Planner>,
+    /// The source's name and partitions.
+    source: String,
+    partitions: usize,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    reads: Option<Arc<Reads>>,
+    state: State,
+    failures: u32,
+}
+
+impl Replica {
+    /// A replica of the recommender of the job `planner` plans, reading
+    /// every one of the `partitions` of source `source`, with its
+    /// checkpoints in `dir`; it starts at the first [`Replica::step`].
+    pub(super) fn new(
+        planner: Arc<Planner>,
+        (source, partitions): (&str, usize),
+        dir: PathBuf,
+        stop: Arc<AtomicBool>,
+        reads: Option<Arc<Reads>>,
+    ) -> Self {
+        Replica {
+            planner,
+            source: source.to_owned(),
+            partitions,
+            dir,
+            stop,
+            reads,
+            state: State::Waiting(Instant::now()),
+            failures: 0,
+        }
+    }
+
+    /// Starts the replica when due, takes it once started, and notices its
+    /// end or failure. Returns whether it is done (a bounded source read to
+    /// its end).
+    pub(super) fn step(&mut self) -> bool {
+        self.state = match std::mem::replace(&mut self.state, State::Done) {
+            State::Waiting(at) if Instant::now() >= at => match self.spawn_start() {
+                Ok(handle) => State::Starting(handle),
+                Err(e) => self.failed("could not start", anyhow::Error::from(e).context("spawning its start")),
+            },
+            State::Starting(handle) if handle.is_finished() => match handle.join() {
+                Ok(Ok(job)) => {
+                    if let (Some(reads), Some(recommending)) = (&self.reads, job.recommending()) {
+                        reads.replica_started(recommending);
+                    }
+                    tracing::info!(
+                        checkpoint = job.restored(),
+                        "The recommender's replica runs: it answers recommendations here."
+                    );
+                    State::Running(job)
+                }
+                Ok(Err(e)) => self.failed("could not start", e),
+                Err(_) => self.failed("could not start", anyhow::anyhow!("its start panicked")),
+            },
+            State::Running(job) if job.finished() => match job.wait() {
+                Ok(summary) => {
+                    tracing::info!(lines = summary.lines, "The recommender's replica read its input to the end.");
+                    State::Done
+                }
+                Err(e) => self.failed("failed", e),
+            },
+            other => other,
+        };
+        matches!(self.state, State::Done)
+    }
+
+    /// Stops the replica at its last checkpoint.
+    pub(super) fn stop(self) {
+        let job = match self.state {
+            State::Running(job) => job,
+            State::Starting(handle) => match handle.join() {
+                Ok(Ok(job)) => job,
+                _ => return,
+            },
+            State::Waiting(_) | State::Done => return,
+        };
+        job.stop();
+        if let Err(e) = job.wait() {
+            tracing::warn!(error = %format!("{e:#}"), "The recommender's replica failed while stopping.");
+        }
+    }
+
+    fn failed(&mut self, what: &str, e: anyhow::Error) -> State {
+        self.failures += 1;
+        let delay = Duration::from_millis(500 * u64::from(self.failures.min(20)));
+        tracing::error!(
+            error = %format!("{e:#}"),
+            retry_in_ms = delay.as_millis() as u64,
+            "The recommender's replica {what}; it starts again from its checkpoint."
+        );
+        State::Waiting(Instant::now() + delay)
+    }
+
+    fn spawn_start(&self) -> std::io::Result<JoinHandle<Result<Job>>> {
+        let (planner, source, partitions) = (self.planner.clone(), self.source.clone(), self.partitions);
+        let (dir, stop) = (self.dir.clone(), self.stop.clone());
+        let start = move || -> Result<Job> {
+            let mut plan = planner(&|c: &mut Config| edit(c))?;
+            let index = plan.sources.iter().position(|s| s.name == source).context("the group's source is gone")?;
+            if let SourceKind::Kafka(k) = &mut plan.sources[index].kind {
+                k.scale_out = false;
+                k.only = Some((0..partitions as u32).collect());
+            }
+            Job::start_until(Arc::new(plan), Some(&dir), false, stop).context("the recommender's replica")
+        };
+        std::thread::Builder::new().name("start-recommender".into()).spawn(start)
+    }
+}
+
+/// The replica's config: the flows and the recommender, nothing that
+/// writes (the tasks write every output) and no features (the tasks keep them).
+pub(super) fn edit(config: &mut Config) {
+    config.features.clear();
+    config.sinks.clear();
+    for flow in &mut config.flows {
+        flow.stages.retain(|s| !matches!(s, StageConfig::Route { .. }));
+    }
+    config.pipeline.dead_letter = None;
+    config.pipeline.unmatched = None;
+}
