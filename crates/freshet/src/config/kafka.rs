@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use freshet_engine::features::Format;
+use freshet_engine::features::{Entity, Format};
 use freshet_io::kafka::Connection;
 use freshet_io::kafka::admin::TopicSpec;
 use freshet_io::kafka::keys::{KeyRule, Partitioner, RowFormat};
@@ -49,7 +49,7 @@ pub fn source(
     name: &str,
     (brokers, topic, group): (&str, &str, Option<&str>),
     (bounded, scale_out, partition_key, partitioner): (Option<bool>, Option<bool>, Option<&str>, Option<&str>),
-    start: Option<&str>,
+    (start, forget_on_tombstone): (Option<&str>, Option<&str>),
     properties: Option<&BTreeMap<String, String>>,
 ) -> KafkaSourceConfig {
     let path = format!("sources.{name}");
@@ -63,6 +63,14 @@ pub fn source(
             StartAt::Earliest
         }
     };
+    let forget_on_tombstone = forget_on_tombstone.and_then(|entity| match entity {
+        "user" => Some(Entity::User),
+        "item" => Some(Entity::Item),
+        other => {
+            p.err(format!("{path}.forget_on_tombstone"), format!("expected \"user\" or \"item\", got {other:?}"));
+            None
+        }
+    });
     let group = group.unwrap_or("freshet");
     if group.is_empty() {
         p.err(format!("{path}.group"), "must not be empty");
@@ -88,6 +96,7 @@ pub fn source(
         partition_key: partition_key.map(str::to_owned),
         partitioner,
         upstreams: None,
+        forget_on_tombstone,
     }
 }
 
@@ -142,6 +151,13 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     }
     if sources.len() > 1 {
         p.err(format!("{path}.scale_out"), "a job that scales out with state reads this one source only");
+    }
+    if k.forget_on_tombstone == Some(Entity::Item) {
+        p.err(
+            format!("{path}.forget_on_tombstone"),
+            "\"item\" is not supported in a group yet: a tombstone reaches the task of its partition only, \
+             and an item's features live on other tasks (\"user\" is)",
+        );
     }
     for s in sinks {
         if !matches!(s.target, freshet_io::sink::Target::Kafka(_)) {

@@ -174,6 +174,11 @@ mod tests {
         assert_eq!(paths(&job("", stdout, recommender)), ["sinks.out.type"]);
         assert!(plan_text(&job("", kafka, recommender)).is_ok());
         assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &(stateful.clone() + recommender))).is_ok());
+        // A tombstone forgets a user in its partition's task; an item's features live on other tasks.
+        let forget = |entity: &str| format!("partition_key = \"user_id\"\nforget_on_tombstone = \"{entity}\"");
+        assert!(plan_text(&job(&forget("user"), kafka, &stateful)).is_ok());
+        assert_eq!(paths(&job(&forget("item"), kafka, &stateful)), ["sources.k.forget_on_tombstone"]);
+        assert_eq!(paths(&job(&forget("users"), kafka, &stateful)), ["sources.k.forget_on_tombstone"]);
         let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
         assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);
     }

@@ -134,6 +134,11 @@ pub enum SourceConfig {
         /// a read of a key to the process owning that key's partition, so it
         /// must agree with the producers. Default: "murmur2_random".
         partitioner: Option<String>,
+        /// "user" or "item": a record without a value (a tombstone) forgets
+        /// the entity its key names (in every feature of that kind and, for
+        /// a user, in the recommender), in order with the partition's events.
+        /// Default: none (a tombstone is an empty event: a dead letter).
+        forget_on_tombstone: Option<String>,
         /// librdkafka properties passed as they are (security.protocol, sasl.*, ssl.*, fetch tuning).
         properties: Option<BTreeMap<String, String>>,
     },

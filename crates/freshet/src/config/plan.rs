@@ -456,13 +456,14 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
                 scale_out,
                 partition_key,
                 partitioner,
+                forget_on_tombstone,
                 properties,
             } => SourceKind::Kafka(super::kafka::source(
                 &mut p,
                 name,
                 (brokers, topic, group.as_deref()),
                 (*bounded, *scale_out, partition_key.as_deref(), partitioner.as_deref()),
-                start.as_deref(),
+                (start.as_deref(), forget_on_tombstone.as_deref()),
                 properties.as_ref(),
             )),
             SourceConfig::Http { fsync, segment_bytes } => {

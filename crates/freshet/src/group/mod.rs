@@ -61,6 +61,7 @@ use freshet_io::kafka::group::{Changelog, Markers, Membership};
 use freshet_io::kafka::members::Members;
 use freshet_io::kafka::sink::Repartition;
 use freshet_io::kafka::source::KafkaSourceConfig;
+use freshet_io::kafka::tombstones::Tombstones;
 use freshet_io::sink::Target;
 
 use crate::checkpoint::{Checkpoint, Store};
@@ -211,7 +212,12 @@ pub fn run(
         let topic = format!("{}-{name}-members", layout.group);
         let members = Members::open(&layout.connection, &topic, reads.advertised())
             .with_context(|| format!("source {name}: the members topic {topic}"))?;
-        reads.joined(layout.partitions, members);
+        let tombstones = reads
+            .forgets_users()
+            .then(|| Tombstones::open(&layout.connection, &source.topic, layout.partitions, source.partitioner))
+            .transpose()
+            .with_context(|| format!("source {name}: its tombstones"))?;
+        reads.joined(layout.partitions, members, tombstones);
     }
     let forget = |key: Key| {
         if let Some(r) = &reads {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use freshet_engine::features::{Entity, Views};
 use freshet_io::kafka::keys::Partitioner;
 use freshet_io::kafka::members::Members;
+use freshet_io::kafka::tombstones::Tombstones;
 
 use super::Half;
 use crate::config::plan::Plan;
@@ -51,9 +52,13 @@ pub struct Reads {
     advertised: String,
     partitions: OnceLock<usize>,
     members: OnceLock<Members>,
+    /// Where a forgotten user's tombstone goes (when the source forgets on tombstones).
+    tombstones: OnceLock<Tombstones>,
     local: Mutex<Local>,
     /// Whether the job has a recommender.
     has_recommender: bool,
+    /// Whether its source forgets users on tombstones.
+    forgets_users: bool,
     /// Its replica's model, once the replica runs here.
     replica: RwLock<Option<Recommending>>,
 }
@@ -90,8 +95,10 @@ impl Reads {
             advertised,
             partitions: OnceLock::new(),
             members: OnceLock::new(),
+            tombstones: OnceLock::new(),
             local: Mutex::new(Local::default()),
             has_recommender: plan.pipeline.recommender.is_some(),
+            forgets_users: source.is_some_and(|k| k.forget_on_tombstone == Some(Entity::User)),
             replica: RwLock::new(None),
         })
     }
@@ -143,10 +150,28 @@ impl Reads {
         *self.replica.write().unwrap_or_else(|e| e.into_inner()) = Some(recommending);
     }
 
-    /// The group was joined: the topic has `partitions`, and `members` says who owns which.
-    pub(super) fn joined(&self, partitions: usize, members: Members) {
+    /// The group was joined: the topic has `partitions`, `members` says
+    /// who owns which, and `tombstones` (if the source forgets users on
+    /// tombstones) forget a user through the topic.
+    pub(super) fn joined(&self, partitions: usize, members: Members, tombstones: Option<Tombstones>) {
         let _ = self.partitions.set(partitions);
         let _ = self.members.set(members);
+        if let Some(t) = tombstones {
+            let _ = self.tombstones.set(t);
+        }
+    }
+
+    /// What forgets a user: a tombstone in the source topic, read in order
+    /// by the user's task and by every replica of the recommender. `None`
+    /// when the source does not forget users on tombstones, or before the
+    /// group was joined.
+    pub fn tombstones(&self) -> Option<&Tombstones> {
+        self.tombstones.get()
+    }
+
+    /// Whether the source forgets users on tombstones.
+    pub fn forgets_users(&self) -> bool {
+        self.forgets_users
     }
 
     /// The group assigned `owned` to this process; tells the others.

@@ -1,8 +1,10 @@
 //! The API of a process in a group that scales out with state: feature
 //! reads (answered here, or forwarded to the process that runs the
 //! entity's task, see `crate::group::reads`), recommendations (answered
-//! here, from this process's replica of the recommender) and the
-//! operations endpoints.
+//! here, from this process's replica of the recommender), forgetting a user
+//! (a tombstone in the source topic, which the user's task and every
+//! replica read in order with the user's events) and the operations
+//! endpoints.
 //!
 //! Every answer says which process gave it (`x-freshet-served-by`, an
 //! advertised address). A forwarded request carries `x-freshet-forwarded`,
@@ -17,7 +19,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use freshet_engine::features::Entity;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -51,6 +53,7 @@ pub fn router(reads: Arc<Reads>, prometheus: PrometheusHandle) -> Router {
         .route("/v1/items/{id}/features", get(item))
         .route("/v1/recommend", post(recommend))
         .route("/v1/items/{id}/similar", get(similar))
+        .route("/v1/users/{id}", delete(forget_user))
         .route("/metrics", get(metrics))
         .route("/healthz", get(super::ops::healthz))
         .layer(axum::middleware::from_fn(super::record_latency))
@@ -77,6 +80,38 @@ async fn similar(
 ) -> Response {
     let answer = replica(&s).and_then(|rec| similar_from(&rec, id, params));
     served_by(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response), s.reads.advertised())
+}
+
+/// How long a forget waits for the broker to take its tombstone.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `DELETE /v1/users/{id}`: 202 once the user's tombstone is in the source
+/// topic; the user is gone from reads once its task and the replicas reach it.
+async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Response {
+    let me = s.reads.advertised().to_owned();
+    let answer = if !s.reads.forgets_users() {
+        Err(ApiError::NotFound(
+            "this group forgets a user through a tombstone in its source topic: \
+             set forget_on_tombstone = \"user\" on the source (docs/config.md)"
+                .into(),
+        ))
+    } else if id.is_empty() {
+        Err(ApiError::BadRequest("empty id".into()))
+    } else {
+        let reads = s.reads.clone();
+        let sent = tokio::task::spawn_blocking(move || match reads.tombstones() {
+            Some(t) => t.send(&id, FORGET_TIMEOUT).map(|()| id).map_err(|e| ApiError::Unavailable(e.to_string())),
+            None => Err(ApiError::Unavailable("this process has not joined its group yet".into())),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
+        .and_then(|sent| sent);
+        sent.map(|id| {
+            metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "user_id": id, "forget": "accepted" }))).into_response()
+        })
+    };
+    served_by(answer.unwrap_or_else(IntoResponse::into_response), &me)
 }
 
 /// This process's replica of the recommender, which answers every recommendation asked of it.

@@ -634,7 +634,9 @@ fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
 /// Then one process is killed (SIGKILL) and started again: its replica goes
 /// on from its checkpoint, learns what comes after (thirty users view
 /// `gamma` then `delta`; twelve more probes view `gamma` and get `delta`),
-/// and still knows what came before.
+/// and still knows what came before. Last, a probe is forgotten through one
+/// process (`DELETE /v1/users/{id}`: a tombstone in the topic): both
+/// processes then find none of its features, and give it a cold start.
 #[test]
 fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_recommender() {
     let dir = tempfile::tempdir().unwrap();
@@ -683,6 +685,37 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let log = p2.log();
     let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
     assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
+
+    // Its features (read from its task's owner, which may still be moving) and its recommendations.
+    let probe = |addr: &str| -> (serde_json::Value, serde_json::Value) {
+        let (status, features) = support::request(addr, "GET", "/v1/users/probe-1-0/features", "text/plain", "");
+        let found = if status == 200 {
+            serde_json::from_str::<serde_json::Value>(&features).unwrap()["found"].clone()
+        } else {
+            serde_json::Value::Null
+        };
+        let body = r#"{"user_id":"probe-1-0","k":3}"#;
+        let (status, recs) = support::request(addr, "POST", "/v1/recommend", "application/json", body);
+        assert_eq!(status, 200, "recommendations for probe-1-0 from {addr}: {recs}");
+        (found, serde_json::from_str::<serde_json::Value>(&recs).unwrap()["cold_start"].clone())
+    };
+    let wait_for = |want: (bool, bool), what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for addr in [&a1, &a2] {
+            loop {
+                let (found, cold) = probe(addr);
+                if found == want.0 && cold == want.1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{what} at {addr}: found {found}, cold start {cold}");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    wait_for((true, false), "probe-1-0 not known before the forget");
+    let (status, forgot) = support::request(&a1, "DELETE", "/v1/users/probe-1-0", "text/plain", "");
+    assert_eq!(status, 202, "{forgot}");
+    wait_for((false, true), "probe-1-0 not forgotten");
 }
 
 /// Waits (up to 60 s) until `member` says where it listens.

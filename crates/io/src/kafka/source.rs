@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use freshet_engine::decode::{Chunk, Oversized};
+use freshet_engine::record::Forget;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -86,6 +87,10 @@ pub struct KafkaSourceConfig {
     /// record seen before is dropped) and whose end is its end marker. The
     /// topic's partition (`only`) is read from its start.
     pub upstreams: Option<u32>,
+    /// A record without a value (a tombstone) forgets the entity of this
+    /// kind its key names, in order with the partition's events; without
+    /// it a tombstone is an empty event (a dead letter).
+    pub forget_on_tombstone: Option<freshet_engine::features::Entity>,
 }
 
 impl KafkaSourceConfig {
@@ -165,6 +170,8 @@ struct Reader {
     committing: bool,
     /// A repartition topic: `parts` are the upstream tasks.
     repartitioned: bool,
+    /// What a tombstone forgets (see [`KafkaSourceConfig::forget_on_tombstone`]).
+    forget_on_tombstone: Option<freshet_engine::features::Entity>,
     resume: Resume,
     parts: Vec<Part>,
     ready: VecDeque<Chunk>,
@@ -240,6 +247,7 @@ impl KafkaSource {
             grouped: config.scale_out,
             committing: config.only.is_none(),
             repartitioned: config.upstreams.is_some(),
+            forget_on_tombstone: config.forget_on_tombstone,
             resume: Resume::default(),
             parts: Vec::new(),
             ready: VecDeque::new(),
@@ -514,7 +522,32 @@ impl Reader {
             }
             None => return,
         };
-        self.append(i, m.offset().max(0) as u64, m.payload().unwrap_or_default(), consumer);
+        let offset = m.offset().max(0) as u64;
+        match (m.payload(), m.key(), self.forget_on_tombstone) {
+            (None, Some(id), Some(entity)) => self.forget(i, offset, Forget { entity, id: id.to_vec() }, consumer),
+            (value, ..) => self.append(i, offset, value.unwrap_or_default(), consumer),
+        }
+    }
+
+    /// A tombstone at `offset` of part `i` forgets an entity: the pending
+    /// chunk goes out first, then a chunk of no lines that carries the
+    /// forget (applied after every event before it).
+    fn forget(&mut self, i: usize, offset: u64, forget: Forget, consumer: &BaseConsumer<GroupContext>) {
+        let part = &mut self.parts[i];
+        if part.finished {
+            return;
+        }
+        self.ready.extend(part.chunk.take());
+        self.ready.push_back(Chunk {
+            forget: Some(forget),
+            end_offset: offset + 1,
+            end_position: offset + 1,
+            ..part.empty_chunk(offset)
+        });
+        part.next = Some(offset + 1);
+        if part.end.is_some_and(|end| offset + 1 >= end) {
+            self.finish(i, consumer);
+        }
     }
 
     /// A repartition record: a row of its upstream's, numbered (dropped when
@@ -728,6 +761,7 @@ mod tests {
             grouped: false,
             committing: false,
             repartitioned: true,
+            forget_on_tombstone: None,
             resume: Resume::default(),
             parts: (0..upstreams).map(|u| Part::new("test", u, None, None)).collect(),
             ready: VecDeque::new(),
@@ -740,6 +774,35 @@ mod tests {
         let c = r.ready.pop_back()?;
         assert_eq!((c.partition, c.end_of_partition, c.data.len()), (RESUME_PARTITION, true, 0));
         Some((c.first_offset, c.end_offset))
+    }
+
+    #[test]
+    fn a_tombstone_forgets_between_the_records_around_it() {
+        let mut r = Reader { repartitioned: false, ..reader(1) };
+        // Created, never connected: `append` only hands it to `finish`, which a partition without an end never calls.
+        let consumer: BaseConsumer<GroupContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create_with_context(GroupContext::new("test", "test", "partitions"))
+            .unwrap();
+        r.append(0, 0, b"{\"a\":1}", &consumer);
+        r.append(0, 1, b"{\"a\":2}", &consumer);
+        r.forget(0, 2, Forget { entity: freshet_engine::features::Entity::User, id: b"u1".to_vec() }, &consumer);
+        r.append(0, 3, b"{\"a\":3}", &consumer);
+        r.flush_all();
+        let chunks: Vec<_> = r
+            .ready
+            .iter()
+            .map(|c| (c.first_offset, c.end_position, c.data.as_slice(), c.forget.as_ref().map(|f| f.id.as_slice())))
+            .collect();
+        let forgets: &[u8] = b"u1";
+        assert_eq!(
+            chunks,
+            [
+                (0, 2, &b"{\"a\":1}\n{\"a\":2}\n"[..], None),
+                (2, 3, &b""[..], Some(forgets)),
+                (3, 4, &b"{\"a\":3}\n"[..], None)
+            ]
+        );
     }
 
     #[test]
