@@ -634,9 +634,10 @@ fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
 /// Then one process is killed (SIGKILL) and started again: its replica goes
 /// on from its checkpoint, learns what comes after (thirty users view
 /// `gamma` then `delta`; twelve more probes view `gamma` and get `delta`),
-/// and still knows what came before. Last, a probe is forgotten through one
-/// process (`DELETE /v1/users/{id}`: a tombstone in the topic): both
-/// processes then find none of its features, and give it a cold start.
+/// and still knows what came before. Before the kill, a probe is forgotten
+/// through one process (`DELETE /v1/users/{id}`: a tombstone in the topic):
+/// both processes then find none of its features and give it a cold start,
+/// as the restarted one still does.
 #[test]
 fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_recommender() {
     let dir = tempfile::tempdir().unwrap();
@@ -675,24 +676,13 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let first = asks("probe-1", ("alpha", "beta"));
     wait_for_top_items(&[&a1, &a2], &first, &mut [&mut p1, &mut p2]);
 
-    p2.kill("p2");
-    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
-    let a2 = wait_for_addr(&mut p2);
-    produce("second", ("gamma", "delta"), "probe-2", 1_700_000_100_000);
-    let second = asks("probe-2", ("gamma", "delta"));
-    wait_for_top_items(&[&a1, &a2], &second, &mut [&mut p1, &mut p2]);
-    wait_for_top_items(&[&a2], &first, &mut [&mut p2]);
-    let log = p2.log();
-    let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
-    assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
-
-    // Its features (read from its task's owner, which may still be moving) and its recommendations.
+    // probe-1-0 is forgotten through p1: its features (read from its task's
+    // owner) and its recommender profile (in each replica) go.
     let probe = |addr: &str| -> (serde_json::Value, serde_json::Value) {
         let (status, features) = support::request(addr, "GET", "/v1/users/probe-1-0/features", "text/plain", "");
-        let found = if status == 200 {
-            serde_json::from_str::<serde_json::Value>(&features).unwrap()["found"].clone()
-        } else {
-            serde_json::Value::Null
+        let found = match status {
+            200 => serde_json::from_str::<serde_json::Value>(&features).unwrap()["found"].clone(),
+            _ => serde_json::Value::String(format!("{status} {features}")),
         };
         let body = r#"{"user_id":"probe-1-0","k":3}"#;
         let (status, recs) = support::request(addr, "POST", "/v1/recommend", "application/json", body);
@@ -700,7 +690,7 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
         (found, serde_json::from_str::<serde_json::Value>(&recs).unwrap()["cold_start"].clone())
     };
     let wait_for = |want: (bool, bool), what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         for addr in [&a1, &a2] {
             loop {
                 let (found, cold) = probe(addr);
@@ -716,6 +706,25 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let (status, forgot) = support::request(&a1, "DELETE", "/v1/users/probe-1-0", "text/plain", "");
     assert_eq!(status, 202, "{forgot}");
     wait_for((false, true), "probe-1-0 not forgotten");
+
+    p2.kill("p2");
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let a2 = wait_for_addr(&mut p2);
+    produce("second", ("gamma", "delta"), "probe-2", 1_700_000_100_000);
+    let second = asks("probe-2", ("gamma", "delta"));
+    wait_for_top_items(&[&a1, &a2], &second, &mut [&mut p1, &mut p2]);
+    // What came before the kill is still known, and the forget still holds.
+    wait_for_top_items(&[&a2], &first[1..], &mut [&mut p2]);
+    let (status, recs) =
+        support::request(&a2, "POST", "/v1/recommend", "application/json", r#"{"user_id":"probe-1-0"}"#);
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&recs).unwrap()["cold_start"].clone()),
+        (200, true.into()),
+        "{recs}"
+    );
+    let log = p2.log();
+    let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
+    assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
 }
 
 /// Waits (up to 60 s) until `member` says where it listens.
