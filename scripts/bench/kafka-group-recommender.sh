@@ -38,7 +38,16 @@ for n in 1 2; do
   "$F" run --config examples/kafka-group-features.toml --data-dir "$WORK/s$n" --listen "127.0.0.1:1809$n" \
     >"$WORK/s$n.out" 2>"$WORK/s$n.log" &
 done
-user=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["user_id"])' "$WORK/in.ndjson")
+user=$(python3 - "$WORK/in.ndjson" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        print(json.loads(line)["user_id"])
+        break
+    except (ValueError, KeyError, TypeError):
+        pass  # the workload carries malformed lines
+PY
+)
 body="{\"user_id\":\"$user\",\"k\":10}"
 for _ in $(seq 600); do
   curl -s -d "$body" http://127.0.0.1:18091/v1/recommend | grep -q '"cold_start":false' && break
