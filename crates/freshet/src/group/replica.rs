@@ -10,8 +10,9 @@
 //!
 //! The replica is a job of its own: the config's flows and recommender,
 //! without features (the tasks keep them), sinks, routes and dead letters
-//! (the tasks write those). Its stages run again on the events (an `enrich`
-//! stage calls its service once per task and once per replica). It reads
+//! (the tasks write those). Its stages run again on the events (an
+//! `enrich_http` stage calls its service from the tasks and from each
+//! replica). It reads
 //! the partitions by assignment, not as a member of the group, and commits
 //! nothing to the group: its positions live in its checkpoints, in the
 //! process's data directory (`recommender/`). A process that restarts goes

@@ -6,6 +6,10 @@
 //! survives a crash, and the next checkpoint covers it. The answer is 202
 //! once it is in the log; the entity is gone from reads once the pipeline
 //! reaches it (milliseconds). Rows already written to sinks are not touched.
+//! A pipeline without an http source forgets through a Kafka source's topic
+//! when it forgets on tombstones: the answer is 202 once the broker has the
+//! entity's tombstone, and the source reads it in order with the entity's
+//! events.
 
 use std::time::Duration;
 
@@ -16,6 +20,9 @@ use freshet_engine::features::Entity;
 
 use super::AppState;
 use super::error::ApiError;
+
+/// How long a forget waits to be taken (by the log, or by the broker).
+const WAIT: Duration = Duration::from_secs(5);
 
 pub(super) async fn user(
     state: State<AppState>,
@@ -37,21 +44,26 @@ async fn forget(
     entity: Entity,
     field: &str,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Some(ingest) = state.ingest.clone() else {
-        return Err(ApiError::NotFound(
-            "this pipeline has no http source, which orders a forget with the events around it".into(),
-        ));
-    };
     if id.is_empty() {
         return Err(ApiError::BadRequest("empty id".into()));
     }
-    let taken = {
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || ingest.forget(entity, &id, Duration::from_secs(5)))
+    let id_sent = id.clone();
+    if let Some(ingest) = state.ingest.clone() {
+        tokio::task::spawn_blocking(move || ingest.forget(entity, &id_sent, WAIT))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
+    } else if let Some(forgets) = state.forgets.clone().filter(|f| f.entity == entity) {
+        tokio::task::spawn_blocking(move || forgets.tombstones.send(&id_sent, WAIT))
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
-    };
-    taken?;
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    } else {
+        return Err(ApiError::NotFound(format!(
+            "this pipeline has no http source, which orders a forget with the events around it, \
+             nor a kafka source with forget_on_tombstone = \"{field}\"",
+            field = if entity == Entity::User { "user" } else { "item" }
+        )));
+    }
     metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ field: id, "forget": "accepted" }))))
 }

@@ -25,6 +25,7 @@ use axum::routing::{delete, get, post};
 use freshet_engine::features::Views;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::topology::sources::Forgets;
 use crate::topology::{IngestHandle, Job, Recommending};
 
 /// What handlers share.
@@ -33,6 +34,8 @@ pub struct AppState {
     views: Views,
     recommending: Option<Recommending>,
     ingest: Option<IngestHandle>,
+    /// A Kafka source's tombstones, which forget without an http source.
+    forgets: Option<Forgets>,
     prometheus: PrometheusHandle,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
@@ -44,6 +47,7 @@ impl AppState {
             views: job.views(),
             recommending: job.recommending(),
             ingest: job.ingest(),
+            forgets: job.forgets(),
             prometheus,
             ready: job.ready_probe(),
         }

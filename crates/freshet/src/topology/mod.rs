@@ -121,6 +121,8 @@ pub struct Job {
     enrichment: Option<Arc<enrich::Enrichment>>,
     /// The checkpoint it started from.
     restored: Option<u64>,
+    /// What forgets an entity through a Kafka source's topic.
+    forgets: Option<sources::Forgets>,
     started: Instant,
 }
 
@@ -209,6 +211,8 @@ impl Job {
         // Every partition of every source holds the watermark back from the start.
         let mut partitions: Vec<PartitionId> = Vec::new();
         let mut commits = Vec::new();
+        // The first Kafka source that forgets on tombstones (for the HTTP API).
+        let mut forgets = None;
         // Where each source resumes: the checkpoint's position, except that a
         // group's source goes on where its group says.
         let resume_at = |i: usize| match &plan.sources[i].kind {
@@ -221,9 +225,10 @@ impl Job {
             let mut source =
                 sources::open(i as u16, s, &plan, resume, &cancelled).with_context(|| format!("source {}", s.name))?;
             match &mut source {
-                sources::Opened::Kafka { partitions: ps, commits: tx, .. } => {
+                sources::Opened::Kafka { partitions: ps, commits: tx, forgets: f, .. } => {
                     partitions.extend(ps.iter().map(|p| (i as u16, *p)));
                     commits.push((i, tx.clone()));
+                    forgets = forgets.take().or_else(|| f.take());
                 }
                 _ => partitions.push((i as u16, 0)),
             }
@@ -398,8 +403,15 @@ impl Job {
             coordinator,
             enrichment,
             restored: restored_id,
+            forgets,
             started: Instant::now(),
         })
+    }
+
+    /// What forgets an entity through a Kafka source's topic, when one
+    /// forgets on tombstones (`DELETE /v1/users/{id}` without an http source).
+    pub fn forgets(&self) -> Option<sources::Forgets> {
+        self.forgets.clone()
     }
 
     /// The checkpoint the job started from, if it restored one.

@@ -11,6 +11,7 @@ use freshet_engine::decode::Chunk;
 use freshet_io::file::FileSource;
 use freshet_io::generator::Generator;
 use freshet_io::kafka::source::{KafkaSource, Polled};
+use freshet_io::kafka::tombstones::Tombstones;
 
 use super::{Shared, send, wall_ms};
 use crate::checkpoint::SourcePosition;
@@ -28,10 +29,21 @@ pub(super) enum Opened {
     /// Runs on its own thread.
     Thread(SourceRun),
     /// A Kafka source's thread, its partitions (each holds the watermark
-    /// back from the start), and where completed checkpoints' offsets go.
-    Kafka { run: SourceRun, partitions: Vec<u32>, commits: Sender<Commits> },
+    /// back from the start), where completed checkpoints' offsets go, and
+    /// what forgets an entity through its topic (`forget_on_tombstone`).
+    Kafka { run: SourceRun, partitions: Vec<u32>, commits: Sender<Commits>, forgets: Option<Forgets> },
     /// Fed by HTTP handlers (through the ingest log with a data directory).
     Http,
+}
+
+/// What `DELETE /v1/{users,items}/{id}` goes through for a Kafka source
+/// with `forget_on_tombstone`: a tombstone produced to the entity's partition.
+#[derive(Clone)]
+pub struct Forgets {
+    /// The kind of entity a tombstone forgets.
+    pub entity: freshet_engine::features::Entity,
+    /// The producer of the source topic's tombstones.
+    pub tombstones: Arc<Tombstones>,
 }
 
 /// Opens a source, at `resume` when restoring a checkpoint; file errors
@@ -136,6 +148,15 @@ pub(super) fn open(
             let resume = resume.map(|r| r.partitions.clone()).unwrap_or_default();
             let mut kafka = KafkaSource::open(&plan.name, config, &resume, (job.read_block, max_line), cancelled)?;
             let partitions = kafka.partitions();
+            // Not for a group's task or replica: the group's API forgets through the topic itself.
+            let forgets = match config.forget_on_tombstone {
+                Some(entity) if !config.scale_out && config.only.is_none() => {
+                    let (connection, topic) = (&config.connection, &config.topic);
+                    let tombstones = Tombstones::open(connection, topic, partitions.len(), config.partitioner)?;
+                    Some(Forgets { entity, tombstones: Arc::new(tombstones) })
+                }
+                _ => None,
+            };
             let (commits, committed) = crossbeam_channel::bounded::<Commits>(4);
             let run: SourceRun = Box::new(move |tx, shared| {
                 loop {
@@ -159,7 +180,7 @@ pub(super) fn open(
                     }
                 }
             });
-            Opened::Kafka { run, partitions, commits }
+            Opened::Kafka { run, partitions, commits, forgets }
         }
     })
 }

@@ -490,9 +490,28 @@ fn records(broker: &Broker, topic: &str) -> Vec<(String, String)> {
 
 #[test]
 fn feature_updates_reach_a_compacted_topic_and_forget_writes_a_tombstone() {
+    updates_then_forget(UPDATES_JOB, "upd");
+}
+
+/// The same job without an http source: `DELETE /v1/users/{id}` goes through
+/// the Kafka source's topic as a tombstone (`forget_on_tombstone`), which
+/// the source reads in order with the user's events.
+#[test]
+fn without_an_http_source_forget_goes_through_the_topic_as_a_tombstone() {
+    let job = UPDATES_JOB.replace("[sources.control]\ntype = \"http\"\n", "");
+    let job = job.replace(
+        "topic = \"${FRESHET_TOPIC}\"\n\n",
+        "topic = \"${FRESHET_TOPIC}\"\nforget_on_tombstone = \"user\"\n\n",
+    );
+    assert!(!job.contains("type = \"http\"") && job.contains("forget_on_tombstone"), "{job}");
+    updates_then_forget(&job, "upd-tomb");
+}
+
+/// Runs `job` on events of u1 and u2 in `topic`: u1's feature updates reach
+/// the compacted topic, and after `DELETE /v1/users/u1` its tombstone does.
+fn updates_then_forget(job: &str, topic: &str) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
-    let topic = "upd";
     kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "2"]);
     let events = dir.path().join("events.ndjson");
     let lines = [
@@ -504,7 +523,7 @@ fn feature_updates_reach_a_compacted_topic_and_forget_writes_a_tombstone() {
     std::fs::write(&events, lines.join("\n") + "\n").unwrap();
     kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", events.to_str().unwrap()]);
     let config = dir.path().join("updates.toml");
-    std::fs::write(&config, UPDATES_JOB).unwrap();
+    std::fs::write(&config, job).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let mut job = support::freshet()
