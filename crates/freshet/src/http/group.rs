@@ -56,6 +56,10 @@ pub fn router(reads: Arc<Reads>, prometheus: PrometheusHandle) -> Router {
         .route("/v1/users/{id}", delete(forget_user))
         .route("/metrics", get(metrics))
         .route("/healthz", get(super::ops::healthz))
+        .route("/v1/events", post(not_in_a_group))
+        .route("/v1/items/{id}", delete(not_in_a_group))
+        .fallback(super::ops::no_endpoint)
+        .method_not_allowed_fallback(super::ops::wrong_method)
         .layer(axum::middleware::from_fn(super::record_latency))
         .with_state(GroupState { reads, prometheus, client })
 }
@@ -112,6 +116,16 @@ async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Res
         })
     };
     served_by(answer.unwrap_or_else(IntoResponse::into_response), &me)
+}
+
+/// What a single process serves and a group does not (yet).
+async fn not_in_a_group(State(s): State<GroupState>, uri: Uri) -> Response {
+    let why = if uri.path() == "/v1/events" {
+        "a group reads its events from its Kafka topic: produce them there"
+    } else {
+        "forgetting an item is not supported in a group yet: its features live on the repartition topic's tasks"
+    };
+    served_by(ApiError::NotFound(why.into()).into_response(), s.reads.advertised())
 }
 
 /// This process's replica of the recommender, which answers every recommendation asked of it.

@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .fallback(ops::no_endpoint)
+        .method_not_allowed_fallback(ops::wrong_method)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(record_latency))
         .with_state(state)

@@ -190,3 +190,18 @@ async fn a_job_without_a_recommender_answers_404_saying_so() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("no recommender"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_or_method_gets_a_json_error_that_names_it() {
+    let h = harness();
+    let (status, body) = call(&h.state, get("/v1/nothing")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("GET /v1/nothing")), "{body}");
+    let put = Request::put("/v1/recommend").body(Body::empty()).unwrap();
+    let res = router(h.state.clone()).oneshot(put).await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("/v1/recommend does not take PUT")), "{body}");
+}

@@ -675,6 +675,9 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     };
     let first = asks("probe-1", ("alpha", "beta"));
     wait_for_top_items(&[&a1, &a2], &first, &mut [&mut p1, &mut p2]);
+    // What a single process takes over HTTP, a group takes from its topic.
+    let (status, refused) = support::request(&a1, "POST", "/v1/events", "application/json", "{}");
+    assert!(status == 404 && refused.contains("from its Kafka topic"), "{status} {refused}");
 
     // probe-1-0 is forgotten through p1: its features (read from its task's
     // owner) and its recommender profile (in each replica) go.
