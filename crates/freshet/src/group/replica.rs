@@ -18,7 +18,8 @@
 //! process's data directory (`recommender/`). A process that restarts goes
 //! on from its last checkpoint; a new one reads the topic from its start.
 //! A replica that fails starts again from its checkpoint, after a backoff;
-//! meanwhile its last published model still answers.
+//! meanwhile its last published model still answers. Its source is named
+//! `{source}-recommender` in metrics and logs, apart from the tasks'.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,6 +154,8 @@ impl Replica {
                 k.scale_out = false;
                 k.only = Some((0..partitions as u32).collect());
             }
+            // Its metrics (events read, lag per partition) apart from the tasks' of the same partitions.
+            plan.sources[index].name = format!("{source}-recommender");
             Job::start_until(Arc::new(plan), Some(&dir), false, stop).context("the recommender's replica")
         };
         std::thread::Builder::new().name("start-recommender".into()).spawn(start)

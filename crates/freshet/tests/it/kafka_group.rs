@@ -675,6 +675,9 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     };
     let first = asks("probe-1", ("alpha", "beta"));
     wait_for_top_items(&[&a1, &a2], &first, &mut [&mut p1, &mut p2]);
+    // The replica's reading is measured apart from the tasks' (its own source label).
+    let metrics = p1.metrics();
+    assert!(metrics.contains(r#"source="events-recommender""#), "no replica metrics:\n{metrics}");
     // What a single process takes over HTTP, a group takes from its topic.
     let (status, refused) = support::request(&a1, "POST", "/v1/events", "application/json", "{}");
     assert!(status == 404 && refused.contains("from its Kafka topic"), "{status} {refused}");
