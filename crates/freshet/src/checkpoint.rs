@@ -183,6 +183,11 @@ impl Store {
         Ok(found)
     }
 
+    /// Whether it holds no checkpoint at all.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.list()?.is_empty())
+    }
+
     /// Writes `cp` atomically and drops the oldest beyond `keep`; returns its size.
     pub fn write(&self, cp: &Checkpoint) -> Result<u64> {
         // The payload is encoded after room for the header, which is then filled in.

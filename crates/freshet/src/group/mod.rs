@@ -225,10 +225,17 @@ pub fn run(
         }
     };
     let halves: Vec<Half> = changelogs.keys().copied().collect();
-    let mut replica = plan.pipeline.recommender.is_some().then(|| {
-        let source = (name.as_str(), layout.partitions);
-        replica::Replica::new(planner.clone(), source, data_dir.join("recommender"), stop.clone(), reads.clone())
-    });
+    let mut replica = match plan.pipeline.recommender {
+        Some(_) => {
+            let topic = format!("{}-{name}-recommender-changelog", layout.group);
+            let changelog = Changelog::open(&layout.connection, &topic, 1)
+                .with_context(|| format!("source {name}: the recommender's changelog topic {topic}"))?;
+            let source = (name.as_str(), layout.partitions);
+            let dir = data_dir.join("recommender");
+            Some(replica::Replica::new(planner.clone(), source, dir, stop.clone(), reads.clone(), Arc::new(changelog)))
+        }
+        None => None,
+    };
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
         planner,
@@ -281,6 +288,9 @@ pub fn run(
                 tracing::info!(task = p, "Task moved to another process; stopped here.");
             }
             done.retain(|(p, _)| assigned.contains(p));
+            if let Some(r) = &replica {
+                r.assigned(&assigned);
+            }
             owned = assigned;
         }
         for (p, next) in std::mem::take(&mut *commits.lock().unwrap_or_else(|e| e.into_inner())) {

@@ -16,24 +16,32 @@
 //! the partitions by assignment, not as a member of the group, and commits
 //! nothing to the group: its positions live in its checkpoints, in the
 //! process's data directory (`recommender/`). A process that restarts goes
-//! on from its last checkpoint; a new one reads the topic from its start.
+//! on from its last checkpoint. The process that runs task 0 also ships
+//! its replica's checkpoints (at most one every few seconds) to the one
+//! partition of `{group}-{source}-recommender-changelog`, and a process
+//! with no checkpoint of its own starts from the newest one there (any
+//! replica's checkpoint is a consistent state: the model with the
+//! positions it learned up to), so a new process does not read the whole
+//! topic again; with none there, it reads the topic from its start.
 //! A replica that fails starts again from its checkpoint, after a backoff;
 //! meanwhile its last published model still answers. Its source is named
 //! `{source}-recommender` in metrics and logs, apart from the tasks'.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use freshet_io::kafka::group::Changelog;
 
-use super::Planner;
 use super::reads::Reads;
+use super::{Planner, SHIP_EVERY};
+use crate::checkpoint::{Checkpoint, Store};
 use crate::config::model::{Config, StageConfig};
 use crate::config::plan::SourceKind;
-use crate::topology::Job;
+use crate::topology::{CheckpointHook, Job};
 
 /// The replica's state.
 enum State {
@@ -55,6 +63,9 @@ pub(super) struct Replica {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
     reads: Option<Arc<Reads>>,
+    /// Where replicas' checkpoints are shipped, and whether this process ships them.
+    changelog: Arc<Changelog>,
+    ships: Arc<AtomicBool>,
     state: State,
     failures: u32,
 }
@@ -69,6 +80,7 @@ impl Replica {
         dir: PathBuf,
         stop: Arc<AtomicBool>,
         reads: Option<Arc<Reads>>,
+        changelog: Arc<Changelog>,
     ) -> Self {
         Replica {
             planner,
@@ -77,9 +89,16 @@ impl Replica {
             dir,
             stop,
             reads,
+            changelog,
+            ships: Arc::new(AtomicBool::new(false)),
             state: State::Waiting(Instant::now()),
             failures: 0,
         }
+    }
+
+    /// The group gave this process `owned`: the owner of task 0 ships the replica's checkpoints.
+    pub(super) fn assigned(&self, owned: &[u32]) {
+        self.ships.store(owned.contains(&0), Ordering::SeqCst);
     }
 
     /// Starts the replica when due, takes it once started, and notices its
@@ -147,6 +166,7 @@ impl Replica {
     fn spawn_start(&self) -> std::io::Result<JoinHandle<Result<Job>>> {
         let (planner, source, partitions) = (self.planner.clone(), self.source.clone(), self.partitions);
         let (dir, stop) = (self.dir.clone(), self.stop.clone());
+        let (changelog, ships) = (self.changelog.clone(), self.ships.clone());
         let start = move || -> Result<Job> {
             let mut plan = planner(&|c: &mut Config| edit(c))?;
             let index = plan.sources.iter().position(|s| s.name == source).context("the group's source is gone")?;
@@ -156,10 +176,49 @@ impl Replica {
             }
             // Its metrics (events read, lag per partition) apart from the tasks' of the same partitions.
             plan.sources[index].name = format!("{source}-recommender");
-            Job::start_until(Arc::new(plan), Some(&dir), false, stop).context("the recommender's replica")
+            let store = Store::open(&dir, plan.keep_checkpoints)?;
+            if store.is_empty()? {
+                let stopped = || stop.load(Ordering::SeqCst);
+                match changelog.fetch(0, &stopped)?.map(|bytes| postcard::from_bytes::<Checkpoint>(&bytes)) {
+                    Some(Ok(cp)) if cp.fingerprint == plan.fingerprint() => {
+                        tracing::info!(
+                            checkpoint = cp.id,
+                            "The recommender's replica starts from a shipped checkpoint."
+                        );
+                        store.write(&cp)?;
+                    }
+                    Some(Ok(_)) => tracing::info!("The shipped replica checkpoint is of another config; not used."),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "The shipped replica checkpoint does not decode; not used.")
+                    }
+                    None => {}
+                }
+            }
+            let hook = shipping(changelog, ships);
+            Job::start_task(Arc::new(plan), &dir, stop, hook).context("the recommender's replica")
         };
         std::thread::Builder::new().name("start-recommender".into()).spawn(start)
     }
+}
+
+/// Ships a replica's checkpoints while `ships` says so, at most one every
+/// [`SHIP_EVERY`] (each holds the whole model).
+fn shipping(changelog: Arc<Changelog>, ships: Arc<AtomicBool>) -> CheckpointHook {
+    let writer = (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64;
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Arc::new(move |cp: &Checkpoint| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if !ships.load(Ordering::SeqCst) || last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let shipped = postcard::to_stdvec(cp)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| changelog.ship(0, writer, cp.id, &bytes).map_err(anyhow::Error::from));
+        if let Err(e) = shipped {
+            tracing::warn!(checkpoint = cp.id, error = %format!("{e:#}"), "Could not ship the replica's checkpoint.");
+        }
+    })
 }
 
 /// The replica's config: the flows and the recommender, nothing that

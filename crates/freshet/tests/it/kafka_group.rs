@@ -637,7 +637,8 @@ fn a_read_sent_to_any_member_of_a_group_is_answered_by_the_owner_of_its_task() {
 /// and still knows what came before. Before the kill, a probe is forgotten
 /// through one process (`DELETE /v1/users/{id}`: a tombstone in the topic):
 /// both processes then find none of its features and give it a cold start,
-/// as the restarted one still does.
+/// as the restarted one still does. Last, a new process's replica starts
+/// from the checkpoint a replica shipped, and answers as the others do.
 #[test]
 fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_recommender() {
     let dir = tempfile::tempdir().unwrap();
@@ -731,6 +732,17 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let log = p2.log();
     let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
     assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
+
+    // A third process, new: its replica starts from the checkpoint the owner of task 0 shipped.
+    let mut p3 = Member::spawn(&broker, dir.path(), "p3", job, &[]);
+    let a3 = wait_for_addr(&mut p3);
+    let everything: Vec<_> = first[1..].iter().chain(&second).cloned().collect();
+    wait_for_top_items(&[&a3], &everything, &mut [&mut p3]);
+    let log = p3.log();
+    assert!(
+        log.contains("The recommender's replica starts from a shipped checkpoint."),
+        "p3 read the topic anew:\n{log}"
+    );
 }
 
 /// Waits (up to 60 s) until `member` says where it listens.
