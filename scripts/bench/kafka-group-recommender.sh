@@ -57,3 +57,22 @@ sleep 15 # the input is read by now; the requests below do not race ingest
 echo "== POST /v1/recommend for $user asked of 127.0.0.1:18091"
 hey -z 10s -c 8 -m POST -T application/json -d "$body" http://127.0.0.1:18091/v1/recommend |
   grep -E "Requests/sec|50% in|99% in|^ +\[[0-9]{3}\][[:space:]]+[0-9]+ responses"
+
+# A third process joins: its replica starts from the checkpoint the owner of
+# task 0 shipped, and reads the rest of the topic from there. Time from its
+# start to its replica's consumer lag reaching 0 on every partition.
+lag() {
+  curl -s http://127.0.0.1:18093/metrics | grep '^freshet_kafka_consumer_lag{' | grep 'source="events-recommender"' |
+    awk '{n++; s+=$NF} END {if (n == 4) print s; else print "none"}'
+}
+start=$(date +%s.%N)
+"$F" run --config examples/kafka-group-features.toml --data-dir "$WORK/s3" --listen 127.0.0.1:18093 \
+  >"$WORK/s3.out" 2>"$WORK/s3.log" &
+for _ in $(seq 3000); do [ "$(lag)" = 0 ] && break; sleep 0.1; done
+echo "== a third process's replica caught up (lag 0 on 4 partitions) $(echo "$(date +%s.%N) - $start" | bc) s after its start"
+grep -E "replica (starts from|runs)" "$WORK/s3.log" | cut -c1-160 || true
+for n in 1 2; do
+  newest=$(ls "$WORK/s$n/recommender/checkpoints" | sort | tail -1)
+  echo "p$n: newest replica checkpoint $newest, $(du -h "$WORK/s$n/recommender/checkpoints/$newest" | cut -f1)," \
+    "$(grep -c 'Could not ship' "$WORK/s$n.log" || true) failed ships"
+done

@@ -288,9 +288,6 @@ pub fn run(
                 tracing::info!(task = p, "Task moved to another process; stopped here.");
             }
             done.retain(|(p, _)| assigned.contains(p));
-            if let Some(r) = &replica {
-                r.assigned(&assigned);
-            }
             owned = assigned;
         }
         for (p, next) in std::mem::take(&mut *commits.lock().unwrap_or_else(|e| e.into_inner())) {

@@ -16,8 +16,8 @@
 //! the partitions by assignment, not as a member of the group, and commits
 //! nothing to the group: its positions live in its checkpoints, in the
 //! process's data directory (`recommender/`). A process that restarts goes
-//! on from its last checkpoint. The process that runs task 0 also ships
-//! its replica's checkpoints (at most one every few seconds) to the one
+//! on from its last checkpoint. Every replica also ships its checkpoints
+//! (at most one every 30 s) to the one
 //! partition of `{group}-{source}-recommender-changelog`, and a process
 //! with no checkpoint of its own starts from the newest one there (any
 //! replica's checkpoint is a consistent state: the model with the
@@ -36,12 +36,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use freshet_io::kafka::group::Changelog;
 
+use super::Planner;
 use super::reads::Reads;
-use super::{Planner, SHIP_EVERY};
 use crate::checkpoint::{Checkpoint, Store};
 use crate::config::model::{Config, StageConfig};
 use crate::config::plan::SourceKind;
 use crate::topology::{CheckpointHook, Job};
+
+/// At most one replica checkpoint goes to the changelog this often: each
+/// holds the whole model, and a new process reads on from its positions.
+const SHIP_EVERY: Duration = Duration::from_secs(30);
 
 /// The replica's state.
 enum State {
@@ -63,9 +67,8 @@ pub(super) struct Replica {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
     reads: Option<Arc<Reads>>,
-    /// Where replicas' checkpoints are shipped, and whether this process ships them.
+    /// Where replicas' checkpoints are shipped.
     changelog: Arc<Changelog>,
-    ships: Arc<AtomicBool>,
     state: State,
     failures: u32,
 }
@@ -90,15 +93,9 @@ impl Replica {
             stop,
             reads,
             changelog,
-            ships: Arc::new(AtomicBool::new(false)),
             state: State::Waiting(Instant::now()),
             failures: 0,
         }
-    }
-
-    /// The group gave this process `owned`: the owner of task 0 ships the replica's checkpoints.
-    pub(super) fn assigned(&self, owned: &[u32]) {
-        self.ships.store(owned.contains(&0), Ordering::SeqCst);
     }
 
     /// Starts the replica when due, takes it once started, and notices its
@@ -166,7 +163,7 @@ impl Replica {
     fn spawn_start(&self) -> std::io::Result<JoinHandle<Result<Job>>> {
         let (planner, source, partitions) = (self.planner.clone(), self.source.clone(), self.partitions);
         let (dir, stop) = (self.dir.clone(), self.stop.clone());
-        let (changelog, ships) = (self.changelog.clone(), self.ships.clone());
+        let changelog = self.changelog.clone();
         let start = move || -> Result<Job> {
             let mut plan = planner(&|c: &mut Config| edit(c))?;
             let index = plan.sources.iter().position(|s| s.name == source).context("the group's source is gone")?;
@@ -194,29 +191,36 @@ impl Replica {
                     None => {}
                 }
             }
-            let hook = shipping(changelog, ships);
+            let hook = shipping(changelog);
             Job::start_task(Arc::new(plan), &dir, stop, hook).context("the recommender's replica")
         };
         std::thread::Builder::new().name("start-recommender".into()).spawn(start)
     }
 }
 
-/// Ships a replica's checkpoints while `ships` says so, at most one every
-/// [`SHIP_EVERY`] (each holds the whole model).
-fn shipping(changelog: Arc<Changelog>, ships: Arc<AtomicBool>) -> CheckpointHook {
+/// Ships a replica's checkpoints, at most one every [`SHIP_EVERY`] after
+/// the last that reached the broker (each holds the whole model). Every
+/// replica ships, not one elected: a group on tansu can leave tasks (task 0
+/// too) unassigned for minutes.
+fn shipping(changelog: Arc<Changelog>) -> CheckpointHook {
     let writer = (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64;
     let last: Mutex<Option<Instant>> = Mutex::new(None);
     Arc::new(move |cp: &Checkpoint| {
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        if !ships.load(Ordering::SeqCst) || last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
+        if last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
             return;
         }
-        *last = Some(Instant::now());
         let shipped = postcard::to_stdvec(cp)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| changelog.ship(0, writer, cp.id, &bytes).map_err(anyhow::Error::from));
-        if let Err(e) = shipped {
-            tracing::warn!(checkpoint = cp.id, error = %format!("{e:#}"), "Could not ship the replica's checkpoint.");
+        match shipped {
+            Ok(()) => *last = Some(Instant::now()),
+            // The next checkpoint tries again (a topic just created may not take records yet).
+            Err(e) => tracing::warn!(
+                checkpoint = cp.id,
+                error = %format!("{e:#}"),
+                "Could not ship the replica's checkpoint; the next one is tried."
+            ),
         }
     })
 }

@@ -733,7 +733,7 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
     assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
 
-    // A third process, new: its replica starts from the checkpoint the owner of task 0 shipped.
+    // A third process, new: its replica starts from a checkpoint another replica shipped.
     let mut p3 = Member::spawn(&broker, dir.path(), "p3", job, &[]);
     let a3 = wait_for_addr(&mut p3);
     let everything: Vec<_> = first[1..].iter().chain(&second).cloned().collect();
