@@ -53,7 +53,7 @@ pub struct Reads {
     partitions: OnceLock<usize>,
     members: OnceLock<Members>,
     /// Where a forgotten user's tombstone goes (when the source forgets on tombstones).
-    tombstones: OnceLock<Tombstones>,
+    tombstones: OnceLock<Arc<Tombstones>>,
     local: Mutex<Local>,
     /// Whether the job has a recommender.
     has_recommender: bool,
@@ -157,7 +157,7 @@ impl Reads {
         let _ = self.partitions.set(partitions);
         let _ = self.members.set(members);
         if let Some(t) = tombstones {
-            let _ = self.tombstones.set(t);
+            let _ = self.tombstones.set(Arc::new(t));
         }
     }
 
@@ -165,8 +165,8 @@ impl Reads {
     /// by the user's task and by every replica of the recommender. `None`
     /// when the source does not forget users on tombstones, or before the
     /// group was joined.
-    pub fn tombstones(&self) -> Option<&Tombstones> {
-        self.tombstones.get()
+    pub fn tombstones(&self) -> Option<Arc<Tombstones>> {
+        self.tombstones.get().cloned()
     }
 
     /// Whether the source forgets users on tombstones.

@@ -227,7 +227,7 @@ fn shipping(changelog: Arc<Changelog>) -> CheckpointHook {
 
 /// The replica's config: the flows and the recommender, nothing that
 /// writes (the tasks write every output) and no features (the tasks keep them).
-pub(super) fn edit(config: &mut Config) {
+fn edit(config: &mut Config) {
     config.features.clear();
     config.sinks.clear();
     for flow in &mut config.flows {

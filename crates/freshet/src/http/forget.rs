@@ -11,12 +11,14 @@
 //! entity's tombstone, and the source reads it in order with the entity's
 //! events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use freshet_engine::features::Entity;
+use freshet_io::kafka::tombstones::Tombstones;
 
 use super::AppState;
 use super::error::ApiError;
@@ -47,16 +49,13 @@ async fn forget(
     if id.is_empty() {
         return Err(ApiError::BadRequest("empty id".into()));
     }
-    let id_sent = id.clone();
     if let Some(ingest) = state.ingest.clone() {
-        tokio::task::spawn_blocking(move || ingest.forget(entity, &id_sent, WAIT))
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || ingest.forget(entity, &id, WAIT))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??;
     } else if let Some(forgets) = state.forgets.clone().filter(|f| f.entity == entity) {
-        tokio::task::spawn_blocking(move || forgets.tombstones.send(&id_sent, WAIT))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        send_tombstone(forgets.tombstones, id.clone()).await?;
     } else {
         return Err(ApiError::NotFound(format!(
             "this pipeline has no http source, which orders a forget with the events around it, \
@@ -64,6 +63,19 @@ async fn forget(
             field = if entity == Entity::User { "user" } else { "item" }
         )));
     }
+    Ok(accepted(field, id))
+}
+
+/// Produces `id`'s tombstone off the async threads; 503 unless the broker took it in time.
+pub(super) async fn send_tombstone(tombstones: Arc<Tombstones>, id: String) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(move || tombstones.send(&id, WAIT))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+/// The answer to a forget taken: 202, counted.
+pub(super) fn accepted(field: &str, id: String) -> (StatusCode, Json<serde_json::Value>) {
     metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ field: id, "forget": "accepted" }))))
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ field: id, "forget": "accepted" })))
 }

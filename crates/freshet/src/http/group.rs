@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::error::ApiError;
 use super::features::entity_features;
+use super::forget::{accepted, send_tombstone};
 use super::recommend::{SimilarParams, no_recommender, recommend_from, similar_from};
 use crate::group::reads::{Located, Reads, Recommender};
 use crate::topology::Recommending;
@@ -86,9 +87,6 @@ async fn similar(
     served_by(answer.map_or_else(IntoResponse::into_response, IntoResponse::into_response), s.reads.advertised())
 }
 
-/// How long a forget waits for the broker to take its tombstone.
-const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// `DELETE /v1/users/{id}`: 202 once the user's tombstone is in the source
 /// topic; the user is gone from reads once its task and the replicas reach it.
 async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Response {
@@ -102,18 +100,10 @@ async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Res
     } else if id.is_empty() {
         Err(ApiError::BadRequest("empty id".into()))
     } else {
-        let reads = s.reads.clone();
-        let sent = tokio::task::spawn_blocking(move || match reads.tombstones() {
-            Some(t) => t.send(&id, FORGET_TIMEOUT).map(|()| id).map_err(|e| ApiError::Unavailable(e.to_string())),
+        match s.reads.tombstones() {
+            Some(t) => send_tombstone(t, id.clone()).await.map(|()| accepted("user_id", id).into_response()),
             None => Err(ApiError::Unavailable("this process has not joined its group yet".into())),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))
-        .and_then(|sent| sent);
-        sent.map(|id| {
-            metrics::counter!(crate::metrics::FORGET_REQUESTS).increment(1);
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "user_id": id, "forget": "accepted" }))).into_response()
-        })
+        }
     };
     served_by(answer.unwrap_or_else(IntoResponse::into_response), &me)
 }

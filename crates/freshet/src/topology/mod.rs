@@ -228,7 +228,9 @@ impl Job {
                 sources::Opened::Kafka { partitions: ps, commits: tx, forgets: f, .. } => {
                     partitions.extend(ps.iter().map(|p| (i as u16, *p)));
                     commits.push((i, tx.clone()));
-                    forgets = forgets.take().or_else(|| f.take());
+                    if forgets.is_none() {
+                        forgets = f.take();
+                    }
                 }
                 _ => partitions.push((i as u16, 0)),
             }
