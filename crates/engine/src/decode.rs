@@ -285,8 +285,10 @@ impl<'p> Decoder<'p> {
     /// The chunk's table pass (see [`crate::lookup`]): in line order, applies
     /// the upserts of table flows' valid events to `tables` and answers the
     /// lookup stages, keeping the answers for [`Decoder::decode`]. The caller
-    /// runs one pass at a time, in chunk order.
-    pub fn table_pass(&mut self, chunk: &Chunk, tables: &Tables) {
+    /// runs one pass at a time, in chunk order. Without `upserts` the pass
+    /// only reads `tables`: another job of the process feeds them (a group's
+    /// tasks read the replica's, see `freshet::group`).
+    pub fn table_pass(&mut self, chunk: &Chunk, tables: &Tables, upserts: bool) {
         let p = self.pipeline;
         self.lookups.clear();
         for (this, line) in kept_lines(chunk) {
@@ -298,12 +300,12 @@ impl<'p> Decoder<'p> {
             let Some(fi) = p.flows.iter().position(|f| f.when.eval(&mut ev, scratch)) else { continue };
             let flow = &p.flows[fi];
             let has_lookup = flow.stages.iter().any(|s| matches!(s, Stage::EnrichLookup(_)));
-            let feeds = p.tables.iter().any(|t| t.flow == fi);
+            let feeds = upserts && p.tables.iter().any(|t| t.flow == fi);
             if !(has_lookup || feeds) || !valid(flow, &mut ev, line) {
                 continue;
             }
             let key = &mut self.text;
-            for (t, spec) in p.tables.iter().enumerate().filter(|(_, t)| t.flow == fi) {
+            for (t, spec) in p.tables.iter().enumerate().filter(|(_, t)| feeds && t.flow == fi) {
                 key.clear();
                 let Some(k) = ev.get(&spec.key) else { continue };
                 if !k.write_text(key, scratch) {

@@ -107,8 +107,9 @@ pub struct KeptState<'a> {
     /// Whether it has a recommender: a group runs it on every process, over
     /// every partition (`crate::group`'s replica).
     pub recommender: bool,
-    /// Other keyed state, described ("lookup tables").
-    pub other: &'a [&'a str],
+    /// Whether it has lookup tables: a group keeps them whole on every
+    /// process (the replica feeds them, the tasks read them).
+    pub tables: bool,
     /// Whether a flow has a keyed stage (dedup): its tables move with the
     /// tasks' checkpoints, so only a group of tasks can keep them.
     pub keyed_stages: bool,
@@ -122,7 +123,8 @@ pub struct KeptState<'a> {
 /// (every feature is keyed by the field the topic is keyed by), every task
 /// writes the same outputs (Kafka sinks), and the job has that one source.
 /// A recommender is not split by partition (its item model learns from
-/// every user): each process keeps a replica of it that reads every
+/// every user), nor are lookup tables (an event's row may come from any
+/// partition): each process keeps a replica of them that reads every
 /// partition.
 pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPlan], state: &KeptState<'_>) {
     let Some((name, k)) = sources.iter().find_map(|s| match &s.kind {
@@ -132,22 +134,14 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
         return;
     };
     let path = format!("sources.{name}");
-    if !k.in_tasks(!state.features.is_empty() || state.recommender) {
-        if let Some(first) = state.other.first().or(state.keyed_stages.then_some(&"a keyed stage (dedup)")) {
+    if !k.in_tasks(!state.features.is_empty() || state.recommender || state.tables) {
+        if state.keyed_stages {
             p.err(
                 format!("{path}.scale_out"),
-                format!("this pipeline keeps {first}, which does not yet move with the partitions it belongs to"),
+                "this pipeline keeps a keyed stage (dedup), which does not yet move with the partitions it belongs to",
             );
         }
         return;
-    }
-    if let Some(first) = state.other.first() {
-        p.err(
-            format!("{path}.scale_out"),
-            format!(
-                "moves features with their partitions, and this pipeline also keeps {first}, which does not move yet"
-            ),
-        );
     }
     if sources.len() > 1 {
         p.err(format!("{path}.scale_out"), "a job that scales out with state reads this one source only");

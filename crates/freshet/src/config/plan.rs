@@ -115,6 +115,19 @@ pub struct Plan {
     pub keep_checkpoints: usize,
     /// How each enrichment stage calls its service, by stage id.
     pub enrich: Vec<freshet_io::enrich::HttpEnrichConfig>,
+    /// Lookup tables shared with other jobs of the process, instead of the
+    /// job's own: a group's replica feeds them, its tasks read them
+    /// (`crate::group`). None when planned; set by the group.
+    pub shared_tables: Option<SharedTables>,
+}
+
+/// A job's part in lookup tables shared by the jobs of one process.
+#[derive(Debug, Clone)]
+pub enum SharedTables {
+    /// The job applies its table flows' upserts, and keeps the tables in its checkpoints.
+    Feeds(std::sync::Arc<freshet_engine::lookup::Tables>),
+    /// The job only looks rows up: another job feeds and checkpoints them.
+    Reads(std::sync::Arc<freshet_engine::lookup::Tables>),
 }
 
 impl Plan {
@@ -853,7 +866,6 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     }
 
     let recommender = config.recommender.as_ref().map(|r| super::recommender::plan(r, &flows, shards, &mut p));
-    let other_state = [(!tables.is_empty()).then_some("lookup tables")];
     let keyed_stages = flows.iter().flat_map(|f| &f.stages).any(|s| s.placement() == Placement::Keyed);
     let keyed_by: Vec<(String, &[String], bool)> = config
         .features
@@ -864,7 +876,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     let state = super::kafka::KeptState {
         features: &keyed_by,
         recommender: recommender.is_some(),
-        other: &other_state.into_iter().flatten().collect::<Vec<_>>(),
+        tables: !tables.is_empty(),
         keyed_stages,
     };
     super::kafka::check_scale_out(&mut p, &sources, &sinks, &state);
@@ -893,5 +905,6 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
         checkpoint_interval: Duration::from_millis(checkpoint_ms.max(1) as u64),
         keep_checkpoints: pc.keep_checkpoints.unwrap_or(3).max(1),
         enrich,
+        shared_tables: None,
     })
 }

@@ -42,7 +42,9 @@
 //! every user): each process runs a replica of it over every partition
 //! ([`replica`]), which answers the recommendations asked of that process.
 //! A bounded job's process also waits for its replica to read the input to
-//! the end.
+//! the end. Lookup tables do not split either (an event's row may be in any
+//! partition): the replica feeds the process's tables, its tasks read them,
+//! and they start once the replica has loaded what the topic held.
 
 pub mod reads;
 mod replica;
@@ -66,7 +68,7 @@ use freshet_io::sink::Target;
 
 use crate::checkpoint::{Checkpoint, Store};
 use crate::config::model::{Config, SinkConfig, SourceConfig, StageConfig};
-use crate::config::plan::{Plan, SourceKind};
+use crate::config::plan::{Plan, SharedTables, SourceKind};
 use crate::topology::{CheckpointHook, Job};
 
 /// Plans the job from its config file after an edit (each half of each
@@ -91,7 +93,8 @@ const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 
 /// The group's source: its index and settings.
 pub fn grouped_source(plan: &Plan) -> Option<(usize, &KafkaSourceConfig)> {
-    let stateful = !plan.pipeline.features.is_empty() || plan.pipeline.recommender.is_some();
+    let p = &plan.pipeline;
+    let stateful = !p.features.is_empty() || p.recommender.is_some() || !p.tables.is_empty();
     plan.sources.iter().enumerate().find_map(|(i, s)| match &s.kind {
         SourceKind::Kafka(k) if k.in_tasks(stateful) => Some((i, k)),
         _ => None,
@@ -225,16 +228,27 @@ pub fn run(
         }
     };
     let halves: Vec<Half> = changelogs.keys().copied().collect();
-    let mut replica = match plan.pipeline.recommender {
-        Some(_) => {
+    let tables = (!plan.pipeline.tables.is_empty())
+        .then(|| Arc::new(freshet_engine::lookup::Tables::new(plan.pipeline.tables.len())));
+    let mut replica = match plan.pipeline.recommender.is_some() || tables.is_some() {
+        true => {
             let topic = format!("{}-{name}-recommender-changelog", layout.group);
             let changelog = Changelog::open(&layout.connection, &topic, 1)
                 .with_context(|| format!("source {name}: the recommender's changelog topic {topic}"))?;
             let source = (name.as_str(), layout.partitions);
             let dir = data_dir.join("recommender");
-            Some(replica::Replica::new(planner.clone(), source, dir, stop.clone(), reads.clone(), Arc::new(changelog)))
+            let changelog = Arc::new(changelog);
+            Some(replica::Replica::new(
+                planner.clone(),
+                source,
+                dir,
+                stop.clone(),
+                reads.clone(),
+                changelog,
+                tables.clone(),
+            ))
         }
-        None => None,
+        false => None,
     };
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {
@@ -244,6 +258,7 @@ pub fn run(
         stop: stop.clone(),
         commits: commits.clone(),
         tasks_dir: data_dir.join("tasks"),
+        tables,
     });
     let mut running: BTreeMap<Key, Running> = BTreeMap::new();
     // Halves being restored and started, off this thread: the group is served meanwhile.
@@ -338,7 +353,9 @@ pub fn run(
             }
         }
         let now = Instant::now();
-        for p in owned.clone() {
+        // Tasks look rows up in the replica's tables: they start once it has loaded them.
+        let tables_loaded = replica.as_ref().is_none_or(replica::Replica::tables_loaded);
+        for p in owned.clone().into_iter().filter(|_| tables_loaded) {
             for &half in &halves {
                 let key = (p, half);
                 let busy = running.contains_key(&key) || starting.contains_key(&key) || done.contains(&key);
@@ -394,13 +411,14 @@ struct Starter {
     stop: Arc<AtomicBool>,
     commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
     tasks_dir: std::path::PathBuf,
+    /// The lookup tables the replica feeds (the tasks read them).
+    tables: Option<Arc<freshet_engine::lookup::Tables>>,
 }
 
 impl Starter {
     fn start(&self, (p, half): Key) -> Result<Running> {
         let dir = self.tasks_dir.join(format!("{p}-{half:?}").to_lowercase());
-        start(&*self.planner, &self.layout, (p, half), &dir, &self.changelogs[&half], &self.stop, self.commits.clone())
-            .with_context(|| format!("task {p} ({half:?} half)"))
+        start(self, (p, half), &dir).with_context(|| format!("task {p} ({half:?} half)"))
     }
 }
 
@@ -487,16 +505,12 @@ fn first_dedup(stages: &[StageConfig]) -> usize {
 
 /// Restores half `half` of task `partition` from its changelog into `dir`
 /// and starts it.
-fn start(
-    planner: &Planner,
-    layout: &Layout,
-    (partition, half): (u32, Half),
-    dir: &Path,
-    changelog: &Arc<Changelog>,
-    stop: &Arc<AtomicBool>,
-    commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
-) -> Result<Running> {
+fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Running> {
+    let Starter { planner, layout, stop, .. } = starter;
+    let changelog = &starter.changelogs[&half];
     let mut plan = planner(&|c: &mut Config| edit(c, layout, half))?;
+    // Lookups read the replica's tables, which hold every partition's rows.
+    plan.shared_tables = starter.tables.clone().map(SharedTables::Reads);
     if let SourceKind::Kafka(k) = &mut plan.sources[layout.source].kind {
         k.only = Some(vec![partition]);
         k.scale_out = false;
@@ -552,7 +566,7 @@ fn start(
         key: (partition, half),
         source: layout.source,
         writer: (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64,
-        commits,
+        commits: starter.commits.clone(),
         state: std::sync::Mutex::new(ShipState::default()),
     });
     let offered = shipper.clone();

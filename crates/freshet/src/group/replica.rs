@@ -1,5 +1,6 @@
-//! The recommender of a group: a replica on every process, reading every
-//! partition of the group's source (Kafka Streams' global stores).
+//! The recommender and lookup tables of a group: a replica on every
+//! process, reading every partition of the group's source (Kafka Streams'
+//! global stores).
 //!
 //! Features split by partition; the recommender's item model does not: an
 //! item's co-occurrence neighbours learn from every user who touched it,
@@ -26,6 +27,15 @@
 //! A replica that fails starts again from its checkpoint, after a backoff;
 //! meanwhile its last published model still answers. Its source is named
 //! `{source}-recommender` in metrics and logs, apart from the tasks'.
+//!
+//! Lookup tables are the same case: an interaction's item row may have come
+//! through any partition. The replica feeds the process's tables (its
+//! checkpoints keep them) and the tasks only look rows up; the tasks start
+//! once a replica checkpoint's positions reach the end offsets the topic had
+//! when the replica first started (Kafka Streams bootstraps its global
+//! tables so), and the rows read after that reach the tasks as the replica
+//! reads them, not in order with their partitions. Without a recommender
+//! the replica runs for the tables alone, without the flows' stages.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,18 +44,23 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use freshet_engine::lookup::Tables;
 use freshet_io::kafka::group::Changelog;
 
 use super::Planner;
 use super::reads::Reads;
 use crate::checkpoint::{Checkpoint, Store};
 use crate::config::model::{Config, StageConfig};
-use crate::config::plan::SourceKind;
+use crate::config::plan::{SharedTables, SourceKind};
 use crate::topology::{CheckpointHook, Job};
 
 /// At most one replica checkpoint goes to the changelog this often: each
 /// holds the whole model, and a new process reads on from its positions.
 const SHIP_EVERY: Duration = Duration::from_secs(30);
+
+/// Positions that stay this long count as the end of what the topic held
+/// (see [`loading`]).
+const STILL_FOR: Duration = Duration::from_secs(10);
 
 /// The replica's state.
 enum State {
@@ -58,7 +73,7 @@ enum State {
     Done,
 }
 
-/// This process's replica of the recommender.
+/// This process's replica of the recommender and the lookup tables.
 pub(super) struct Replica {
     planner: Arc<Planner>,
     /// The source's name and partitions.
@@ -69,6 +84,11 @@ pub(super) struct Replica {
     reads: Option<Arc<Reads>>,
     /// Where replicas' checkpoints are shipped.
     changelog: Arc<Changelog>,
+    /// The process's lookup tables, which the replica feeds and the tasks read.
+    tables: Option<Arc<Tables>>,
+    /// Whether the tables hold what the topic held when the replica first
+    /// started: the tasks start only then.
+    tables_loaded: Arc<AtomicBool>,
     state: State,
     failures: u32,
 }
@@ -84,6 +104,7 @@ impl Replica {
         stop: Arc<AtomicBool>,
         reads: Option<Arc<Reads>>,
         changelog: Arc<Changelog>,
+        tables: Option<Arc<Tables>>,
     ) -> Self {
         Replica {
             planner,
@@ -93,6 +114,8 @@ impl Replica {
             stop,
             reads,
             changelog,
+            tables_loaded: Arc::new(AtomicBool::new(tables.is_none())),
+            tables,
             state: State::Waiting(Instant::now()),
             failures: 0,
         }
@@ -124,6 +147,9 @@ impl Replica {
             State::Running(job) if job.finished() => match job.wait() {
                 Ok(summary) => {
                     tracing::info!(lines = summary.lines, "The recommender's replica read its input to the end.");
+                    if self.tables.is_some() && !self.tables_loaded.swap(true, Ordering::SeqCst) {
+                        tracing::info!("The lookup tables are loaded: the tasks start.");
+                    }
                     State::Done
                 }
                 Err(e) => self.failed("failed", e),
@@ -131,6 +157,13 @@ impl Replica {
             other => other,
         };
         matches!(self.state, State::Done)
+    }
+
+    /// Whether the lookup tables (if any) hold every row the topic held
+    /// when the replica first started (Kafka Streams bootstraps its global
+    /// tables so before its tasks run).
+    pub(super) fn tables_loaded(&self) -> bool {
+        self.tables_loaded.load(Ordering::SeqCst)
     }
 
     /// Stops the replica at its last checkpoint.
@@ -164,13 +197,21 @@ impl Replica {
         let (planner, source, partitions) = (self.planner.clone(), self.source.clone(), self.partitions);
         let (dir, stop) = (self.dir.clone(), self.stop.clone());
         let changelog = self.changelog.clone();
+        let (tables, loaded) = (self.tables.clone(), self.tables_loaded.clone());
         let start = move || -> Result<Job> {
             let mut plan = planner(&|c: &mut Config| edit(c))?;
             let index = plan.sources.iter().position(|s| s.name == source).context("the group's source is gone")?;
+            let mut ends = None;
             if let SourceKind::Kafka(k) = &mut plan.sources[index].kind {
                 k.scale_out = false;
                 k.only = Some((0..partitions as u32).collect());
+                if tables.is_some() && !loaded.load(Ordering::SeqCst) {
+                    let offsets = freshet_io::kafka::admin::end_offsets(&k.connection, &k.topic, partitions as u32)
+                        .context("the lookup tables' topic")?;
+                    ends = Some(offsets);
+                }
             }
+            plan.shared_tables = tables.map(SharedTables::Feeds);
             // Its metrics (events read, lag per partition) apart from the tasks' of the same partitions.
             plan.sources[index].name = format!("{source}-recommender");
             let store = Store::open(&dir, plan.keep_checkpoints)?;
@@ -191,7 +232,17 @@ impl Replica {
                     None => {}
                 }
             }
-            let hook = shipping(changelog);
+            let ship = shipping(changelog);
+            let hook: CheckpointHook = match ends {
+                Some(ends) => {
+                    let load = loading(index, ends, loaded);
+                    Arc::new(move |cp: &Checkpoint| {
+                        load(cp);
+                        ship(cp);
+                    })
+                }
+                None => ship,
+            };
             Job::start_task(Arc::new(plan), &dir, stop, hook).context("the recommender's replica")
         };
         std::thread::Builder::new().name("start-recommender".into()).spawn(start)
@@ -225,13 +276,47 @@ fn shipping(changelog: Arc<Changelog>) -> CheckpointHook {
     })
 }
 
+/// Marks the lookup tables loaded at the first checkpoint of the replica
+/// whose positions (in its source, `index`) reached `ends` on every
+/// partition, or did not move over [`STILL_FOR`] (a transactional
+/// producer's last offset is a commit marker, never read as a record):
+/// a checkpoint's tables hold every row its positions read.
+fn loading(index: usize, ends: Vec<u64>, loaded: Arc<AtomicBool>) -> impl Fn(&Checkpoint) {
+    let last: Mutex<Option<(Vec<u64>, Instant)>> = Mutex::new(None);
+    move |cp: &Checkpoint| {
+        if loaded.load(Ordering::SeqCst) {
+            return;
+        }
+        let positions: Vec<u64> = (0..ends.len() as u32)
+            .map(|p| {
+                let read = cp.sources.get(index).and_then(|s| s.partitions.iter().find(|(q, _)| *q == p));
+                read.map_or(0, |(_, next)| *next)
+            })
+            .collect();
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let still = match &*last {
+            Some((before, since)) if *before == positions => since.elapsed() >= STILL_FOR,
+            _ => {
+                *last = Some((positions.clone(), Instant::now()));
+                false
+            }
+        };
+        if still || positions.iter().zip(&ends).all(|(at, end)| at >= end) {
+            loaded.store(true, Ordering::SeqCst);
+            tracing::info!(checkpoint = cp.id, ?positions, "The lookup tables are loaded: the tasks start.");
+        }
+    }
+}
+
 /// The replica's config: the flows and the recommender, nothing that
 /// writes (the tasks write every output) and no features (the tasks keep them).
 fn edit(config: &mut Config) {
     config.features.clear();
     config.sinks.clear();
+    let learns = config.recommender.is_some();
     for flow in &mut config.flows {
-        flow.stages.retain(|s| !matches!(s, StageConfig::Route { .. }));
+        // Tables take their rows before the stages run: without a recommender, no stage has a use here.
+        flow.stages.retain(|s| learns && !matches!(s, StageConfig::Route { .. }));
     }
     config.pipeline.dead_letter = None;
     config.pipeline.unmatched = None;

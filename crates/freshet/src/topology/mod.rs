@@ -34,7 +34,7 @@ use freshet_engine::features::{FeatureView, Views};
 use freshet_io::sink::SinkWriter;
 
 use crate::checkpoint::{SourcePosition, Store};
-use crate::config::plan::{Plan, SourceKind};
+use crate::config::plan::{Plan, SharedTables, SourceKind};
 use freshet_engine::recommend::{Placement, RecommenderView};
 use freshet_engine::shard::Shard;
 use freshet_engine::time::PartitionId;
@@ -309,11 +309,18 @@ impl Job {
         }
 
         let enrichment = enrich::Enrichment::start(&plan)?;
-        let tables = (!p.tables.is_empty()).then(|| Arc::new(freshet_engine::lookup::Tables::new(p.tables.len())));
-        if let (Some(t), Some(cp)) = (&tables, &restored) {
+        // A job feeds its own tables, or shares a process's (a group's replica feeds them, its tasks read them).
+        let (tables, feeds) = match &plan.shared_tables {
+            Some(SharedTables::Feeds(t)) => (Some(t.clone()), true),
+            Some(SharedTables::Reads(t)) => (Some(t.clone()), false),
+            None => {
+                ((!p.tables.is_empty()).then(|| Arc::new(freshet_engine::lookup::Tables::new(p.tables.len()))), true)
+            }
+        };
+        if let (Some(t), Some(cp), true) = (&tables, &restored, feeds) {
             t.restore(&cp.tables).map_err(anyhow::Error::msg).context("restoring the lookup tables")?;
         }
-        let passes = tables.map(|t| Arc::new(workers::TablePasses::new(t)));
+        let passes = tables.map(|t| Arc::new(workers::TablePasses::new(t, feeds)));
         let pools = workers::Pools::new(decoders);
         let links = workers::Links { writer: writer_tx.clone(), pools: pools.clone(), shared: shared.clone() };
         let mut threads = Vec::new();

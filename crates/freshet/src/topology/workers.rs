@@ -67,13 +67,16 @@ pub(super) enum CoordMsg {
 /// message's pass is done (see `freshet_engine::lookup`).
 pub(super) struct TablePasses {
     pub tables: Arc<freshet_engine::lookup::Tables>,
+    /// Whether this job applies upserts and snapshots the tables (else
+    /// another job of the process does, and this one only reads them).
+    feeds: bool,
     next: std::sync::Mutex<u64>,
     turn: std::sync::Condvar,
 }
 
 impl TablePasses {
-    pub fn new(tables: Arc<freshet_engine::lookup::Tables>) -> Self {
-        Self { tables, next: std::sync::Mutex::new(0), turn: std::sync::Condvar::new() }
+    pub fn new(tables: Arc<freshet_engine::lookup::Tables>, feeds: bool) -> Self {
+        Self { tables, feeds, next: std::sync::Mutex::new(0), turn: std::sync::Condvar::new() }
     }
 
     /// Waits for `seq`'s turn; false when the job stops first.
@@ -365,10 +368,12 @@ pub(super) fn decode(
                 return;
             }
             if let (Some(id), Some(c)) = (msg.barrier, coordinator) {
-                let _ = c.send(CoordMsg::Tables { id, bytes: passes.tables.snapshot() });
+                // Tables read from another job are in that job's checkpoints.
+                let bytes = if passes.feeds { passes.tables.snapshot() } else { Vec::new() };
+                let _ = c.send(CoordMsg::Tables { id, bytes });
             }
             if let Some(c) = &msg.chunk {
-                decoder.table_pass(c, &passes.tables);
+                decoder.table_pass(c, &passes.tables, passes.feeds);
             }
             passes.done(msg.seq);
         }

@@ -745,6 +745,121 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     );
 }
 
+/// Lookup tables in a group (examples/kafka-group-lookup.toml): every
+/// process keeps the whole table. Sixteen items' upserts (4 categories) are
+/// keyed by item id, so they lie in other partitions than most of the forty
+/// users who view them (keyed by user id); each user's `user_categories`
+/// feature, read from either process, must count every view under its
+/// item's category (a view whose row a task cannot find goes to the dead
+/// letters, and its count is missing). An item published while the group
+/// runs is looked up by a view that follows it; one process killed with
+/// SIGKILL and started again restores its table from its replica's
+/// checkpoint, and the tasks of both find every row when each user views
+/// one more item.
+#[test]
+fn a_lookup_in_a_group_finds_rows_written_to_any_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "lookups";
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    let produce = |name: &str, key: &str, lines: &[serde_json::Value]| {
+        let file = dir.path().join(format!("{name}.ndjson"));
+        let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+        std::fs::write(&file, text).unwrap();
+        kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", key, file.to_str().unwrap()]);
+    };
+    let t0 = 1_700_000_000_000i64;
+    let upsert = |item: usize, category: &str, at: i64| serde_json::json!({ "type": "item_upsert", "item_id": format!("i{item}"), "category": category, "ts": t0 + at });
+    let view = |user: usize, item: usize, at: i64| serde_json::json!({ "type": "view", "user_id": format!("u{user}"), "item_id": format!("i{item}"), "ts": t0 + at });
+    produce("catalog", "item_id", &(0..16).map(|i| upsert(i, &format!("c{}", i % 4), i as i64)).collect::<Vec<_>>());
+    let mut expected: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut views = Vec::new();
+    for user in 0..40 {
+        for j in 0..3 {
+            let item = (user * 3 + j * 5) % 16;
+            views.push(view(user, item, 100 + user as i64));
+            *expected.entry(format!("u{user}")).or_default().entry(format!("c{}", item % 4)).or_default() += 1;
+        }
+    }
+    produce("views", "user_id", &views);
+
+    let job = ("examples/kafka-group-lookup.toml", topic, "lookups");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let (a1, a2) = (wait_for_addr(&mut p1), wait_for_addr(&mut p2));
+    wait_for_categories(&[&a1, &a2], &expected, &mut [&mut p1, &mut p2]);
+    for (name, m) in [("p1", &p1), ("p2", &p2)] {
+        assert!(m.log().contains("The lookup tables are loaded"), "{name} never said its table was loaded");
+    }
+
+    // A new item, then (once the replicas have had time to read it) a view of it.
+    produce("new-item", "item_id", &[upsert(16, "c9", 1_000)]);
+    thread::sleep(Duration::from_secs(5));
+    produce("new-view", "user_id", &[view(0, 16, 1_001)]);
+    *expected.get_mut("u0").unwrap().entry("c9".into()).or_default() += 1;
+    wait_for_categories(&[&a1, &a2], &expected, &mut [&mut p1, &mut p2]);
+
+    p2.kill("p2");
+    // Back after its session ended (tansu moves a dead member's partitions
+    // only when the group changes).
+    thread::sleep(Duration::from_secs(13));
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let a2 = wait_for_addr(&mut p2);
+    // Every user views one more item: the tasks of both processes look rows up.
+    let mut after: Vec<serde_json::Value> = (0..40).map(|user| view(user, (user + 7) % 17, 2_000)).collect();
+    after.push(view(1, 16, 2_001));
+    produce("after-restart", "user_id", &after);
+    for user in 0..40 {
+        let item = (user + 7) % 17;
+        let category = if item == 16 { "c9".to_owned() } else { format!("c{}", item % 4) };
+        *expected.get_mut(&format!("u{user}")).unwrap().entry(category).or_default() += 1;
+    }
+    *expected.get_mut("u1").unwrap().entry("c9".into()).or_default() += 1;
+    wait_for_categories(&[&a1, &a2], &expected, &mut [&mut p1, &mut p2]);
+    let log = p2.log();
+    let resumed = log.lines().any(|l| l.contains("replica runs") && l.contains("checkpoint="));
+    assert!(resumed, "p2's replica did not restore its table from its checkpoint after the restart:\n{log}");
+}
+
+/// Asks every one of `addrs` for every user's `user_categories` until each
+/// answer has the expected counts per category (within 120 s).
+fn wait_for_categories(
+    addrs: &[&str],
+    expected: &BTreeMap<String, BTreeMap<String, u64>>,
+    members: &mut [&mut Member],
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let read = |body: &str| -> Option<BTreeMap<String, u64>> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let groups = v["features"]["user_categories"]["groups"].as_array()?;
+        groups
+            .iter()
+            .map(|g| Some((g["key"]["category"].as_str()?.to_owned(), g["current"]["value"].as_u64()?)))
+            .collect()
+    };
+    loop {
+        let mut last_miss = None;
+        for addr in addrs {
+            for (user, want) in expected {
+                let (status, body) =
+                    support::request(addr, "GET", &format!("/v1/users/{user}/features"), "text/plain", "");
+                if status != 200 || read(&body).as_ref() != Some(want) {
+                    last_miss = Some(format!("{user} from {addr}: {status} {body}\nexpected {want:?}"));
+                }
+            }
+        }
+        let Some(miss) = last_miss else { return };
+        for m in members.iter_mut() {
+            assert!(m.alive(), "a member exited:\n{}", m.log());
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
+            panic!("categories still wrong after 120 s; the last:\n{miss}\nmembers' logs:\n{}", logs.join("\n----\n"));
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Waits (up to 60 s) until `member` says where it listens.
 fn wait_for_addr(member: &mut Member) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -131,3 +131,21 @@ pub fn ensure_topic(connection: &Connection, topic: &TopicSpec) -> Result<()> {
     }
     Ok(())
 }
+
+/// The end offset (the next offset to be written) of each of `topic`'s
+/// partitions `0..partitions`: what a reader has to reach to have read
+/// everything written before this call.
+pub fn end_offsets(connection: &Connection, topic: &str, partitions: u32) -> Result<Vec<u64>> {
+    let err = |message: String| IoError::Kafka { component: format!("topic {topic}"), message };
+    let consumer: rdkafka::consumer::BaseConsumer<Logged> = connection
+        .client_config(&[("group.id", "freshet-end-offsets"), ("enable.auto.commit", "false")])
+        .create_with_context(Logged { component: format!("end offsets of {topic}") })
+        .map_err(|e| err(format!("creating a consumer: {e}")))?;
+    (0..partitions as i32)
+        .map(|p| {
+            rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, p, Duration::from_secs(30))
+                .map(|(_, high)| high.max(0) as u64)
+                .map_err(|e| err(format!("reading the end offset of partition {p}: {e}")))
+        })
+        .collect()
+}
