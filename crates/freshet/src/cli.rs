@@ -345,9 +345,9 @@ pub struct EvalArgs {
     /// space-separated, best first), for prequential_eval.py --score-recs.
     #[arg(long, value_name = "FILE")]
     pub write_recs: Option<PathBuf>,
-    /// Replay threads (default: the machine's cores). Each learns every event
-    /// on its own copy of the model and ranks its share of the evaluated ones;
-    /// the numbers are the same for any count.
+    /// Replay threads (default: the machine's cores). Each has its own copy
+    /// of the model and ranks one run of the evaluated events, learning up to
+    /// where the next thread takes over; the numbers are the same for any count.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
 }
