@@ -90,6 +90,12 @@ const REBALANCE_WAIT: Duration = Duration::from_secs(120);
 const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
+/// A bounded job's task owned elsewhere whose committed offset stayed below
+/// its partition's end this long is taken for one nobody runs (see
+/// [`Orphans`]).
+const ORPHAN_AFTER: Duration = Duration::from_secs(30);
+/// How often a bounded job's process looks for such tasks.
+const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The group's source: its index and settings.
 pub fn grouped_source(plan: &Plan) -> Option<(usize, &KafkaSourceConfig)> {
@@ -270,6 +276,7 @@ pub fn run(
     // Since when this process has had nothing left to do (bounded jobs).
     let mut done_at: Option<Instant> = None;
     let mut failures = 0u32;
+    let mut orphans = Orphans::default();
     // A half that stops ships its newest checkpoint: its next owner starts there.
     let halt = |(job, shipper): Running| {
         job.stop();
@@ -371,6 +378,25 @@ pub fn run(
                 starting.insert(key, handle);
             }
         }
+        if starter.layout.bounded && membership.rebalancing_for().is_none() && orphans.due() {
+            match membership.progress() {
+                Ok(progress) => {
+                    if let Some(p) = orphans.stuck(&progress, &owned, Instant::now()) {
+                        tracing::warn!(
+                            task = p,
+                            waited_s = ORPHAN_AFTER.as_secs(),
+                            "A task run elsewhere made no progress: taken for one nobody runs; \
+                             joining the group again so that it re-forms."
+                        );
+                        if let Err(e) = membership.rejoin() {
+                            tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
+                        }
+                        orphans = Orphans::default();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "Could not read the group's progress."),
+            }
+        }
         let replica_done = replica.as_mut().is_none_or(replica::Replica::step);
         let all_done = replica_done && owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
         // A process given nothing waits a while: members join one by one, and
@@ -395,6 +421,57 @@ pub fn run(
             }
             (true, Some(_)) => {}
         }
+    }
+}
+
+/// Spots a bounded job's tasks that nobody runs. tansu 0.6.0 goes on
+/// assigning the partitions of a member that died to it until the group
+/// changes, so a group that lost a member for good would wait forever for
+/// them (the repartitioned halves for their end markers) or, with none of
+/// them waited for, end without them. A task owned elsewhere whose committed
+/// offset (its owner commits every checkpoint's) stays below its
+/// partition's end for [`ORPHAN_AFTER`] is taken for one nobody runs, and
+/// the process joins the group again: the group re-forms and assigns it.
+#[derive(Default)]
+struct Orphans {
+    last_check: Option<Instant>,
+    /// Per partition: its committed offset when last seen to change, and since when.
+    seen: BTreeMap<u32, (Option<u64>, Instant)>,
+}
+
+impl Orphans {
+    /// Whether a check is due.
+    fn due(&mut self) -> bool {
+        if self.last_check.is_some_and(|t| t.elapsed() < ORPHAN_CHECK_EVERY) {
+            return false;
+        }
+        self.last_check = Some(Instant::now());
+        true
+    }
+
+    /// Notes `progress` (each partition's committed and end offsets) at
+    /// `now`; returns a partition not in `owned` that has been stuck below
+    /// its end for [`ORPHAN_AFTER`], if one has.
+    fn stuck(&mut self, progress: &[(Option<u64>, u64)], owned: &[u32], now: Instant) -> Option<u32> {
+        let mut stuck = None;
+        for (p, &(committed, end)) in progress.iter().enumerate() {
+            let p = p as u32;
+            if owned.contains(&p) || committed.is_some_and(|c| c >= end) {
+                self.seen.remove(&p);
+                continue;
+            }
+            match self.seen.get(&p) {
+                Some((before, since)) if *before == committed => {
+                    if now.duration_since(*since) >= ORPHAN_AFTER {
+                        stuck = stuck.or(Some(p));
+                    }
+                }
+                _ => {
+                    self.seen.insert(p, (committed, now));
+                }
+            }
+        }
+        stuck
     }
 }
 
@@ -717,6 +794,25 @@ mod tests {
 
     use super::*;
     use crate::config::{load, plan};
+
+    #[test]
+    fn a_task_owned_elsewhere_stuck_below_its_end_for_a_while_is_an_orphan() {
+        let mut orphans = Orphans::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Partition 0 is ours, 1 has read to its end, 2 moves on, 3 has
+        // committed nothing and stays so.
+        let progress = |two: u64| vec![(Some(5), 100), (Some(100), 100), (Some(two), 100), (None, 100)];
+        assert_eq!(orphans.stuck(&progress(10), &[0], at(0)), None);
+        assert_eq!(orphans.stuck(&progress(20), &[0], at(29)), None);
+        assert_eq!(orphans.stuck(&progress(30), &[0], at(30)), Some(3));
+        // Partition 2 stops moving at 30: an orphan 30 s later, once 3 is ours.
+        assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(59)), None);
+        assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(60)), Some(2));
+        // Ours, or at its end, it is none.
+        assert_eq!(orphans.stuck(&progress(30), &[0, 2, 3], at(90)), None);
+        assert_eq!(orphans.stuck(&progress(100), &[0, 3], at(120)), None);
+    }
 
     /// Per-user and per-item counts over one scaled-out topic, with a dedup
     /// stage between a filter and a mask.

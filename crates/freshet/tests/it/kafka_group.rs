@@ -396,6 +396,27 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
+/// A bounded group that loses a member for good: p2 is killed with SIGKILL
+/// mid-run and never comes back. p1 must not end with p2's tasks undone
+/// (tansu moves a dead member's partitions only when the group changes):
+/// it finishes every partition itself, and the outputs equal the checker's.
+#[test]
+fn a_bounded_group_that_loses_a_member_for_good_still_reads_every_partition() {
+    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "lost-member";
+    let (input, expected) = crate::kafka::workload(&broker, dir.path(), topic, 41, 60_000);
+    let job = (GROUP_EXAMPLE, topic, "survivors");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    p2.wait_for_a_task("p2");
+    thread::sleep(Duration::from_secs(2));
+    p2.kill("p2");
+    wait_for_success(&mut [&mut p1]);
+    crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
 /// Dedup in a group: the reference group job with a dedup stage on
 /// `event_id`, over a workload whose duplicates repeat one of the last
 /// thousand lines verbatim (5 % of lines), run by two processes, one killed

@@ -134,6 +134,47 @@ impl Membership {
         revoked_at.map(|at| at.elapsed())
     }
 
+    /// Each partition's committed offset (if any) and end offset: a task
+    /// whose offset stays below the end makes no progress.
+    pub fn progress(&self) -> Result<Vec<(Option<u64>, u64)>> {
+        let err = |message: String| IoError::Kafka { component: format!("group on {}", self.topic), message };
+        let mut list = TopicPartitionList::new();
+        for p in 0..self.partitions as i32 {
+            list.add_partition(&self.topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(list, Duration::from_secs(2))
+            .map_err(|e| err(format!("reading the committed offsets: {e}")))?;
+        (0..self.partitions as i32)
+            .map(|p| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(2))
+                    .map_err(|e| err(format!("reading the end of partition {p}: {e}")))?;
+                let at = committed.find_partition(&self.topic, p).and_then(|e| match e.offset() {
+                    Offset::Offset(n) if n >= 0 => Some(n as u64),
+                    _ => None,
+                });
+                Ok((at, high.max(0) as u64))
+            })
+            .collect()
+    }
+
+    /// Leaves the group and joins it again as a new member, so that the
+    /// group re-forms and assigns every partition anew.
+    ///
+    /// For tasks nobody runs: tansu 0.6.0 goes on assigning a member that
+    /// died (its session lapsed) its partitions until the group changes.
+    pub fn rejoin(&mut self) -> Result<()> {
+        self.consumer.unsubscribe();
+        let _ = self.consumer.poll(Duration::from_millis(100));
+        self.consumer.subscribe(&[self.topic.as_str()]).map_err(|e| IoError::Kafka {
+            component: format!("group on {}", self.topic),
+            message: format!("joining the group again: {e}"),
+        })
+    }
+
     /// Records a task's checkpointed position as the group's committed
     /// offset (for lag tools), asynchronously.
     pub fn commit(&self, partition: u32, next: u64) {
