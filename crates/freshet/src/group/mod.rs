@@ -33,7 +33,9 @@
 //! to the end (the repartitioned half: once every upstream task has) and no
 //! rebalance is under way (it may bring more tasks, and a member that leaves
 //! mid-rebalance can leave the group stuck on tansu); an unbounded one runs
-//! until stopped.
+//! until stopped. A bounded job's process that sees a task run elsewhere
+//! stuck below its partition's end joins the group again ([`Orphans`]), so
+//! a member that died for good does not keep its tasks.
 //!
 //! Reads of the tasks' features are answered by the process that runs the
 //! entity's task, whichever process they are sent to ([`reads`]).
