@@ -33,9 +33,9 @@
 //! to the end (the repartitioned half: once every upstream task has) and no
 //! rebalance is under way (it may bring more tasks, and a member that leaves
 //! mid-rebalance can leave the group stuck on tansu); an unbounded one runs
-//! until stopped. A bounded job's process that sees a task run elsewhere
-//! stuck below its partition's end joins the group again ([`Orphans`]), so
-//! a member that died for good does not keep its tasks.
+//! until stopped. A process that sees a task run elsewhere stuck below its
+//! partition's end joins the group again ([`Orphans`]), so a member that
+//! died for good does not keep its tasks.
 //!
 //! Reads of the tasks' features are answered by the process that runs the
 //! entity's task, whichever process they are sent to ([`reads`]).
@@ -92,11 +92,13 @@ const REBALANCE_WAIT: Duration = Duration::from_secs(120);
 const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
-/// A bounded job's task owned elsewhere whose committed offset stayed below
-/// its partition's end this long is taken for one nobody runs (see
-/// [`Orphans`]).
+/// A task owned elsewhere whose committed offset stayed below its
+/// partition's end this long is taken for one nobody runs (see
+/// [`Orphans`]); twice as long after each time this process joined again
+/// for one, up to [`ORPHAN_AFTER_MAX`].
 const ORPHAN_AFTER: Duration = Duration::from_secs(30);
-/// How often a bounded job's process looks for such tasks.
+const ORPHAN_AFTER_MAX: Duration = Duration::from_secs(600);
+/// How often a process looks for such tasks.
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The group's source: its index and settings.
@@ -380,20 +382,20 @@ pub fn run(
                 starting.insert(key, handle);
             }
         }
-        if starter.layout.bounded && membership.rebalancing_for().is_none() && orphans.due() {
+        if membership.rebalancing_for().is_none() && orphans.due() {
             match membership.progress() {
                 Ok(progress) => {
                     if let Some(p) = orphans.stuck(&progress, &owned, Instant::now()) {
                         tracing::warn!(
                             task = p,
-                            waited_s = ORPHAN_AFTER.as_secs(),
+                            waited_s = orphans.after.as_secs(),
                             "A task run elsewhere made no progress: taken for one nobody runs; \
                              joining the group again so that it re-forms."
                         );
                         if let Err(e) = membership.rejoin() {
                             tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
                         }
-                        orphans = Orphans::default();
+                        orphans.rejoined();
                     }
                 }
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "Could not read the group's progress."),
@@ -426,22 +428,37 @@ pub fn run(
     }
 }
 
-/// Spots a bounded job's tasks that nobody runs. tansu 0.6.0 goes on
-/// assigning the partitions of a member that died to it until the group
-/// changes, so a group that lost a member for good would wait forever for
-/// them (the repartitioned halves for their end markers) or, with none of
-/// them waited for, end without them. A task owned elsewhere whose committed
-/// offset (its owner commits every checkpoint's) stays below its
-/// partition's end for [`ORPHAN_AFTER`] is taken for one nobody runs, and
-/// the process joins the group again: the group re-forms and assigns it.
-#[derive(Default)]
+/// Spots tasks that nobody runs. tansu 0.6.0 goes on assigning the
+/// partitions of a member that died to it until the group changes, so a
+/// group that lost a member for good would never read them again (a
+/// bounded one would wait forever: its repartitioned halves for their end
+/// markers). A task owned elsewhere whose committed offset (its owner
+/// commits every checkpoint's) stays below its partition's end for
+/// [`ORPHAN_AFTER`] is taken for one nobody runs, and the process joins the
+/// group again: the group re-forms and assigns it. A task that only
+/// restores slowly elsewhere would be moved by that too; the wait doubles
+/// after each rejoin, so that such moves do not go on.
 struct Orphans {
     last_check: Option<Instant>,
     /// Per partition: its committed offset when last seen to change, and since when.
     seen: BTreeMap<u32, (Option<u64>, Instant)>,
+    /// How long a task may stay stuck.
+    after: Duration,
+}
+
+impl Default for Orphans {
+    fn default() -> Self {
+        Orphans { last_check: None, seen: BTreeMap::new(), after: ORPHAN_AFTER }
+    }
 }
 
 impl Orphans {
+    /// After joining the group again: every task is watched anew, for twice as long.
+    fn rejoined(&mut self) {
+        self.seen.clear();
+        self.after = (self.after * 2).min(ORPHAN_AFTER_MAX);
+    }
+
     /// Whether a check is due.
     fn due(&mut self) -> bool {
         if self.last_check.is_some_and(|t| t.elapsed() < ORPHAN_CHECK_EVERY) {
@@ -453,18 +470,19 @@ impl Orphans {
 
     /// Notes `progress` (each partition's committed and end offsets) at
     /// `now`; returns a partition not in `owned` that has been stuck below
-    /// its end for [`ORPHAN_AFTER`], if one has.
+    /// its end for `self.after`, if one has.
     fn stuck(&mut self, progress: &[(Option<u64>, u64)], owned: &[u32], now: Instant) -> Option<u32> {
         let mut stuck = None;
         for (p, &(committed, end)) in progress.iter().enumerate() {
             let p = p as u32;
-            if owned.contains(&p) || committed.is_some_and(|c| c >= end) {
+            // One short of the end is the end: a transaction's commit marker follows its last record.
+            if owned.contains(&p) || committed.is_some_and(|c| c + 1 >= end) {
                 self.seen.remove(&p);
                 continue;
             }
             match self.seen.get(&p) {
                 Some((before, since)) if *before == committed => {
-                    if now.duration_since(*since) >= ORPHAN_AFTER {
+                    if now.duration_since(*since) >= self.after {
                         stuck = stuck.or(Some(p));
                     }
                 }
@@ -811,9 +829,14 @@ mod tests {
         // Partition 2 stops moving at 30: an orphan 30 s later, once 3 is ours.
         assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(59)), None);
         assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(60)), Some(2));
-        // Ours, or at its end, it is none.
+        // Ours, or at its end (or one short: a commit marker), it is none.
         assert_eq!(orphans.stuck(&progress(30), &[0, 2, 3], at(90)), None);
-        assert_eq!(orphans.stuck(&progress(100), &[0, 3], at(120)), None);
+        assert_eq!(orphans.stuck(&progress(99), &[0, 3], at(120)), None);
+        // After a rejoin, a task is stuck after twice as long.
+        orphans.rejoined();
+        assert_eq!(orphans.stuck(&progress(40), &[0], at(200)), None);
+        assert_eq!(orphans.stuck(&progress(40), &[0], at(259)), None);
+        assert_eq!(orphans.stuck(&progress(40), &[0], at(260)), Some(2));
     }
 
     /// Per-user and per-item counts over one scaled-out topic, with a dedup
