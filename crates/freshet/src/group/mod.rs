@@ -255,7 +255,7 @@ pub fn run(
                 stop.clone(),
                 reads.clone(),
                 changelog,
-                tables.clone(),
+                (plan.pipeline.recommender.is_some(), tables.clone()),
             ))
         }
         false => None,

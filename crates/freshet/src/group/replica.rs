@@ -84,6 +84,8 @@ pub(super) struct Replica {
     reads: Option<Arc<Reads>>,
     /// Where replicas' checkpoints are shipped.
     changelog: Arc<Changelog>,
+    /// What it holds, for the logs: "recommender", "lookup tables" or both.
+    holds: &'static str,
     /// The process's lookup tables, which the replica feeds and the tasks read.
     tables: Option<Arc<Tables>>,
     /// Whether the tables hold what the topic held when the replica first
@@ -94,7 +96,8 @@ pub(super) struct Replica {
 }
 
 impl Replica {
-    /// A replica of the recommender of the job `planner` plans, reading
+    /// A replica of the recommender (if `recommender`) and the lookup
+    /// tables (`tables`, if any) of the job `planner` plans, reading
     /// every one of the `partitions` of source `source`, with its
     /// checkpoints in `dir`; it starts at the first [`Replica::step`].
     pub(super) fn new(
@@ -104,8 +107,13 @@ impl Replica {
         stop: Arc<AtomicBool>,
         reads: Option<Arc<Reads>>,
         changelog: Arc<Changelog>,
-        tables: Option<Arc<Tables>>,
+        (recommender, tables): (bool, Option<Arc<Tables>>),
     ) -> Self {
+        let holds = match (recommender, tables.is_some()) {
+            (true, true) => "recommender, lookup tables",
+            (false, true) => "lookup tables",
+            _ => "recommender",
+        };
         Replica {
             planner,
             source: source.to_owned(),
@@ -114,6 +122,7 @@ impl Replica {
             stop,
             reads,
             changelog,
+            holds,
             tables_loaded: Arc::new(AtomicBool::new(tables.is_none())),
             tables,
             state: State::Waiting(Instant::now()),
@@ -135,10 +144,7 @@ impl Replica {
                     if let (Some(reads), Some(recommending)) = (&self.reads, job.recommending()) {
                         reads.replica_started(recommending);
                     }
-                    tracing::info!(
-                        checkpoint = job.restored(),
-                        "The recommender's replica runs: it answers recommendations here."
-                    );
+                    tracing::info!(checkpoint = job.restored(), holds = self.holds, "The replica runs.");
                     State::Running(job)
                 }
                 Ok(Err(e)) => self.failed("could not start", e),
@@ -146,7 +152,7 @@ impl Replica {
             },
             State::Running(job) if job.finished() => match job.wait() {
                 Ok(summary) => {
-                    tracing::info!(lines = summary.lines, "The recommender's replica read its input to the end.");
+                    tracing::info!(lines = summary.lines, holds = self.holds, "The replica read its input to the end.");
                     if self.tables.is_some() && !self.tables_loaded.swap(true, Ordering::SeqCst) {
                         tracing::info!("The lookup tables are loaded: the tasks start.");
                     }
@@ -178,7 +184,7 @@ impl Replica {
         };
         job.stop();
         if let Err(e) = job.wait() {
-            tracing::warn!(error = %format!("{e:#}"), "The recommender's replica failed while stopping.");
+            tracing::warn!(error = %format!("{e:#}"), "The replica failed while stopping.");
         }
     }
 
@@ -188,7 +194,7 @@ impl Replica {
         tracing::error!(
             error = %format!("{e:#}"),
             retry_in_ms = delay.as_millis() as u64,
-            "The recommender's replica {what}; it starts again from its checkpoint."
+            "The replica {what}; it starts again from its checkpoint."
         );
         State::Waiting(Instant::now() + delay)
     }
@@ -219,10 +225,7 @@ impl Replica {
                 let stopped = || stop.load(Ordering::SeqCst);
                 match changelog.fetch(0, &stopped)?.map(|bytes| postcard::from_bytes::<Checkpoint>(&bytes)) {
                     Some(Ok(cp)) if cp.fingerprint == plan.fingerprint() => {
-                        tracing::info!(
-                            checkpoint = cp.id,
-                            "The recommender's replica starts from a shipped checkpoint."
-                        );
+                        tracing::info!(checkpoint = cp.id, "The replica starts from a shipped checkpoint.");
                         store.write(&cp)?;
                     }
                     Some(Ok(_)) => tracing::info!("The shipped replica checkpoint is of another config; not used."),
@@ -243,7 +246,7 @@ impl Replica {
                 }
                 None => ship,
             };
-            Job::start_task(Arc::new(plan), &dir, stop, hook).context("the recommender's replica")
+            Job::start_task(Arc::new(plan), &dir, stop, hook).context("the replica")
         };
         std::thread::Builder::new().name("start-recommender".into()).spawn(start)
     }

@@ -751,7 +751,7 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
         "{recs}"
     );
     let log = p2.log();
-    let resumed = log.lines().any(|l| l.contains("The recommender's replica runs") && l.contains("checkpoint="));
+    let resumed = log.lines().any(|l| l.contains("The replica runs.") && l.contains("checkpoint="));
     assert!(resumed, "p2's replica did not go on from its checkpoint after the restart:\n{log}");
 
     // A third process, new: its replica starts from a checkpoint another replica shipped.
@@ -760,10 +760,7 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let everything: Vec<_> = first[1..].iter().chain(&second).cloned().collect();
     wait_for_top_items(&[&a3], &everything, &mut [&mut p3]);
     let log = p3.log();
-    assert!(
-        log.contains("The recommender's replica starts from a shipped checkpoint."),
-        "p3 read the topic anew:\n{log}"
-    );
+    assert!(log.contains("The replica starts from a shipped checkpoint."), "p3 read the topic anew:\n{log}");
 }
 
 /// Lookup tables in a group (examples/kafka-group-lookup.toml): every
@@ -838,7 +835,7 @@ fn a_lookup_in_a_group_finds_rows_written_to_any_partition() {
     *expected.get_mut("u1").unwrap().entry("c9".into()).or_default() += 1;
     wait_for_categories(&[&a1, &a2], &expected, &mut [&mut p1, &mut p2]);
     let log = p2.log();
-    let resumed = log.lines().any(|l| l.contains("replica runs") && l.contains("checkpoint="));
+    let resumed = log.lines().any(|l| l.contains("The replica runs.") && l.contains("checkpoint="));
     assert!(resumed, "p2's replica did not restore its table from its checkpoint after the restart:\n{log}");
 }
 
