@@ -382,7 +382,8 @@ pub fn run(
                 starting.insert(key, handle);
             }
         }
-        if membership.rebalancing_for().is_none() && orphans.due() {
+        // (Not when every task is here: none can be orphaned.)
+        if owned.len() < starter.layout.partitions && membership.rebalancing_for().is_none() && orphans.due() {
             match membership.progress() {
                 Ok(progress) => {
                     if let Some(p) = orphans.stuck(&progress, &owned, Instant::now()) {

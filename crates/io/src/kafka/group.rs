@@ -135,7 +135,8 @@ impl Membership {
     }
 
     /// Each partition's committed offset (if any) and end offset: a task
-    /// whose offset stays below the end makes no progress.
+    /// whose offset stays below the end makes no progress. Each request
+    /// waits at most 2 s; the first that fails ends the reading.
     pub fn progress(&self) -> Result<Vec<(Option<u64>, u64)>> {
         let err = |message: String| IoError::Kafka { component: format!("group on {}", self.topic), message };
         let mut list = TopicPartitionList::new();
