@@ -12,10 +12,13 @@
 //! barrier, when every earlier chunk's pass is done and no later one has
 //! started.
 //!
-//! The runtime serialises access (one pass at a time), so a table is a
-//! plain hash map behind an uncontended mutex.
+//! The runtime serialises a job's passes (one at a time), so a table is a
+//! plain hash map behind a lock that one job leaves uncontended. In a group
+//! one job (the process's replica) writes the tables and every task reads
+//! them (`freshet::group`): a read–write lock, so the tasks' lookups do not
+//! wait for each other.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -80,7 +83,7 @@ pub type Row = Arc<Vec<Option<(Vec<u8>, Kind)>>>;
 /// Every table of a pipeline.
 #[derive(Debug, Default)]
 pub struct Tables {
-    maps: Mutex<Vec<FxHashMap<Vec<u8>, Row>>>,
+    maps: RwLock<Vec<FxHashMap<Vec<u8>, Row>>>,
 }
 
 /// A row as snapshotted: (key, columns as (JSON, kind index)).
@@ -96,16 +99,20 @@ const KINDS: [Kind; 7] = [Kind::String, Kind::Integer, Kind::Float, Kind::Bool, 
 impl Tables {
     /// `n` empty tables.
     pub fn new(n: usize) -> Self {
-        Self { maps: Mutex::new(vec![FxHashMap::default(); n]) }
+        Self { maps: RwLock::new(vec![FxHashMap::default(); n]) }
     }
 
-    fn maps(&self) -> std::sync::MutexGuard<'_, Vec<FxHashMap<Vec<u8>, Row>>> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    fn maps(&self) -> RwLockReadGuard<'_, Vec<FxHashMap<Vec<u8>, Row>>> {
+        self.maps.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn maps_mut(&self) -> RwLockWriteGuard<'_, Vec<FxHashMap<Vec<u8>, Row>>> {
+        self.maps.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes a row.
     pub fn upsert(&self, table: u16, key: &[u8], row: Row) {
-        if let Some(m) = self.maps().get_mut(table as usize) {
+        if let Some(m) = self.maps_mut().get_mut(table as usize) {
             m.insert(key.to_vec(), row);
         }
     }
@@ -150,7 +157,7 @@ impl Tables {
     /// Replaces every table with a snapshot's.
     pub fn restore(&self, bytes: &[u8]) -> Result<(), String> {
         let snap: Snapshot = postcard::from_bytes(bytes).map_err(|e| format!("invalid table snapshot: {e}"))?;
-        let mut maps = self.maps();
+        let mut maps = self.maps_mut();
         if snap.tables.len() != maps.len() {
             return Err(format!("the snapshot has {} tables, the pipeline {}", snap.tables.len(), maps.len()));
         }
