@@ -240,25 +240,24 @@ pub fn run(
     let halves: Vec<Half> = changelogs.keys().copied().collect();
     let tables = (!plan.pipeline.tables.is_empty())
         .then(|| Arc::new(freshet_engine::lookup::Tables::new(plan.pipeline.tables.len())));
-    let mut replica = match plan.pipeline.recommender.is_some() || tables.is_some() {
-        true => {
-            let topic = format!("{}-{name}-recommender-changelog", layout.group);
-            let changelog = Changelog::open(&layout.connection, &topic, 1)
-                .with_context(|| format!("source {name}: the recommender's changelog topic {topic}"))?;
-            let source = (name.as_str(), layout.partitions);
-            let dir = data_dir.join("recommender");
-            let changelog = Arc::new(changelog);
-            Some(replica::Replica::new(
-                planner.clone(),
-                source,
-                dir,
-                stop.clone(),
-                reads.clone(),
-                changelog,
-                (plan.pipeline.recommender.is_some(), tables.clone()),
-            ))
-        }
-        false => None,
+    let mut replica = if plan.pipeline.recommender.is_some() || tables.is_some() {
+        let topic = format!("{}-{name}-recommender-changelog", layout.group);
+        let changelog = Changelog::open(&layout.connection, &topic, 1)
+            .with_context(|| format!("source {name}: the recommender's changelog topic {topic}"))?;
+        let source = (name.as_str(), layout.partitions);
+        let dir = data_dir.join("recommender");
+        let changelog = Arc::new(changelog);
+        Some(replica::Replica::new(
+            planner.clone(),
+            source,
+            dir,
+            stop.clone(),
+            reads.clone(),
+            changelog,
+            (plan.pipeline.recommender.is_some(), tables.clone()),
+        ))
+    } else {
+        None
     };
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
     let starter = Arc::new(Starter {

@@ -147,19 +147,16 @@ impl Membership {
             .consumer
             .committed_offsets(list, Duration::from_secs(2))
             .map_err(|e| err(format!("reading the committed offsets: {e}")))?;
-        (0..self.partitions as i32)
-            .map(|p| {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(2))
-                    .map_err(|e| err(format!("reading the end of partition {p}: {e}")))?;
-                let at = committed.find_partition(&self.topic, p).and_then(|e| match e.offset() {
-                    Offset::Offset(n) if n >= 0 => Some(n as u64),
-                    _ => None,
-                });
-                Ok((at, high.max(0) as u64))
+        let ends =
+            super::admin::ends_seen_by(&self.consumer, &self.topic, self.partitions as u32, Duration::from_secs(2))
+                .map_err(err)?;
+        let at = |p: usize| {
+            committed.find_partition(&self.topic, p as i32).and_then(|e| match e.offset() {
+                Offset::Offset(n) if n >= 0 => Some(n as u64),
+                _ => None,
             })
-            .collect()
+        };
+        Ok(ends.into_iter().enumerate().map(|(p, end)| (at(p), end)).collect())
     }
 
     /// Leaves the group and joins it again as a new member, so that the
