@@ -115,6 +115,18 @@ impl SinkWriter {
         Ok(())
     }
 
+    /// Passes a forget on where the sink carries it further: a group's
+    /// repartition topic (a forget marker, one more record). Other sinks
+    /// have nothing to do.
+    pub fn forget(&mut self, forget: &freshet_engine::record::Forget) -> Result<()> {
+        if let Out::Kafka(k) = &mut self.out
+            && k.forget(forget)?
+        {
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
     /// Flushes buffered bytes to the target.
     pub fn flush(&mut self) -> Result<()> {
         match &mut self.out {

@@ -102,8 +102,8 @@ pub fn source(
 
 /// The state a pipeline keeps, as far as scaling out is concerned.
 pub struct KeptState<'a> {
-    /// Per feature: its path, key fields, and whether it is served.
-    pub features: &'a [(String, &'a [String], bool)],
+    /// Its features.
+    pub features: &'a [KeptFeature<'a>],
     /// Whether it has a recommender: a group runs it on every process, over
     /// every partition (`crate::group`'s replica).
     pub recommender: bool,
@@ -113,6 +113,18 @@ pub struct KeptState<'a> {
     /// Whether a flow has a keyed stage (dedup): its tables move with the
     /// tasks' checkpoints, so only a group of tasks can keep them.
     pub keyed_stages: bool,
+}
+
+/// A feature, as a group's planning sees it.
+pub struct KeptFeature<'a> {
+    /// Its path in the config (`features[i]`).
+    pub path: String,
+    /// Its key fields.
+    pub key: &'a [String],
+    /// Whether it is served.
+    pub serve: bool,
+    /// The entity it is read (and forgotten) by.
+    pub entity: Entity,
 }
 
 /// What a `scale_out` source allows. A stateless pipeline shares the topic
@@ -146,13 +158,6 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     if sources.len() > 1 {
         p.err(format!("{path}.scale_out"), "a job that scales out with state reads this one source only");
     }
-    if k.forget_on_tombstone == Some(Entity::Item) {
-        p.err(
-            format!("{path}.forget_on_tombstone"),
-            "\"item\" is not supported in a group yet: a tombstone reaches the task of its partition only, \
-             and an item's features live on other tasks (\"user\" is)",
-        );
-    }
     for s in sinks {
         if !matches!(s.target, freshet_io::sink::Target::Kafka(_)) {
             p.err(
@@ -173,8 +178,21 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     };
     // Features keyed otherwise are fed through one repartition topic, keyed by their first key field.
     let mut by: Option<(&str, &str)> = None;
-    for (feature, fields, serve) in state.features {
+    for KeptFeature { path: feature, key: fields, serve, entity } in state.features {
         if fields.contains(key) {
+            // A tombstone reaches the task of the entity's partition, and forgets
+            // the keys that begin with its id: they must all be in that partition.
+            if k.forget_on_tombstone == Some(*entity) && fields.first() != Some(key) {
+                p.err(
+                    format!("{feature}.key"),
+                    format!(
+                        "spreads each {entity}'s keys over the tasks ({path} is partitioned by {key}), and a \
+                         tombstone forgets it in one task (forget_on_tombstone): put {key} first, or take {key} \
+                         out of the key (the feature is then repartitioned by its first field)",
+                        entity = if *entity == Entity::User { "user" } else { "item" },
+                    ),
+                );
+            }
             // A read names the entity (the first key field): its partition must follow from it.
             if *serve && fields.first() != Some(key) {
                 p.err(
@@ -192,7 +210,7 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
             continue;
         };
         match by {
-            None => by = Some((feature, first)),
+            None => by = Some((feature.as_str(), first)),
             Some((other, field)) if field != first => p.err(
                 format!("{feature}.key"),
                 format!(

@@ -174,10 +174,21 @@ mod tests {
         assert_eq!(paths(&job("", stdout, recommender)), ["sinks.out.type"]);
         assert!(plan_text(&job("", kafka, recommender)).is_ok());
         assert!(plan_text(&job("partition_key = \"user_id\"", kafka, &(stateful.clone() + recommender))).is_ok());
-        // A tombstone forgets a user in its partition's task; an item's features live on other tasks.
+        // A tombstone forgets a user in its partition's task, an item in the
+        // repartitioned task its id picks; not an entity spread over every task.
         let forget = |entity: &str| format!("partition_key = \"user_id\"\nforget_on_tombstone = \"{entity}\"");
         assert!(plan_text(&job(&forget("user"), kafka, &stateful)).is_ok());
-        assert_eq!(paths(&job(&forget("item"), kafka, &stateful)), ["sources.k.forget_on_tombstone"]);
+        assert!(
+            plan_text(&job(
+                &forget("item"),
+                kafka,
+                &(stateful.clone() + &feature("\"item_id\"", true).replace("\"g\"", "\"h\""))
+            ))
+            .is_ok()
+        );
+        let spread = feature("\"item_id\", \"user_id\"", false);
+        assert_eq!(paths(&job(&forget("item"), kafka, &spread)), ["features[0].key"]);
+        assert!(plan_text(&job(&forget("user"), kafka, &spread)).is_ok(), "an item's keys are not a user's");
         assert_eq!(paths(&job(&forget("users"), kafka, &stateful)), ["sources.k.forget_on_tombstone"]);
         let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
         assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);

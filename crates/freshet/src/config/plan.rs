@@ -867,11 +867,17 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
 
     let recommender = config.recommender.as_ref().map(|r| super::recommender::plan(r, &flows, shards, &mut p));
     let keyed_stages = flows.iter().flat_map(|f| &f.stages).any(|s| s.placement() == Placement::Keyed);
-    let keyed_by: Vec<(String, &[String], bool)> = config
+    let keyed_by: Vec<super::kafka::KeptFeature<'_>> = config
         .features
         .iter()
+        .zip(&features)
         .enumerate()
-        .map(|(i, f)| (format!("features[{i}]"), f.key.as_slice(), f.serve.unwrap_or(true)))
+        .map(|(i, (f, spec))| super::kafka::KeptFeature {
+            path: format!("features[{i}]"),
+            key: f.key.as_slice(),
+            serve: f.serve.unwrap_or(true),
+            entity: spec.entity,
+        })
         .collect();
     let state = super::kafka::KeptState {
         features: &keyed_by,

@@ -226,8 +226,8 @@ pub fn run(
         let members = Members::open(&layout.connection, &topic, reads.advertised())
             .with_context(|| format!("source {name}: the members topic {topic}"))?;
         let tombstones = reads
-            .forgets_users()
-            .then(|| Tombstones::open(&layout.connection, &source.topic, layout.partitions, source.partitioner))
+            .forgets()
+            .map(|_| Tombstones::open(&layout.connection, &source.topic, layout.partitions, source.partitioner))
             .transpose()
             .with_context(|| format!("source {name}: its tombstones"))?;
         reads.joined(layout.partitions, members, tombstones);

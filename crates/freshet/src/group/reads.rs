@@ -52,13 +52,13 @@ pub struct Reads {
     advertised: String,
     partitions: OnceLock<usize>,
     members: OnceLock<Members>,
-    /// Where a forgotten user's tombstone goes (when the source forgets on tombstones).
+    /// Where a forgotten entity's tombstone goes (when the source forgets on tombstones).
     tombstones: OnceLock<Arc<Tombstones>>,
     local: Mutex<Local>,
     /// Whether the job has a recommender.
     has_recommender: bool,
-    /// Whether its source forgets users on tombstones.
-    forgets_users: bool,
+    /// What its source's tombstones forget (`forget_on_tombstone`).
+    forgets: Option<Entity>,
     /// Its replica's model, once the replica runs here.
     replica: RwLock<Option<Recommending>>,
 }
@@ -98,7 +98,7 @@ impl Reads {
             tombstones: OnceLock::new(),
             local: Mutex::new(Local::default()),
             has_recommender: plan.pipeline.recommender.is_some(),
-            forgets_users: source.is_some_and(|k| k.forget_on_tombstone == Some(Entity::User)),
+            forgets: source.and_then(|k| k.forget_on_tombstone),
             replica: RwLock::new(None),
         })
     }
@@ -151,8 +151,8 @@ impl Reads {
     }
 
     /// The group was joined: the topic has `partitions`, `members` says
-    /// who owns which, and `tombstones` (if the source forgets users on
-    /// tombstones) forget a user through the topic.
+    /// who owns which, and `tombstones` (if the source forgets on
+    /// tombstones) forget an entity through the topic.
     pub(super) fn joined(&self, partitions: usize, members: Members, tombstones: Option<Tombstones>) {
         let _ = self.partitions.set(partitions);
         let _ = self.members.set(members);
@@ -161,17 +161,18 @@ impl Reads {
         }
     }
 
-    /// What forgets a user: a tombstone in the source topic, read in order
-    /// by the user's task and by every replica of the recommender. `None`
-    /// when the source does not forget users on tombstones, or before the
-    /// group was joined.
+    /// What forgets an entity: a tombstone in the source topic, read in
+    /// order by the task of its partition (which passes an item on to its
+    /// repartitioned task) and by every replica of the recommender. `None`
+    /// when the source does not forget on tombstones, or before the group
+    /// was joined.
     pub fn tombstones(&self) -> Option<Arc<Tombstones>> {
         self.tombstones.get().cloned()
     }
 
-    /// Whether the source forgets users on tombstones.
-    pub fn forgets_users(&self) -> bool {
-        self.forgets_users
+    /// What the source's tombstones forget, if it forgets on tombstones.
+    pub fn forgets(&self) -> Option<Entity> {
+        self.forgets
     }
 
     /// The group assigned `owned` to this process; tells the others.

@@ -2,9 +2,10 @@
 //! reads (answered here, or forwarded to the process that runs the
 //! entity's task, see `crate::group::reads`), recommendations (answered
 //! here, from this process's replica of the recommender), forgetting a user
-//! (a tombstone in the source topic, which the user's task and every
-//! replica read in order with the user's events) and the operations
-//! endpoints.
+//! or an item (a tombstone in the source topic, which the task of its
+//! partition and every replica read in order with its events; an item's
+//! task passes it on to the repartitioned task that keeps the item's
+//! features) and the operations endpoints.
 //!
 //! Every answer says which process gave it (`x-freshet-served-by`, an
 //! advertised address). A forwarded request carries `x-freshet-forwarded`,
@@ -58,7 +59,7 @@ pub fn router(reads: Arc<Reads>, prometheus: PrometheusHandle) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(super::ops::healthz))
         .route("/v1/events", post(not_in_a_group))
-        .route("/v1/items/{id}", delete(not_in_a_group))
+        .route("/v1/items/{id}", delete(forget_item))
         .fallback(super::ops::no_endpoint)
         .method_not_allowed_fallback(super::ops::wrong_method)
         .layer(axum::middleware::from_fn(super::record_latency))
@@ -89,19 +90,31 @@ async fn similar(
 
 /// `DELETE /v1/users/{id}`: 202 once the user's tombstone is in the source
 /// topic; the user is gone from reads once its task and the replicas reach it.
-async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Response {
+async fn forget_user(state: State<GroupState>, id: Path<String>) -> Response {
+    forget(state, id, Entity::User).await
+}
+
+/// `DELETE /v1/items/{id}`: 202 once the item's tombstone is in the source
+/// topic; the item is gone from reads once the task of the tombstone's
+/// partition passed it on to the item's repartitioned task, and that task
+/// reached it.
+async fn forget_item(state: State<GroupState>, id: Path<String>) -> Response {
+    forget(state, id, Entity::Item).await
+}
+
+async fn forget(State(s): State<GroupState>, Path(id): Path<String>, entity: Entity) -> Response {
     let me = s.reads.advertised().to_owned();
-    let answer = if !s.reads.forgets_users() {
-        Err(ApiError::NotFound(
-            "this group forgets a user through a tombstone in its source topic: \
-             set forget_on_tombstone = \"user\" on the source (docs/config.md)"
-                .into(),
-        ))
+    let (name, field) = if entity == Entity::User { ("user", "user_id") } else { ("item", "item_id") };
+    let answer = if s.reads.forgets() != Some(entity) {
+        Err(ApiError::NotFound(format!(
+            "this group forgets through tombstones in its source topic, each of one kind of entity: \
+             set forget_on_tombstone = \"{name}\" on the source to forget a {name} (docs/config.md)"
+        )))
     } else if id.is_empty() {
         Err(ApiError::BadRequest("empty id".into()))
     } else {
         match s.reads.tombstones() {
-            Some(t) => send_tombstone(t, id.clone()).await.map(|()| accepted("user_id", id).into_response()),
+            Some(t) => send_tombstone(t, id.clone()).await.map(|()| accepted(field, id).into_response()),
             None => Err(ApiError::Unavailable("this process has not joined its group yet".into())),
         }
     };
@@ -109,12 +122,8 @@ async fn forget_user(State(s): State<GroupState>, Path(id): Path<String>) -> Res
 }
 
 /// What a single process serves and a group does not (yet).
-async fn not_in_a_group(State(s): State<GroupState>, uri: Uri) -> Response {
-    let why = if uri.path() == "/v1/events" {
-        "a group reads its events from its Kafka topic: produce them there"
-    } else {
-        "forgetting an item is not supported in a group yet: its features live on the repartition topic's tasks"
-    };
+async fn not_in_a_group(State(s): State<GroupState>) -> Response {
+    let why = "a group reads its events from its Kafka topic: produce them there";
     served_by(ApiError::NotFound(why.into()).into_response(), s.reads.advertised())
 }
 

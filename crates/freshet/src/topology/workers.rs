@@ -39,12 +39,17 @@ pub(super) enum WriterMsg {
     Rows { shard: usize, sink: u16, buf: SinkBuffer },
     /// The shard has shipped everything before barrier `id`.
     Barrier { shard: usize, id: u64 },
+    /// Shard 0 applied a forget after the rows routed before it: a sink
+    /// that carries forgets further (a group's repartition topic) gets it here.
+    Forget { shard: usize, forget: freshet_engine::record::Forget },
 }
 
 impl WriterMsg {
     fn shard(&self) -> usize {
         match self {
-            WriterMsg::Rows { shard, .. } | WriterMsg::Barrier { shard, .. } => *shard,
+            WriterMsg::Rows { shard, .. } | WriterMsg::Barrier { shard, .. } | WriterMsg::Forget { shard, .. } => {
+                *shard
+            }
         }
     }
 }
@@ -530,6 +535,13 @@ pub(super) fn shard(
             return latencies;
         }
         let stats = shard.process(&input);
+        // Every shard forgets; one passes the forget on, after the routed rows before it.
+        if index == 0
+            && let Some(forget) = input.forget.take()
+            && !send(&wtx, WriterMsg::Forget { shard: index, forget }, &shared)
+        {
+            return latencies;
+        }
         let had_records = !input.batch.records.is_empty() || !input.batch.model.is_empty();
         pools.give_batch(from, std::mem::take(&mut input.batch));
         metrics.record(&stats, shard.watermark());
@@ -764,6 +776,12 @@ pub(super) fn write(
                     w.write(&buf.data, buf.rows)?;
                     metrics.rows(sink as usize, buf.rows);
                     pools.give_buffer(buf.data);
+                    dirty = true;
+                }
+                WriterMsg::Forget { forget, .. } => {
+                    for w in &mut writers {
+                        w.forget(&forget)?;
+                    }
                     dirty = true;
                 }
                 WriterMsg::Barrier { id, .. } => {

@@ -763,6 +763,93 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     assert!(log.contains("The replica starts from a shipped checkpoint."), "p3 read the topic anew:\n{log}");
 }
 
+/// Forgetting an item in a group: examples/kafka-group-features.toml with
+/// `forget_on_tombstone = "item"`. The topic is keyed by user, so an item's
+/// views are counted by the repartitioned task its id picks, and its
+/// tombstone lands in the input partition the producers' partitioner picks:
+/// that task passes the forget on through the repartition topic. Twenty-four
+/// users view eight items; three items are forgotten through one process,
+/// and both processes then find none of their views while the other five
+/// keep theirs. One process is killed (SIGKILL) and the users view a
+/// forgotten item and a kept one again: after the restart, from either
+/// process, the forgotten item counts only the views after its forget, the
+/// kept one all of them, and the other two forgotten items stay forgotten.
+#[test]
+fn an_item_forgotten_in_a_group_is_forgotten_by_the_task_that_counts_its_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "forget-items";
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    let example = std::fs::read_to_string(support::repo_root().join("examples/kafka-group-features.toml")).unwrap();
+    let config = dir.path().join("forget-items.toml");
+    let forgets_items = example.replace(r#"forget_on_tombstone = "user""#, r#"forget_on_tombstone = "item""#);
+    assert_ne!(forgets_items, example, "the example no longer forgets on tombstones");
+    std::fs::write(&config, forgets_items).unwrap();
+    let produce = |name: &str, items: &[&str], from_ms: i64| {
+        let lines: Vec<String> = (0..24)
+            .flat_map(|u| items.iter().enumerate().map(move |(k, item)| (u, k, item)))
+            .map(|(u, k, item)| {
+                let at = from_ms + (u * items.len() + k) as i64;
+                serde_json::json!({ "type": "view", "user_id": format!("u{u}"), "item_id": item, "ts": at }).to_string()
+            })
+            .collect();
+        let file = dir.path().join(format!("{name}.ndjson"));
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", file.to_str().unwrap()]);
+    };
+    let items: Vec<String> = (0..8).map(|i| format!("i{i}")).collect();
+    produce("first", &items.iter().map(String::as_str).collect::<Vec<_>>(), 1_700_000_000_000);
+    let job = (config.to_str().unwrap(), topic, "item-forgetters");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let (a1, a2) = (wait_for_addr(&mut p1), wait_for_addr(&mut p2));
+    let counted = |item: &str, views: u64| (format!("/v1/items/{item}/features"), Counts::Item(views));
+    let all: Vec<_> = items.iter().map(|i| counted(i, 24)).collect();
+    wait_for_reads(&[&a1, &a2], &all, &mut [&mut p1, &mut p2]);
+
+    let (status, refused) = support::request(&a1, "DELETE", "/v1/users/u1", "text/plain", "");
+    assert!(status == 404 && refused.contains(r#"forget_on_tombstone = \"user\""#), "{status} {refused}");
+    let forgotten = ["i0", "i1", "i2"];
+    for item in forgotten {
+        let (status, body) = support::request(&a1, "DELETE", &format!("/v1/items/{item}"), "text/plain", "");
+        assert_eq!(status, 202, "forgetting {item}: {body}");
+    }
+    let kept: Vec<_> = items[3..].iter().map(|i| counted(i, 24)).collect();
+    wait_for_forgotten(&[&a1, &a2], &forgotten, &mut [&mut p1, &mut p2]);
+    wait_for_reads(&[&a1, &a2], &kept, &mut [&mut p1, &mut p2]);
+
+    p2.kill("p2");
+    produce("second", &["i0", "i3"], 1_700_000_100_000);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    let a2 = wait_for_addr(&mut p2);
+    let after: Vec<_> =
+        [counted("i0", 24), counted("i3", 48)].into_iter().chain(items[4..].iter().map(|i| counted(i, 24))).collect();
+    wait_for_reads(&[&a1, &a2], &after, &mut [&mut p1, &mut p2]);
+    wait_for_forgotten(&[&a1, &a2], &forgotten[1..], &mut [&mut p1, &mut p2]);
+}
+
+/// Asks every one of `addrs` for each of `items`' features until none is
+/// found (within 120 s).
+fn wait_for_forgotten(addrs: &[&str], items: &[&str], members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for addr in addrs {
+        for item in items {
+            loop {
+                let (status, body) = support::request(addr, "GET", &format!("/v1/items/{item}/features"), "", "");
+                let found = serde_json::from_str::<serde_json::Value>(&body).ok().map(|v| v["found"].clone());
+                if status == 200 && found == Some(false.into()) {
+                    break;
+                }
+                for m in members.iter_mut() {
+                    assert!(m.alive(), "a member exited:\n{}", m.log());
+                }
+                assert!(Instant::now() < deadline, "{item} still found at {addr} after 120 s: {status} {body}");
+                thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+}
+
 /// Lookup tables in a group (examples/kafka-group-lookup.toml): every
 /// process keeps the whole table. Sixteen items' upserts (4 categories) are
 /// keyed by item id, so they lie in other partitions than most of the forty

@@ -36,6 +36,8 @@ use super::admin::{TopicSpec, ensure_topic, wait_for_partitions};
 use super::keys::{KeyRule, is_tombstone, key_of};
 use super::{Connection, Logged, Stop};
 use crate::error::{IoError, Result};
+use freshet_engine::features::Entity;
+use freshet_engine::record::Forget;
 
 /// Said with every transaction failure: the usual cause is a broker without them.
 const TRANSACTIONS_HINT: &str = " (delivery = \"exactly_once\" needs brokers with transactions, \
@@ -87,6 +89,39 @@ pub const WATERMARK_OF_UPSTREAM: u64 = u64::MAX - 1;
 /// has had nothing for its idle timeout, so it holds no reader's watermark
 /// back until it writes again (Flink's idle watermark status).
 pub const IDLE_UPSTREAM: u64 = u64::MAX - 2;
+
+/// A repartition topic's forget marker: the writing task forgot an entity
+/// (its source read the entity's tombstone), and the task that keeps the
+/// entity's repartitioned features forgets it where the marker stands among
+/// the writer's records. Its key is a record's key followed by the entity's
+/// id (a row's key is never longer), its value the entity's kind.
+pub fn forget_marker_key(upstream: u32, seq: u64, id: &[u8]) -> Vec<u8> {
+    [&repartition_key(upstream, seq)[..], id].concat()
+}
+
+/// The writer, number and forget of a forget marker: the id its key holds
+/// after the writer and number, the entity its value names (see
+/// [`forget_marker_key`]).
+pub fn parse_forget_marker(key: &[u8], value: Option<&[u8]>) -> Option<(u32, u64, Forget)> {
+    let (upstream, seq) = parse_repartition_key(key.get(..12)?)?;
+    let id = key.get(12..).filter(|id| !id.is_empty())?;
+    let entity = match value? {
+        b"user" => Entity::User,
+        b"item" => Entity::Item,
+        b"none" => Entity::None,
+        _ => return None,
+    };
+    Some((upstream, seq, Forget { entity, id: id.to_vec() }))
+}
+
+/// The value of a forget marker: the entity's kind.
+fn entity_name(entity: Entity) -> &'static [u8] {
+    match entity {
+        Entity::User => b"user",
+        Entity::Item => b"item",
+        Entity::None => b"none",
+    }
+}
 
 /// The key of a repartition record: writing task and number, big-endian.
 pub fn repartition_key(upstream: u32, seq: u64) -> [u8; 12] {
@@ -260,6 +295,25 @@ impl KafkaSink {
         self.check()
     }
 
+    /// Passes a forget on to the task that keeps the entity's repartitioned
+    /// features: a forget marker, numbered as the rows are, in the partition
+    /// the entity's id picks. Other sinks have nothing to pass on. Returns
+    /// whether a record was produced.
+    pub fn forget(&mut self, forget: &Forget) -> Result<bool> {
+        let Some(r) = &self.repartition else { return Ok(false) };
+        if forget.id.is_empty() {
+            return Ok(false);
+        }
+        let partition =
+            super::keys::Partitioner::ConsistentRandom.partition(&forget.id, self.partitions as usize) as i32;
+        let key = forget_marker_key(r.upstream, self.seq, &forget.id);
+        self.seq += 1;
+        let record = BaseRecord::to(&self.topic).key(&key[..]).payload(entity_name(forget.entity)).partition(partition);
+        super::send_with_room(&self.producer, record, &*self.stop).map_err(|m| self.failure(m))?;
+        self.producer.poll(Duration::ZERO);
+        self.check().map(|()| true)
+    }
+
     /// Waits until every record produced so far is acknowledged (a
     /// checkpoint's commit point), logging while the brokers keep it waiting.
     pub fn sync(&mut self) -> Result<()> {
@@ -344,6 +398,18 @@ mod tests {
         assert_eq!(parse_repartition_key(&repartition_key(0, END_OF_UPSTREAM)), Some((0, END_OF_UPSTREAM)));
         assert_eq!(parse_repartition_key(&key[..11]), None);
         assert_eq!(parse_repartition_key(b"a result key, 12+ bytes"), None);
+    }
+
+    #[test]
+    fn a_forget_marker_holds_writer_number_and_the_forgotten_entity() {
+        let key = forget_marker_key(2, 77, b"i9");
+        assert_eq!(parse_repartition_key(&key), None, "a forget marker is not taken for a row");
+        let forget = Forget { entity: Entity::Item, id: b"i9".to_vec() };
+        assert_eq!(parse_forget_marker(&key, Some(b"item")), Some((2, 77, forget)));
+        assert_eq!(parse_forget_marker(&key, Some(entity_name(Entity::User))).map(|m| m.2.entity), Some(Entity::User));
+        assert_eq!(parse_forget_marker(&key, None), None, "a marker names its entity");
+        assert_eq!(parse_forget_marker(&key, Some(b"{\"item_id\":\"i9\"}")), None);
+        assert_eq!(parse_forget_marker(&repartition_key(2, 77), Some(b"item")), None, "a marker names its id");
     }
 
     #[test]

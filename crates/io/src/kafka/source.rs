@@ -134,7 +134,7 @@ struct Part {
 /// last, and the repartition topic's offset of its first. An upstream's end
 /// marker is a span that never ends: a restored reader must read it again,
 /// as the end is not in its checkpoint.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
     end: u64,
     kafka_offset: u64,
@@ -550,9 +550,12 @@ impl Reader {
         }
     }
 
-    /// A repartition record: a row of its upstream's, numbered (dropped when
-    /// seen before), or the upstream's end marker.
+    /// A repartition record: a row of its upstream's or a forget, numbered
+    /// (dropped when seen before), or the upstream's end, watermark or idle marker.
     fn take_repartitioned(&mut self, m: &BorrowedMessage<'_>, consumer: &BaseConsumer<GroupContext>) {
+        if let Some((u, seq, forget)) = m.key().and_then(|k| super::sink::parse_forget_marker(k, m.payload())) {
+            return self.take_forget_marker(u, seq, forget, m.offset(), consumer);
+        }
         let Some((u, seq)) = m.key().and_then(super::sink::parse_repartition_key) else {
             let component = self.name.as_str();
             return tracing::warn!(component, offset = m.offset(), "A repartition record without its key; dropped.");
@@ -591,6 +594,29 @@ impl Reader {
             }
         }
         // Else written again by a task that ran again from a checkpoint: dropped.
+    }
+
+    /// A forget marker, number `seq` of upstream `u`: the entity is forgotten
+    /// after that upstream's records before it (dropped when seen before).
+    fn take_forget_marker(
+        &mut self,
+        u: u32,
+        seq: u64,
+        forget: Forget,
+        offset: i64,
+        consumer: &BaseConsumer<GroupContext>,
+    ) {
+        let Some(i) = self.parts.iter().position(|p| p.id == u as i32) else {
+            let component = self.name.as_str();
+            return tracing::warn!(component, upstream = u, "A forget marker of an unknown task; dropped.");
+        };
+        let kafka_offset = offset.max(0) as u64;
+        self.resume.consumed = self.resume.consumed.max(kafka_offset + 1);
+        if self.parts[i].finished || self.parts[i].next.is_some_and(|next| seq < next) {
+            return;
+        }
+        self.forget(i, seq, forget, consumer);
+        self.parts[i].spans.push_back(Span { end: seq + 1, kafka_offset });
     }
 
     /// Upstream `i` says its watermark is `watermark`: its pending chunk
@@ -803,6 +829,31 @@ mod tests {
                 (3, 4, &b"{\"a\":3}\n"[..], None)
             ]
         );
+    }
+
+    #[test]
+    fn a_forget_marker_forgets_after_its_upstreams_rows_and_once() {
+        let mut r = reader(2);
+        let consumer: BaseConsumer<GroupContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create_with_context(GroupContext::new("test", "test", "partitions"))
+            .unwrap();
+        let forget = Forget { entity: freshet_engine::features::Entity::Item, id: b"i9".to_vec() };
+        r.append(0, 0, b"{\"a\":1}", &consumer);
+        r.append(0, 1, b"{\"a\":2}", &consumer);
+        r.append(1, 0, b"{\"b\":1}", &consumer);
+        r.take_forget_marker(0, 2, forget.clone(), 40, &consumer);
+        let chunks: Vec<_> =
+            r.ready.drain(..).map(|c| (c.partition, c.first_offset, c.end_position, c.forget)).collect();
+        assert_eq!(chunks, [(0, 0, 2, None), (0, 2, 3, Some(forget.clone()))], "upstream 1's rows still pending");
+        assert_eq!(r.parts[0].spans.back(), Some(&Span { end: 3, kafka_offset: 40 }));
+        assert_eq!(r.resume.consumed, 41);
+        // Read again after a restore, or written again by an upstream that ran again: dropped.
+        r.take_forget_marker(0, 2, forget.clone(), 41, &consumer);
+        r.take_forget_marker(0, 1, forget.clone(), 42, &consumer);
+        r.take_forget_marker(7, 0, forget, 43, &consumer);
+        assert!(r.ready.is_empty());
+        assert_eq!(r.parts[0].next, Some(3));
     }
 
     #[test]
