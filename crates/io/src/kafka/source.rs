@@ -597,7 +597,7 @@ impl Reader {
     }
 
     /// A forget marker, number `seq` of upstream `u`: the entity is forgotten
-    /// after that upstream's records before it (dropped when seen before).
+    /// after every record read before it (dropped when seen before).
     fn take_forget_marker(
         &mut self,
         u: u32,
@@ -615,6 +615,9 @@ impl Reader {
         if self.parts[i].finished || self.parts[i].next.is_some_and(|next| seq < next) {
             return;
         }
+        // After every row read before it, of any upstream: its place in the
+        // partition, which a restored reader reads again in the same order.
+        self.flush_all();
         self.forget(i, seq, forget, consumer);
         self.parts[i].spans.push_back(Span { end: seq + 1, kafka_offset });
     }
@@ -832,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn a_forget_marker_forgets_after_its_upstreams_rows_and_once() {
+    fn a_forget_marker_forgets_after_every_row_read_before_it_and_once() {
         let mut r = reader(2);
         let consumer: BaseConsumer<GroupContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")
@@ -845,7 +848,8 @@ mod tests {
         r.take_forget_marker(0, 2, forget.clone(), 40, &consumer);
         let chunks: Vec<_> =
             r.ready.drain(..).map(|c| (c.partition, c.first_offset, c.end_position, c.forget)).collect();
-        assert_eq!(chunks, [(0, 0, 2, None), (0, 2, 3, Some(forget.clone()))], "upstream 1's rows still pending");
+        let after_every_row = [(0, 0, 2, None), (1, 0, 1, None), (0, 2, 3, Some(forget.clone()))];
+        assert_eq!(chunks, after_every_row, "upstream 1's row read before the marker goes first");
         assert_eq!(r.parts[0].spans.back(), Some(&Span { end: 3, kafka_offset: 40 }));
         assert_eq!(r.resume.consumed, 41);
         // Read again after a restore, or written again by an upstream that ran again: dropped.
