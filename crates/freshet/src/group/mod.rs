@@ -29,13 +29,17 @@
 //! group takes a partition away, they stop. Results are keyed, so what a
 //! half writes again after a move replaces the same records.
 //!
-//! A bounded job's process ends once every task it owns has read its input
-//! to the end (the repartitioned half: once every upstream task has) and no
+//! Each process writes to the group's members topic which tasks it runs,
+//! that it is alive (every few seconds), and when a half of a bounded job
+//! is done ([`Members`]). A bounded job's process ends once every task of
+//! the group is done, its own and the others' (a half has read its input to
+//! the end; the repartitioned half once every upstream task has), and no
 //! rebalance is under way (it may bring more tasks, and a member that leaves
 //! mid-rebalance can leave the group stuck on tansu); an unbounded one runs
-//! until stopped. A process that sees a task run elsewhere stuck below its
-//! partition's end joins the group again ([`Orphans`]), so a member that
-//! died for good does not keep its tasks.
+//! until stopped. A process that sees a task not done without a live owner
+//! for a while joins the group again ([`Orphans`]), so a member that died
+//! for good does not keep its tasks, whichever of their halves it had
+//! finished.
 //!
 //! Reads of the tasks' features are answered by the process that runs the
 //! entity's task, whichever process they are sent to ([`reads`]).
@@ -92,13 +96,13 @@ const REBALANCE_WAIT: Duration = Duration::from_secs(120);
 const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
-/// A task owned elsewhere whose committed offset stayed below its
-/// partition's end this long is taken for one nobody runs (see
-/// [`Orphans`]); twice as long after each time this process joined again
-/// for one, up to [`ORPHAN_AFTER_MAX`].
+/// A task owned elsewhere, not done, that no member alive claimed this
+/// long is taken for one nobody runs (see [`Orphans`]); twice as long after
+/// each time this process joined again for one, up to [`ORPHAN_AFTER_MAX`].
 const ORPHAN_AFTER: Duration = Duration::from_secs(30);
 const ORPHAN_AFTER_MAX: Duration = Duration::from_secs(600);
-/// How often a process looks for such tasks.
+/// How often a process says it is alive (its claim again, in the members
+/// topic) and looks for tasks nobody runs.
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The group's source: its index and settings.
@@ -122,6 +126,14 @@ enum Half {
 }
 
 impl Half {
+    /// Its name in the group's task statuses.
+    fn name(self) -> &'static str {
+        match self {
+            Half::Input => "input",
+            Half::Repartitioned => "repartitioned",
+        }
+    }
+
     /// The half that computes a feature keyed by `key`: the input half when
     /// the key holds the field the input is partitioned by.
     fn of<F: AsRef<str>>(key: &[F], partition_key: &str) -> Half {
@@ -221,16 +233,24 @@ pub fn run(
         .with_context(|| format!("source {name}"))?;
     let layout = Layout::of(plan, index, membership.partitions())?;
     let changelogs = create_topics(plan, &layout)?;
+    // Who runs which task, who is alive, which halves are done (and, when
+    // this process serves, where it answers).
+    let topic = format!("{}-{name}-members", layout.group);
+    let address = match &reads {
+        Some(r) => r.advertised().to_owned(),
+        None => format!("unserved-{}-{}", std::process::id(), crate::topology::wall_ms()),
+    };
+    let members = Arc::new(
+        Members::open(&layout.connection, &topic, &address)
+            .with_context(|| format!("source {name}: the members topic {topic}"))?,
+    );
     if let Some(reads) = &reads {
-        let topic = format!("{}-{name}-members", layout.group);
-        let members = Members::open(&layout.connection, &topic, reads.advertised())
-            .with_context(|| format!("source {name}: the members topic {topic}"))?;
         let tombstones = reads
             .forgets()
             .map(|_| Tombstones::open(&layout.connection, &source.topic, layout.partitions, source.partitioner))
             .transpose()
             .with_context(|| format!("source {name}: its tombstones"))?;
-        reads.joined(layout.partitions, members, tombstones);
+        reads.joined(layout.partitions, members.clone(), tombstones);
     }
     let forget = |key: Key| {
         if let Some(r) = &reads {
@@ -306,6 +326,9 @@ pub fn run(
                 forget(key);
                 running.remove(&key).map(halt);
             }
+            if let Err(e) = members.announce(&assigned) {
+                tracing::warn!(error = %e, "Could not tell the group which tasks run here; reads of them may not find this process.");
+            }
             if let Some(r) = &reads {
                 r.assigned(&assigned);
             }
@@ -346,14 +369,18 @@ pub fn run(
             let ended = job.wait();
             shipper.flush();
             let ended = ended.and_then(|summary| {
-                tracing::info!(task = p, ?half, lines = summary.lines, "Task half read its input to the end.");
-                match &shipper.upstream {
-                    Some(upstream) => upstream.markers.end().context("marking the end of its repartitioned events"),
-                    None => Ok(()),
+                if let Some(upstream) = &shipper.upstream {
+                    upstream.markers.end().context("marking the end of its repartitioned events")?;
                 }
+                Ok(summary)
             });
             match ended {
-                Ok(()) => {
+                Ok(summary) => {
+                    // Its last checkpoint is in the changelog: the group may count it done.
+                    if let Err(e) = members.task_status(p, half.name(), true) {
+                        tracing::warn!(task = p, ?half, error = %e, "Could not tell the group the half is done.");
+                    }
+                    tracing::info!(task = p, ?half, lines = summary.lines, "Task half read its input to the end.");
                     done.insert(key);
                 }
                 Err(e) => {
@@ -373,6 +400,10 @@ pub fn run(
                 if busy || starting.len() >= 2 || retry_at.get(&key).is_some_and(|t| *t > now) {
                     continue;
                 }
+                // Not done (a status from an earlier run said so, perhaps): it runs again.
+                if let Err(e) = members.task_status(p, half.name(), false) {
+                    tracing::debug!(task = p, ?half, error = %e, "Could not tell the group the half starts.");
+                }
                 let starter = starter.clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("start-task-{p}"))
@@ -381,28 +412,39 @@ pub fn run(
                 starting.insert(key, handle);
             }
         }
-        // (Not when every task is here: none can be orphaned.)
-        if owned.len() < starter.layout.partitions && membership.rebalancing_for().is_none() && orphans.due() {
-            match membership.progress() {
-                Ok(progress) => {
-                    if let Some(p) = orphans.stuck(&progress, &owned, Instant::now()) {
-                        tracing::warn!(
-                            task = p,
-                            waited_s = orphans.after.as_secs(),
-                            "A task run elsewhere made no progress: taken for one nobody runs; \
-                             joining the group again so that it re-forms."
-                        );
-                        if let Err(e) = membership.rejoin() {
-                            tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
-                        }
-                        orphans.rejoined();
+        if orphans.due() {
+            if let Err(e) = members.heartbeat() {
+                tracing::debug!(error = %e, "Could not tell the group this process is alive.");
+            }
+            // (Not when every task is here: none can be orphaned.)
+            if owned.len() < starter.layout.partitions && membership.rebalancing_for().is_none() {
+                let unclaimed = |p: u32| {
+                    !halves.iter().all(|h| members.is_done(p, h.name())) && !members.claimed_alive(p, ORPHAN_AFTER)
+                };
+                let tasks = (0..starter.layout.partitions as u32).filter(|p| !owned.contains(p));
+                if let Some(p) = orphans.stuck(tasks.filter(|&p| unclaimed(p)), Instant::now()) {
+                    tracing::warn!(
+                        task = p,
+                        waited_s = orphans.after.as_secs(),
+                        "A task not done has had no live owner for a while: taken for one nobody runs; \
+                         joining the group again so that it re-forms."
+                    );
+                    if let Err(e) = membership.rejoin() {
+                        tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
                     }
+                    orphans.rejoined();
                 }
-                Err(e) => tracing::debug!(error = %format!("{e:#}"), "Could not read the group's progress."),
             }
         }
         let replica_done = replica.as_mut().is_none_or(replica::Replica::step);
-        let all_done = replica_done && owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
+        // A bounded job ends when every task is done, here or elsewhere: a
+        // process must not end while a task it does not run is left undone
+        // (its owner may have died; the orphan check gives it to a live one).
+        let group_done = owned.len() == starter.layout.partitions
+            || (0..starter.layout.partitions as u32)
+                .all(|p| owned.contains(&p) || halves.iter().all(|h| members.is_done(p, h.name())));
+        let all_done =
+            replica_done && group_done && owned.iter().all(|p| halves.iter().all(|h| done.contains(&(*p, *h))));
         // A process given nothing waits a while: members join one by one, and
         // the group may yet need it.
         let may_end = !owned.is_empty() || assigned_at.is_some_and(|t| t.elapsed() >= IDLE_MEMBER_WAIT);
@@ -430,19 +472,19 @@ pub fn run(
 
 /// Spots tasks that nobody runs. tansu 0.6.0 goes on assigning the
 /// partitions of a member that died to it until the group changes, so a
-/// group that lost a member for good would never read them again (a
-/// bounded one would wait forever: its repartitioned halves for their end
-/// markers). A task owned elsewhere whose committed offset (its owner
-/// commits every checkpoint's) stays below its partition's end for
-/// [`ORPHAN_AFTER`] is taken for one nobody runs, and the process joins the
-/// group again: the group re-forms and assigns it. A task that only
-/// restores slowly elsewhere would be moved by that too; the wait doubles
-/// after each rejoin, so that such moves do not go on.
+/// group that lost a member for good would never run them again (a bounded
+/// one would wait forever: its repartitioned halves for their end markers,
+/// and every process for the group's tasks to be done). A task owned
+/// elsewhere, not done, that no live member claims (every member says it is
+/// alive every few seconds, [`Members::heartbeat`]) for [`ORPHAN_AFTER`] is
+/// taken for one nobody runs, and the process joins the group again: the
+/// group re-forms and assigns it. The wait doubles after each rejoin, so
+/// that a group slow to re-form is not made to start over and over.
 struct Orphans {
     last_check: Option<Instant>,
-    /// Per partition: its committed offset when last seen to change, and since when.
-    seen: BTreeMap<u32, (Option<u64>, Instant)>,
-    /// How long a task may stay stuck.
+    /// Per task without a live owner: since when.
+    seen: BTreeMap<u32, Instant>,
+    /// How long a task may stay so.
     after: Duration,
 }
 
@@ -468,30 +510,15 @@ impl Orphans {
         true
     }
 
-    /// Notes `progress` (each partition's committed and end offsets) at
-    /// `now`; returns a partition not in `owned` that has been stuck below
-    /// its end for `self.after`, if one has.
-    fn stuck(&mut self, progress: &[(Option<u64>, u64)], owned: &[u32], now: Instant) -> Option<u32> {
-        let mut stuck = None;
-        for (p, &(committed, end)) in progress.iter().enumerate() {
-            let p = p as u32;
-            // One short of the end is the end: a transaction's commit marker follows its last record.
-            if owned.contains(&p) || committed.is_some_and(|c| c + 1 >= end) {
-                self.seen.remove(&p);
-                continue;
-            }
-            match self.seen.get(&p) {
-                Some((before, since)) if *before == committed => {
-                    if now.duration_since(*since) >= self.after {
-                        stuck = stuck.or(Some(p));
-                    }
-                }
-                _ => {
-                    self.seen.insert(p, (committed, now));
-                }
-            }
+    /// Notes the tasks that have no live owner at `now` (others elsewhere
+    /// have one, or are done); returns one that has had none for `self.after`.
+    fn stuck(&mut self, ownerless: impl Iterator<Item = u32>, now: Instant) -> Option<u32> {
+        let ownerless: BTreeSet<u32> = ownerless.collect();
+        self.seen.retain(|p, _| ownerless.contains(p));
+        for &p in &ownerless {
+            self.seen.entry(p).or_insert(now);
         }
-        stuck
+        self.seen.iter().find(|(_, since)| now.duration_since(**since) >= self.after).map(|(p, _)| *p)
     }
 }
 
@@ -816,27 +843,24 @@ mod tests {
     use crate::config::{load, plan};
 
     #[test]
-    fn a_task_owned_elsewhere_stuck_below_its_end_for_a_while_is_an_orphan() {
+    fn a_task_without_a_live_owner_for_a_while_is_an_orphan() {
         let mut orphans = Orphans::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        // Partition 0 is ours, 1 has read to its end, 2 moves on, 3 has
-        // committed nothing and stays so.
-        let progress = |two: u64| vec![(Some(5), 100), (Some(100), 100), (Some(two), 100), (None, 100)];
-        assert_eq!(orphans.stuck(&progress(10), &[0], at(0)), None);
-        assert_eq!(orphans.stuck(&progress(20), &[0], at(29)), None);
-        assert_eq!(orphans.stuck(&progress(30), &[0], at(30)), Some(3));
-        // Partition 2 stops moving at 30: an orphan 30 s later, once 3 is ours.
-        assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(59)), None);
-        assert_eq!(orphans.stuck(&progress(30), &[0, 3], at(60)), Some(2));
-        // Ours, or at its end (or one short: a commit marker), it is none.
-        assert_eq!(orphans.stuck(&progress(30), &[0, 2, 3], at(90)), None);
-        assert_eq!(orphans.stuck(&progress(99), &[0, 3], at(120)), None);
-        // After a rejoin, a task is stuck after twice as long.
+        // Task 3 has no live owner from the start, task 2 from 30 s on.
+        assert_eq!(orphans.stuck([3].into_iter(), at(0)), None);
+        assert_eq!(orphans.stuck([3].into_iter(), at(29)), None);
+        assert_eq!(orphans.stuck([2, 3].into_iter(), at(30)), Some(3));
+        // An owner again (or done), it is none; 2 is one 30 s after it lost its owner.
+        assert_eq!(orphans.stuck([2].into_iter(), at(59)), None);
+        assert_eq!(orphans.stuck([2].into_iter(), at(60)), Some(2));
+        assert_eq!(orphans.stuck([].into_iter(), at(61)), None);
+        assert_eq!(orphans.stuck([2].into_iter(), at(62)), None, "watched anew");
+        // After a rejoin, a task is one after twice as long.
         orphans.rejoined();
-        assert_eq!(orphans.stuck(&progress(40), &[0], at(200)), None);
-        assert_eq!(orphans.stuck(&progress(40), &[0], at(259)), None);
-        assert_eq!(orphans.stuck(&progress(40), &[0], at(260)), Some(2));
+        assert_eq!(orphans.stuck([2].into_iter(), at(200)), None);
+        assert_eq!(orphans.stuck([2].into_iter(), at(259)), None);
+        assert_eq!(orphans.stuck([2].into_iter(), at(260)), Some(2));
     }
 
     /// Per-user and per-item counts over one scaled-out topic, with a dedup

@@ -51,7 +51,7 @@ pub struct Reads {
     /// This process's address as other members reach it.
     advertised: String,
     partitions: OnceLock<usize>,
-    members: OnceLock<Members>,
+    members: OnceLock<Arc<Members>>,
     /// Where a forgotten entity's tombstone goes (when the source forgets on tombstones).
     tombstones: OnceLock<Arc<Tombstones>>,
     local: Mutex<Local>,
@@ -153,7 +153,7 @@ impl Reads {
     /// The group was joined: the topic has `partitions`, `members` says
     /// who owns which, and `tombstones` (if the source forgets on
     /// tombstones) forget an entity through the topic.
-    pub(super) fn joined(&self, partitions: usize, members: Members, tombstones: Option<Tombstones>) {
+    pub(super) fn joined(&self, partitions: usize, members: Arc<Members>, tombstones: Option<Tombstones>) {
         let _ = self.partitions.set(partitions);
         let _ = self.members.set(members);
         if let Some(t) = tombstones {
@@ -175,12 +175,9 @@ impl Reads {
         self.forgets
     }
 
-    /// The group assigned `owned` to this process; tells the others.
+    /// The group assigned `owned` to this process (the group loop tells the others).
     pub(super) fn assigned(&self, owned: &[u32]) {
         self.lock().owned = owned.to_vec();
-        if let Some(Err(e)) = self.members.get().map(|m| m.announce(owned)) {
-            tracing::warn!(error = %e, "Could not tell the group which tasks run here; reads of them may not find this process.");
-        }
     }
 
     /// A half started here: its views answer reads.

@@ -79,13 +79,14 @@ impl Member {
     /// The partitions of this member's latest assignment (none before its first).
     fn assigned(&self) -> Vec<u32> {
         let log = self.log();
-        let Some(line) = log.lines().rev().find(|l| l.contains("Kafka group rebalance: partitions")) else {
+        // "partitions" in a stateless group, "tasks" in one with state.
+        let Some(line) = log.lines().rev().find(|l| l.contains("Kafka group rebalance: ")) else {
             return Vec::new();
         };
-        if line.contains("partitions revoked") {
+        if line.contains(" revoked: ") {
             return Vec::new();
         }
-        let list = line.split("partitions assigned: [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
+        let list = line.split(" assigned: [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
         list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
     }
 
@@ -415,6 +416,72 @@ fn a_bounded_group_that_loses_a_member_for_good_still_reads_every_partition() {
     p2.kill("p2");
     wait_for_success(&mut [&mut p1]);
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+/// A bounded group that loses a member after its tasks' input halves ended
+/// and before their repartitioned halves did: those wait for every upstream
+/// task's end, and one partition (user `u0`'s, 40,000 events more than the
+/// others) is likely read by the survivor long after the member's own
+/// partitions end. The member is killed with SIGKILL once it said both its
+/// input halves ended (their end markers written), for good. Its input halves
+/// are done, so nothing the survivor reads of their partitions waits for
+/// them; the survivor must still not end before the member's repartitioned
+/// halves are done (the group's task statuses), and must take them over
+/// once the member's claim goes stale: the outputs equal the checker's.
+#[test]
+fn a_bounded_group_that_loses_a_member_between_its_halves_ends_still_completes_every_task() {
+    use freshet_io::kafka::keys::Partitioner;
+    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "lost-between";
+    // The workload, then 40,000 events of one user after it (in event time too).
+    let (workload, filler) = (dir.path().join("workload.ndjson"), dir.path().join("filler.ndjson"));
+    support::generate_events(&workload, &support::workload_args(43, 40_000, &["--rate-per-s", "100"]));
+    let after_workload = (1_767_225_600_000_i64 + 500_000).to_string();
+    let one_user = ["--users", "1", "--rate-per-s", "100", "--start-ms", after_workload.as_str()];
+    support::generate_events(&filler, &support::workload_args(44, 40_000, &one_user));
+    let input = dir.path().join("in.ndjson");
+    let bytes = [std::fs::read(&workload).unwrap(), std::fs::read(&filler).unwrap()].concat();
+    std::fs::write(&input, &bytes).unwrap();
+    let expected = crate::oracle::compute(&bytes);
+    assert_eq!(expected.late_events, 0, "the workload must have no late events");
+    let heavy = Partitioner::Murmur2Random.partition(b"u0", 4);
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", input.to_str().unwrap()]);
+
+    let job = (GROUP_EXAMPLE, topic, "halfway");
+    let p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    // The victim is the member that does not read the heavy partition.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut victim, mut survivor) = loop {
+        let (a1, a2) = (p1.assigned(), p2.assigned());
+        if a1.len() == 2 && a2.len() == 2 {
+            break if a1.contains(&heavy) { (p2, p1) } else { (p1, p2) };
+        }
+        assert!(Instant::now() < deadline, "no two-and-two assignment within 120 s:\n{}\n{}", p1.log(), p2.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    let ended = |m: &Member, half: &str| {
+        m.log().lines().filter(|l| l.contains("Task half read its input to the end.") && l.contains(half)).count()
+    };
+    while ended(&victim, "half=Input") < 2 {
+        assert!(victim.alive(), "the victim exited early:\n{}", victim.log());
+        assert!(Instant::now() < deadline, "the victim's input halves did not end:\n{}", victim.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    victim.kill("the victim");
+    assert_eq!(
+        ended(&victim, "half=Repartitioned"),
+        0,
+        "the victim's repartitioned halves ended before the heavy partition did: no loss to test:\n{}",
+        victim.log()
+    );
+    wait_for_success(&mut [&mut survivor]);
+    crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+    let log = survivor.log();
+    assert!(log.contains("taken for one nobody runs"), "the survivor did not take the victim's tasks:\n{log}");
 }
 
 /// Dedup in a group: the reference group job with a dedup stage on
@@ -843,7 +910,10 @@ fn wait_for_forgotten(addrs: &[&str], items: &[&str], members: &mut [&mut Member
                 for m in members.iter_mut() {
                     assert!(m.alive(), "a member exited:\n{}", m.log());
                 }
-                assert!(Instant::now() < deadline, "{item} still found at {addr} after 120 s: {status} {body}");
+                if Instant::now() >= deadline {
+                    let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
+                    panic!("{item} still found at {addr} after 120 s: {status} {body}\n{}", logs.join("\n\n"));
+                }
                 thread::sleep(Duration::from_millis(300));
             }
         }

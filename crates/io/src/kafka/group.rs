@@ -134,31 +134,6 @@ impl Membership {
         revoked_at.map(|at| at.elapsed())
     }
 
-    /// Each partition's committed offset (if any) and end offset: a task
-    /// whose offset stays below the end makes no progress. Each request
-    /// waits at most 2 s; the first that fails ends the reading.
-    pub fn progress(&self) -> Result<Vec<(Option<u64>, u64)>> {
-        let err = |message: String| IoError::Kafka { component: format!("group on {}", self.topic), message };
-        let mut list = TopicPartitionList::new();
-        for p in 0..self.partitions as i32 {
-            list.add_partition(&self.topic, p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(list, Duration::from_secs(2))
-            .map_err(|e| err(format!("reading the committed offsets: {e}")))?;
-        let ends =
-            super::admin::ends_seen_by(&self.consumer, &self.topic, self.partitions as u32, Duration::from_secs(2))
-                .map_err(err)?;
-        let at = |p: usize| {
-            committed.find_partition(&self.topic, p as i32).and_then(|e| match e.offset() {
-                Offset::Offset(n) if n >= 0 => Some(n as u64),
-                _ => None,
-            })
-        };
-        Ok(ends.into_iter().enumerate().map(|(p, end)| (at(p), end)).collect())
-    }
-
     /// Leaves the group and joins it again as a new member, so that the
     /// group re-forms and assigns every partition anew.
     ///

@@ -1,7 +1,9 @@
-//! Who runs which task of a group, and where its HTTP API answers: the
+//! Who runs which task of a group, where its HTTP API answers, whether it
+//! is alive, and which task halves have read their input to the end: the
 //! group's members topic, so that a read sent to any process is forwarded
 //! to the process that owns the key's partition (Kafka Streams' interactive
-//! queries).
+//! queries), and so that a group can tell a task nobody runs (its owner's
+//! claim has gone stale) and a bounded job's end (every half done).
 //!
 //! Kafka Streams carries each member's address in the rebalance protocol's
 //! user data; librdkafka's assignors do not expose it, so here each process
@@ -10,7 +12,14 @@
 //! A partition's owner is the member whose latest claim, among those that
 //! list it, is the newest: after a rebalance the new owner's claim replaces
 //! the old one's. A process that leaves writes a tombstone; one that dies
-//! keeps its claim until the partitions' new owners write theirs.
+//! keeps its claim until the partitions' new owners write theirs. A live
+//! member writes its claim again every few seconds ([`Members::heartbeat`]),
+//! so a claim not renewed for a while is a dead member's.
+//!
+//! Beside the claims, the topic holds each task half's status, keyed
+//! `task/{partition}/{half}`: started, or done (a bounded job's half read its
+//! input to the end and shipped its last checkpoint). A status outlives the
+//! member that wrote it; the next start of that half replaces it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,10 +42,35 @@ struct Claim {
     partitions: Vec<u32>,
     /// Wall-clock time of the claim (ms since the epoch).
     at_ms: i64,
+    /// Wall-clock time the member last said it is alive (its claim written again).
+    #[serde(default)]
+    alive_ms: i64,
 }
 
 /// Claims by advertised address.
 type Claims = HashMap<String, Claim>;
+
+/// A task half's status (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Status {
+    done: bool,
+    at_ms: i64,
+}
+
+/// Where the follower keeps what it read.
+#[derive(Debug, Default)]
+struct Book {
+    claims: Claims,
+    /// Task halves' statuses by key (`task/{partition}/{half}`).
+    statuses: HashMap<String, Status>,
+}
+
+/// The prefix of a task half's status key.
+const TASK_PREFIX: &str = "task/";
+
+fn status_key(partition: u32, half: &str) -> String {
+    format!("{TASK_PREFIX}{partition}/{half}")
+}
 
 /// This process's view of the group's members, and its own entry.
 pub struct Members {
@@ -44,7 +78,7 @@ pub struct Members {
     /// This process's advertised address (its key in the topic).
     address: String,
     producer: BaseProducer<Logged>,
-    claims: Arc<Mutex<Claims>>,
+    book: Arc<Mutex<Book>>,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
 }
@@ -71,20 +105,20 @@ impl Members {
         list.add_partition_offset(topic, 0, Offset::Beginning)
             .and_then(|()| consumer.assign(&list))
             .map_err(|e| err(format!("reading the topic: {e}")))?;
-        let claims = Arc::new(Mutex::new(Claims::new()));
+        let book = Arc::new(Mutex::new(Book::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
-            let (claims, stop) = (claims.clone(), stop.clone());
+            let (book, stop) = (book.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("group-members".into())
-                .spawn(move || follow(&consumer, &claims, &stop))
+                .spawn(move || follow(&consumer, &book, &stop))
                 .map_err(|e| err(format!("starting the follower: {e}")))?
         };
         Ok(Self {
             topic: topic.to_owned(),
             address: address.to_owned(),
             producer,
-            claims,
+            book,
             stop,
             follower: Some(follower),
         })
@@ -92,17 +126,50 @@ impl Members {
 
     /// Tells the group that this process now runs `partitions`' tasks.
     pub fn announce(&self, partitions: &[u32]) -> Result<()> {
-        let claim = Claim { partitions: partitions.to_vec(), at_ms: wall_ms() };
+        let now = wall_ms();
+        self.claim(Claim { partitions: partitions.to_vec(), at_ms: now, alive_ms: now })
+    }
+
+    /// Tells the group that this process is alive: its latest claim again,
+    /// the claim's own time unchanged (a heartbeat does not win a partition
+    /// back from a newer claim).
+    pub fn heartbeat(&self) -> Result<()> {
+        let Some(mut claim) = lock(&self.book).claims.get(&self.address).cloned() else { return Ok(()) };
+        claim.alive_ms = wall_ms();
+        self.claim(claim)
+    }
+
+    fn claim(&self, claim: Claim) -> Result<()> {
         let value = serde_json::to_vec(&claim).unwrap_or_default();
-        self.write(Some(&value))?;
+        self.write(&self.address, Some(&value))?;
         // Its own claim counts at once, before the follower reads it back.
-        lock(&self.claims).insert(self.address.clone(), claim);
+        lock(&self.book).claims.insert(self.address.clone(), claim);
         Ok(())
+    }
+
+    /// Says that half `half` of `partition`'s task started (`done` false) or
+    /// read its input to the end and shipped its last checkpoint (`done`).
+    pub fn task_status(&self, partition: u32, half: &str, done: bool) -> Result<()> {
+        let key = status_key(partition, half);
+        let status = Status { done, at_ms: wall_ms() };
+        self.write(&key, Some(&serde_json::to_vec(&status).unwrap_or_default()))?;
+        lock(&self.book).statuses.insert(key, status);
+        Ok(())
+    }
+
+    /// Whether half `half` of `partition`'s task is done, as last said.
+    pub fn is_done(&self, partition: u32, half: &str) -> bool {
+        lock(&self.book).is_done(partition, half)
+    }
+
+    /// Whether a member that claims `partition` said it is alive within `within`.
+    pub fn claimed_alive(&self, partition: u32, within: Duration) -> bool {
+        lock(&self.book).claimed_alive(partition, wall_ms() - within.as_millis() as i64)
     }
 
     /// The address of the member running `partition`'s task, if any has said so.
     pub fn owner(&self, partition: u32) -> Option<String> {
-        owner_of(&lock(&self.claims), partition)
+        owner_of(&lock(&self.book).claims, partition)
     }
 
     /// This process's advertised address.
@@ -110,21 +177,21 @@ impl Members {
         &self.address
     }
 
-    fn write(&self, value: Option<&[u8]>) -> Result<()> {
+    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         let err = |message: String| IoError::Kafka { component: format!("members {}", self.topic), message };
-        let mut record = BaseRecord::<str, [u8]>::to(&self.topic).partition(0).key(&self.address);
+        let mut record = BaseRecord::<str, [u8]>::to(&self.topic).partition(0).key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
-        self.producer.send(record).map_err(|(e, _)| err(format!("writing this member's claim: {e}")))?;
-        self.producer.flush(Duration::from_secs(10)).map_err(|e| err(format!("flushing this member's claim: {e}")))
+        self.producer.send(record).map_err(|(e, _)| err(format!("writing {key}: {e}")))?;
+        self.producer.flush(Duration::from_secs(10)).map_err(|e| err(format!("flushing {key}: {e}")))
     }
 }
 
 impl Drop for Members {
     fn drop(&mut self) {
         // Leaving: no partition is this process's any more.
-        if let Err(e) = self.write(None) {
+        if let Err(e) = self.write(&self.address, None) {
             tracing::debug!(error = %e, "Could not withdraw this member's claim.");
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -134,7 +201,7 @@ impl Drop for Members {
     }
 }
 
-fn follow(consumer: &BaseConsumer<Logged>, claims: &Mutex<Claims>, stop: &AtomicBool) {
+fn follow(consumer: &BaseConsumer<Logged>, book: &Mutex<Book>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let m = match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => m,
@@ -144,20 +211,49 @@ fn follow(consumer: &BaseConsumer<Logged>, claims: &Mutex<Claims>, stop: &Atomic
             }
             None => continue,
         };
-        let Some(member) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-        let mut claims = lock(claims);
-        match m.payload().map(serde_json::from_slice::<Claim>) {
+        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+        lock(book).read(key, m.payload());
+    }
+}
+
+impl Book {
+    /// Takes in one record of the topic: a member's claim (or its
+    /// tombstone), or a task half's status. One read back may be older than
+    /// one this process wrote since: the newer stays.
+    fn read(&mut self, key: &str, value: Option<&[u8]>) {
+        if key.starts_with(TASK_PREFIX) {
+            match value.map(serde_json::from_slice::<Status>) {
+                Some(Ok(status)) => {
+                    if self.statuses.get(key).is_none_or(|s| s.at_ms <= status.at_ms) {
+                        self.statuses.insert(key.to_owned(), status);
+                    }
+                }
+                None => {
+                    self.statuses.remove(key);
+                }
+                Some(Err(e)) => tracing::debug!(key, error = %e, "A task status that is not one; ignored."),
+            }
+            return;
+        }
+        match value.map(serde_json::from_slice::<Claim>) {
             None => {
-                claims.remove(member);
+                self.claims.remove(key);
             }
             Some(Ok(claim)) => {
-                // A claim read back may be older than one this process already holds.
-                if claims.get(member).is_none_or(|c| c.at_ms <= claim.at_ms) {
-                    claims.insert(member.to_owned(), claim);
+                if self.claims.get(key).is_none_or(|c| (c.at_ms, c.alive_ms) <= (claim.at_ms, claim.alive_ms)) {
+                    self.claims.insert(key.to_owned(), claim);
                 }
             }
-            Some(Err(e)) => tracing::debug!(member, error = %e, "A members record that is not a claim; ignored."),
+            Some(Err(e)) => tracing::debug!(member = key, error = %e, "A members record that is not a claim; ignored."),
         }
+    }
+
+    fn is_done(&self, partition: u32, half: &str) -> bool {
+        self.statuses.get(&status_key(partition, half)).is_some_and(|s| s.done)
+    }
+
+    fn claimed_alive(&self, partition: u32, since_ms: i64) -> bool {
+        self.claims.values().any(|c| c.partitions.contains(&partition) && c.alive_ms >= since_ms)
     }
 }
 
@@ -170,8 +266,8 @@ fn owner_of(claims: &Claims, partition: u32) -> Option<String> {
         .map(|(member, _)| member.clone())
 }
 
-fn lock(claims: &Mutex<Claims>) -> std::sync::MutexGuard<'_, Claims> {
-    claims.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
+    book.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn wall_ms() -> i64 {
@@ -184,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_newest_claim_of_a_partition_names_its_owner() {
-        let claim = |partitions: &[u32], at_ms| Claim { partitions: partitions.to_vec(), at_ms };
+        let claim = |partitions: &[u32], at_ms| Claim { partitions: partitions.to_vec(), at_ms, alive_ms: at_ms };
         let mut claims = Claims::new();
         claims.insert("a:1".into(), claim(&[0, 1, 2, 3], 100));
         assert_eq!(owner_of(&claims, 2).as_deref(), Some("a:1"));
@@ -196,5 +292,34 @@ mod tests {
         assert_eq!(owner_of(&claims, 3).as_deref(), Some("b:1"));
         claims.remove("b:1");
         assert_eq!(owner_of(&claims, 3), None, "b left, and nobody claimed 3 yet");
+    }
+
+    #[test]
+    fn claims_say_who_is_alive_and_statuses_which_halves_are_done() {
+        let json = |v: serde_json::Value| v.to_string().into_bytes();
+        let mut book = Book::default();
+        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 100 }))));
+        book.read("b:1", Some(&json(serde_json::json!({ "partitions": [2, 3], "at_ms": 100, "alive_ms": 100 }))));
+        // a says it is alive at 5,000; b says nothing more.
+        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 5000 }))));
+        assert!(book.claimed_alive(1, 4000) && !book.claimed_alive(2, 4000) && book.claimed_alive(2, 100));
+        assert_eq!(owner_of(&book.claims, 2).as_deref(), Some("b:1"), "a stale claim still names its owner");
+        // An older heartbeat read back changes nothing.
+        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 200 }))));
+        assert!(book.claimed_alive(0, 4000));
+        // Statuses are kept apart from claims, the newest winning.
+        let status = |done: bool, at_ms: i64| json(serde_json::json!({ "done": done, "at_ms": at_ms }));
+        book.read(&status_key(2, "input"), Some(&status(true, 300)));
+        book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)));
+        assert!(book.is_done(2, "input") && !book.is_done(2, "repartitioned") && !book.is_done(3, "input"));
+        book.read(&status_key(2, "repartitioned"), Some(&status(true, 400)));
+        book.read(&status_key(2, "repartitioned"), Some(&status(false, 350)));
+        assert!(book.is_done(2, "repartitioned"), "an older status read back changes nothing");
+        // Started again: not done.
+        book.read(&status_key(2, "input"), Some(&status(false, 500)));
+        assert!(!book.is_done(2, "input"));
+        assert_eq!(book.claims.len(), 2, "statuses are not claims");
+        book.read("b:1", None);
+        assert!(!book.claimed_alive(2, 0), "b left");
     }
 }
