@@ -907,13 +907,9 @@ fn wait_for_forgotten(addrs: &[&str], items: &[&str], members: &mut [&mut Member
                 if status == 200 && found == Some(false.into()) {
                     break;
                 }
-                for m in members.iter_mut() {
-                    assert!(m.alive(), "a member exited:\n{}", m.log());
-                }
-                if Instant::now() >= deadline {
-                    let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
-                    panic!("{item} still found at {addr} after 120 s: {status} {body}\n{}", logs.join("\n\n"));
-                }
+                still_waiting(members, deadline, || {
+                    format!("{item} still found at {addr} after 120 s: {status} {body}")
+                });
                 thread::sleep(Duration::from_millis(300));
             }
         }
@@ -1024,14 +1020,20 @@ fn wait_for_categories(
             }
         }
         let Some(miss) = last_miss else { return };
-        for m in members.iter_mut() {
-            assert!(m.alive(), "a member exited:\n{}", m.log());
-        }
-        if Instant::now() >= deadline {
-            let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
-            panic!("categories still wrong after 120 s; the last:\n{miss}\nmembers' logs:\n{}", logs.join("\n----\n"));
-        }
+        still_waiting(members, deadline, || format!("categories still wrong after 120 s; the last:\n{miss}"));
         thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Fails if a member exited, or, once `deadline` has passed, with `what`
+/// and every member's log.
+fn still_waiting(members: &mut [&mut Member], deadline: Instant, what: impl FnOnce() -> String) {
+    for m in members.iter_mut() {
+        assert!(m.alive(), "a member exited:\n{}", m.log());
+    }
+    if Instant::now() >= deadline {
+        let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
+        panic!("{}\nmembers' logs:\n{}", what(), logs.join("\n----\n"));
     }
 }
 

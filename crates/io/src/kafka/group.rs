@@ -186,6 +186,10 @@ impl Drop for Membership {
     }
 }
 
+/// How many records at the end of a changelog partition a restore reads
+/// first (see [`Changelog::fetch`]).
+const TAIL_RECORDS: i64 = 64;
+
 /// A group's changelog topic.
 pub struct Changelog {
     connection: Connection,
@@ -231,22 +235,50 @@ impl Changelog {
         self.producer.flush(Duration::from_secs(60)).map_err(|e| self.error(format!("flushing: {e}")))
     }
 
-    /// The last complete checkpoint of task `partition`, read to the end of
-    /// its changelog partition; `None` when it has none.
+    /// The last complete checkpoint of task `partition`, from the end of its
+    /// changelog partition; `None` when it has none.
+    ///
+    /// The newest checkpoint is at the end, and a broker that does not
+    /// compact (tansu) keeps every one before it: the partition's tail is
+    /// read first ([`TAIL_RECORDS`] records), four times longer each time it
+    /// holds no complete checkpoint, so a restore reads about one checkpoint
+    /// however long the task has run. (Two runs of a task writing at once,
+    /// for a moment during a move, may interleave their pieces; whichever
+    /// complete checkpoint a tail yields is a consistent state.)
     pub fn fetch(&self, partition: u32, stop: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>> {
-        let consumer: BaseConsumer<Logged> = self
-            .connection
-            .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
-            .create_with_context(Logged { component: format!("changelog {}", self.topic) })
-            .map_err(|e| self.error(format!("creating a consumer: {e}")))?;
-        let (low, high) = consumer
+        let (low, high) = self
+            .consumer()?
             .fetch_watermarks(&self.topic, partition as i32, Duration::from_secs(30))
             .map_err(|e| self.error(format!("reading the end of partition {partition}: {e}")))?;
-        if high <= low {
-            return Ok(None);
+        let mut tail = TAIL_RECORDS;
+        loop {
+            let from = high.saturating_sub(tail).max(low);
+            if from >= high {
+                return Ok(None);
+            }
+            let found = self.read(partition, (from, high), stop)?;
+            if found.is_some() || from == low {
+                return Ok(found);
+            }
+            tail = tail.saturating_mul(4);
         }
+    }
+
+    /// A consumer of the topic, in no group's assignment.
+    fn consumer(&self) -> Result<BaseConsumer<Logged>> {
+        self.connection
+            .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
+            .create_with_context(Logged { component: format!("changelog {}", self.topic) })
+            .map_err(|e| self.error(format!("creating a consumer: {e}")))
+    }
+
+    /// The last checkpoint completed in offsets `from..high` of `partition`
+    /// (read by a consumer of its own: none of an earlier read's records may
+    /// come first).
+    fn read(&self, partition: u32, (from, high): (i64, i64), stop: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>> {
+        let consumer = self.consumer()?;
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(low))
+        list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(from))
             .and_then(|()| consumer.assign(&list))
             .map_err(|e| self.error(format!("reading partition {partition}: {e}")))?;
         let mut pieces: HashMap<(u64, u64), Vec<Option<Vec<u8>>>> = HashMap::new();
