@@ -238,7 +238,12 @@ pub fn run(
     let topic = format!("{}-{name}-members", layout.group);
     let address = match &reads {
         Some(r) => r.advertised().to_owned(),
-        None => format!("unserved-{}-{}", std::process::id(), crate::topology::wall_ms()),
+        None => format!(
+            "{}{}-{}",
+            freshet_io::kafka::members::UNSERVED_PREFIX,
+            std::process::id(),
+            crate::topology::wall_ms()
+        ),
     };
     let members = Arc::new(
         Members::open(&layout.connection, &topic, &address)

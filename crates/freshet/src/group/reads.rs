@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use freshet_engine::features::{Entity, Views};
 use freshet_io::kafka::keys::Partitioner;
-use freshet_io::kafka::members::Members;
+use freshet_io::kafka::members::{Members, UNSERVED_PREFIX};
 use freshet_io::kafka::tombstones::Tombstones;
 
 use super::Half;
@@ -127,6 +127,9 @@ impl Reads {
             }
         }
         match self.members.get().and_then(|m| m.owner(partition)) {
+            Some(owner) if owner.starts_with(UNSERVED_PREFIX) => Located::Unavailable(format!(
+                "task {partition} runs on a process of the group that serves no HTTP API (started without --listen)"
+            )),
             Some(owner) if owner != self.advertised => Located::At(owner),
             _ => Located::Unavailable(format!(
                 "no process has announced task {partition} yet (the group is rebalancing)"

@@ -68,6 +68,10 @@ struct Book {
 /// The prefix of a task half's status key.
 const TASK_PREFIX: &str = "task/";
 
+/// The prefix of the name a process that serves no HTTP API claims its
+/// tasks under: it has no address another member could forward a read to.
+pub const UNSERVED_PREFIX: &str = "unserved-";
+
 fn status_key(partition: u32, half: &str) -> String {
     format!("{TASK_PREFIX}{partition}/{half}")
 }
