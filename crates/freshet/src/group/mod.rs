@@ -94,6 +94,10 @@ const LEAVE_SETTLE: Duration = Duration::from_secs(3);
 const REBALANCE_WAIT: Duration = Duration::from_secs(120);
 /// At most one checkpoint of a half goes to its changelog this often.
 const SHIP_EVERY: Duration = Duration::from_secs(5);
+/// And at most once in this many times what the last one took to ship: a
+/// big state (each checkpoint is the whole of it) takes a tenth of the
+/// time, and of the broker, at most.
+const SHIP_DUTY: u32 = 10;
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 /// A task owned elsewhere, not done, that no member alive claimed this
@@ -704,8 +708,9 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
 }
 
 /// Ships a half's checkpoints to its changelog partition. Each holds the
-/// half's whole state, so at most one goes every [`SHIP_EVERY`]; the
-/// newest goes when the half stops or ends. Any of them is a consistent
+/// half's whole state, so at most one goes every [`SHIP_EVERY`] (and every
+/// [`SHIP_DUTY`] times its last one's shipping time); the newest goes when
+/// the half stops or ends. Any of them is a consistent
 /// state: one shipped less often only means a moved task reads more input
 /// again. An input half that feeds the repartition topic also tells it its
 /// watermark at every checkpoint, and its end.
@@ -723,8 +728,16 @@ struct Shipper {
 #[derive(Default)]
 struct ShipState {
     last: Option<Instant>,
+    /// How long the last one took to ship.
+    took: Duration,
     /// The newest checkpoint not shipped yet.
     pending: Option<Checkpoint>,
+}
+
+/// Whether a half whose last checkpoint shipped at `last` and took `took`
+/// to ship may ship another at `now`.
+fn ship_due(last: Option<Instant>, took: Duration, now: Instant) -> bool {
+    last.is_none_or(|t| now.duration_since(t) >= SHIP_EVERY.max(took * SHIP_DUTY))
 }
 
 /// An input half's markers in the repartition topic, and what they last told.
@@ -798,13 +811,15 @@ impl Shipper {
             upstream.offer(cp, task, position.map(|(_, next)| *next));
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.last.is_some_and(|t| t.elapsed() < SHIP_EVERY) {
+        if !ship_due(state.last, state.took, Instant::now()) {
             state.pending = Some(cp.clone());
             return;
         }
         state.pending = None;
-        state.last = Some(Instant::now());
+        let started = Instant::now();
+        state.last = Some(started);
         self.ship(cp);
+        state.took = started.elapsed();
     }
 
     /// Ships the newest checkpoint, if it has not gone yet.
@@ -846,6 +861,17 @@ mod tests {
 
     use super::*;
     use crate::config::{load, plan};
+
+    #[test]
+    fn a_half_ships_every_5_s_or_ten_times_as_long_as_its_last_shipping_took() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(ship_due(None, Duration::ZERO, t0), "the first goes at once");
+        let small = Duration::from_millis(200);
+        assert!(!ship_due(Some(t0), small, at(4_999)) && ship_due(Some(t0), small, at(5_000)));
+        let big = Duration::from_millis(2_100);
+        assert!(!ship_due(Some(t0), big, at(20_999)) && ship_due(Some(t0), big, at(21_000)));
+    }
 
     #[test]
     fn a_task_without_a_live_owner_for_a_while_is_an_orphan() {
