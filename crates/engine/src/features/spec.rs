@@ -17,6 +17,17 @@ pub enum Entity {
     None,
 }
 
+impl Entity {
+    /// Its name, as configs, the API and a group's forget markers spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::User => "user",
+            Entity::Item => "item",
+            Entity::None => "none",
+        }
+    }
+}
+
 /// Output format of a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -189,7 +189,7 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
                         "spreads each {entity}'s keys over the tasks ({path} is partitioned by {key}), and a \
                          tombstone forgets it in one task (forget_on_tombstone): put {key} first, or take {key} \
                          out of the key (the feature is then repartitioned by its first field)",
-                        entity = if *entity == Entity::User { "user" } else { "item" },
+                        entity = entity.name(),
                     ),
                 );
             }

@@ -85,6 +85,6 @@ pub(super) fn entity_features(views: &[FeatureView], entity: Entity, id: &str) -
         }
         features.insert(view.name.clone(), Value::Object(f));
     }
-    let kind = if entity == Entity::User { "user" } else { "item" };
+    let kind = entity.name();
     Ok(json!({ "entity": kind, "id": id, "found": found, "features": features }))
 }

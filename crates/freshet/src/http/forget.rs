@@ -60,7 +60,7 @@ async fn forget(
         return Err(ApiError::NotFound(format!(
             "this pipeline has no http source, which orders a forget with the events around it, \
              nor a kafka source with forget_on_tombstone = \"{field}\"",
-            field = if entity == Entity::User { "user" } else { "item" }
+            field = entity.name()
         )));
     }
     Ok(accepted(field, id))

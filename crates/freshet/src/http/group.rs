@@ -104,7 +104,7 @@ async fn forget_item(state: State<GroupState>, id: Path<String>) -> Response {
 
 async fn forget(State(s): State<GroupState>, Path(id): Path<String>, entity: Entity) -> Response {
     let me = s.reads.advertised().to_owned();
-    let (name, field) = if entity == Entity::User { ("user", "user_id") } else { ("item", "item_id") };
+    let (name, field) = (entity.name(), format!("{}_id", entity.name()));
     let answer = if s.reads.forgets() != Some(entity) {
         Err(ApiError::NotFound(format!(
             "this group forgets through tombstones in its source topic, each of one kind of entity: \
@@ -114,7 +114,7 @@ async fn forget(State(s): State<GroupState>, Path(id): Path<String>, entity: Ent
         Err(ApiError::BadRequest("empty id".into()))
     } else {
         match s.reads.tombstones() {
-            Some(t) => send_tombstone(t, id.clone()).await.map(|()| accepted(field, id).into_response()),
+            Some(t) => send_tombstone(t, id.clone()).await.map(|()| accepted(&field, id).into_response()),
             None => Err(ApiError::Unavailable("this process has not joined its group yet".into())),
         }
     };

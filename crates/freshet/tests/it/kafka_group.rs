@@ -24,6 +24,8 @@ use crate::support;
 
 const TOPIC: &str = "grp";
 const EXAMPLE: &str = "examples/kafka-scale-out-job.toml";
+/// The reference job as a group that keeps state.
+const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
 
 /// A `freshet run` of the example, one member of the group.
 struct Member {
@@ -355,7 +357,6 @@ fn a_group_of_processes_shares_partitions_and_loses_nothing_when_one_is_killed()
 /// their partition and offset.
 #[test]
 fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_checker() {
-    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
     let topic = "ref-group";
@@ -403,7 +404,6 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
 /// it finishes every partition itself, and the outputs equal the checker's.
 #[test]
 fn a_bounded_group_that_loses_a_member_for_good_still_reads_every_partition() {
-    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
     let topic = "lost-member";
@@ -431,7 +431,6 @@ fn a_bounded_group_that_loses_a_member_for_good_still_reads_every_partition() {
 #[test]
 fn a_bounded_group_that_loses_a_member_between_its_halves_ends_still_completes_every_task() {
     use freshet_io::kafka::keys::Partitioner;
-    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
     let topic = "lost-between";
@@ -494,7 +493,6 @@ fn a_bounded_group_that_loses_a_member_between_its_halves_ends_still_completes_e
 /// key, equal the checker's over the input without its duplicates.
 #[test]
 fn dedup_in_a_group_with_a_member_killed_drops_exactly_the_duplicates() {
-    const GROUP_EXAMPLE: &str = "examples/kafka-group-reference-job.toml";
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker"));
     let topic = "dedup-group";

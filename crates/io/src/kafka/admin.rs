@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::Client;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 
@@ -142,23 +142,12 @@ pub fn end_offsets(connection: &Connection, topic: &str, partitions: u32) -> Res
         .client_config(&[("group.id", "freshet-end-offsets"), ("enable.auto.commit", "false")])
         .create_with_context(Logged { component: format!("end offsets of {topic}") })
         .map_err(|e| err(format!("creating a consumer: {e}")))?;
-    ends_seen_by(&consumer, topic, partitions, Duration::from_secs(30)).map_err(err)
-}
-
-/// [`end_offsets`] through an open `consumer`, each request waiting at
-/// most `timeout`; the first that fails ends the reading.
-pub(super) fn ends_seen_by<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partitions: u32,
-    timeout: Duration,
-) -> std::result::Result<Vec<u64>, String> {
     (0..partitions as i32)
         .map(|p| {
             consumer
-                .fetch_watermarks(topic, p, timeout)
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
                 .map(|(_, high)| high.max(0) as u64)
-                .map_err(|e| format!("reading the end offset of partition {p}: {e}"))
+                .map_err(|e| err(format!("reading the end offset of partition {p}: {e}")))
         })
         .collect()
 }

@@ -105,22 +105,9 @@ pub fn forget_marker_key(upstream: u32, seq: u64, id: &[u8]) -> Vec<u8> {
 pub fn parse_forget_marker(key: &[u8], value: Option<&[u8]>) -> Option<(u32, u64, Forget)> {
     let (upstream, seq) = parse_repartition_key(key.get(..12)?)?;
     let id = key.get(12..).filter(|id| !id.is_empty())?;
-    let entity = match value? {
-        b"user" => Entity::User,
-        b"item" => Entity::Item,
-        b"none" => Entity::None,
-        _ => return None,
-    };
+    let value = value?;
+    let entity = [Entity::User, Entity::Item, Entity::None].into_iter().find(|e| e.name().as_bytes() == value)?;
     Some((upstream, seq, Forget { entity, id: id.to_vec() }))
-}
-
-/// The value of a forget marker: the entity's kind.
-fn entity_name(entity: Entity) -> &'static [u8] {
-    match entity {
-        Entity::User => b"user",
-        Entity::Item => b"item",
-        Entity::None => b"none",
-    }
 }
 
 /// The key of a repartition record: writing task and number, big-endian.
@@ -308,7 +295,7 @@ impl KafkaSink {
             super::keys::Partitioner::ConsistentRandom.partition(&forget.id, self.partitions as usize) as i32;
         let key = forget_marker_key(r.upstream, self.seq, &forget.id);
         self.seq += 1;
-        let record = BaseRecord::to(&self.topic).key(&key[..]).payload(entity_name(forget.entity)).partition(partition);
+        let record = BaseRecord::to(&self.topic).key(&key[..]).payload(forget.entity.name()).partition(partition);
         super::send_with_room(&self.producer, record, &*self.stop).map_err(|m| self.failure(m))?;
         self.producer.poll(Duration::ZERO);
         self.check().map(|()| true)
@@ -406,7 +393,10 @@ mod tests {
         assert_eq!(parse_repartition_key(&key), None, "a forget marker is not taken for a row");
         let forget = Forget { entity: Entity::Item, id: b"i9".to_vec() };
         assert_eq!(parse_forget_marker(&key, Some(b"item")), Some((2, 77, forget)));
-        assert_eq!(parse_forget_marker(&key, Some(entity_name(Entity::User))).map(|m| m.2.entity), Some(Entity::User));
+        assert_eq!(
+            parse_forget_marker(&key, Some(Entity::User.name().as_bytes())).map(|m| m.2.entity),
+            Some(Entity::User)
+        );
         assert_eq!(parse_forget_marker(&key, None), None, "a marker names its entity");
         assert_eq!(parse_forget_marker(&key, Some(b"{\"item_id\":\"i9\"}")), None);
         assert_eq!(parse_forget_marker(&repartition_key(2, 77), Some(b"item")), None, "a marker names its id");
