@@ -370,7 +370,20 @@ fn field_value(row: &[u8], field: &str, out: &mut Vec<u8>) {
     out.clear();
     if let Some((_, _, start, end)) = freshet_engine::json::find_member(row, field) {
         let value = &row[start..end];
-        out.extend_from_slice(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value));
+        match value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")) {
+            // A string's text, as the engine keys state by it and as a
+            // tombstone's key spells it: `caf\u00e9` and `café` are one id.
+            Some(body) if body.contains(&b'\\') => {
+                let mut text = String::new();
+                if freshet_engine::json::unescape_into(body, &mut text) {
+                    out.extend_from_slice(text.as_bytes());
+                } else {
+                    out.extend_from_slice(body);
+                }
+            }
+            Some(body) => out.extend_from_slice(body),
+            None => out.extend_from_slice(value),
+        }
     }
 }
 
@@ -409,6 +422,8 @@ mod tests {
         assert_eq!(out, b"i9");
         field_value(br#"{"user_id":"u1","item_id":"i9","n":5}"#, "n", &mut out);
         assert_eq!(out, b"5");
+        field_value(br#"{"item_id":"caf\u00e9 \"x\""}"#, "item_id", &mut out);
+        assert_eq!(out, "café \"x\"".as_bytes(), "a string's text, escapes decoded");
         field_value(br#"{"user_id":"u1"}"#, "item_id", &mut out);
         assert!(out.is_empty(), "a row without the field goes to the partition of the empty value");
     }
