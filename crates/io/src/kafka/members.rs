@@ -14,7 +14,12 @@
 //! the old one's. A process that leaves writes a tombstone; one that dies
 //! keeps its claim until the partitions' new owners write theirs. A live
 //! member writes its claim again every few seconds ([`Members::heartbeat`]),
-//! so a claim not renewed for a while is a dead member's.
+//! so a claim not renewed for a while is a dead member's. "A while" is
+//! measured on this process's monotonic clock, from when it read the
+//! claim's last renewal, never by comparing another host's wall clock with
+//! this one's: a skewed clock cannot make a live member look dead. (A
+//! process that has just joined reads every claim at once, so it waits the
+//! whole window before it takes any claim for a dead one.)
 //!
 //! Beside the claims, the topic holds each task half's status, keyed
 //! `task/{partition}/{half}`: started, or done (a bounded job's half read its
@@ -24,7 +29,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -61,6 +66,9 @@ struct Status {
 #[derive(Debug, Default)]
 struct Book {
     claims: Claims,
+    /// When this process last saw each claim renewed (written anew, or
+    /// with a later `alive_ms`), on its own monotonic clock.
+    renewed: HashMap<String, Instant>,
     /// Task halves' statuses by key (`task/{partition}/{half}`).
     statuses: HashMap<String, Status>,
 }
@@ -139,7 +147,9 @@ impl Members {
     /// back from a newer claim).
     pub fn heartbeat(&self) -> Result<()> {
         let Some(mut claim) = lock(&self.book).claims.get(&self.address).cloned() else { return Ok(()) };
-        claim.alive_ms = wall_ms();
+        // Later than the last one even if this host's clock stepped back:
+        // other members see a renewal only in a later `alive_ms`.
+        claim.alive_ms = wall_ms().max(claim.alive_ms + 1);
         self.claim(claim)
     }
 
@@ -147,7 +157,7 @@ impl Members {
         let value = serde_json::to_vec(&claim).unwrap_or_default();
         self.write(&self.address, Some(&value))?;
         // Its own claim counts at once, before the follower reads it back.
-        lock(&self.book).claims.insert(self.address.clone(), claim);
+        lock(&self.book).take_claim(&self.address, claim, Instant::now());
         Ok(())
     }
 
@@ -166,9 +176,11 @@ impl Members {
         lock(&self.book).is_done(partition, half)
     }
 
-    /// Whether a member that claims `partition` said it is alive within `within`.
+    /// Whether a member that claims `partition` was seen saying it is alive
+    /// within the last `within` (on this process's clock).
     pub fn claimed_alive(&self, partition: u32, within: Duration) -> bool {
-        lock(&self.book).claimed_alive(partition, wall_ms() - within.as_millis() as i64)
+        let now = Instant::now();
+        lock(&self.book).claimed_alive(partition, now.checked_sub(within).unwrap_or(now))
     }
 
     /// The address of the member running `partition`'s task, if any has said so.
@@ -216,15 +228,15 @@ fn follow(consumer: &BaseConsumer<Logged>, book: &Mutex<Book>, stop: &AtomicBool
             None => continue,
         };
         let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-        lock(book).read(key, m.payload());
+        lock(book).read(key, m.payload(), Instant::now());
     }
 }
 
 impl Book {
     /// Takes in one record of the topic: a member's claim (or its
     /// tombstone), or a task half's status. One read back may be older than
-    /// one this process wrote since: the newer stays.
-    fn read(&mut self, key: &str, value: Option<&[u8]>) {
+    /// one this process wrote since: the newer stays. `now` is when it was read.
+    fn read(&mut self, key: &str, value: Option<&[u8]>, now: Instant) {
         if key.starts_with(TASK_PREFIX) {
             match value.map(serde_json::from_slice::<Status>) {
                 Some(Ok(status)) => {
@@ -242,12 +254,9 @@ impl Book {
         match value.map(serde_json::from_slice::<Claim>) {
             None => {
                 self.claims.remove(key);
+                self.renewed.remove(key);
             }
-            Some(Ok(claim)) => {
-                if self.claims.get(key).is_none_or(|c| (c.at_ms, c.alive_ms) <= (claim.at_ms, claim.alive_ms)) {
-                    self.claims.insert(key.to_owned(), claim);
-                }
-            }
+            Some(Ok(claim)) => self.take_claim(key, claim, now),
             Some(Err(e)) => tracing::debug!(member = key, error = %e, "A members record that is not a claim; ignored."),
         }
     }
@@ -256,8 +265,23 @@ impl Book {
         self.statuses.get(&status_key(partition, half)).is_some_and(|s| s.done)
     }
 
-    fn claimed_alive(&self, partition: u32, since_ms: i64) -> bool {
-        self.claims.values().any(|c| c.partitions.contains(&partition) && c.alive_ms >= since_ms)
+    /// Keeps `claim` of `member` unless the one held is newer; a claim newer
+    /// than the one held (or the first) is a renewal seen at `now`.
+    fn take_claim(&mut self, member: &str, claim: Claim, now: Instant) {
+        let held = self.claims.get(member).map(|c| (c.at_ms, c.alive_ms));
+        if held.is_none_or(|held| held <= (claim.at_ms, claim.alive_ms)) {
+            if held != Some((claim.at_ms, claim.alive_ms)) {
+                self.renewed.insert(member.to_owned(), now);
+            }
+            self.claims.insert(member.to_owned(), claim);
+        }
+    }
+
+    /// Whether a member claiming `partition` was seen renewing its claim at or after `since`.
+    fn claimed_alive(&self, partition: u32, since: Instant) -> bool {
+        self.claims.iter().any(|(member, c)| {
+            c.partitions.contains(&partition) && self.renewed.get(member).is_some_and(|&at| at >= since)
+        })
     }
 }
 
@@ -299,31 +323,42 @@ mod tests {
     }
 
     #[test]
-    fn claims_say_who_is_alive_and_statuses_which_halves_are_done() {
+    fn claims_say_who_is_alive_by_when_they_were_seen_renewed_and_statuses_which_halves_are_done() {
         let json = |v: serde_json::Value| v.to_string().into_bytes();
+        let claim =
+            |alive_ms: i64| json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": alive_ms }));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
         let mut book = Book::default();
-        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 100 }))));
-        book.read("b:1", Some(&json(serde_json::json!({ "partitions": [2, 3], "at_ms": 100, "alive_ms": 100 }))));
-        // a says it is alive at 5,000; b says nothing more.
-        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 5000 }))));
-        assert!(book.claimed_alive(1, 4000) && !book.claimed_alive(2, 4000) && book.claimed_alive(2, 100));
+        book.read("a:1", Some(&claim(100)), at(0));
+        let b = json(serde_json::json!({ "partitions": [2, 3], "at_ms": 100, "alive_ms": 100 }));
+        book.read("b:1", Some(&b), at(0));
+        // Seen at 40 s: a renews its claim; b says nothing more.
+        book.read("a:1", Some(&claim(5000)), at(40));
+        assert!(book.claimed_alive(1, at(30)) && !book.claimed_alive(2, at(30)) && book.claimed_alive(2, at(0)));
         assert_eq!(owner_of(&book.claims, 2).as_deref(), Some("b:1"), "a stale claim still names its owner");
-        // An older heartbeat read back changes nothing.
-        book.read("a:1", Some(&json(serde_json::json!({ "partitions": [0, 1], "at_ms": 100, "alive_ms": 200 }))));
-        assert!(book.claimed_alive(0, 4000));
+        // A's clock is far behind this host's, or far ahead: how its
+        // `alive_ms` compares with this host's time does not matter, only
+        // that it grew.
+        book.read("a:1", Some(&claim(5001)), at(100));
+        assert!(book.claimed_alive(0, at(95)));
+        // An older heartbeat read back, or the same one again, is no renewal.
+        book.read("a:1", Some(&claim(200)), at(200));
+        book.read("a:1", Some(&claim(5001)), at(200));
+        assert!(!book.claimed_alive(0, at(150)));
         // Statuses are kept apart from claims, the newest winning.
         let status = |done: bool, at_ms: i64| json(serde_json::json!({ "done": done, "at_ms": at_ms }));
-        book.read(&status_key(2, "input"), Some(&status(true, 300)));
-        book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)));
+        book.read(&status_key(2, "input"), Some(&status(true, 300)), at(300));
+        book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)), at(300));
         assert!(book.is_done(2, "input") && !book.is_done(2, "repartitioned") && !book.is_done(3, "input"));
-        book.read(&status_key(2, "repartitioned"), Some(&status(true, 400)));
-        book.read(&status_key(2, "repartitioned"), Some(&status(false, 350)));
+        book.read(&status_key(2, "repartitioned"), Some(&status(true, 400)), at(300));
+        book.read(&status_key(2, "repartitioned"), Some(&status(false, 350)), at(300));
         assert!(book.is_done(2, "repartitioned"), "an older status read back changes nothing");
         // Started again: not done.
-        book.read(&status_key(2, "input"), Some(&status(false, 500)));
+        book.read(&status_key(2, "input"), Some(&status(false, 500)), at(300));
         assert!(!book.is_done(2, "input"));
         assert_eq!(book.claims.len(), 2, "statuses are not claims");
-        book.read("b:1", None);
-        assert!(!book.claimed_alive(2, 0), "b left");
+        book.read("b:1", None, at(300));
+        assert!(!book.claimed_alive(2, at(0)), "b left");
     }
 }
