@@ -333,20 +333,27 @@ impl Shard {
     /// Forgets an entity: removes every key whose first part is `id` from
     /// every feature whose entity is `entity`, with their unfired windows
     /// (dropped, not emitted) and serving values (gone from the views at
-    /// once). Returns how many keys were removed. Deterministic: call it at
+    /// once), and, on the recommender's shard, the user's profile or the
+    /// item's learned state ([`Recommender::forget_item`]). Returns how many
+    /// keys (a recommender's user or item counting one) were removed. Deterministic: call it at
     /// the same point of the input (see [`ShardInput::forget`]) and a
     /// restored run forgets the same.
     pub fn forget(&mut self, entity: Entity, id: &[u8]) -> usize {
         let mut n = 0;
-        if entity == Entity::User
-            && let Some((model, view)) = &mut self.recommender
-        {
+        if let Some((model, view)) = &mut self.recommender {
             let name = String::from_utf8_lossy(id);
-            if model.forget_user(&name) {
-                n += 1;
-            }
-            if let Some(view) = view {
-                view.remove_user(&name);
+            match entity {
+                Entity::User => {
+                    if model.forget_user(&name) {
+                        n += 1;
+                    }
+                    if let Some(view) = view {
+                        view.remove_user(&name);
+                    }
+                }
+                // Its changed lists reach the view with the next item publication.
+                Entity::Item => n += usize::from(model.forget_item(&name)),
+                Entity::None => {}
             }
         }
         for (i, f) in self.features.iter_mut().enumerate() {

@@ -255,7 +255,18 @@ impl Embeddings {
 
     /// `item`'s current embedding.
     pub(crate) fn get(&self, item: u32) -> Option<&Embedded> {
-        self.items.get(item as usize).and_then(Option::as_ref)
+        self.items.get(item as usize).and_then(Option::as_ref).filter(|e| !e.vector.is_empty())
+    }
+
+    /// Drops `item`'s embedding. Its slot keeps a next generation with no
+    /// vector, so its points in the index stay stale when it gets a vector
+    /// again (their generations never come back).
+    pub(crate) fn forget(&mut self, item: u32) {
+        if let Some(slot) = self.items.get_mut(item as usize)
+            && let Some(e) = slot
+        {
+            *slot = Some(Embedded { generation: e.generation.wrapping_add(1), vector: Arc::from(Vec::new()) });
+        }
     }
 
     /// Sets `item`'s embedding and inserts it into the index.
@@ -283,7 +294,9 @@ impl Embeddings {
         self.items
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i as u32, e.generation, &*e.vector)))
+            .filter_map(|(i, e)| {
+                e.as_ref().filter(|e| !e.vector.is_empty()).map(|e| (i as u32, e.generation, &*e.vector))
+            })
             .collect()
     }
 

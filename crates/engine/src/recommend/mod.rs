@@ -378,6 +378,34 @@ impl Recommender {
         removed
     }
 
+    /// Forgets an item's learned state, so that nothing recommends it until
+    /// it is interacted with again: its co-occurrence and transition lists,
+    /// its place in every other item's lists, its trending score and its
+    /// embedding. It stays in the catalog (with its category and tags, so
+    /// an upsert or interaction brings it back as any item comes); the
+    /// count of its distinct users and users' own histories stay, as for
+    /// [`Recommender::forget_user`]. One probe per catalog item. Returns
+    /// whether the item was known.
+    pub fn forget_item(&mut self, item: &str) -> bool {
+        let Some(&index) = self.item_ids.get(item) else { return false };
+        for (other, state) in self.items.iter_mut().enumerate() {
+            // Both removals run: an item may be in either list alone.
+            let in_neighbours = state.neighbours.remove(index);
+            if state.successors.remove(index) | in_neighbours {
+                mark_dirty(&mut self.dirty.items, state, other as u32);
+            }
+        }
+        let state = &mut self.items[index as usize];
+        state.neighbours.clear();
+        state.successors.clear();
+        let attributes: smallvec::SmallVec<[u32; 4]> = state.category.iter().chain(&state.tags).copied().collect();
+        mark_dirty(&mut self.dirty.items, state, index);
+        self.trending.forget(index, &attributes);
+        self.embeddings.forget(index);
+        self.dirty.catalog = true;
+        true
+    }
+
     /// Replaces the spec after a restore (the spec is config, not state).
     /// The embedding index is rebuilt for the spec's dimension; embeddings of
     /// another dimension (or all, with none configured) are dropped.

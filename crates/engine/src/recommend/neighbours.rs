@@ -80,6 +80,31 @@ impl Neighbours {
         }
     }
 
+    /// Removes `item`'s entry, if any (the total keeps its weight, as it
+    /// keeps a pruned entry's). Returns whether there was one.
+    pub fn remove(&mut self, item: u32) -> bool {
+        let entries = &self.entries;
+        let Ok(slot) = self.index.find_entry(hash(item), |&at| entries[at as usize].0 == item) else { return false };
+        let (at, _) = slot.remove();
+        let at = at as usize;
+        self.entries.swap_remove(at);
+        // The last entry moved into `at`: its index slot follows it.
+        if let Some(&(moved, _)) = self.entries.get(at) {
+            let from = self.entries.len() as u32;
+            if let Some(position) = self.index.find_mut(hash(moved), |&p| p == from) {
+                *position = at as u32;
+            }
+        }
+        true
+    }
+
+    /// Removes every entry and the total.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.index.clear();
+        self.total = 0.0;
+    }
+
     fn prune(&mut self, bound: usize) {
         self.entries.select_nth_unstable_by(bound, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         self.entries.truncate(bound);
@@ -168,6 +193,28 @@ mod tests {
         let back: Neighbours = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.entries(), n.entries());
         assert_eq!(back.get(3), n.get(3));
+    }
+
+    #[test]
+    fn removing_an_entry_keeps_the_others_findable() {
+        let mut n = Neighbours::default();
+        for item in 0..6u32 {
+            n.add(item, 1.0 + item as f32, 10);
+        }
+        assert!(n.remove(2), "2 was there");
+        assert!(!n.remove(2), "2 is gone");
+        assert_eq!(n.get(2), 0.0);
+        // The last entry (5) moved into 2's place and is still found, as are the rest.
+        for item in [0u32, 1, 3, 4, 5] {
+            assert_eq!(n.get(item), 1.0 + item as f32, "item {item}");
+        }
+        assert!(n.remove(5) && n.remove(0));
+        assert_eq!(n.len(), 3);
+        n.add(2, 7.0, 10);
+        assert_eq!((n.get(2), n.get(4)), (7.0, 5.0));
+        assert_eq!(n.total(), (1..=6).sum::<u32>() as f64 + 7.0, "removal keeps the total, as pruning does");
+        n.clear();
+        assert!(n.is_empty() && n.get(4) == 0.0 && n.total() == 0.0);
     }
 
     #[test]

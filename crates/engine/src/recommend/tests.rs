@@ -198,6 +198,58 @@ fn forgetting_a_user_makes_them_a_cold_start_in_the_model_and_the_view() {
     assert!(!m.forget_user("u1"));
 }
 
+/// B, forgotten: nothing proposes it, in the model, its view or a restore
+/// (not co-occurrence through A, not trending, not its category, not
+/// similar items) until it is interacted with again.
+#[test]
+fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
+    let mut m = covisited();
+    for item in ["A", "B", "C", "P"] {
+        m.upsert_item(item, Some("c1"), &["t"], 0);
+    }
+    m.interaction("new", "A", Some("view"), 100 * MINUTE);
+    let view = RecommenderView::new(m.spec().clone());
+    view.publish(&mut m, true);
+    let (a, b) = (m.item_index("A").unwrap(), m.item_index("B").unwrap());
+    assert_eq!(recommend(&m, "new", 1), vec!["B"]);
+    assert!(lists(&m, a).iter().all(|items| items.contains(&b)), "B is proposed before it is forgotten");
+
+    assert!(m.forget_item("B"));
+    assert!(!m.forget_item("never-seen"));
+    view.publish(&mut m, true);
+    let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+    for (model, lists) in [("model", lists(&m, a)), ("view", lists(&view, a)), ("restored", lists(&restored, a))] {
+        for items in lists {
+            assert!(!items.is_empty() && !items.contains(&b), "{model} proposed B: {items:?}");
+        }
+    }
+
+    // Three users view A then B again: B is back, learnt from them alone.
+    for u in 0..3 {
+        m.interaction(&format!("again{u}"), "A", Some("view"), (200 + u) * MINUTE);
+        m.interaction(&format!("again{u}"), "B", Some("view"), (200 + u) * MINUTE + 1);
+    }
+    assert!(recommend(&m, "new", 3).contains(&"B".to_owned()), "{:?}", recommend(&m, "new", 3));
+    let weight = m.item_state(a).neighbours.get(b);
+    assert!(weight > 0.0 && weight == m.item_state(b).neighbours.get(a), "A and B: {weight}");
+    assert!(weight < 5.0, "counted from before the forget: {weight}");
+}
+
+/// What `model` answers: recommendations for a user who saw A, for one
+/// who saw P only, for an unknown user (trending), for an
+/// unknown user on `a`'s page, and items similar to `a`.
+fn lists(model: &impl ModelRead, a: u32) -> Vec<Vec<u32>> {
+    let mut out = Ranking::default();
+    let mut items = Vec::new();
+    for (user, context) in [("new", &[][..]), ("u30", &[]), ("nobody", &[]), ("nobody", &[a])] {
+        rank(model, &Query { context, ..Query::for_user(user, 10) }, &mut out);
+        items.push(out.items.iter().map(|s| s.item).collect());
+    }
+    similar(model, a, 10, &mut out);
+    items.push(out.items.iter().map(|s| s.item).collect());
+    items
+}
+
 fn same_ranking(a: &impl ModelRead, b: &impl ModelRead, users: &[&str]) {
     for user in users {
         let (mut x, mut y) = (Ranking::default(), Ranking::default());
@@ -421,4 +473,29 @@ fn a_replaced_embedding_moves_the_item_and_a_snapshot_keeps_it() {
     // A snapshot of a model without embeddings is the model alone, as before.
     let plain = covisited();
     assert_eq!(plain.snapshot(), postcard::to_stdvec(&plain).unwrap());
+}
+
+#[test]
+fn a_forgotten_item_leaves_the_embedding_neighbours_until_it_has_a_vector_again() {
+    let mut m = embedded_catalog();
+    let by_embedding = |m: &Recommender, item: &str| -> Vec<String> {
+        similar_names(m, item, 10, |i| m.item_name(i).unwrap().to_owned())
+            .into_iter()
+            .filter(|(_, r)| r.contains(&Generator::Embedding))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert!(by_embedding(&m, "s2").contains(&"s3".to_owned()));
+    assert!(m.forget_item("s3"));
+    assert!(m.embedding(m.item_index("s3").unwrap()).is_none());
+    let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+    assert_eq!(restored.embedding_index().unwrap().points(), 19, "a forgotten vector is not restored");
+    for model in [&m, &restored] {
+        let near = by_embedding(model, "s2");
+        assert!(near.len() >= 5 && !near.contains(&"s3".to_owned()), "{near:?}");
+    }
+    // A vector again (the one it had): found again, once.
+    m.upsert_item_with_embedding("s3", Some("shoes"), &[], &[1.0, 0.06, 0.0, 0.0], 5).unwrap();
+    let near = by_embedding(&m, "s2");
+    assert_eq!(near.iter().filter(|i| *i == "s3").count(), 1, "{near:?}");
 }

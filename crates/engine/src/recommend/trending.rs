@@ -164,6 +164,20 @@ impl Trending {
         }
     }
 
+    /// Forgets an item: its score is zero and it is in no list (of its
+    /// `attributes` nor overall) until it is interacted with again.
+    pub fn forget(&mut self, item: u32, attributes: &[u32]) {
+        if let Some(score) = self.scores.get_mut(item as usize) {
+            *score = 0.0;
+        }
+        self.overall.remove(item);
+        for attribute in attributes {
+            if let Some(list) = self.by_category.get_mut(attribute) {
+                list.remove(item);
+            }
+        }
+    }
+
     /// An item's score (relative: only comparable with other scores of now).
     pub fn score(&self, item: u32) -> f64 {
         self.scores.get(item as usize).copied().unwrap_or(0.0)

@@ -209,7 +209,7 @@ fn co_visited_items_are_recommended_and_seen_or_excluded_ones_never() {
 }
 
 #[test]
-fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold() {
+fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold_and_items_unproposed() {
     let (running, _dir) = start();
     let addr = running.addr.as_str();
     covisitation_world(addr);
@@ -253,6 +253,30 @@ fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold() {
     assert_eq!(answer["user_id"], "fresh");
     let got = ids(&answer);
     assert!(got.contains(&A.to_owned()) && got.contains(&B.to_owned()), "trending again holds A and B: {answer}");
+
+    // Forget an item: B leaves every list (A's neighbours, A's similar
+    // items, trending) within the item publication interval.
+    post_events(addr, &[view("after", A, LATER + 2000)]);
+    poll("after's view of A", Duration::from_secs(3), || {
+        let v = recommend_ok(addr, &json!({ "user_id": "after", "k": 5 }));
+        if ids(&v).first().map(String::as_str) == Some(B) { Ok(()) } else { Err(v.to_string()) }
+    });
+    let (status, body) = support::request(addr, "DELETE", &format!("/v1/items/{B}"), "text/plain", "");
+    assert_eq!(status, 202, "{body}");
+    let (_, gone) = poll("B to be forgotten", Duration::from_secs(3), || {
+        // (A's similar items may now be none: only B's viewers saw A.)
+        let answers = [
+            recommend_ok(addr, &json!({ "user_id": "after", "k": 1000 })),
+            recommend_ok(addr, &json!({ "user_id": "nobody-yet", "k": 1000 })),
+            similar(addr, A, "?k=1000").1,
+        ];
+        let proposed = |v: &Value| ids(v).contains(&B.to_owned()) || (v["user_id"].is_string() && ids(v).is_empty());
+        match answers.iter().find(|v| proposed(v)) {
+            Some(v) => Err(v.to_string()),
+            None => Ok(()),
+        }
+    });
+    println!("forget item: DELETE 202 -> in no list after {gone:.3?}");
 }
 
 #[test]
