@@ -1,6 +1,7 @@
 //! The recommender's two hot paths: learning one interaction, and ranking
 //! top-10 for a user (from the published view, as the HTTP API does, and
-//! from the live model, as `freshet eval` does), plus similar items.
+//! from the live model, as `freshet eval` does), plus similar items and
+//! forgetting an item.
 //!
 //! The model is built from a synthetic stream: 100k users, 20k items with
 //! skewed popularity, 1M interactions. The `recommend_embedding` group runs
@@ -76,6 +77,14 @@ fn bench(c: &mut Criterion) {
             n = (n + 1) % events.len();
             t += 100;
             m.interaction(&events[n].0, &events[n].1, Some("view"), t);
+        })
+    });
+    // Forgetting an item probes every item's two lists once (20k items here).
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("i{i}")).collect();
+    g.bench_function("forget_item", |b| {
+        b.iter(|| {
+            n = (n + 1) % items.len();
+            m.forget_item(&items[n])
         })
     });
     g.finish();
