@@ -345,6 +345,18 @@ pub fn run(
                 tracing::info!(task = p, "Task moved to another process; stopped here.");
             }
             done.retain(|(p, _)| assigned.contains(p));
+            // Not done (a status from an earlier run of a bounded job may say
+            // so): said at once, not when the half starts (after the replica's
+            // tables load, two starts at a time), so that the group does not
+            // count it done if this process dies before it starts it.
+            for key in assigned.iter().flat_map(|&p| halves.iter().map(move |&h| (p, h))) {
+                if !done.contains(&key)
+                    && !running.contains_key(&key)
+                    && let Err(e) = members.task_status(key.0, key.1.name(), false)
+                {
+                    tracing::debug!(task = key.0, half = ?key.1, error = %e, "Could not tell the group the half is not done.");
+                }
+            }
             owned = assigned;
         }
         for (p, next) in std::mem::take(&mut *commits.lock().unwrap_or_else(|e| e.into_inner())) {
@@ -408,10 +420,6 @@ pub fn run(
                 // Two at a time: each start opens its clients and reads a changelog.
                 if busy || starting.len() >= 2 || retry_at.get(&key).is_some_and(|t| *t > now) {
                     continue;
-                }
-                // Not done (a status from an earlier run said so, perhaps): it runs again.
-                if let Err(e) = members.task_status(p, half.name(), false) {
-                    tracing::debug!(task = p, ?half, error = %e, "Could not tell the group the half starts.");
                 }
                 let starter = starter.clone();
                 let handle = std::thread::Builder::new()

@@ -22,9 +22,10 @@
 //! whole window before it takes any claim for a dead one.)
 //!
 //! Beside the claims, the topic holds each task half's status, keyed
-//! `task/{partition}/{half}`: started, or done (a bounded job's half read its
-//! input to the end and shipped its last checkpoint). A status outlives the
-//! member that wrote it; the next start of that half replaces it.
+//! `task/{partition}/{half}`: not done (its task was assigned), or done (a
+//! bounded job's half read its input to the end and shipped its last
+//! checkpoint). A status outlives the member that wrote it; the next
+//! assignment of that task replaces it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,7 +162,7 @@ impl Members {
         Ok(())
     }
 
-    /// Says that half `half` of `partition`'s task started (`done` false) or
+    /// Says that half `half` of `partition`'s task is not done (`done` false) or
     /// read its input to the end and shipped its last checkpoint (`done`).
     pub fn task_status(&self, partition: u32, half: &str, done: bool) -> Result<()> {
         let key = status_key(partition, half);
