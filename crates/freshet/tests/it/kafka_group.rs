@@ -839,6 +839,9 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
 /// forgotten item and a kept one again: after the restart, from either
 /// process, the forgotten item counts only the views after its forget, the
 /// kept one all of them, and the other two forgotten items stay forgotten.
+/// Every process's replica of the recommender forgets them too: they leave
+/// i3's similar items (all seven were there), and stay out after the
+/// restart (its replica restored from its checkpoint).
 #[test]
 fn an_item_forgotten_in_a_group_is_forgotten_by_the_task_that_counts_its_views() {
     let dir = tempfile::tempdir().unwrap();
@@ -871,6 +874,9 @@ fn an_item_forgotten_in_a_group_is_forgotten_by_the_task_that_counts_its_views()
     let counted = |item: &str, views: u64| (format!("/v1/items/{item}/features"), Counts::Item(views));
     let all: Vec<_> = items.iter().map(|i| counted(i, 24)).collect();
     wait_for_reads(&[&a1, &a2], &all, &mut [&mut p1, &mut p2]);
+    // Every replica of the recommender finds all seven others similar to i3.
+    let others: Vec<&str> = items.iter().map(String::as_str).filter(|i| *i != "i3").collect();
+    wait_for_similar(&[&a1, &a2], "i3", (&others, &[]), &mut [&mut p1, &mut p2]);
 
     let (status, refused) = support::request(&a1, "DELETE", "/v1/users/u1", "text/plain", "");
     assert!(status == 404 && refused.contains(r#"forget_on_tombstone = \"user\""#), "{status} {refused}");
@@ -882,6 +888,8 @@ fn an_item_forgotten_in_a_group_is_forgotten_by_the_task_that_counts_its_views()
     let kept: Vec<_> = items[3..].iter().map(|i| counted(i, 24)).collect();
     wait_for_forgotten(&[&a1, &a2], &forgotten, &mut [&mut p1, &mut p2]);
     wait_for_reads(&[&a1, &a2], &kept, &mut [&mut p1, &mut p2]);
+    // Every replica forgot them too: no longer similar to i3, the others still.
+    wait_for_similar(&[&a1, &a2], "i3", (&others[3..], &forgotten), &mut [&mut p1, &mut p2]);
 
     p2.kill("p2");
     produce("second", &["i0", "i3"], 1_700_000_100_000);
@@ -891,6 +899,34 @@ fn an_item_forgotten_in_a_group_is_forgotten_by_the_task_that_counts_its_views()
         [counted("i0", 24), counted("i3", 48)].into_iter().chain(items[4..].iter().map(|i| counted(i, 24))).collect();
     wait_for_reads(&[&a1, &a2], &after, &mut [&mut p1, &mut p2]);
     wait_for_forgotten(&[&a1, &a2], &forgotten[1..], &mut [&mut p1, &mut p2]);
+    // The restarted replica, from its checkpoint, still has them forgotten.
+    wait_for_similar(&[&a1, &a2], "i3", (&others[3..], &forgotten[1..]), &mut [&mut p1, &mut p2]);
+}
+
+/// Asks every one of `addrs` for `item`'s similar items until they hold
+/// every one of `present` and none of `absent` (within 120 s).
+fn wait_for_similar(addrs: &[&str], item: &str, (present, absent): (&[&str], &[&str]), members: &mut [&mut Member]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for addr in addrs {
+        loop {
+            let (status, body) = support::request(addr, "GET", &format!("/v1/items/{item}/similar?k=20"), "", "");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let similar: Vec<&str> =
+                v["items"].as_array().into_iter().flatten().filter_map(|i| i["item_id"].as_str()).collect();
+            if status == 200
+                && present.iter().all(|p| similar.contains(p))
+                && !absent.iter().any(|a| similar.contains(a))
+            {
+                break;
+            }
+            still_waiting(members, deadline, || {
+                format!(
+                    "{item}'s similar items at {addr}, after 120 s: {status} {body}\nwant {present:?}, not {absent:?}"
+                )
+            });
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
 }
 
 /// Asks every one of `addrs` for each of `items`' features until none is
