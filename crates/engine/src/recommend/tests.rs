@@ -445,25 +445,27 @@ fn a_wrong_dimension_is_rejected_but_the_item_is_catalogued() {
     assert!(off.embedding_index().is_none());
 }
 
+/// The items similar to `item` that its embedding proposed.
+fn by_embedding(m: &Recommender, item: &str) -> Vec<String> {
+    similar_names(m, item, 10, |i| m.item_name(i).unwrap().to_owned())
+        .into_iter()
+        .filter(|(_, r)| r.contains(&Generator::Embedding))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[test]
 fn a_replaced_embedding_moves_the_item_and_a_snapshot_keeps_it() {
     let mut m = embedded_catalog();
     // s9 becomes a bag by its vector.
     m.upsert_item_with_embedding("s9", Some("shoes"), &[], &[0.0, 0.0, 1.0, 0.05], 3).unwrap();
-    let names = |m: &Recommender, item: &str| -> Vec<String> {
-        similar_names(m, item, 10, |i| m.item_name(i).unwrap().to_owned())
-            .into_iter()
-            .filter(|(_, r)| r.contains(&Generator::Embedding))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    assert!(names(&m, "b2").contains(&"s9".to_owned()), "{:?}", names(&m, "b2"));
-    assert!(!names(&m, "s0").contains(&"s9".to_owned()), "{:?}", names(&m, "s0"));
+    assert!(by_embedding(&m, "b2").contains(&"s9".to_owned()), "{:?}", by_embedding(&m, "b2"));
+    assert!(!by_embedding(&m, "s0").contains(&"s9".to_owned()), "{:?}", by_embedding(&m, "s0"));
     m.interaction("u", "b2", None, 4);
     let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
     assert_eq!(restored.embedding_index().unwrap().points(), 20, "stale points are not restored");
     for item in ["b2", "s0", "s9"] {
-        assert_eq!(names(&restored, item), names(&m, item), "{item}");
+        assert_eq!(by_embedding(&restored, item), by_embedding(&m, item), "{item}");
     }
     same_ranking(&m, &restored, &["u"]);
     // Restored without a dimension: embeddings are dropped, nothing else is.
@@ -478,13 +480,6 @@ fn a_replaced_embedding_moves_the_item_and_a_snapshot_keeps_it() {
 #[test]
 fn a_forgotten_item_leaves_the_embedding_neighbours_until_it_has_a_vector_again() {
     let mut m = embedded_catalog();
-    let by_embedding = |m: &Recommender, item: &str| -> Vec<String> {
-        similar_names(m, item, 10, |i| m.item_name(i).unwrap().to_owned())
-            .into_iter()
-            .filter(|(_, r)| r.contains(&Generator::Embedding))
-            .map(|(i, _)| i)
-            .collect()
-    };
     assert!(by_embedding(&m, "s2").contains(&"s3".to_owned()));
     assert!(m.forget_item("s3"));
     assert!(m.embedding(m.item_index("s3").unwrap()).is_none());
