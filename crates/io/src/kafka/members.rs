@@ -60,6 +60,8 @@ type Claims = HashMap<String, Claim>;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Status {
     done: bool,
+    /// When it was written, by the writer's clock: for people reading the
+    /// topic; the topic's order decides which status stands.
     at_ms: i64,
 }
 
@@ -167,9 +169,9 @@ impl Members {
     pub fn task_status(&self, partition: u32, half: &str, done: bool) -> Result<()> {
         let key = status_key(partition, half);
         let status = Status { done, at_ms: wall_ms() };
-        self.write(&key, Some(&serde_json::to_vec(&status).unwrap_or_default()))?;
-        lock(&self.book).statuses.insert(key, status);
-        Ok(())
+        // Taken into the book when read back, in the topic's order with the
+        // others' (this process reads only other tasks' statuses).
+        self.write(&key, Some(&serde_json::to_vec(&status).unwrap_or_default()))
     }
 
     /// Whether half `half` of `partition`'s task is done, as last said.
@@ -235,15 +237,17 @@ fn follow(consumer: &BaseConsumer<Logged>, book: &Mutex<Book>, stop: &AtomicBool
 
 impl Book {
     /// Takes in one record of the topic: a member's claim (or its
-    /// tombstone), or a task half's status. One read back may be older than
-    /// one this process wrote since: the newer stays. `now` is when it was read.
+    /// tombstone), or a task half's status. A claim of this process read
+    /// back may be older than one it wrote since: the newer (by its own
+    /// clock) stays. Statuses are taken in the topic's order. `now` is when
+    /// it was read.
     fn read(&mut self, key: &str, value: Option<&[u8]>, now: Instant) {
         if key.starts_with(TASK_PREFIX) {
             match value.map(serde_json::from_slice::<Status>) {
+                // The topic's order, not the writers' clocks: another host's
+                // clock may be behind this one's.
                 Some(Ok(status)) => {
-                    if self.statuses.get(key).is_none_or(|s| s.at_ms <= status.at_ms) {
-                        self.statuses.insert(key.to_owned(), status);
-                    }
+                    self.statuses.insert(key.to_owned(), status);
                 }
                 None => {
                     self.statuses.remove(key);
@@ -347,14 +351,15 @@ mod tests {
         book.read("a:1", Some(&claim(200)), at(200));
         book.read("a:1", Some(&claim(5001)), at(200));
         assert!(!book.claimed_alive(0, at(150)));
-        // Statuses are kept apart from claims, the newest winning.
+        // Statuses are kept apart from claims, the last in the topic winning.
         let status = |done: bool, at_ms: i64| json(serde_json::json!({ "done": done, "at_ms": at_ms }));
         book.read(&status_key(2, "input"), Some(&status(true, 300)), at(300));
         book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)), at(300));
         assert!(book.is_done(2, "input") && !book.is_done(2, "repartitioned") && !book.is_done(3, "input"));
-        book.read(&status_key(2, "repartitioned"), Some(&status(true, 400)), at(300));
-        book.read(&status_key(2, "repartitioned"), Some(&status(false, 350)), at(300));
-        assert!(book.is_done(2, "repartitioned"), "an older status read back changes nothing");
+        // The task moved to a member whose clock is behind: its "done" comes
+        // later in the topic, with an earlier time. It stands.
+        book.read(&status_key(2, "repartitioned"), Some(&status(true, 250)), at(300));
+        assert!(book.is_done(2, "repartitioned"), "a later status with an earlier clock was not taken");
         // Started again: not done.
         book.read(&status_key(2, "input"), Some(&status(false, 500)), at(300));
         assert!(!book.is_done(2, "input"));
