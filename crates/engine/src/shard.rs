@@ -335,9 +335,9 @@ impl Shard {
     /// (dropped, not emitted) and serving values (gone from the views at
     /// once), and, on the recommender's shard, the user's profile or the
     /// item's learned state ([`Recommender::forget_item`]). Returns how many
-    /// keys (a recommender's user or item counting one) were removed. Deterministic: call it at
-    /// the same point of the input (see [`ShardInput::forget`]) and a
-    /// restored run forgets the same.
+    /// keys (a recommender's user or item counting one) were removed.
+    /// Deterministic: call it at the same point of the input (see
+    /// [`ShardInput::forget`]) and a restored run forgets the same.
     pub fn forget(&mut self, entity: Entity, id: &[u8]) -> usize {
         let mut n = 0;
         if let Some((model, view)) = &mut self.recommender {

@@ -378,6 +378,7 @@ fn field_value(row: &[u8], field: &str, out: &mut Vec<u8>) {
                 if freshet_engine::json::unescape_into(body, &mut text) {
                     out.extend_from_slice(text.as_bytes());
                 } else {
+                    // A lone surrogate has no text: its raw spelling, then.
                     out.extend_from_slice(body);
                 }
             }
