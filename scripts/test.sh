@@ -64,5 +64,8 @@ fi
 echo "== doc tests"
 cargo test --workspace --doc --locked
 
+echo "== cargo doc (broken or private links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 echo "== fuzz (15 s per target)"
 bash scripts/fuzz.sh 15

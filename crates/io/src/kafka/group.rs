@@ -240,7 +240,7 @@ impl Changelog {
     ///
     /// The newest checkpoint is at the end, and a broker that does not
     /// compact (tansu) keeps every one before it: the partition's tail is
-    /// read first ([`TAIL_RECORDS`] records), four times longer each time it
+    /// read first (`TAIL_RECORDS` records), four times longer each time it
     /// holds no complete checkpoint, so a restore reads about one checkpoint
     /// however long the task has run. (Two runs of a task writing at once,
     /// for a moment during a move, may interleave their pieces; whichever
