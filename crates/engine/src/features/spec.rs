@@ -26,6 +26,11 @@ impl Entity {
             Entity::None => "none",
         }
     }
+
+    /// The entity [`Entity::name`] spells `name`, if any.
+    pub fn from_name(name: &str) -> Option<Entity> {
+        [Entity::User, Entity::Item, Entity::None].into_iter().find(|e| e.name() == name)
+    }
 }
 
 /// Output format of a sink.

@@ -291,13 +291,7 @@ impl Embeddings {
 
     /// What a snapshot holds: (item, generation, vector) of every item with one.
     pub(crate) fn stored(&self) -> Vec<(u32, u32, &[f32])> {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.as_ref().filter(|e| !e.vector.is_empty()).map(|e| (i as u32, e.generation, &*e.vector))
-            })
-            .collect()
+        (0..self.items.len() as u32).filter_map(|i| self.get(i).map(|e| (i, e.generation, &*e.vector))).collect()
     }
 
     /// The inverse of [`Embeddings::stored`], with an index of `dimension`

@@ -119,6 +119,13 @@ pub(crate) struct ItemState {
     pub(crate) dirty: bool,
 }
 
+impl ItemState {
+    /// Its category, then its tags: the attributes whose trending lists hold it.
+    pub(crate) fn attributes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.category.iter().chain(&self.tags).copied()
+    }
+}
+
 /// The live model: every generator's state. `snapshot` writes the stored
 /// fields in this order: keep the two alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,7 +315,7 @@ impl Recommender {
             }
         }
         // Kept even when trending proposes nothing: it breaks ties and fills short lists.
-        let attributes: smallvec::SmallVec<[u32; 4]> = state.category.iter().chain(&state.tags).copied().collect();
+        let attributes: smallvec::SmallVec<[u32; 4]> = state.attributes().collect();
         self.trending.add(item, &attributes, weight, time_ms);
         mark_dirty(&mut self.dirty.items, &mut self.items[item as usize], item);
     }
@@ -398,7 +405,7 @@ impl Recommender {
         let state = &mut self.items[index as usize];
         state.neighbours.clear();
         state.successors.clear();
-        let attributes: smallvec::SmallVec<[u32; 4]> = state.category.iter().chain(&state.tags).copied().collect();
+        let attributes: smallvec::SmallVec<[u32; 4]> = state.attributes().collect();
         mark_dirty(&mut self.dirty.items, state, index);
         self.trending.forget(index, &attributes);
         self.embeddings.forget(index);

@@ -156,14 +156,6 @@ impl Trending {
         }
     }
 
-    /// Removes an item from every list (its score stays, it may come back).
-    pub fn remove(&mut self, item: u32, category: Option<u32>) {
-        self.overall.remove(item);
-        if let Some(list) = category.and_then(|c| self.by_category.get_mut(&c)) {
-            list.remove(item);
-        }
-    }
-
     /// Forgets an item: its score is zero and it is in no list (of its
     /// `attributes` nor overall) until it is interacted with again.
     pub fn forget(&mut self, item: u32, attributes: &[u32]) {

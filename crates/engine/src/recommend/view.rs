@@ -123,13 +123,7 @@ impl RecommenderView {
             // Lists of the changed items' categories and tags (cheap: a list is
             // short), also of those whose items wait for the next item publication.
             let changed = if with_items { &dirty.items[..] } else { model.pending_items() };
-            let mut categories: Vec<u32> = changed
-                .iter()
-                .flat_map(|&i| {
-                    let item = model.item_state(i);
-                    item.category.into_iter().chain(item.tags.iter().copied())
-                })
-                .collect();
+            let mut categories: Vec<u32> = changed.iter().flat_map(|&i| model.item_state(i).attributes()).collect();
             categories.sort_unstable();
             categories.dedup();
             for c in categories {

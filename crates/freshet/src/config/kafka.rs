@@ -63,11 +63,10 @@ pub fn source(
             StartAt::Earliest
         }
     };
-    let forget_on_tombstone = forget_on_tombstone.and_then(|entity| match entity {
-        "user" => Some(Entity::User),
-        "item" => Some(Entity::Item),
-        other => {
-            p.err(format!("{path}.forget_on_tombstone"), format!("expected \"user\" or \"item\", got {other:?}"));
+    let forget_on_tombstone = forget_on_tombstone.and_then(|name| match Entity::from_name(name) {
+        Some(entity) if entity != Entity::None => Some(entity),
+        _ => {
+            p.err(format!("{path}.forget_on_tombstone"), format!("expected \"user\" or \"item\", got {name:?}"));
             None
         }
     });

@@ -64,23 +64,14 @@ struct Request {
 
 /// The control record of a forget: `{"forget":{"entity":"user","id":"u1"}}`.
 fn encode_forget(f: &Forget) -> Vec<u8> {
-    let entity = match f.entity {
-        Entity::User => "user",
-        Entity::Item => "item",
-        Entity::None => "none",
-    };
     let id = String::from_utf8_lossy(&f.id);
-    serde_json::to_vec(&serde_json::json!({ "forget": { "entity": entity, "id": id } })).unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "forget": { "entity": f.entity.name(), "id": id } })).unwrap_or_default()
 }
 
 fn decode_forget(payload: &[u8]) -> Option<Forget> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let f = v.get("forget")?;
-    let entity = match f.get("entity")?.as_str()? {
-        "user" => Entity::User,
-        "item" => Entity::Item,
-        _ => return None,
-    };
+    let entity = Entity::from_name(f.get("entity")?.as_str()?).filter(|e| *e != Entity::None)?;
     Some(Forget { entity, id: f.get("id")?.as_str()?.as_bytes().to_vec() })
 }
 

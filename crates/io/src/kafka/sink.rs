@@ -105,8 +105,7 @@ pub fn forget_marker_key(upstream: u32, seq: u64, id: &[u8]) -> Vec<u8> {
 pub fn parse_forget_marker(key: &[u8], value: Option<&[u8]>) -> Option<(u32, u64, Forget)> {
     let (upstream, seq) = parse_repartition_key(key.get(..12)?)?;
     let id = key.get(12..).filter(|id| !id.is_empty())?;
-    let value = value?;
-    let entity = [Entity::User, Entity::Item, Entity::None].into_iter().find(|e| e.name().as_bytes() == value)?;
+    let entity = Entity::from_name(std::str::from_utf8(value?).ok()?)?;
     Some((upstream, seq, Forget { entity, id: id.to_vec() }))
 }
 
