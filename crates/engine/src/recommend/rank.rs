@@ -367,6 +367,11 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
             }
         }
     }
+    // Sequence scores are probabilities: a thin best one earns less than the full weight.
+    let sequence = Generator::Sequence.index();
+    if max[sequence] > 0.0 {
+        max[sequence] = max[sequence].max(spec.sequence.full_weight_at);
+    }
     // A generator's raw score times its scale is its weighted, normalised part.
     let scale: [f64; GENERATORS] = Generator::ALL.map(|g| {
         let max = max[g.index()];

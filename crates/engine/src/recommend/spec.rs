@@ -72,7 +72,7 @@ impl Default for CooccurrenceSpec {
             weight: 1.0,
             pair_window: 25,
             distance_exponent: 0.5,
-            source_damping: 0.3,
+            source_damping: 0.5,
             candidate_damping: 0.2,
             max_neighbours: 400,
         }
@@ -82,7 +82,12 @@ impl Default for CooccurrenceSpec {
 /// Transitions: how often item `b` directly followed item `a` in one user's
 /// events (within `session_gap` of event time). A candidate's score sums the
 /// transition counts from the user's latest items, the k-th newest weighted
-/// `recency_decay^k`, normalised by the source's outgoing total.
+/// `recency_decay^k`, normalised by the source's outgoing total: a
+/// transition probability. The blend divides a request's sequence scores by
+/// their maximum, but by no less than `full_weight_at`: where what follows
+/// an item is spread thin (ratings entered in no particular order, say),
+/// its best successor, followed one time in twenty, gets a quarter of the
+/// generator's weight instead of all of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceSpec {
     /// Whether it runs.
@@ -97,6 +102,9 @@ pub struct SequenceSpec {
     pub max_successors: usize,
     /// Two events of a user further apart than this (ms) are not a transition.
     pub session_gap_ms: i64,
+    /// The transition probability that earns the generator its full weight
+    /// (0: the best successor always does).
+    pub full_weight_at: f64,
 }
 
 impl Default for SequenceSpec {
@@ -108,6 +116,7 @@ impl Default for SequenceSpec {
             recency_decay: 0.5,
             max_successors: 200,
             session_gap_ms: 30 * 60 * 1000,
+            full_weight_at: 0.2,
         }
     }
 }
@@ -127,7 +136,7 @@ pub struct TrendingSpec {
 
 impl Default for TrendingSpec {
     fn default() -> Self {
-        Self { enabled: true, weight: 0.05, half_life_ms: 6 * 3600 * 1000, list_len: 200 }
+        Self { enabled: true, weight: 0.1, half_life_ms: 6 * 3600 * 1000, list_len: 200 }
     }
 }
 

@@ -84,6 +84,40 @@ fn a_transition_proposes_what_followed() {
     assert_eq!(m.item_state(m.item_index("X").unwrap()).successors.len(), 0);
 }
 
+/// What followed an item only one time in ten earns a transition half the
+/// generator's weight (at the default `full_weight_at` of 0.2); what always
+/// followed it, the whole weight; with `full_weight_at = 0`, any best one does.
+#[test]
+fn thin_transitions_earn_less_than_the_full_weight() {
+    let learn = |spec: RecommenderSpec| {
+        let mut m = Recommender::new(spec.only(Generator::Sequence));
+        for u in 0..10 {
+            m.interaction(&format!("u{u}"), "X", None, u * 10 * MINUTE);
+            m.interaction(&format!("u{u}"), &format!("Y{u}"), None, u * 10 * MINUTE + MINUTE);
+            m.interaction(&format!("w{u}"), "W", None, u * 10 * MINUTE);
+            m.interaction(&format!("w{u}"), "V", None, u * 10 * MINUTE + MINUTE);
+        }
+        m.interaction("thin", "X", None, 200 * MINUTE);
+        m.interaction("sharp", "W", None, 200 * MINUTE);
+        m
+    };
+    let best_part = |m: &Recommender, user: &str| {
+        let mut out = Ranking::default();
+        rank(m, &Query::for_user(user, 1), &mut out);
+        out.items[0].parts[Generator::Sequence.index()]
+    };
+    let spec = RecommenderSpec::default();
+    let weight = spec.sequence.weight;
+    assert_eq!(spec.sequence.full_weight_at, 0.2);
+    let m = learn(spec.clone());
+    assert!((best_part(&m, "thin") - weight * 0.1 / 0.2).abs() < 1e-6, "{}", best_part(&m, "thin"));
+    assert!((best_part(&m, "sharp") - weight).abs() < 1e-6);
+    let mut always_full = spec;
+    always_full.sequence.full_weight_at = 0.0;
+    let m = learn(always_full);
+    assert!((best_part(&m, "thin") - weight).abs() < 1e-6);
+}
+
 #[test]
 fn an_unknown_user_gets_trending_and_context_helps() {
     let m = covisited();

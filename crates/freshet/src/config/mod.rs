@@ -360,6 +360,8 @@ mod tests {
             recency_decay = 1.5
             [recommender.cooccurrence]
             weight = -1.0
+            [recommender.sequence]
+            full_weight_at = 2.0
             [recommender.embedding]
             dimension = 0
             [recommender.placements.home]
@@ -372,6 +374,7 @@ mod tests {
             [
                 "recommender.recency_decay",
                 "recommender.cooccurrence.weight",
+                "recommender.sequence.full_weight_at",
                 "recommender.embedding.dimension",
                 "recommender.interactions[0]",
                 "recommender.placements.home.pin[0].position"

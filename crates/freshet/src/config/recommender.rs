@@ -75,7 +75,7 @@ pub struct CooccurrenceConfig {
     pub pair_window: Option<usize>,
     /// A pair counts 1/distance^this. Default: 0.5.
     pub distance_exponent: Option<f64>,
-    /// Normalisation exponent of the source item's users. Default: 0.3.
+    /// Normalisation exponent of the source item's users. Default: 0.5.
     pub source_damping: Option<f64>,
     /// Normalisation exponent of the candidate's users. Default: 0.2.
     pub candidate_damping: Option<f64>,
@@ -99,6 +99,10 @@ pub struct SequenceConfig {
     pub max_successors: Option<usize>,
     /// Events of a user further apart are not a transition. Default: "30m".
     pub session_gap: Option<String>,
+    /// The transition probability that earns the full weight: a request's
+    /// sequence scores are divided by their maximum or by this, whichever
+    /// is larger (0..=1). Default: 0.2.
+    pub full_weight_at: Option<f64>,
 }
 
 /// `[recommender.trending]`.
@@ -107,7 +111,7 @@ pub struct SequenceConfig {
 pub struct TrendingConfig {
     /// Default: true.
     pub enabled: Option<bool>,
-    /// Blend weight. Default: 0.05.
+    /// Blend weight. Default: 0.1.
     pub weight: Option<f64>,
     /// Half-life in event time. Default: "6h".
     pub half_life: Option<String>,
@@ -245,6 +249,7 @@ pub fn spec(config: &RecommenderConfig, p: &mut Planner) -> RecommenderSpec {
     }
     s.sequence.session_gap_ms =
         p.duration_ms("recommender.sequence.session_gap", q.session_gap.as_deref(), s.sequence.session_gap_ms);
+    fraction(p, "recommender.sequence.full_weight_at", q.full_weight_at, &mut s.sequence.full_weight_at);
 
     let t = &config.trending;
     s.trending.enabled = t.enabled.unwrap_or(true);
