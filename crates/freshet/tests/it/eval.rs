@@ -1,5 +1,5 @@
 //! `freshet eval` against the peer evaluator (`shared/peers/quality/`) on
-//! both shared datasets: the evaluated-event set (count, segment start,
+//! both shared datasets (and on MovieLens 100k, fetched from PyPI): the evaluated-event set (count, segment start,
 //! SHA-256) equals the peer's published one; the `pop` and `itemknn`
 //! baselines reproduce the peer's published metrics; other strides,
 //! fractions and `--min-rating` pick the same events as the peer script
@@ -96,8 +96,13 @@ impl Dataset {
 /// Runs `freshet eval --dataset <dataset> <args>`, checks it succeeded, and
 /// returns the JSON object on its last stdout line.
 fn freshet_eval(dataset: &Dataset, args: &[&str]) -> Value {
+    eval_spec(&dataset.spec(), args)
+}
+
+/// Runs `freshet eval --dataset <spec> <args>` (see [`freshet_eval`]).
+fn eval_spec(spec: &str, args: &[&str]) -> Value {
     let mut cmd = support::freshet();
-    cmd.arg("eval").arg("--dataset").arg(dataset.spec()).args(args);
+    cmd.arg("eval").arg("--dataset").arg(spec).args(args);
     let run = support::run_with_deadline(&mut cmd, EVAL_DEADLINE);
     run.assert_success();
     last_json_line(&run)
@@ -315,6 +320,57 @@ fn default_recommender_beats_item_knn_by_the_floor() {
         assert!(ndcg >= 1.15 * knn_ndcg, "{}: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}", dataset.name);
         assert_eq!(number(&ours, "invalid_recommendations"), 0.0, "{}", dataset.name);
     }
+}
+
+/// MovieLens 100k's ratings (`ml-udata`): `$FRESHET_ML100K`, else where
+/// scripts/test.sh puts them (scripts/fetch-ml-100k.sh fetches them).
+fn movielens_100k() -> PathBuf {
+    let path = std::env::var_os("FRESHET_ML100K")
+        .map_or_else(|| support::repo_root().join("target/datasets/ml-100k/u.data"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "MovieLens 100k not found at {}: run scripts/test.sh, or scripts/fetch-ml-100k.sh DIR and set \
+         FRESHET_ML100K to DIR/u.data",
+        path.display()
+    );
+    path
+}
+
+/// A dataset the shared folder does not have, MovieLens 100k in the
+/// `ml-udata` format: the peer's run on it evaluates the same events as
+/// ours, our item-kNN gets the peer's metrics, and the default recommender
+/// clears the floor against them.
+#[test]
+fn movielens_100k_matches_the_peer_and_clears_the_floor() {
+    let path = movielens_100k();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("peer.json");
+    let mut cmd = Command::new(numpy_python());
+    cmd.arg(support::shared_file("peers/quality/prequential_eval.py"))
+        .args(["--format", "ml-udata", "--models", "itemknn", "--data"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&out);
+    support::run_with_deadline(&mut cmd, support::PYTHON_DEADLINE).assert_success();
+    let peer_run: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let (info, knn) = (&peer_run["info"], &peer_run["results"]["itemknn"]);
+    let spec = format!("ml-udata:{}", path.display());
+    let ours = eval_spec(&spec, &[]);
+    for (our_key, peer_key) in [
+        ("events", "events"),
+        ("users", "users"),
+        ("items", "items"),
+        ("eval_start", "eval_start_position"),
+        ("evaluated", "evaluated_events"),
+    ] {
+        assert_eq!(integer(&ours, our_key), integer(info, peer_key), "MovieLens 100k: {our_key}");
+    }
+    assert_eq!(ours["eval_positions_sha256"], info["eval_positions_sha256"], "MovieLens 100k: eval_positions_sha256");
+    assert_metrics_close("MovieLens 100k itemknn", &eval_spec(&spec, &["--model", "itemknn"]), knn);
+    let (hit, knn_hit) = (number(&ours, "hit_at_k"), number(knn, "hit_at_k"));
+    let (ndcg, knn_ndcg) = (number(&ours, "ndcg_at_k"), number(knn, "ndcg_at_k"));
+    assert!(hit >= 1.10 * knn_hit, "MovieLens 100k: hit@10 {hit} < 1.10 x item-kNN {knn_hit}");
+    assert!(ndcg >= 1.15 * knn_ndcg, "MovieLens 100k: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}");
 }
 
 fn eval_failure(args: &[&str]) -> String {
