@@ -1,10 +1,11 @@
 //! `freshet eval` against the peer evaluator (`shared/peers/quality/`) on
-//! both shared datasets (and on MovieLens 100k, fetched from PyPI): the evaluated-event set (count, segment start,
-//! SHA-256) equals the peer's published one; the `pop` and `itemknn`
-//! baselines reproduce the peer's published metrics; other strides,
-//! fractions and `--min-rating` pick the same events as the peer script
-//! run with `--models none`; and the peer's `--score-recs` scores a
-//! `--write-recs` file the same as `freshet eval` does.
+//! both shared datasets and on MovieLens 100k (fetched from PyPI): the
+//! evaluated-event set (count, segment start, SHA-256) equals the peer's
+//! published one; the `pop` and `itemknn` baselines reproduce the peer's
+//! published metrics; other strides, fractions and `--min-rating` pick the
+//! same events as the peer script run with `--models none`; and the peer's
+//! `--score-recs` scores a `--write-recs` file the same as `freshet eval`
+//! does.
 //!
 //! Running the peer script needs Python with numpy: `$FRESHET_PYTHON`
 //! (scripts/test.sh makes a venv and sets it), else `python3` if it can
@@ -214,7 +215,11 @@ fn event_set_matches_the_peer(dataset: &Dataset, options: &[&str]) {
     let mut ours = vec!["--model", "pop"];
     ours.extend(options);
     let report = freshet_eval(dataset, &ours);
-    let what = format!("{} {options:?}", dataset.name);
+    assert_peers_event_set(&format!("{} {options:?}", dataset.name), &report, &info);
+}
+
+/// Fails unless our report counts and hashes the same events as the peer's `info`.
+fn assert_peers_event_set(what: &str, report: &Value, info: &Value) {
     for (our_key, peer_key) in [
         ("events", "events"),
         ("users", "users"),
@@ -223,7 +228,7 @@ fn event_set_matches_the_peer(dataset: &Dataset, options: &[&str]) {
         ("eligible", "eligible_events"),
         ("evaluated", "evaluated_events"),
     ] {
-        assert_eq!(integer(&report, our_key), integer(&info, peer_key), "{what}: {our_key}");
+        assert_eq!(integer(report, our_key), integer(info, peer_key), "{what}: {our_key}");
     }
     assert_eq!(report["eval_positions_sha256"], info["eval_positions_sha256"], "{what}: eval_positions_sha256");
 }
@@ -356,16 +361,7 @@ fn movielens_100k_matches_the_peer_and_clears_the_floor() {
     let (info, knn) = (&peer_run["info"], &peer_run["results"]["itemknn"]);
     let spec = format!("ml-udata:{}", path.display());
     let ours = eval_spec(&spec, &[]);
-    for (our_key, peer_key) in [
-        ("events", "events"),
-        ("users", "users"),
-        ("items", "items"),
-        ("eval_start", "eval_start_position"),
-        ("evaluated", "evaluated_events"),
-    ] {
-        assert_eq!(integer(&ours, our_key), integer(info, peer_key), "MovieLens 100k: {our_key}");
-    }
-    assert_eq!(ours["eval_positions_sha256"], info["eval_positions_sha256"], "MovieLens 100k: eval_positions_sha256");
+    assert_peers_event_set("MovieLens 100k", &ours, info);
     assert_metrics_close("MovieLens 100k itemknn", &eval_spec(&spec, &["--model", "itemknn"]), knn);
     let (hit, knn_hit) = (number(&ours, "hit_at_k"), number(knn, "hit_at_k"));
     let (ndcg, knn_ndcg) = (number(&ours, "ndcg_at_k"), number(knn, "ndcg_at_k"));
