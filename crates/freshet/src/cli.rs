@@ -298,6 +298,21 @@ pub enum EvalModel {
     ItemKnn,
 }
 
+/// What a dataset's timestamps count, for the recommender's windows (session
+/// gap, trending half-life); the protocol only orders by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TimeUnit {
+    /// From the largest timestamp: from 1e14 microseconds, from 1e11
+    /// milliseconds, else seconds (epoch times of this century in each).
+    Auto,
+    /// Seconds (MovieLens, YOOCHOOSE).
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+}
+
 /// `freshet eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -338,6 +353,9 @@ pub struct EvalArgs {
     /// Rating column of --dataset csv:... (needed by --min-rating).
     #[arg(long)]
     pub rating_col: Option<String>,
+    /// What the timestamps count.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub time_unit: TimeUnit,
     /// Also replay one model per candidate generator (--model freshet only).
     #[arg(long)]
     pub ablation: bool,

@@ -26,6 +26,7 @@ struct Report {
     format: &'static str,
     data: Vec<String>,
     min_rating: Option<f64>,
+    time_unit: &'static str,
     events: usize,
     users: usize,
     items: usize,
@@ -94,8 +95,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let protocol = Protocol::new(&stream, frac, stride);
     let load_seconds = loading.elapsed().as_secs_f64();
+    let (ms_per_unit, time_unit) = stream.ms_per_unit(args.time_unit);
     eprintln!(
-        "freshet eval: {} {}: {} events, {} users, {} items; segment from position {}: {} eligible, {} evaluated (stride {stride}), k = {k}",
+        "freshet eval: {} {}: {} events (timestamps in {time_unit}), {} users, {} items; segment from position {}: {} eligible, {} evaluated (stride {stride}), k = {k}",
         format.name(),
         paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         stream.len(),
@@ -110,7 +112,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(n) => usize::try_from(n)?,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let (name, main, ablations) = build_models(&args, &stream)?;
+    let (name, main, ablations) = build_models(&args, &stream, ms_per_unit)?;
     let outcome = replay_with_progress(name, &stream, &protocol, k, &*main, threads, args.write_recs.is_some());
     let mut ablation = BTreeMap::new();
     let mut rows = vec![(name.to_owned(), outcome.clone())];
@@ -129,6 +131,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         format: format.name(),
         data: paths.iter().map(|p| p.display().to_string()).collect(),
         min_rating: args.min_rating,
+        time_unit,
         events: stream.len(),
         users: stream.n_users(),
         items: stream.n_items(),
@@ -165,10 +168,10 @@ fn parse_dataset(text: &str) -> Result<(Format, Vec<PathBuf>)> {
 
 type Models<'s> = (&'static str, Box<ModelFactory<'s>>, Vec<NamedFactory<'s>>);
 
-fn build_models<'s>(args: &EvalArgs, stream: &'s Stream) -> Result<Models<'s>> {
+fn build_models<'s>(args: &EvalArgs, stream: &'s Stream, ms_per_unit: f64) -> Result<Models<'s>> {
     Ok(match args.model {
         EvalModel::Freshet => {
-            let (main, ablations) = freshet_models(args.config.as_deref(), args.ablation, stream)
+            let (main, ablations) = freshet_models(args.config.as_deref(), args.ablation, stream, ms_per_unit)
                 .context("building the Freshet recommender")?;
             ("freshet", main, ablations)
         }

@@ -15,6 +15,7 @@
 //! This module owns no protocol logic beyond the order: eligibility and the
 //! evaluation segment live in `protocol`.
 
+use crate::cli::TimeUnit;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -118,6 +119,25 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Milliseconds per unit of the timestamps, and the unit's name: `unit`,
+    /// or with [`TimeUnit::Auto`] the one that makes the largest timestamp
+    /// an epoch time of this century (from 1e14 microseconds, from 1e11
+    /// milliseconds, else seconds; relative times count as seconds).
+    pub fn ms_per_unit(&self, unit: TimeUnit) -> (f64, &'static str) {
+        let largest = self.timestamps.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+        let unit = match unit {
+            TimeUnit::Auto if largest >= 1e14 => TimeUnit::Us,
+            TimeUnit::Auto if largest >= 1e11 => TimeUnit::Ms,
+            TimeUnit::Auto => TimeUnit::S,
+            given => given,
+        };
+        match unit {
+            TimeUnit::Us => (0.001, "us"),
+            TimeUnit::Ms => (1.0, "ms"),
+            TimeUnit::S | TimeUnit::Auto => (1000.0, "s"),
+        }
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.users.len()

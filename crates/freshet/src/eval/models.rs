@@ -21,10 +21,12 @@ use super::replay::ModelFactory;
 pub type NamedFactory<'s> = (String, Box<ModelFactory<'s>>);
 
 /// The models `freshet eval` replays: the main one, and with `ablation` one per generator.
+/// `ms_per_unit` turns the log's timestamps into the model's milliseconds.
 pub fn freshet_models<'s>(
     config: Option<&Path>,
     ablation: bool,
     stream: &'s Stream,
+    ms_per_unit: f64,
 ) -> Result<(Box<ModelFactory<'s>>, Vec<NamedFactory<'s>>)> {
     let spec = match config {
         Some(path) => crate::config::recommender_spec_file(path)
@@ -38,15 +40,15 @@ pub fn freshet_models<'s>(
             if generator == Generator::Embedding {
                 continue;
             }
-            ablations.push((generator.name().to_string(), factory(spec.only(generator), stream)));
+            ablations.push((generator.name().to_string(), factory(spec.only(generator), stream, ms_per_unit)));
         }
     }
-    Ok((factory(spec, stream), ablations))
+    Ok((factory(spec, stream, ms_per_unit), ablations))
 }
 
 /// Builds Freshet models of `spec` over `stream`.
-fn factory<'s>(spec: RecommenderSpec, stream: &'s Stream) -> Box<ModelFactory<'s>> {
-    Box::new(move || Box::new(FreshetModel::new(spec.clone(), stream)))
+fn factory<'s>(spec: RecommenderSpec, stream: &'s Stream, ms_per_unit: f64) -> Box<ModelFactory<'s>> {
+    Box::new(move || Box::new(FreshetModel::new(spec.clone(), stream, ms_per_unit)))
 }
 
 /// The Freshet recommender behind the replay's interface.
@@ -57,11 +59,14 @@ struct FreshetModel<'s> {
     /// The dataset index of each model item index (items are interned by the
     /// model in the order it first learns them).
     to_dataset: Vec<u32>,
+    /// Milliseconds per unit of the log's timestamps.
+    ms_per_unit: f64,
 }
 
 impl<'s> FreshetModel<'s> {
-    fn new(spec: RecommenderSpec, stream: &'s Stream) -> Self {
-        FreshetModel { model: Recommender::new(spec), stream, ranking: Ranking::default(), to_dataset: Vec::new() }
+    fn new(spec: RecommenderSpec, stream: &'s Stream, ms_per_unit: f64) -> Self {
+        let (ranking, to_dataset) = (Ranking::default(), Vec::new());
+        FreshetModel { model: Recommender::new(spec), stream, ranking, to_dataset, ms_per_unit }
     }
 }
 
@@ -74,7 +79,7 @@ impl StreamRecommender for FreshetModel<'_> {
     }
 
     fn learn(&mut self, user: u32, item: u32, timestamp: f64) {
-        let time_ms = (timestamp * 1000.0).round() as i64;
+        let time_ms = (timestamp * self.ms_per_unit).round() as i64;
         self.model.interaction(
             &self.stream.user_names[user as usize],
             &self.stream.item_names[item as usize],

@@ -409,7 +409,7 @@ mod tests {
             .collect();
         let s = stream(&events);
         let protocol = Protocol::new(&s, EvalFrac::parse("0.5").unwrap(), 1);
-        let (freshet, _) = crate::eval::models::freshet_models(None, false, &s).unwrap();
+        let (freshet, _) = crate::eval::models::freshet_models(None, false, &s, 1000.0).unwrap();
         let one = replay(&s, &protocol, 10, &*freshet, 1, true, &ProgressBar::hidden());
         assert!(one.hit > 0.1, "the model finds the walks: hit@10 {}", one.hit);
         assert_eq!(one.lists.len(), protocol.evaluated.len());

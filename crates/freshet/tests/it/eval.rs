@@ -369,6 +369,37 @@ fn movielens_100k_matches_the_peer_and_clears_the_floor() {
     assert!(ndcg >= 1.15 * knn_ndcg, "MovieLens 100k: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}");
 }
 
+/// The same log with its times in milliseconds, as a generic `csv` (the
+/// way RetailRocket's events come): the unit is found, and the recommender
+/// scores exactly as on the seconds; told they are seconds, its session gap
+/// and trending half-life would shrink a thousandfold, and it scores less.
+#[test]
+fn millisecond_timestamps_are_found_and_score_as_seconds_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("clicks-ms.csv");
+    let mut text = String::from("user,item,timestamp\n");
+    for path in YOOCHOOSE.paths() {
+        let content = std::fs::read_to_string(&path).unwrap();
+        for line in content.lines().skip(1) {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let seconds: f64 = fields[2].parse().unwrap_or_else(|e| panic!("{}: {line}: {e}", path.display()));
+            text += &format!("{},{},{}\n", fields[0], fields[1], (seconds * 1000.0).round() as i64);
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let spec = format!("csv:{}", csv.display());
+    let seconds = freshet_eval(&YOOCHOOSE, &[]);
+    assert_eq!(seconds["time_unit"], "s");
+    let found = eval_spec(&spec, &[]);
+    assert_eq!(found["time_unit"], "ms");
+    assert_published_event_set(&YOOCHOOSE, &found);
+    for key in ["hit_at_k", "ndcg_at_k", "mrr_at_k"] {
+        assert_eq!(number(&found, key), number(&seconds, key), "{key}");
+    }
+    let misread = eval_spec(&spec, &["--time-unit", "s"]);
+    assert!(number(&misread, "ndcg_at_k") < number(&seconds, "ndcg_at_k"), "{misread}");
+}
+
 fn eval_failure(args: &[&str]) -> String {
     let mut cmd = support::freshet();
     cmd.arg("eval").args(args);

@@ -214,3 +214,18 @@ fn a_byte_order_mark_does_not_hide_the_first_header_name() {
     let s = load(&[path], &options(Format::MlCsv)).unwrap();
     assert_eq!(events(&s), vec![ev("1", "2", 4.0)]);
 }
+
+#[test]
+fn the_time_unit_is_the_one_that_makes_the_largest_timestamp_an_epoch_time() {
+    let with_times = |times: &[f64]| Stream { timestamps: times.to_vec(), ..Stream::default() };
+    // MovieLens and YOOCHOOSE: epoch seconds.
+    assert_eq!(with_times(&[8.8e8, 1.4e9]).ms_per_unit(TimeUnit::Auto), (1000.0, "s"));
+    // RetailRocket-style epoch milliseconds, and microseconds.
+    assert_eq!(with_times(&[1.43e12, 1.44e12]).ms_per_unit(TimeUnit::Auto), (1.0, "ms"));
+    assert_eq!(with_times(&[1.7e15]).ms_per_unit(TimeUnit::Auto), (0.001, "us"));
+    // Relative times count as seconds; a unit given is taken as given.
+    assert_eq!(with_times(&[0.0, 3600.0]).ms_per_unit(TimeUnit::Auto), (1000.0, "s"));
+    assert_eq!(with_times(&[1.43e12]).ms_per_unit(TimeUnit::S), (1000.0, "s"));
+    assert_eq!(with_times(&[8.8e8]).ms_per_unit(TimeUnit::Ms), (1.0, "ms"));
+    assert_eq!(Stream::default().ms_per_unit(TimeUnit::Auto), (1000.0, "s"));
+}
