@@ -706,9 +706,10 @@ impl<'p> Decoder<'p> {
         let mut rejected: Option<String> = None;
         if let Some(plan) = &p.recommender {
             let kind = if plan.interactions.contains(&fi) {
-                Some((ModelInputKind::Interaction, [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref()]))
+                let fields = [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref(), plan.attribution.as_ref()];
+                Some((ModelInputKind::Interaction, fields))
             } else if plan.catalog == Some(fi) {
-                Some((ModelInputKind::Item, [Some(&plan.item), plan.category.as_ref(), plan.tags.as_ref()]))
+                Some((ModelInputKind::Item, [Some(&plan.item), plan.category.as_ref(), plan.tags.as_ref(), None]))
             } else {
                 None
             };
@@ -976,6 +977,7 @@ mod tests {
             user: FieldPath::parse("user_id").unwrap(),
             item: FieldPath::parse("k").unwrap(),
             event_type: None,
+            attribution: None,
             catalog: Some(0),
             category: None,
             tags: None,

@@ -21,6 +21,8 @@ pub struct RecommenderPlan {
     pub item: FieldPath,
     /// Event type field of interactions (weights by type), if any.
     pub event_type: Option<FieldPath>,
+    /// Recommendation id field of interactions (attribution to a served list), if any.
+    pub attribution: Option<FieldPath>,
     /// The catalog flow (item upserts), if any.
     pub catalog: Option<usize>,
     /// Category field of catalog events.

@@ -63,7 +63,7 @@ pub struct DedupMarker {
 /// What an input to the recommender is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelInputKind {
-    /// A user–item interaction: fields user, item, event type.
+    /// A user–item interaction: fields user, item, event type, recommendation id.
     Interaction,
     /// A catalog item: fields item, category, tags (a JSON array's text),
     /// embedding (its checked components as little-endian `f32`s).

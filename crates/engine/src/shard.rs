@@ -159,13 +159,19 @@ impl Shard {
     }
 
     fn apply_model_inputs(&mut self, batch: &RecordBatch) {
-        let Some((model, _)) = &mut self.recommender else { return };
+        let Some((model, view)) = &mut self.recommender else { return };
         let text = |m: &ModelInput, i: usize| batch.model_field(m, i).and_then(|b| std::str::from_utf8(b).ok());
         for m in &batch.model {
             match m.kind {
                 ModelInputKind::Interaction => {
                     if let (Some(user), Some(item)) = (text(m, 0), text(m, 1)) {
                         model.interaction(user, item, text(m, 2), m.ts);
+                        // An interaction with a served item: counted for the list it came from.
+                        if let (Some(id), Some(view)) = (text(m, 3), view.as_deref())
+                            && let Some(index) = model.item_index(item)
+                        {
+                            view.attribution().interaction(id, index, text(m, 2));
+                        }
                     }
                 }
                 ModelInputKind::Item => {

@@ -50,6 +50,20 @@ pub const ENRICH_EVENTS: &str = "freshet_enrich_events_total";
 /// Recommendations answered, by kind: `user` (a user the model knows),
 /// `cold_start` (anonymous or unknown user), `similar` (similar items).
 pub const RECOMMEND_REQUESTS: &str = "freshet_recommend_requests_total";
+/// Lists served, by `placement` (a configured placement's name, `none`, or
+/// `similar` for similar items).
+pub const RECOMMENDATIONS_SERVED: &str = "freshet_recommendations_served_total";
+/// Interactions attributed to a served list (they carried its
+/// recommendation id and its item was in it), by `placement` and event `type`.
+pub const RECOMMENDATION_INTERACTIONS: &str = "freshet_recommendation_interactions_total";
+/// Attributed interactions by the item's `position` in its list (1-based).
+pub const RECOMMENDATION_POSITIONS: &str = "freshet_recommendation_interactions_by_position_total";
+/// Attributed interactions by `generator` that proposed the item (each that did).
+pub const RECOMMENDATION_GENERATORS: &str = "freshet_recommendation_interactions_by_generator_total";
+/// Interactions with a recommendation id that were not attributed, by
+/// `reason`: `not_served_here` (another process's list, or one no longer
+/// kept) or `not_in_list`.
+pub const RECOMMENDATION_UNATTRIBUTED: &str = "freshet_recommendation_unattributed_total";
 
 /// Checkpoints completed.
 pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
@@ -231,5 +245,41 @@ impl CheckpointMetrics {
         self.completed.increment(1);
         self.duration.record(took.as_secs_f64());
         self.size.set(bytes as f64);
+    }
+}
+
+/// Sets the attribution counters from the recommender view's counts (read
+/// when `/metrics` is scraped: the shard that attributes records no metrics).
+pub fn export_attribution(
+    view: &freshet_engine::recommend::RecommenderView,
+    placements: &[freshet_engine::recommend::Placement],
+) {
+    use freshet_engine::recommend::{Asked, Generator};
+    let counts = view.attribution().counts();
+    let placement = |asked: Asked| match asked {
+        Asked::Similar => "similar".to_owned(),
+        Asked::Recommend(0) => "none".to_owned(),
+        Asked::Recommend(i) => placements.get(i as usize - 1).map_or_else(|| i.to_string(), |p| p.name.clone()),
+    };
+    for (&asked, &n) in &counts.served {
+        counter!(RECOMMENDATIONS_SERVED, "placement" => placement(asked)).absolute(n);
+    }
+    for ((asked, event_type), &n) in &counts.interactions {
+        counter!(RECOMMENDATION_INTERACTIONS, "placement" => placement(*asked), "type" => event_type.clone())
+            .absolute(n);
+    }
+    for (i, &n) in counts.positions.iter().enumerate().filter(|(_, n)| **n > 0) {
+        counter!(RECOMMENDATION_POSITIONS, "position" => (i + 1).to_string()).absolute(n);
+    }
+    for g in Generator::ALL {
+        let n = counts.generators[g.index()];
+        if n > 0 {
+            counter!(RECOMMENDATION_GENERATORS, "generator" => g.name()).absolute(n);
+        }
+    }
+    for (reason, n) in [("not_served_here", counts.not_served_here), ("not_in_list", counts.not_in_list)] {
+        if n > 0 {
+            counter!(RECOMMENDATION_UNATTRIBUTED, "reason" => reason).absolute(n);
+        }
     }
 }

@@ -17,6 +17,7 @@
 //! the published serving view implements too (`view`), so the HTTP API and
 //! the evaluation rank with the same code.
 
+mod attribution;
 mod embedding;
 mod neighbours;
 mod rank;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use embedding::Embeddings;
 
+pub use attribution::{Asked, Attributed, Attribution, Counts as AttributionCounts};
 pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, UnitCosine, parse_json as parse_embedding};
 pub use neighbours::Neighbours;
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};

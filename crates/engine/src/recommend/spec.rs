@@ -199,6 +199,8 @@ pub struct RecommenderSpec {
     pub default_event_weight: f64,
     /// At most this many items of one category in a list (0: no cap).
     pub max_per_category: usize,
+    /// Served lists kept for attributing interactions to them (the last ones).
+    pub attributed_answers: usize,
     /// Co-occurrence.
     pub cooccurrence: CooccurrenceSpec,
     /// Transitions.
@@ -219,6 +221,7 @@ impl Default for RecommenderSpec {
             event_weights: Vec::new(),
             default_event_weight: 1.0,
             max_per_category: 0,
+            attributed_answers: 1 << 16,
             cooccurrence: CooccurrenceSpec::default(),
             sequence: SequenceSpec::default(),
             trending: TrendingSpec::default(),

@@ -22,7 +22,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::features::view::serving_map;
 
-use super::{Embedded, EmbeddingIndex, ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted};
+use super::{
+    Attribution, Embedded, EmbeddingIndex, ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted,
+};
 
 /// Key of the overall trending list in the per-category map.
 const OVERALL: u32 = u32::MAX;
@@ -59,6 +61,8 @@ pub struct RecommenderView {
     embeddings: ArcSwapOption<EmbeddingIndex>,
     /// Event time of the latest published interaction or catalog event.
     published_items: std::sync::atomic::AtomicU64,
+    /// The served lists, for attributing interactions to them.
+    attribution: Attribution,
 }
 
 impl std::fmt::Debug for RecommenderView {
@@ -71,6 +75,7 @@ impl RecommenderView {
     /// An empty view for a model running `spec`.
     pub fn new(spec: RecommenderSpec) -> Self {
         Self {
+            attribution: Attribution::new(spec.attributed_answers),
             spec,
             item_ids: serving_map(),
             items: serving_map(),
@@ -82,6 +87,11 @@ impl RecommenderView {
             embeddings: ArcSwapOption::empty(),
             published_items: Default::default(),
         }
+    }
+
+    /// The served lists and what followed them.
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
     }
 
     /// Number of items published.

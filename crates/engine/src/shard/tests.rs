@@ -425,6 +425,7 @@ fn recommender_plan(shards: usize) -> RecommenderPlan {
         user: path("user_id"),
         item: path("item_id"),
         event_type: Some(path("kind")),
+        attribution: Some(path("recommendation_id")),
         catalog: None,
         category: None,
         tags: None,

@@ -358,6 +358,7 @@ mod tests {
             [recommender]
             interactions = ["nope"]
             recency_decay = 1.5
+            attributed_answers = 100000000
             [recommender.cooccurrence]
             weight = -1.0
             [recommender.sequence]
@@ -373,6 +374,7 @@ mod tests {
             paths,
             [
                 "recommender.recency_decay",
+                "recommender.attributed_answers",
                 "recommender.cooccurrence.weight",
                 "recommender.sequence.full_weight_at",
                 "recommender.embedding.dimension",

@@ -26,6 +26,11 @@ pub struct RecommenderConfig {
     pub item_field: Option<String>,
     /// Event type field of interactions. Default: "type".
     pub type_field: Option<String>,
+    /// Recommendation id field of interactions: an interaction that carries
+    /// the id of a served list is attributed to it (metrics). Default: "recommendation_id".
+    pub attribution_field: Option<String>,
+    /// Served lists kept for attribution (the last ones; 0: none). Default: 65536.
+    pub attributed_answers: Option<usize>,
     /// Category field of catalog events. Default: "category".
     pub category_field: Option<String>,
     /// Tags field of catalog events (array of strings). Default: "tags".
@@ -33,7 +38,7 @@ pub struct RecommenderConfig {
     /// Embedding field of catalog events (array of numbers), read only when
     /// `[recommender.embedding] dimension` is set. Default: "embedding".
     pub embedding_field: Option<String>,
-    /// Recent distinct items of a user that seed co-occurrence. Default: 20.
+    /// Recent distinct items of a user that seed co-occurrence. Default: 10.
     pub recent_items: Option<usize>,
     /// Weight of the k-th newest recent item: decay^k. Default: 0.6.
     pub recency_decay: Option<f64>,
@@ -221,6 +226,13 @@ pub fn spec(config: &RecommenderConfig, p: &mut Planner) -> RecommenderSpec {
         s.event_weights.push((name.clone(), into));
     }
     s.max_per_category = config.max_per_category.unwrap_or(s.max_per_category);
+    if let Some(n) = config.attributed_answers {
+        const MOST: usize = 1 << 24;
+        if n > MOST {
+            p.err("recommender.attributed_answers", format!("must be at most {MOST}, got {n}"));
+        }
+        s.attributed_answers = n.min(MOST);
+    }
 
     let c = &config.cooccurrence;
     s.cooccurrence.enabled = c.enabled.unwrap_or(true);
@@ -335,6 +347,7 @@ pub fn plan(config: &RecommenderConfig, flows: &[Flow], shards: usize, p: &mut P
         user: field(p, "user_field", &config.user_field, "user_id"),
         item: field(p, "item_field", &config.item_field, "item_id"),
         event_type: Some(field(p, "type_field", &config.type_field, "type")),
+        attribution: Some(field(p, "attribution_field", &config.attribution_field, "recommendation_id")),
         catalog,
         category: Some(field(p, "category_field", &config.category_field, "category")),
         tags: Some(field(p, "tags_field", &config.tags_field, "tags")),

@@ -139,6 +139,9 @@ fn replica(s: &GroupState) -> Result<Recommending, ApiError> {
 }
 
 async fn metrics(State(s): State<GroupState>) -> impl IntoResponse {
+    if let Recommender::Ready(rec) = s.reads.recommender() {
+        crate::metrics::export_attribution(&rec.view, &rec.placements);
+    }
     super::ops::prometheus_text(&s.prometheus)
 }
 

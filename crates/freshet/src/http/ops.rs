@@ -23,6 +23,9 @@ pub(super) async fn wrong_method(method: Method, uri: Uri) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(rec) = &state.recommending {
+        crate::metrics::export_attribution(&rec.view, &rec.placements);
+    }
     prometheus_text(&state.prometheus)
 }
 

@@ -11,14 +11,14 @@
 //! placement is a 400 naming it, so a typo is never silently a default.
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use freshet_engine::recommend::{GENERATORS, ModelRead, Placement, Query as RankQuery, Ranking, RecommenderView};
+use freshet_engine::recommend::{
+    Asked, GENERATORS, ModelRead, Placement, Query as RankQuery, Ranking, RecommenderView,
+};
 use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
@@ -74,15 +74,6 @@ pub(super) struct SimilarParams {
 thread_local! {
     /// Ranking scratch, reused by every request on this thread.
     static RANKING: RefCell<Ranking> = RefCell::new(Ranking::default());
-}
-
-/// Wall-clock milliseconds at the first recommendation, in hex: with the
-/// counter, ids are unique within a process and across its restarts.
-static PROCESS_TAG: LazyLock<String> = LazyLock::new(|| format!("{:x}", crate::topology::wall_ms()));
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn recommendation_id() -> String {
-    format!("r-{}-{}", *PROCESS_TAG, NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
 fn recommending(state: &AppState) -> Result<&Recommending, ApiError> {
@@ -221,6 +212,10 @@ pub(super) fn recommend_from(rec: &Recommending, body: &[u8]) -> Result<Json<Rec
     let request = parse_body(body)?;
     let k = check_k(request.k)?;
     let placement = request.placement.as_deref().map(|name| find_placement(&rec.placements, name)).transpose()?;
+    // Attribution counts by placement: its index in the configured order, plus one (0: none).
+    let asked = Asked::Recommend(
+        placement.map_or(0, |p| rec.placements.iter().position(|q| std::ptr::eq(p, q)).map_or(0, |i| i as u32 + 1)),
+    );
     if let Some(user) = &request.user_id
         && user.is_empty()
     {
@@ -259,18 +254,13 @@ pub(super) fn recommend_from(rec: &Recommending, body: &[u8]) -> Result<Json<Rec
         placement,
         generators: [true; GENERATORS],
     };
-    let items = RANKING.with_borrow_mut(|ranking| {
+    let (recommendation_id, items) = RANKING.with_borrow_mut(|ranking| {
         freshet_engine::recommend::rank(view, &query, ranking);
-        items(view, ranking)
+        (view.attribution().serve(asked, &ranking.items), items(view, ranking))
     });
     let kind = if cold_start { "cold_start" } else { "user" };
     metrics::counter!(crate::metrics::RECOMMEND_REQUESTS, "kind" => kind).increment(1);
-    Ok(Json(Recommendations {
-        recommendation_id: recommendation_id(),
-        user_id: request.user_id.clone(),
-        cold_start,
-        items,
-    }))
+    Ok(Json(Recommendations { recommendation_id, user_id: request.user_id.clone(), cold_start, items }))
 }
 
 /// `GET /v1/items/{id}/similar?k=10`.
@@ -294,12 +284,12 @@ pub(super) fn similar_from(
     let Some(item) = view.item_index(&id) else {
         return Err(ApiError::NotFound(format!("item {id:?} is not known")));
     };
-    let items = RANKING.with_borrow_mut(|ranking| {
+    let (recommendation_id, items) = RANKING.with_borrow_mut(|ranking| {
         freshet_engine::recommend::similar(view, item, k, ranking);
-        items(view, ranking)
+        (view.attribution().serve(Asked::Similar, &ranking.items), items(view, ranking))
     });
     metrics::counter!(crate::metrics::RECOMMEND_REQUESTS, "kind" => "similar").increment(1);
-    Ok(Json(SimilarItems { recommendation_id: recommendation_id(), item_id: id, items }))
+    Ok(Json(SimilarItems { recommendation_id, item_id: id, items }))
 }
 
 #[cfg(test)]
@@ -364,12 +354,5 @@ mod tests {
             Err(ApiError::BadRequest(m)) => assert_eq!(m, r#"unknown placement "cart"; none are configured"#),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn recommendation_ids_are_unique() {
-        let (a, b) = (recommendation_id(), recommendation_id());
-        assert_ne!(a, b);
-        assert!(a.starts_with("r-"), "{a}");
     }
 }

@@ -450,6 +450,74 @@ pin = [{ item = "promo", position = 1 }]
     assert_eq!(v["error"], r#"unknown placement "checkout"; configured placements: "home""#);
 }
 
+/// The value of the metric line that starts with `series` (name and labels) on `/metrics`.
+fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (status, text) = support::request(addr, "GET", "/metrics", "text/plain", "");
+    assert_eq!(status, 200, "{text}");
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Interactions that carry a served list's `recommendation_id` are counted
+/// for that list on `/metrics`: by placement and event type, by the item's
+/// position, by the generators that proposed it; one with the id of no list
+/// served here, and one whose item was not in the list, are counted apart.
+#[test]
+fn interactions_with_a_recommendation_id_are_attributed_to_the_list_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
+    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
+    let config = dir.path().join("placements.toml");
+    std::fs::write(&config, format!("{default}\n[recommender.placements.home]\n")).unwrap();
+    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    let addr = running.addr.as_str();
+    covisitation_world(addr);
+    post_events(addr, &[view("att", A, LATER)]);
+    let (home, _) = poll("att's list to hold B, seen with A", Duration::from_secs(10), || {
+        let v = recommend_ok(addr, &json!({ "user_id": "att", "placement": "home" }));
+        let covisited = ids(&v).contains(&B.to_owned()) && reasons(&v, B).contains(&"cooccurrence".to_owned());
+        if covisited { Ok(v) } else { Err(v.to_string()) }
+    });
+    let position = ids(&home).iter().position(|i| i == B).unwrap() + 1;
+    let generators = reasons(&home, B);
+    let (status, similar_to_a) = similar(addr, A, "");
+    assert_eq!(status, 200);
+    assert!(!ids(&similar_to_a).contains(&POP.to_owned()), "{similar_to_a}");
+    let id = |answer: &Value| answer["recommendation_id"].as_str().unwrap().to_owned();
+    let with_id = |kind: &str, item: &str, recommendation: &str, ts: i64| {
+        json!({ "event_id": event_id(), "type": kind, "user_id": "att", "item_id": item, "ts": ts,
+                "recommendation_id": recommendation })
+        .to_string()
+    };
+    post_events(
+        addr,
+        &[
+            with_id("click", B, &id(&home), LATER + 1000),
+            with_id("purchase", B, &id(&home), LATER + 2000),
+            with_id("view", POP, &id(&similar_to_a), LATER + 3000),
+            with_id("view", "n1", "r-1-1", LATER + 4000),
+        ],
+    );
+    let clicks = r#"freshet_recommendation_interactions_total{placement="home",type="click"}"#;
+    poll("the click to be attributed", Duration::from_secs(10), || {
+        metric(addr, clicks).filter(|&n| n == 1.0).ok_or_else(|| format!("{:?}", metric(addr, clicks)))
+    });
+    let purchases = r#"freshet_recommendation_interactions_total{placement="home",type="purchase"}"#;
+    assert_eq!(metric(addr, purchases), Some(1.0));
+    let at = format!(r#"freshet_recommendation_interactions_by_position_total{{position="{position}"}}"#);
+    assert_eq!(metric(addr, &at), Some(2.0));
+    for generator in &generators {
+        let by = format!(r#"freshet_recommendation_interactions_by_generator_total{{generator="{generator}"}}"#);
+        assert_eq!(metric(addr, &by), Some(2.0), "{generator}");
+    }
+    let served = |placement: &str| {
+        metric(addr, &format!(r#"freshet_recommendations_served_total{{placement="{placement}"}}"#)).unwrap_or(0.0)
+    };
+    assert!(served("home") >= 1.0 && served("similar") >= 1.0);
+    let unattributed =
+        |reason: &str| metric(addr, &format!(r#"freshet_recommendation_unattributed_total{{reason="{reason}"}}"#));
+    assert_eq!((unattributed("not_in_list"), unattributed("not_served_here")), (Some(1.0), Some(1.0)));
+}
+
 #[test]
 fn bad_requests_are_400s_naming_the_problem_and_unknown_items_404s() {
     let (running, _dir) = start();
