@@ -12,7 +12,7 @@
 //! `cargo bench -p freshet-engine --bench recommend`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use freshet_engine::recommend::{Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar};
+use freshet_engine::recommend::{Asked, Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar};
 use rand::{Rng, SeedableRng};
 
 const USERS: u64 = 100_000;
@@ -65,6 +65,20 @@ fn bench(c: &mut Criterion) {
             n = (n + 1) % 1000;
             similar(&view, n as u32, 10, &mut out);
             out.items.len()
+        })
+    });
+    // What attribution adds: keeping an answer's ten items, and looking an
+    // interaction's answer up (the ring full, so slots are reused).
+    rank(&view, &Query::for_user(&users[0], 10), &mut out);
+    let attribution = view.attribution();
+    g.bench_function("attribution_serve", |b| b.iter(|| attribution.serve(Asked::Recommend(0), &out.items)));
+    // The ring's 65,536 answers, each looked up in turn.
+    let ids: Vec<String> = (0..1 << 16).map(|_| attribution.serve(Asked::Recommend(0), &out.items)).collect();
+    let clicked = out.items[3].item;
+    g.bench_function("attribution_interaction", |b| {
+        b.iter(|| {
+            n = (n + 1) % ids.len();
+            attribution.interaction(&ids[n], clicked, Some("click"))
         })
     });
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
