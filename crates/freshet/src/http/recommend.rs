@@ -9,6 +9,9 @@
 //!
 //! Requests are strict: an unknown field, a `k` out of range or an unknown
 //! placement is a 400 naming it, so a typo is never silently a default.
+//!
+//! Each answer's recommendation id comes from the view's attribution ring,
+//! which keeps the answer's items for the interactions that follow it.
 
 use std::cell::RefCell;
 
@@ -129,8 +132,9 @@ fn path_text(segments: &[&Segment]) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-fn find_placement<'a>(placements: &'a [Placement], name: &str) -> Result<&'a Placement, ApiError> {
-    placements.iter().find(|p| p.name == name).ok_or_else(|| {
+/// The placement named `name`, and its index in the configured order.
+fn find_placement<'a>(placements: &'a [Placement], name: &str) -> Result<(usize, &'a Placement), ApiError> {
+    placements.iter().enumerate().find(|(_, p)| p.name == name).ok_or_else(|| {
         let known = if placements.is_empty() {
             "none are configured".to_owned()
         } else {
@@ -211,11 +215,10 @@ pub(super) async fn recommend(State(state): State<AppState>, body: Bytes) -> Res
 pub(super) fn recommend_from(rec: &Recommending, body: &[u8]) -> Result<Json<Recommendations>, ApiError> {
     let request = parse_body(body)?;
     let k = check_k(request.k)?;
-    let placement = request.placement.as_deref().map(|name| find_placement(&rec.placements, name)).transpose()?;
+    let found = request.placement.as_deref().map(|name| find_placement(&rec.placements, name)).transpose()?;
+    let placement = found.map(|(_, p)| p);
     // Attribution counts by placement: its index in the configured order, plus one (0: none).
-    let asked = Asked::Recommend(
-        placement.map_or(0, |p| rec.placements.iter().position(|q| std::ptr::eq(p, q)).map_or(0, |i| i as u32 + 1)),
-    );
+    let asked = Asked::Recommend(found.map_or(0, |(i, _)| i as u32 + 1));
     if let Some(user) = &request.user_id
         && user.is_empty()
     {
@@ -343,7 +346,8 @@ mod tests {
             Placement { name: "home".into(), ..Placement::default() },
             Placement { name: "pdp".into(), ..Placement::default() },
         ];
-        assert_eq!(find_placement(&placements, "pdp").unwrap().name, "pdp");
+        let (index, pdp) = find_placement(&placements, "pdp").unwrap();
+        assert_eq!((index, pdp.name.as_str()), (1, "pdp"));
         match find_placement(&placements, "cart") {
             Err(ApiError::BadRequest(m)) => {
                 assert_eq!(m, r#"unknown placement "cart"; configured placements: "home", "pdp""#)
