@@ -769,6 +769,28 @@ fn every_member_of_a_group_answers_recommendations_from_its_own_replica_of_the_r
     let (status, refused) = support::request(&a1, "POST", "/v1/events", "application/json", "{}");
     assert!(status == 404 && refused.contains("from its Kafka topic"), "{status} {refused}");
 
+    // A click that carries a list's recommendation id, through the topic:
+    // the process that served the list attributes it; the other one, whose
+    // replica learns the click too, counts an id it did not serve. (A new
+    // user clicks, so that the probes' lists stay as they are.)
+    let (status, served) = support::request(&a2, "GET", "/v1/items/alpha/similar?k=3", "text/plain", "");
+    assert_eq!(status, 200, "{served}");
+    let served: serde_json::Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(served["items"][0]["item_id"], "beta", "{served}");
+    let click = serde_json::json!({ "type": "click", "user_id": "clicker", "item_id": "beta",
+        "ts": 1_700_000_000_200i64, "recommendation_id": served["recommendation_id"] });
+    let file = dir.path().join("click.ndjson");
+    std::fs::write(&file, format!("{click}\n")).unwrap();
+    kafka_tool(&broker, &["produce", "--topic", topic, "--key-field", "user_id", file.to_str().unwrap()]);
+    let attributed = r#"freshet_recommendation_interactions_total{placement="similar",type="click"} 1"#;
+    let elsewhere = r#"freshet_recommendation_unattributed_total{reason="not_served_here"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(p2.metrics().contains(attributed) && p1.metrics().contains(elsewhere)) {
+        assert!(Instant::now() < deadline, "the click not attributed by p2:\n{}", p2.metrics());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p2.metrics().contains(r#"freshet_recommendation_interactions_by_position_total{position="1"} 1"#));
+
     // probe-1-0 is forgotten through p1: its features (read from its task's
     // owner) and its recommender profile (in each replica) go.
     let probe = |addr: &str| -> (serde_json::Value, serde_json::Value) {
