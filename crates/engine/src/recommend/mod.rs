@@ -412,6 +412,22 @@ impl Recommender {
         self.trending.forget(index, &attributes);
         self.embeddings.forget(index);
         self.dirty.catalog = true;
+        // Users' histories let go of it too: a later event of theirs would
+        // pair with it (putting it back into other items' lists with no
+        // event of its own) or make a transition from it. Their seen sets
+        // keep it: it is still never proposed to someone who had it.
+        for (name, profile) in &mut self.users {
+            let (history, recent) = (profile.history.len(), profile.recent.len());
+            profile.history.retain(|&(item, _)| item != index);
+            profile.recent.retain(|&item| item != index);
+            let was_last = profile.last.is_some_and(|(item, _)| item == index);
+            if was_last {
+                profile.last = None;
+            }
+            if was_last || (history, recent) != (profile.history.len(), profile.recent.len()) {
+                list_once(&mut profile.dirty, &mut self.dirty.users, || name.clone());
+            }
+        }
         true
     }
 

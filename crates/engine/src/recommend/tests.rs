@@ -258,6 +258,15 @@ fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
         }
     }
 
+    // A user who had B (u19 saw P, A, B, B a minute before) views another
+    // item: it pairs with their other items, not with B, and does not follow B.
+    m.interaction("u19", "Z", Some("view"), 61 * MINUTE);
+    let z = m.item_index("Z").unwrap();
+    assert!(m.item_state(z).neighbours.get(a) > 0.0, "Z pairs with A");
+    assert_eq!(m.item_state(z).neighbours.get(b), 0.0, "Z paired with the forgotten B");
+    assert_eq!((m.item_state(b).neighbours.len(), m.item_state(b).successors.len()), (0, 0));
+    assert!(!recommend(&m, "u19", 10).contains(&"B".to_owned()), "B was u19's: never proposed to them");
+
     // Three users view A then B again: B is back, learnt from them alone.
     for u in 0..3 {
         m.interaction(&format!("again{u}"), "A", Some("view"), (200 + u) * MINUTE);
