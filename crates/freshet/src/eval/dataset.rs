@@ -15,7 +15,6 @@
 //! This module owns no protocol logic beyond the order: eligibility and the
 //! evaluation segment live in `protocol`.
 
-use crate::cli::TimeUnit;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -25,6 +24,7 @@ use csv::StringRecord;
 use rustc_hash::FxHashMap;
 
 use super::pytext;
+use crate::cli::TimeUnit;
 
 /// The layouts of interaction logs the peer evaluator reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
