@@ -114,6 +114,18 @@ fn start() -> (Running, tempfile::TempDir) {
     (running, dir)
 }
 
+/// Starts the embedded default's config with `extra` appended, in a fresh data directory.
+fn start_with_config(extra: &str) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
+    // Outside the embedded default, ${FRESHET_DATA_DIR} is an ordinary environment variable.
+    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("{default}\n{extra}")).unwrap();
+    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    (running, dir)
+}
+
 /// The co-visitation world: 30 users view A then B; 60 others view only POP
 /// (so POP is the most popular item, B is not); 20 more view pairs of noise
 /// items n0..n9. Waits until the item lists are published (A's similar
@@ -415,18 +427,12 @@ fn a_new_catalog_item_is_recommended_and_similar_within_the_item_publish_interva
 
 #[test]
 fn a_configured_placement_applies_its_rules_and_unknown_ones_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
-    let config = dir.path().join("placements.toml");
     let placements = r#"
 [recommender.placements.home]
 exclude_categories = ["c1"]
 pin = [{ item = "promo", position = 1 }]
 "#;
-    // Outside the embedded default, ${FRESHET_DATA_DIR} is an ordinary environment variable.
-    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
-    std::fs::write(&config, format!("{default}\n{placements}")).unwrap();
-    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    let (running, _dir) = start_with_config(placements);
     let addr = running.addr.as_str();
     let mut lines = vec![upsert("p1", "c1", T0), upsert("p2", "c2", T0), upsert("promo", "c3", T0)];
     for u in 0..10 {
@@ -463,12 +469,7 @@ fn metric(addr: &str, series: &str) -> Option<f64> {
 /// served here, and one whose item was not in the list, are counted apart.
 #[test]
 fn interactions_with_a_recommendation_id_are_attributed_to_the_list_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
-    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
-    let config = dir.path().join("placements.toml");
-    std::fs::write(&config, format!("{default}\n[recommender.placements.home]\n")).unwrap();
-    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    let (running, _dir) = start_with_config("[recommender.placements.home]\n");
     let addr = running.addr.as_str();
     covisitation_world(addr);
     post_events(addr, &[view("att", A, LATER)]);
@@ -574,12 +575,7 @@ fn upsert_embedded(item: &str, category: &str, embedding: Value, ts: i64) -> Str
 
 #[test]
 fn catalog_embeddings_propose_the_nearest_items_and_a_wrong_dimension_is_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
-    let default = std::fs::read_to_string(support::repo_root().join("crates/freshet/src/default.toml")).unwrap();
-    let default = default.replace("${FRESHET_DATA_DIR}", &dir.path().display().to_string());
-    let config = dir.path().join("embeddings.toml");
-    std::fs::write(&config, format!("{default}\n[recommender.embedding]\ndimension = 3\n")).unwrap();
-    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
+    let (running, dir) = start_with_config("[recommender.embedding]\ndimension = 3\n");
     let addr = running.addr.as_str();
 
     // Shoes point along x, bags along z; the new item is near shoe 2 but in a category of its own,
