@@ -34,7 +34,7 @@ fn model() -> (Recommender, RecommenderView) {
         let u = rng.random_range(0..USERS);
         m.interaction(&format!("u{u}"), &format!("i{}", skewed_item(&mut rng)), Some("view"), t as i64 * 100);
     }
-    let view = RecommenderView::new(RecommenderSpec::default());
+    let view = RecommenderView::new(RecommenderSpec::default(), 0);
     view.publish(&mut m, true);
     (m, view)
 }
@@ -124,7 +124,7 @@ fn bench_embeddings(c: &mut Criterion) {
         let u = rng.random_range(0..USERS);
         m.interaction(&format!("u{u}"), &format!("i{}", skewed_item(&mut rng)), Some("view"), t as i64 * 100);
     }
-    let view = RecommenderView::new(spec);
+    let view = RecommenderView::new(spec, 0);
     view.publish(&mut m, true);
     let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
     let mut out = Ranking::default();

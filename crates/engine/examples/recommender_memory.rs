@@ -43,7 +43,7 @@ fn main() {
     }
     let learn_s = started.elapsed().as_secs_f64();
     let model_rss = rss_bytes();
-    let view = RecommenderView::new(model.spec().clone());
+    let view = RecommenderView::new(model.spec().clone(), 0);
     view.publish(&mut model, true);
     let view_rss = rss_bytes();
     let snapshot = model.snapshot().len();

@@ -93,12 +93,11 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    /// Keeps the last `answers` answers (0: ids are still given, nothing is attributed).
-    pub fn new(answers: usize) -> Self {
-        let tag =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    /// Keeps the last `answers` answers (0: ids are still given, nothing is
+    /// attributed); `started_ms` (wall clock, passed in by the runtime) tags the ids.
+    pub fn new(answers: usize, started_ms: i64) -> Self {
         Self {
-            tag: format!("{tag:x}"),
+            tag: format!("{started_ms:x}"),
             next: AtomicU64::new(1),
             slots: (0..answers).map(|_| Mutex::default()).collect(),
             counts: Mutex::default(),
@@ -190,7 +189,7 @@ mod tests {
 
     #[test]
     fn interactions_are_attributed_to_the_answer_position_and_generators() {
-        let a = Attribution::new(4);
+        let a = Attribution::new(4, 0x19b7c2a4e10);
         let list = [scored(7, &[Generator::Cooccurrence]), scored(3, &[Generator::Cooccurrence, Generator::Sequence])];
         let home = a.serve(Asked::Recommend(1), &list);
         let similar = a.serve(Asked::Similar, &list[..1]);
@@ -231,7 +230,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_last_answers_only() {
-        let a = Attribution::new(2);
+        let a = Attribution::new(2, 0x19b7c2a4e10);
         let ids: Vec<String> =
             (0..3).map(|i| a.serve(Asked::Recommend(0), &[scored(i, &[Generator::Trending])])).collect();
         // The third answer took the first one's slot.
@@ -239,7 +238,7 @@ mod tests {
         assert!(matches!(a.interaction(&ids[1], 1, None), Attributed::To { position: 1, .. }));
         assert!(matches!(a.interaction(&ids[2], 2, None), Attributed::To { position: 1, .. }));
         // With no ring, ids are still given and nothing is attributed.
-        let none = Attribution::new(0);
+        let none = Attribution::new(0, 0x19b7c2a4e10);
         let id = none.serve(Asked::Similar, &[scored(1, &[])]);
         assert_eq!(none.interaction(&id, 1, None), Attributed::NotServedHere);
         assert_eq!(none.counts().served[&Asked::Similar], 1);

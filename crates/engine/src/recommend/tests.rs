@@ -222,7 +222,7 @@ fn zero_weight_event_types_are_ignored() {
 #[test]
 fn forgetting_a_user_makes_them_a_cold_start_in_the_model_and_the_view() {
     let mut m = covisited();
-    let view = RecommenderView::new(m.spec().clone());
+    let view = RecommenderView::new(m.spec().clone(), 0);
     view.publish(&mut m, true);
     assert!(view.user("u1").is_some());
     assert!(m.forget_user("u1"));
@@ -242,7 +242,7 @@ fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
         m.upsert_item(item, Some("c1"), &["t"], 0);
     }
     m.interaction("new", "A", Some("view"), 100 * MINUTE);
-    let view = RecommenderView::new(m.spec().clone());
+    let view = RecommenderView::new(m.spec().clone(), 0);
     view.publish(&mut m, true);
     let (a, b) = (m.item_index("A").unwrap(), m.item_index("B").unwrap());
     assert_eq!(recommend(&m, "new", 1), vec!["B"]);
@@ -307,7 +307,7 @@ fn the_published_view_ranks_exactly_like_the_live_model() {
     let mut m = covisited();
     m.upsert_item("A", Some("c1"), &["t"], 0);
     m.interaction("new", "A", Some("view"), 100 * MINUTE);
-    let view = RecommenderView::new(m.spec().clone());
+    let view = RecommenderView::new(m.spec().clone(), 0);
     view.publish(&mut m, true);
     same_ranking(&m, &view, &["new", "u1", "u22", "nobody"]);
     // Users publish at every tick; items wait for the item tick.
@@ -379,7 +379,7 @@ proptest! {
         steps in prop::collection::vec((0u8..8, 0u8..30, 0u8..20), 1..200),
     ) {
         let mut m = Recommender::new(RecommenderSpec::default());
-        let view = RecommenderView::new(m.spec().clone());
+        let view = RecommenderView::new(m.spec().clone(), 0);
         for (n, &(u, i, action)) in steps.iter().enumerate() {
             let (user, item, t) = (format!("u{u}"), format!("i{i}"), n as i64 * MINUTE);
             match action {
@@ -458,7 +458,7 @@ fn a_new_item_finds_its_embedding_neighbours_at_once() {
     let at = out.items.iter().position(|s| s.item == new).expect("the new item is recommended");
     assert!(out.items[at].reasons().any(|(g, _)| g == Generator::Embedding));
     // The published view shares the index and ranks the same.
-    let view = RecommenderView::new(m.spec().clone());
+    let view = RecommenderView::new(m.spec().clone(), 0);
     view.publish(&mut m, true);
     assert_eq!(similar_names(&view, "new", 5, |i| view.item_name(i).unwrap().into()), similar);
     same_ranking(&m, &view, &["u", "nobody"]);

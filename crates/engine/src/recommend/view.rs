@@ -72,10 +72,11 @@ impl std::fmt::Debug for RecommenderView {
 }
 
 impl RecommenderView {
-    /// An empty view for a model running `spec`.
-    pub fn new(spec: RecommenderSpec) -> Self {
+    /// An empty view for a model running `spec`, served from a process
+    /// started at `started_ms` (wall clock: it tags recommendation ids).
+    pub fn new(spec: RecommenderSpec, started_ms: i64) -> Self {
         Self {
-            attribution: Attribution::new(spec.attributed_answers),
+            attribution: Attribution::new(spec.attributed_answers, started_ms),
             spec,
             item_ids: serving_map(),
             items: serving_map(),

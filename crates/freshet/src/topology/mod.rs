@@ -172,7 +172,7 @@ impl Job {
         let p = &plan.pipeline;
         let views: Views = Arc::new(p.features.iter().map(FeatureView::new).collect());
         let recommending = p.recommender.as_ref().map(|r| Recommending {
-            view: Arc::new(RecommenderView::new(r.spec.clone())),
+            view: Arc::new(RecommenderView::new(r.spec.clone(), wall_ms())),
             placements: Arc::new(r.placements.clone()),
         });
 

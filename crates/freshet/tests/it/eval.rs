@@ -197,12 +197,17 @@ fn numpy_python() -> PathBuf {
 
 /// Runs `prequential_eval.py <args>` and returns the JSON on its last stdout line.
 fn peer(args: &[String]) -> Value {
+    last_json_line(&run_peer(args))
+}
+
+/// Runs `prequential_eval.py <args>` and checks it succeeded.
+fn run_peer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Finished {
     let script = support::shared_file("peers/quality/prequential_eval.py");
     let mut cmd = Command::new(numpy_python());
     cmd.arg(script).args(args);
     let run = support::run_with_deadline(&mut cmd, support::PYTHON_DEADLINE);
     run.assert_success();
-    last_json_line(&run)
+    run
 }
 
 /// `--stride`, `--eval-frac` and `--min-rating` choose the same events as the
@@ -319,12 +324,17 @@ fn default_recommender_beats_item_knn_by_the_floor() {
         let ours = freshet_eval(dataset, &[]);
         let knn = &dataset.peer_results()["itemknn"];
         assert_published_event_set(dataset, &ours);
-        let (hit, knn_hit) = (number(&ours, "hit_at_k"), number(knn, "hit_at_k"));
-        let (ndcg, knn_ndcg) = (number(&ours, "ndcg_at_k"), number(knn, "ndcg_at_k"));
-        assert!(hit >= 1.10 * knn_hit, "{}: hit@10 {hit} < 1.10 x item-kNN {knn_hit}", dataset.name);
-        assert!(ndcg >= 1.15 * knn_ndcg, "{}: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}", dataset.name);
+        assert_clears_the_floor(dataset.name, &ours, knn);
         assert_eq!(number(&ours, "invalid_recommendations"), 0.0, "{}", dataset.name);
     }
+}
+
+/// Fails unless `ours` has at least 1.10x the hit@10 and 1.15x the NDCG@10 of `knn`.
+fn assert_clears_the_floor(what: &str, ours: &Value, knn: &Value) {
+    let (hit, knn_hit) = (number(ours, "hit_at_k"), number(knn, "hit_at_k"));
+    let (ndcg, knn_ndcg) = (number(ours, "ndcg_at_k"), number(knn, "ndcg_at_k"));
+    assert!(hit >= 1.10 * knn_hit, "{what}: hit@10 {hit} < 1.10 x item-kNN {knn_hit}");
+    assert!(ndcg >= 1.15 * knn_ndcg, "{what}: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}");
 }
 
 /// MovieLens 100k's ratings (`ml-udata`): `$FRESHET_ML100K`, else where
@@ -350,23 +360,15 @@ fn movielens_100k_matches_the_peer_and_clears_the_floor() {
     let path = movielens_100k();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("peer.json");
-    let mut cmd = Command::new(numpy_python());
-    cmd.arg(support::shared_file("peers/quality/prequential_eval.py"))
-        .args(["--format", "ml-udata", "--models", "itemknn", "--data"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&out);
-    support::run_with_deadline(&mut cmd, support::PYTHON_DEADLINE).assert_success();
+    let (data, out_arg) = (path.display().to_string(), out.display().to_string());
+    run_peer(&["--format", "ml-udata", "--models", "itemknn", "--data", &data, "--out", &out_arg]);
     let peer_run: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let (info, knn) = (&peer_run["info"], &peer_run["results"]["itemknn"]);
     let spec = format!("ml-udata:{}", path.display());
     let ours = eval_spec(&spec, &[]);
     assert_peers_event_set("MovieLens 100k", &ours, info);
     assert_metrics_close("MovieLens 100k itemknn", &eval_spec(&spec, &["--model", "itemknn"]), knn);
-    let (hit, knn_hit) = (number(&ours, "hit_at_k"), number(knn, "hit_at_k"));
-    let (ndcg, knn_ndcg) = (number(&ours, "ndcg_at_k"), number(knn, "ndcg_at_k"));
-    assert!(hit >= 1.10 * knn_hit, "MovieLens 100k: hit@10 {hit} < 1.10 x item-kNN {knn_hit}");
-    assert!(ndcg >= 1.15 * knn_ndcg, "MovieLens 100k: NDCG@10 {ndcg} < 1.15 x item-kNN {knn_ndcg}");
+    assert_clears_the_floor("MovieLens 100k", &ours, knn);
 }
 
 /// The same log with its times in milliseconds, as a generic `csv` (the
