@@ -117,11 +117,14 @@ pub enum RejectKind {
     /// A catalog event's embedding is not an array of numbers of the
     /// configured dimension; the event itself is accepted without it.
     Embedding,
+    /// A catalog event's availability is not `true` or `false`; the event
+    /// itself is accepted, the item as available.
+    Availability,
 }
 
 impl RejectKind {
     /// All kinds, for metric registration.
-    pub const ALL: [RejectKind; 9] = [
+    pub const ALL: [RejectKind; 10] = [
         RejectKind::InvalidJson,
         RejectKind::Empty,
         RejectKind::TooLarge,
@@ -130,6 +133,7 @@ impl RejectKind {
         RejectKind::Schema,
         RejectKind::EventTime,
         RejectKind::Embedding,
+        RejectKind::Availability,
         RejectKind::Enrichment,
     ];
 
@@ -144,6 +148,7 @@ impl RejectKind {
             RejectKind::Schema => "schema",
             RejectKind::EventTime => "event_time",
             RejectKind::Embedding => "embedding",
+            RejectKind::Availability => "availability",
             RejectKind::Enrichment => "enrichment",
         }
     }
@@ -158,7 +163,7 @@ pub struct DecodeStats {
     pub accepted: u64,
     /// Rejections by kind (index = position in `RejectKind::ALL`): one dead
     /// letter each. `Embedding` rejections are of accepted lines.
-    pub rejected: [u64; 9],
+    pub rejected: [u64; RejectKind::ALL.len()],
     /// Events dropped by filters.
     pub filtered: u64,
     /// Unmatched events dropped by policy.
@@ -703,17 +708,19 @@ impl<'p> Decoder<'p> {
             batch.records.push(Record { feature: fid, ts, hash, key: (ks, ke), value, offset, prior_max_ts });
             out.stats.records += 1;
         }
-        let mut rejected: Option<String> = None;
+        // Catalog fields refused (the event itself is accepted): one dead letter each.
+        let mut rejected: Vec<(RejectKind, String)> = Vec::new();
         if let Some(plan) = &p.recommender {
             let kind = if plan.interactions.contains(&fi) {
                 let fields = [Some(&plan.user), Some(&plan.item), plan.event_type.as_ref(), plan.attribution.as_ref()];
                 Some((ModelInputKind::Interaction, fields))
             } else if plan.catalog == Some(fi) {
-                Some((ModelInputKind::Item, [Some(&plan.item), plan.category.as_ref(), plan.tags.as_ref(), None]))
+                let item = ModelInputKind::Item { available: true };
+                Some((item, [Some(&plan.item), plan.category.as_ref(), plan.tags.as_ref(), None]))
             } else {
                 None
             };
-            if let Some((kind, paths)) = kind {
+            if let Some((mut kind, paths)) = kind {
                 let batch = &mut out.shards[plan.shard];
                 let mut fields = [None; 4];
                 for (slot, path) in fields.iter_mut().zip(paths) {
@@ -726,7 +733,8 @@ impl<'p> Decoder<'p> {
                         }
                     }
                 }
-                if kind == ModelInputKind::Item
+                let is_item = matches!(kind, ModelInputKind::Item { .. });
+                if is_item
                     && fields[0].is_some()
                     && let (Some(path), Some(dimension)) = (&plan.embedding, plan.spec.embedding.dimension)
                     && let Some(v) = ev.get(path).filter(|v| v.kind != Kind::Null)
@@ -747,23 +755,43 @@ impl<'p> Decoder<'p> {
                         }
                         Err(rejection) => {
                             let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
-                            rejected = Some(format!(
+                            let reason = format!(
                                 "flow {}: item {}: {rejection}; the item is catalogued without it",
                                 flow.name,
                                 String::from_utf8_lossy(item)
-                            ));
+                            );
+                            rejected.push((RejectKind::Embedding, reason));
                         }
                     }
                 }
-                if fields[0].is_some() && (kind == ModelInputKind::Item || fields[1].is_some()) {
+                if let ModelInputKind::Item { available } = &mut kind
+                    && fields[0].is_some()
+                    && let Some(path) = &plan.availability
+                    && let Some(v) = ev.get(path)
+                {
+                    match v.kind {
+                        Kind::Bool => *available = v.raw == b"true",
+                        Kind::Null => {}
+                        _ => {
+                            let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
+                            let reason = format!(
+                                "flow {}: item {}: {path} is not true or false; the item is catalogued as available",
+                                flow.name,
+                                String::from_utf8_lossy(item)
+                            );
+                            rejected.push((RejectKind::Availability, reason));
+                        }
+                    }
+                }
+                if fields[0].is_some() && (is_item || fields[1].is_some()) {
                     batch.model.push(ModelInput { kind, ts, offset, fields });
                 } else {
                     out.stats.feature_skipped += 1;
                 }
             }
         }
-        if let Some(reason) = rejected {
-            self.dead_letter(chunk, offset, raw, RejectKind::Embedding, &reason, out);
+        for (kind, reason) in rejected {
+            self.dead_letter(chunk, offset, raw, kind, &reason, out);
         }
     }
 }
@@ -981,6 +1009,7 @@ mod tests {
             catalog: Some(0),
             category: None,
             tags: None,
+            availability: Some(FieldPath::parse("available").unwrap()),
             embedding: dimension.map(|_| FieldPath::parse("embedding").unwrap()),
             shard: 0,
             item_publish_ms: 1000,
@@ -1049,6 +1078,46 @@ mod tests {
         let out = decode(&off);
         assert_eq!((out.stats.accepted, out.stats.rejected.iter().sum::<u64>()), (4, 0));
         assert!(out.shards[0].model.iter().all(|m| m.fields[3].is_none()));
+    }
+
+    #[test]
+    fn availability_is_read_from_catalog_events_and_a_bad_one_is_a_dead_letter() {
+        let lines = concat!(
+            r#"{"k":"gone","ts":1,"available":false}"#,
+            "\n",
+            r#"{"k":"back","ts":2,"available":true}"#,
+            "\n",
+            r#"{"k":"plain","ts":3}"#,
+            "\n",
+            r#"{"k":"null","ts":4,"available":null}"#,
+            "\n",
+            r#"{"k":"word","ts":5,"available":"no"}"#,
+            "\n",
+        );
+        let p = catalog(None);
+        let mut decoder = Decoder::new(&p);
+        let mut out = decoder.output();
+        decoder.decode(&Chunk { data: lines.as_bytes().to_vec(), ..Chunk::default() }, &mut out);
+        assert_eq!(out.stats.accepted, 5);
+        let batch = &out.shards[0];
+        let inputs: Vec<(String, ModelInputKind)> = batch
+            .model
+            .iter()
+            .map(|m| (String::from_utf8(batch.model_field(m, 0).unwrap().to_vec()).unwrap(), m.kind))
+            .collect();
+        let item = |name: &str, available| (name.to_owned(), ModelInputKind::Item { available });
+        assert_eq!(
+            inputs,
+            [item("gone", false), item("back", true), item("plain", true), item("null", true), item("word", true)]
+        );
+        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+        let reason: serde_json::Value = serde_json::from_str(dlq.trim()).unwrap();
+        assert_eq!(
+            reason["reason"],
+            "flow f: item word: available is not true or false; the item is catalogued as available"
+        );
+        let availability = RejectKind::ALL.iter().position(|k| *k == RejectKind::Availability).unwrap();
+        assert_eq!(out.stats.rejected[availability], 1);
     }
 
     /// Answers from a table by URL; counts batches. (The real client is

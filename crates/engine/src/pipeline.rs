@@ -29,6 +29,9 @@ pub struct RecommenderPlan {
     pub category: Option<FieldPath>,
     /// Tags field of catalog events (an array of strings).
     pub tags: Option<FieldPath>,
+    /// Availability field of catalog events (`false`: not recommended until
+    /// an upsert says `true` or leaves it out).
+    pub availability: Option<FieldPath>,
     /// Embedding field of catalog events (an array of `spec.embedding.dimension`
     /// numbers); `None` when no dimension is configured.
     pub embedding: Option<FieldPath>,

@@ -67,7 +67,10 @@ pub enum ModelInputKind {
     Interaction,
     /// A catalog item: fields item, category, tags (a JSON array's text),
     /// embedding (its checked components as little-endian `f32`s).
-    Item,
+    Item {
+        /// Whether it may be recommended (the catalog's availability field; absent: yes).
+        available: bool,
+    },
 }
 
 /// One event for the recommender (only in the batch of the shard that owns it).

@@ -174,7 +174,7 @@ impl Shard {
                         }
                     }
                 }
-                ModelInputKind::Item => {
+                ModelInputKind::Item { available } => {
                     let Some(item) = text(m, 0) else { continue };
                     let tags: Vec<String> =
                         text(m, 2).and_then(|t| serde_json::from_str::<Vec<String>>(t).ok()).unwrap_or_default();
@@ -187,6 +187,7 @@ impl Shard {
                     } else {
                         model.upsert_item(item, text(m, 1), &tags, m.ts);
                     }
+                    model.set_available(item, available);
                 }
             }
         }

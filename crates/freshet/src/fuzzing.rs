@@ -255,8 +255,11 @@ fn check_decoded(p: &Pipeline, chunk: &Chunk, out: &Decoded) {
     let lines = line_count(&chunk.data) + chunk.oversized.len() as u64;
     assert_eq!(s.lines, lines, "lines counted");
     let rejected: u64 = s.rejected.iter().sum();
-    // A rejected embedding is a dead letter of an accepted line (its item is still catalogued).
-    let of_accepted = s.rejected[RejectKind::ALL.iter().position(|k| *k == RejectKind::Embedding).unwrap_or(0)];
+    // A rejected embedding or availability is a dead letter of an accepted line (its item is still catalogued).
+    let of_accepted: u64 = [RejectKind::Embedding, RejectKind::Availability]
+        .iter()
+        .map(|k| s.rejected[RejectKind::ALL.iter().position(|x| x == k).unwrap_or(0)])
+        .sum();
     assert_eq!(
         s.accepted + rejected - of_accepted + s.dropped_unmatched,
         s.lines,

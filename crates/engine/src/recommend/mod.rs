@@ -30,6 +30,7 @@ mod view;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use fixedbitset::FixedBitSet;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +62,15 @@ pub trait ModelRead {
     type User<'a>: Deref<Target = UserProfile>
     where
         Self: 'a;
+    /// The unavailable items' set, as ranking reads it once per request.
+    type Unavailable<'a>: Deref<Target = FixedBitSet>
+    where
+        Self: 'a;
     /// The spec the model runs with.
     fn spec(&self) -> &RecommenderSpec;
+    /// Items the catalog marked unavailable: never recommended, still
+    /// learned from and still seeds for others ([`Recommender::set_available`]).
+    fn unavailable(&self) -> Self::Unavailable<'_>;
     /// A user's profile.
     fn user(&self, name: &str) -> Option<Self::User<'_>>;
     /// An item's index, if the item is known.
@@ -146,6 +154,10 @@ pub struct Recommender {
     /// the model's other state (so snapshots from before embeddings restore).
     #[serde(skip)]
     embeddings: Embeddings,
+    /// Items the catalog marked unavailable (out of stock, withdrawn);
+    /// a snapshot stores them after the embeddings.
+    #[serde(skip)]
+    unavailable: FixedBitSet,
     /// Items and users changed since the last `take_dirty`.
     #[serde(skip)]
     dirty: Dirty,
@@ -191,6 +203,8 @@ pub(crate) struct Dirty {
     pub(crate) users: Vec<Box<str>>,
     pub(crate) forgotten: Vec<Box<str>>,
     pub(crate) catalog: bool,
+    /// An item's availability changed.
+    pub(crate) availability: bool,
 }
 
 impl Recommender {
@@ -210,6 +224,7 @@ impl Recommender {
             users: FxHashMap::default(),
             trending,
             embeddings,
+            unavailable: FixedBitSet::new(),
             dirty: Dirty::default(),
         }
     }
@@ -375,6 +390,31 @@ impl Recommender {
         index
     }
 
+    /// Marks a catalog item available or not (a catalog event's
+    /// availability field; absent means available). An unavailable item is
+    /// never recommended, in any list, until it is available again; it
+    /// still learns from interactions (its lists are intact when it comes
+    /// back) and still proposes its neighbours as a user's recent item.
+    /// Returns whether the item was known.
+    pub fn set_available(&mut self, item: &str, available: bool) -> bool {
+        let Some(&index) = self.item_ids.get(item) else { return false };
+        let index = index as usize;
+        let unavailable = !available;
+        if self.unavailable.contains(index) != unavailable {
+            if unavailable {
+                self.unavailable.grow(index + 1);
+            }
+            self.unavailable.set(index, unavailable);
+            self.dirty.availability = true;
+        }
+        true
+    }
+
+    /// Whether `item` may be recommended as far as the catalog says.
+    pub fn is_available(&self, item: u32) -> bool {
+        !self.unavailable.contains(item as usize)
+    }
+
     /// Forgets a user's profile. The user's past contributions to aggregate
     /// item statistics (co-occurrence counts, popularity) stay: they are not
     /// about the user, and no single user can be read back from them.
@@ -453,8 +493,9 @@ impl Recommender {
     }
 
     /// Encodes the model's state (postcard): the model, then, when any item
-    /// has one, the embeddings as (item, generation, vector). The HNSW graph
-    /// is not stored; a restore rebuilds it. In two steps, so that the second
+    /// has one or any item is unavailable, the embeddings as (item,
+    /// generation, vector), then, when any item is unavailable, their
+    /// indexes. The HNSW graph is not stored; a restore rebuilds it. In two steps, so that the second
     /// can run on another thread: [`Recommender::snapshot_copy`], [`ModelCopy::encode`].
     pub fn snapshot(&self) -> Vec<u8> {
         self.snapshot_copy().encode()
@@ -464,8 +505,15 @@ impl Recommender {
     pub fn restore(bytes: &[u8], spec: RecommenderSpec) -> Result<Self, postcard::Error> {
         let (mut model, rest): (Recommender, _) = postcard::take_from_bytes(bytes)?;
         if !rest.is_empty() {
-            let stored: Vec<(u32, u32, Vec<f32>)> = postcard::from_bytes(rest)?;
+            let (stored, rest): (Vec<(u32, u32, Vec<f32>)>, _) = postcard::take_from_bytes(rest)?;
             model.embeddings.items = Embeddings::items_from_stored(stored);
+            if !rest.is_empty() {
+                let unavailable: Vec<u32> = postcard::from_bytes(rest)?;
+                if let Some(&last) = unavailable.iter().max() {
+                    model.unavailable.grow(last as usize + 1);
+                }
+                model.unavailable.extend(unavailable.iter().map(|&i| i as usize));
+            }
         }
         Ok(model.with_spec(spec))
     }
@@ -487,7 +535,12 @@ impl Recommender {
             users: std::mem::take(&mut self.dirty.users),
             forgotten: std::mem::take(&mut self.dirty.forgotten),
             catalog: std::mem::take(&mut self.dirty.catalog),
+            availability: std::mem::take(&mut self.dirty.availability),
         }
+    }
+
+    pub(crate) fn unavailable_items(&self) -> &FixedBitSet {
+        &self.unavailable
     }
 
     /// Items changed since they were last taken for publication.
@@ -518,9 +571,14 @@ impl Recommender {
 
 impl ModelRead for Recommender {
     type User<'a> = &'a UserProfile;
+    type Unavailable<'a> = &'a FixedBitSet;
 
     fn spec(&self) -> &RecommenderSpec {
         &self.spec
+    }
+
+    fn unavailable(&self) -> &FixedBitSet {
+        &self.unavailable
     }
 
     fn user(&self, name: &str) -> Option<&UserProfile> {

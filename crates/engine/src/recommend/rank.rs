@@ -1,4 +1,5 @@
-//! Ranking: candidates from every generator, blended, filtered, placed and
+//! Ranking: candidates from every generator, blended, filtered (seen,
+//! excluded, unavailable, placement exclusions), placed and
 //! diversified into a top-k list, each item with the generators behind it.
 //!
 //! Each generator's raw scores are normalised by their maximum over this
@@ -327,8 +328,10 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         })
         .collect();
     let filters = !excluded_categories.is_empty() || query.categories.is_some();
+    let unavailable = model.unavailable();
     let passes = |item: u32| {
         (item as usize) < item_end
+            && !unavailable.contains(item as usize)
             && (!filters
                 || match model.category(item) {
                     Some(c) => {

@@ -44,7 +44,7 @@ pub struct ModelCopy {
     entries: Vec<(u32, f32)>,
     /// Each list's end in `entries` and its total weight.
     lists: Vec<(usize, f64)>,
-    /// The fields after the items, then the embeddings, encoded.
+    /// The fields after the items, then the embeddings and unavailable items, encoded.
     tail: Vec<u8>,
     /// Where `entries` goes back to when the copy is dropped.
     spare: Spare,
@@ -116,9 +116,15 @@ impl Recommender {
             trending: &self.trending,
         };
         let mut tail = postcard::to_stdvec(&tail).expect(encode_error);
+        // Optional trailing parts, so that snapshots from before each read back:
+        // the embeddings (empty when only the next part is there), then unavailable items.
         let stored = self.embeddings.stored();
-        if !stored.is_empty() {
+        let unavailable: Vec<u32> = self.unavailable_items().ones().map(|i| i as u32).collect();
+        if !stored.is_empty() || !unavailable.is_empty() {
             tail = postcard::to_extend(&stored, tail).expect("embeddings serialise");
+        }
+        if !unavailable.is_empty() {
+            tail = postcard::to_extend(&unavailable, tail).expect("indexes serialise");
         }
         ModelCopy { head, item_heads, item_head_ends, entries, lists, tail, spare: Arc::clone(&self.spare_lists) }
     }

@@ -278,6 +278,59 @@ fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
     assert!(weight < 5.0, "counted from before the forget: {weight}");
 }
 
+/// B, out of stock: in no list of the model, its view (published at a
+/// tick without items), a restore, or a pin, while it keeps learning and
+/// seeding; back in every list once available again.
+#[test]
+fn an_unavailable_item_is_in_no_list_until_it_is_available_again() {
+    let mut m = covisited();
+    for item in ["A", "B", "C", "P"] {
+        m.upsert_item(item, Some("c1"), &["t"], 0);
+    }
+    m.interaction("new", "A", Some("view"), 100 * MINUTE);
+    let view = RecommenderView::new(m.spec().clone(), 0);
+    view.publish(&mut m, true);
+    let (a, b) = (m.item_index("A").unwrap(), m.item_index("B").unwrap());
+    assert!(lists(&m, a).iter().all(|items| items.contains(&b)), "B is proposed while available");
+
+    assert!(m.set_available("B", false));
+    assert!(!m.set_available("never-seen", false));
+    assert!(!m.is_available(b) && m.is_available(a));
+    view.publish(&mut m, false);
+    let restored = Recommender::restore(&m.snapshot(), m.spec().clone()).unwrap();
+    let pinned = Placement {
+        name: "p".into(),
+        rules: vec![PlacementRule::Pin { item: "B".into(), position: 1 }],
+        max_per_category: 0,
+    };
+    let answers = [("model", lists(&m, a)), ("view", lists(&view, a)), ("restored", lists(&restored, a))];
+    for (model, lists) in answers {
+        for items in lists {
+            assert!(!items.is_empty() && !items.contains(&b), "{model} proposed B: {items:?}");
+        }
+    }
+    let mut out = Ranking::default();
+    rank(&view, &Query { placement: Some(&pinned), ..Query::for_user("nobody", 3) }, &mut out);
+    assert!(!out.items.iter().any(|s| s.item == b), "B was pinned while unavailable");
+
+    // It still learns, and still seeds: a user who views it gets its neighbours.
+    let before = m.item_state(b).neighbours.get(a);
+    m.interaction("later", "A", Some("view"), 150 * MINUTE);
+    m.interaction("later", "B", Some("view"), 150 * MINUTE + 1);
+    assert!(m.item_state(b).neighbours.get(a) > before, "B learns while unavailable");
+    m.interaction("seeker", "B", Some("view"), 151 * MINUTE);
+    assert_eq!(recommend(&m, "seeker", 1), vec!["A"]);
+
+    // Available again: back in every list, in the view at the next tick.
+    assert!(m.set_available("B", true));
+    view.publish(&mut m, false);
+    for lists in [lists(&m, a), lists(&view, a)] {
+        assert!(lists.iter().all(|items| items.contains(&b)), "B is not back: {lists:?}");
+    }
+    rank(&view, &Query { placement: Some(&pinned), ..Query::for_user("nobody", 3) }, &mut out);
+    assert_eq!(out.items[0].item, b);
+}
+
 /// What `model` answers: recommendations for a user who saw A, for one
 /// who saw P only, for an unknown user (trending), for an
 /// unknown user on `a`'s page, and items similar to `a`.

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use fixedbitset::FixedBitSet;
 
 use crate::features::view::serving_map;
 
@@ -57,6 +58,9 @@ pub struct RecommenderView {
     scores: ArcSwap<Vec<f64>>,
     /// Candidate damping per item index, as of the last item publication.
     norms: ArcSwap<Vec<f32>>,
+    /// Unavailable items, as of the last publication (any tick: an item
+    /// that goes out of stock leaves the lists within one publish interval).
+    unavailable: ArcSwap<FixedBitSet>,
     /// The model's embedding index, as of the last item publication.
     embeddings: ArcSwapOption<EmbeddingIndex>,
     /// Event time of the latest published interaction or catalog event.
@@ -85,6 +89,7 @@ impl RecommenderView {
             trending: serving_map(),
             scores: ArcSwap::from_pointee(Vec::new()),
             norms: ArcSwap::from_pointee(Vec::new()),
+            unavailable: ArcSwap::from_pointee(FixedBitSet::new()),
             embeddings: ArcSwapOption::empty(),
             published_items: Default::default(),
         }
@@ -110,8 +115,8 @@ impl RecommenderView {
         self.items.pin().get(&item).map(|i| i.name.clone())
     }
 
-    /// Publishes what changed in `model`: users, forgotten users and trending
-    /// lists always; items too when `with_items`. Returns how many entries were written.
+    /// Publishes what changed in `model`: users, forgotten users, trending
+    /// lists and availability always; items too when `with_items`. Returns how many entries were written.
     pub fn publish(&self, model: &mut Recommender, with_items: bool) -> usize {
         let dirty = model.take_dirty(with_items);
         let mut written = 0;
@@ -140,6 +145,9 @@ impl RecommenderView {
             for c in categories {
                 trending.insert(c, state.category(c).iter().map(|&(s, i)| (i, s)).collect());
             }
+        }
+        if dirty.availability {
+            self.unavailable.store(Arc::new(model.unavailable_items().clone()));
         }
         if dirty.catalog {
             let attributes = self.attributes.pin();
@@ -195,9 +203,14 @@ impl RecommenderView {
 
 impl ModelRead for RecommenderView {
     type User<'a> = Arc<UserProfile>;
+    type Unavailable<'a> = Arc<FixedBitSet>;
 
     fn spec(&self) -> &RecommenderSpec {
         &self.spec
+    }
+
+    fn unavailable(&self) -> Arc<FixedBitSet> {
+        self.unavailable.load_full()
     }
 
     fn user(&self, name: &str) -> Option<Arc<UserProfile>> {

@@ -429,6 +429,7 @@ fn recommender_plan(shards: usize) -> RecommenderPlan {
         catalog: None,
         category: None,
         tags: None,
+        availability: None,
         embedding: None,
         shard: shards - 1,
         item_publish_ms: 1000,

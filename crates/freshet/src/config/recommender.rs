@@ -35,6 +35,9 @@ pub struct RecommenderConfig {
     pub category_field: Option<String>,
     /// Tags field of catalog events (array of strings). Default: "tags".
     pub tags_field: Option<String>,
+    /// Availability field of catalog events: `false` keeps the item out of
+    /// every list until an upsert says `true` or leaves it out. Default: "available".
+    pub availability_field: Option<String>,
     /// Embedding field of catalog events (array of numbers), read only when
     /// `[recommender.embedding] dimension` is set. Default: "embedding".
     pub embedding_field: Option<String>,
@@ -351,6 +354,7 @@ pub fn plan(config: &RecommenderConfig, flows: &[Flow], shards: usize, p: &mut P
         catalog,
         category: Some(field(p, "category_field", &config.category_field, "category")),
         tags: Some(field(p, "tags_field", &config.tags_field, "tags")),
+        availability: Some(field(p, "availability_field", &config.availability_field, "available")),
         embedding,
         // The last shard: shard 0 carries the decoders' forwarded output.
         shard: shards.saturating_sub(1),

@@ -2,7 +2,7 @@
 //! port): events go in through `POST /v1/events`, answers come out of
 //! `POST /v1/recommend` and `GET /v1/items/{id}/similar`. Covers co-visitation,
 //! freshness (a user's event is reflected within a second), cold start,
-//! new catalog items, placements, catalog embeddings (nearest items, and a
+//! new catalog items, availability, placements, catalog embeddings (nearest items, and a
 //! wrong dimension dead-lettered while the item is catalogued), strict
 //! request checking, forgetting a user, and the `freshet recommend` /
 //! `freshet similar` client commands.
@@ -289,6 +289,82 @@ fn a_users_event_is_reflected_within_a_second_and_forgetting_makes_them_cold_and
         }
     });
     println!("forget item: DELETE 202 -> in no list after {gone:.3?}");
+}
+
+/// One catalog event line with an availability value.
+fn upsert_availability(item: &str, available: Value, ts: i64) -> String {
+    json!({ "event_id": event_id(), "type": "item_upsert", "item_id": item, "ts": ts, "category": "c1",
+            "available": available })
+    .to_string()
+}
+
+#[test]
+fn an_unavailable_item_leaves_every_list_and_comes_back_with_its_neighbours() {
+    let (running, dir) = start();
+    let addr = running.addr.as_str();
+    covisitation_world(addr);
+    post_events(addr, &[view("shopper", A, LATER)]);
+    poll("shopper's view of A", Duration::from_secs(3), || {
+        let v = recommend_ok(addr, &json!({ "user_id": "shopper", "k": 5 }));
+        if ids(&v).first().map(String::as_str) == Some(B) { Ok(()) } else { Err(v.to_string()) }
+    });
+    // Every list that can hold B, and whether any does.
+    let lists = || {
+        [
+            recommend_ok(addr, &json!({ "user_id": "shopper", "k": 1000 })),
+            recommend_ok(addr, &json!({ "user_id": "nobody-yet", "k": 1000 })),
+            recommend_ok(addr, &json!({ "context": [A], "k": 1000 })),
+            similar(addr, A, "?k=1000").1,
+        ]
+    };
+    let holds_b = |v: &Value| ids(v).contains(&B.to_owned());
+
+    // Out of stock (and an availability that is not a boolean: a dead letter, the item catalogued).
+    post_events(
+        addr,
+        &[upsert_availability(B, json!(false), LATER + 1000), upsert_availability("oddly", json!("no"), LATER + 1000)],
+    );
+    let (_, gone) =
+        poll("B to leave every list", Duration::from_secs(3), || match lists().iter().find(|v| holds_b(v)) {
+            Some(v) => Err(v.to_string()),
+            None => Ok(()),
+        });
+    // Still learning while out: more co-visits of A and B.
+    let mut lines = Vec::new();
+    for u in 0..5 {
+        lines.push(view(&format!("later{u}"), A, LATER + 2000 + u * 10));
+        lines.push(view(&format!("later{u}"), B, LATER + 2005 + u * 10));
+    }
+    post_events(addr, &lines);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!lists().iter().any(holds_b), "an interaction brought B back: {:?}", lists());
+
+    // Back in stock: an upsert without the field.
+    post_events(addr, &[upsert(B, "c1", LATER + 3000)]);
+    let (answers, back) = poll("B to be back in every list", Duration::from_secs(3), || {
+        let answers = lists();
+        // Only A's viewers saw B: every list but the trending one has it first.
+        if answers.iter().all(holds_b) { Ok(answers) } else { Err(format!("{answers:?}")) }
+    });
+    for v in &answers[..1] {
+        assert_eq!(ids(v).first().map(String::as_str), Some(B), "{v}");
+        assert!(reasons(v, B).contains(&"cooccurrence".to_owned()), "{v}");
+    }
+    println!("availability: upsert 202 -> out of every list after {gone:.3?}, back after {back:.3?}");
+    assert!(gone <= Duration::from_secs(1) && back <= Duration::from_secs(1), "{gone:?} {back:?}");
+
+    let dlq_path = dir.path().join(support::DLQ);
+    let (dlq, _) = poll("the availability's dead letter", Duration::from_secs(5), || {
+        let dlq = std::fs::read_to_string(&dlq_path).unwrap_or_default();
+        if dlq.ends_with('\n') { Ok(dlq) } else { Err(dlq) }
+    });
+    let record: Value = serde_json::from_str(dlq.trim()).unwrap_or_else(|e| panic!("{e}: {dlq}"));
+    assert_eq!(
+        record["reason"],
+        "flow catalog: item oddly: available is not true or false; the item is catalogued as available"
+    );
+    let (_, metrics) = support::request(addr, "GET", "/metrics", "text/plain", "");
+    assert!(metrics.contains("freshet_dlq_events_total{reason=\"availability\"} 1"), "{metrics}");
 }
 
 #[test]
