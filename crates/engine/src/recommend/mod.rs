@@ -42,7 +42,10 @@ pub use neighbours::Neighbours;
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
 pub use snapshot::ModelCopy;
 pub(crate) use snapshot::push_varint;
-pub use spec::{ContentSpec, CooccurrenceSpec, EmbeddingSpec, Generator, RecommenderSpec, SequenceSpec, TrendingSpec};
+pub use spec::{
+    ContentSpec, CooccurrenceSpec, EmbeddingSpec, Generator, Normalisation, RecommenderSpec, SequenceSpec,
+    TrendingSpec, root_llr,
+};
 pub use trending::Trending;
 pub use user::UserProfile;
 pub use view::{ItemView, RecommenderView};
@@ -71,6 +74,12 @@ pub trait ModelRead {
     /// Items the catalog marked unavailable: never recommended, still
     /// learned from and still seeds for others ([`Recommender::set_available`]).
     fn unavailable(&self) -> Self::Unavailable<'_>;
+    /// The co-occurrence weight totals, as ranking reads them once per request.
+    type PairTotals<'a>: Deref<Target = PairTotals>
+    where
+        Self: 'a;
+    /// The co-occurrence weight totals ([`Normalisation::Llr`] only; empty otherwise).
+    fn pair_totals(&self) -> Self::PairTotals<'_>;
     /// A user's profile.
     fn user(&self, name: &str) -> Option<Self::User<'_>>;
     /// An item's index, if the item is known.
@@ -146,6 +155,10 @@ pub struct Recommender {
     items: Vec<ItemState>,
     /// `candidate_norm` of every item, dense: ranking reads it once per neighbour.
     candidate_norms: Vec<f32>,
+    /// Co-occurrence weight totals, kept for [`Normalisation::Llr`] only
+    /// (rebuilt from the lists at a restore).
+    #[serde(skip)]
+    pair_totals: PairTotals,
     attribute_ids: FxHashMap<Box<str>, u32>,
     attributes: Vec<Box<str>>,
     users: FxHashMap<Box<str>, UserProfile>,
@@ -170,6 +183,31 @@ pub struct Recommender {
     /// buffer is faulted in page by page, on the shard).
     #[serde(skip)]
     spare_lists: snapshot::Spare,
+}
+
+/// Each item's total co-occurrence weight (pruned entries included) and
+/// the weight of every pair, counted from both items: the margins of the
+/// pair tables that [`Normalisation::Llr`] scores.
+#[derive(Debug, Clone, Default)]
+pub struct PairTotals {
+    /// Each item's total, by item index.
+    pub per_item: Vec<f64>,
+    /// The sum of all items' totals.
+    pub mass: f64,
+}
+
+impl PairTotals {
+    fn add(&mut self, a: u32, b: u32, weight: f32) {
+        let w = f64::from(weight);
+        self.per_item[a as usize] += w;
+        self.per_item[b as usize] += w;
+        self.mass += 2.0 * w;
+    }
+
+    /// `item`'s total (0 for an item past the end).
+    pub fn of(&self, item: u32) -> f64 {
+        self.per_item.get(item as usize).copied().unwrap_or(0.0)
+    }
 }
 
 /// Lists something as changed, once: `listed` is its own flag, `id` makes its entry.
@@ -219,6 +257,7 @@ impl Recommender {
             item_ids: FxHashMap::default(),
             items: Vec::new(),
             candidate_norms: Vec::new(),
+            pair_totals: PairTotals::default(),
             attribute_ids: FxHashMap::default(),
             attributes: Vec::new(),
             users: FxHashMap::default(),
@@ -251,6 +290,7 @@ impl Recommender {
         let index = u32::try_from(self.items.len()).expect("fewer than 2^32 items");
         self.items.push(ItemState { name: name.into(), ..ItemState::default() });
         self.candidate_norms.push(0.0);
+        self.pair_totals.per_item.push(0.0);
         self.item_ids.insert(name.into(), index);
         self.dirty.catalog = true;
         index
@@ -308,6 +348,9 @@ impl Recommender {
                     let state = &mut self.items[other as usize];
                     state.neighbours.add(item, w, c.max_neighbours);
                     mark_dirty(&mut self.dirty.items, state, other);
+                    if c.normalisation == Normalisation::Llr {
+                        self.pair_totals.add(item, other, w);
+                    }
                 }
                 profile.history.push_back((item, ordinal));
                 while profile.history.len() > c.pair_window {
@@ -447,6 +490,7 @@ impl Recommender {
         let state = &mut self.items[index as usize];
         state.neighbours.clear();
         state.successors.clear();
+        self.pair_totals.per_item[index as usize] = 0.0;
         let attributes: smallvec::SmallVec<[u32; 4]> = state.attributes().collect();
         mark_dirty(&mut self.dirty.items, state, index);
         self.trending.forget(index, &attributes);
@@ -476,6 +520,12 @@ impl Recommender {
     /// another dimension (or all, with none configured) are dropped.
     pub fn with_spec(mut self, spec: RecommenderSpec) -> Self {
         self.pair_weights = pair_weights(&spec);
+        self.pair_totals = PairTotals::default();
+        self.pair_totals.per_item = vec![0.0; self.items.len()];
+        if spec.cooccurrence.normalisation == Normalisation::Llr {
+            self.pair_totals.per_item = self.items.iter().map(|i| i.neighbours.total()).collect();
+            self.pair_totals.mass = self.pair_totals.per_item.iter().sum();
+        }
         self.embeddings = Embeddings::rebuilt(spec.embedding.dimension, std::mem::take(&mut self.embeddings.items));
         self.spec = spec;
         self.dirty.catalog = true;
@@ -579,6 +629,12 @@ impl ModelRead for Recommender {
 
     fn unavailable(&self) -> &FixedBitSet {
         &self.unavailable
+    }
+
+    type PairTotals<'a> = &'a PairTotals;
+
+    fn pair_totals(&self) -> &PairTotals {
+        &self.pair_totals
     }
 
     fn user(&self, name: &str) -> Option<&UserProfile> {

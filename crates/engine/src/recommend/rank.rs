@@ -8,7 +8,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::spec::Generator;
+use super::spec::{Generator, Normalisation, root_llr};
 use super::{GENERATORS, ModelRead, Weighted};
 
 /// A placement's rules, applied after blending.
@@ -276,7 +276,24 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
     }
 
     // Co-occurrence first: `Candidates::accumulate` needs to run before any other generator.
-    if weight(Generator::Cooccurrence) > 0.0 {
+    if weight(Generator::Cooccurrence) > 0.0 && spec.cooccurrence.normalisation == Normalisation::Llr {
+        // Logarithms per neighbour: slower than the cosine's product, and
+        // entries scoring 0 are no candidates, so it adds entry by entry.
+        let totals = model.pair_totals();
+        let mut w = 1.0;
+        for &seed in &out.seeds {
+            let source = totals.of(seed);
+            model.neighbours(seed, &mut |entries, _| {
+                for &(item, both) in entries {
+                    let score = root_llr(f64::from(both), source, totals.of(item), totals.mass);
+                    if score > 0.0 {
+                        candidates.add(item, Generator::Cooccurrence, w * score);
+                    }
+                }
+            });
+            w *= spec.recency_decay;
+        }
+    } else if weight(Generator::Cooccurrence) > 0.0 {
         let mut w = 1.0;
         let from = candidates.written.len();
         for &seed in &out.seeds {

@@ -45,7 +45,9 @@ impl Generator {
 /// `event_weight / distance^distance_exponent`, where the distance is how many
 /// distinct items apart they are in that user's history, in both directions.
 /// A candidate's score sums, over the user's recent items `j` (newest first,
-/// the k-th weighted `recency_decay^k`), `count(j, c) / (users(j)^source_damping · users(c)^candidate_damping)`.
+/// the k-th weighted `recency_decay^k`), the pair's normalised count:
+/// `count(j, c) / (users(j)^source_damping · users(c)^candidate_damping)`
+/// ([`Normalisation::Cosine`]), or its log-likelihood ratio ([`Normalisation::Llr`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CooccurrenceSpec {
     /// Whether it runs.
@@ -63,6 +65,60 @@ pub struct CooccurrenceSpec {
     /// Neighbours kept per item; an item's list is pruned back to this many
     /// (the heaviest) when it reaches twice as many.
     pub max_neighbours: usize,
+    /// How a pair's count becomes its score.
+    pub normalisation: Normalisation,
+}
+
+/// How co-occurrence turns a pair's count into a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Normalisation {
+    /// `count / (users(source)^source_damping · users(candidate)^candidate_damping)`:
+    /// the cosine of the two items' user sets with both exponents 0.5 (the
+    /// default damps the candidate's popularity less, 0.2).
+    #[default]
+    Cosine,
+    /// Dunning's log-likelihood ratio of the pair's 2×2 table of
+    /// co-occurrence weight (as Mahout's item similarity): the pair's count,
+    /// the rest of each item's total, the rest of all pairs. As a signed
+    /// square root: how surely the pair occurs more often than the two
+    /// items' shares of all pairs explain; pairs that occur no more often
+    /// score 0. The dampings are not used.
+    Llr,
+}
+
+impl Normalisation {
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalisation::Cosine => "cosine",
+            Normalisation::Llr => "llr",
+        }
+    }
+}
+
+/// `x · ln x`, 0 at 0.
+fn x_log_x(x: f64) -> f64 {
+    if x > 0.0 { x * x.ln() } else { 0.0 }
+}
+
+/// The signed square root of Dunning's log-likelihood ratio for a pair of
+/// weight `both`, of items whose totals are `source` and `candidate`, among
+/// pairs of weight `total` (the 2×2 table's margins; `both` is clamped to
+/// the smaller total): positive when the pair is more frequent than
+/// independence predicts, else 0.
+pub fn root_llr(both: f64, source: f64, candidate: f64, total: f64) -> f64 {
+    let k11 = both.min(source).min(candidate).max(0.0);
+    let (k12, k21) = (source - k11, candidate - k11);
+    let k22 = (total - source - candidate + k11).max(0.0);
+    // More often together than apart: k11 / (k11 + k12) > k21 / (k21 + k22).
+    if k11 * (k21 + k22) <= k21 * (k11 + k12) {
+        return 0.0;
+    }
+    let n = k11 + k12 + k21 + k22;
+    let matrix = x_log_x(n) - x_log_x(k11) - x_log_x(k12) - x_log_x(k21) - x_log_x(k22);
+    let rows = x_log_x(n) - x_log_x(k11 + k12) - x_log_x(k21 + k22);
+    let columns = x_log_x(n) - x_log_x(k11 + k21) - x_log_x(k12 + k22);
+    (2.0 * (rows + columns - matrix)).max(0.0).sqrt()
 }
 
 impl Default for CooccurrenceSpec {
@@ -75,6 +131,7 @@ impl Default for CooccurrenceSpec {
             source_damping: 0.5,
             candidate_damping: 0.2,
             max_neighbours: 400,
+            normalisation: Normalisation::Cosine,
         }
     }
 }

@@ -590,3 +590,67 @@ fn a_forgotten_item_leaves_the_embedding_neighbours_until_it_has_a_vector_again(
     let near = by_embedding(&m, "s2");
     assert_eq!(near.iter().filter(|i| *i == "s3").count(), 1, "{near:?}");
 }
+
+/// Dunning's ratio on the tables of Mahout's tests (1 0 / 0 1 and 10 0 / 0 10), as a root.
+#[test]
+fn root_llr_matches_known_ratios_and_ignores_pairs_at_or_below_chance() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(root_llr(1.0, 1.0, 1.0, 2.0), 2.772588722239781f64.sqrt()));
+    assert!(close(root_llr(10.0, 10.0, 10.0, 20.0), 27.72588722239781f64.sqrt()));
+    assert!(close(root_llr(3.0, 10.0, 5.0, 100.0), root_llr(3.0, 5.0, 10.0, 100.0)), "symmetric");
+    // Exactly as often as chance (10 of 20 with an item half the users have), less often, or not at all: 0.
+    assert_eq!(root_llr(10.0, 20.0, 200.0, 400.0), 0.0);
+    assert_eq!(root_llr(1.0, 20.0, 200.0, 400.0), 0.0);
+    assert_eq!(root_llr(0.0, 20.0, 200.0, 400.0), 0.0);
+    // A count above the smaller item's users (event weights) is clamped to it.
+    assert_eq!(root_llr(50.0, 10.0, 10.0, 20.0), root_llr(10.0, 10.0, 10.0, 20.0));
+}
+
+/// Fifteen users view A then B (B's only pairs); five view A then P, which
+/// 190 others view with other items: P is paired with A less often than
+/// its share of all pairs predicts. The cosine proposes both; the
+/// log-likelihood ratio B only, in the live model, its published view and
+/// a restore alike.
+#[test]
+fn llr_proposes_what_co_occurs_more_than_popularity_explains() {
+    let world = |normalisation| {
+        let mut spec = RecommenderSpec::default();
+        spec.cooccurrence.normalisation = normalisation;
+        let mut m = Recommender::new(spec);
+        let mut t = 0;
+        let mut views = |m: &mut Recommender, user: String, items: &[&str]| {
+            for item in items {
+                t += MINUTE;
+                m.interaction(&user, item, Some("view"), t);
+            }
+        };
+        for u in 0..15 {
+            views(&mut m, format!("ab{u}"), &["A", "B"]);
+        }
+        for u in 0..5 {
+            views(&mut m, format!("ap{u}"), &["A", "P"]);
+        }
+        for u in 0..190 {
+            views(&mut m, format!("p{u}"), &["P", &format!("X{}", u % 10)]);
+        }
+        views(&mut m, "q".into(), &["A"]);
+        m
+    };
+    let cooccurring = |model: &dyn Fn(&mut Ranking)| {
+        let mut out = Ranking::default();
+        model(&mut out);
+        out.items.iter().filter(|s| s.parts[Generator::Cooccurrence.index()] > 0.0).map(|s| s.item).collect::<Vec<_>>()
+    };
+    let query = Query::for_user("q", 10);
+    let cosine = world(Normalisation::Cosine);
+    let (b, p) = (cosine.item_index("B").unwrap(), cosine.item_index("P").unwrap());
+    assert_eq!(cooccurring(&|out| rank(&cosine, &query, out)), [b, p]);
+    let mut llr = world(Normalisation::Llr);
+    assert_eq!(cooccurring(&|out| rank(&llr, &query, out)), [b]);
+    let view = RecommenderView::new(llr.spec().clone(), 0);
+    view.publish(&mut llr, true);
+    assert_eq!(cooccurring(&|out| rank(&view, &query, out)), [b]);
+    same_ranking(&llr, &view, &["q", "ab1", "ap1", "p1", "nobody"]);
+    let restored = Recommender::restore(&llr.snapshot(), llr.spec().clone()).unwrap();
+    same_ranking(&llr, &restored, &["q", "ab1", "ap1", "p1", "nobody"]);
+}

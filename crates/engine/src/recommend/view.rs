@@ -24,7 +24,8 @@ use fixedbitset::FixedBitSet;
 use crate::features::view::serving_map;
 
 use super::{
-    Attribution, Embedded, EmbeddingIndex, ModelRead, NeighboursFn, Recommender, RecommenderSpec, UserProfile, Weighted,
+    Attribution, Embedded, EmbeddingIndex, ModelRead, NeighboursFn, PairTotals, Recommender, RecommenderSpec,
+    UserProfile, Weighted,
 };
 
 /// Key of the overall trending list in the per-category map.
@@ -58,6 +59,8 @@ pub struct RecommenderView {
     scores: ArcSwap<Vec<f64>>,
     /// Candidate damping per item index, as of the last item publication.
     norms: ArcSwap<Vec<f32>>,
+    /// Co-occurrence weight totals, as of the last item publication (LLR only).
+    pair_totals: ArcSwap<PairTotals>,
     /// Unavailable items, as of the last publication (any tick: an item
     /// that goes out of stock leaves the lists within one publish interval).
     unavailable: ArcSwap<FixedBitSet>,
@@ -89,6 +92,7 @@ impl RecommenderView {
             trending: serving_map(),
             scores: ArcSwap::from_pointee(Vec::new()),
             norms: ArcSwap::from_pointee(Vec::new()),
+            pair_totals: ArcSwap::from_pointee(PairTotals::default()),
             unavailable: ArcSwap::from_pointee(FixedBitSet::new()),
             embeddings: ArcSwapOption::empty(),
             published_items: Default::default(),
@@ -163,6 +167,10 @@ impl RecommenderView {
             let scores: Vec<f64> = (0..model.item_count() as u32).map(|i| state.score(i)).collect();
             self.scores.store(Arc::new(scores));
             self.norms.store(Arc::new(model.candidate_norms().to_vec()));
+            // Only the log-likelihood ratio reads them.
+            if model.spec().cooccurrence.normalisation == super::Normalisation::Llr {
+                self.pair_totals.store(Arc::new(model.pair_totals().clone()));
+            }
             self.embeddings.store(model.embedding_index().cloned());
         }
         written
@@ -211,6 +219,12 @@ impl ModelRead for RecommenderView {
 
     fn unavailable(&self) -> Arc<FixedBitSet> {
         self.unavailable.load_full()
+    }
+
+    type PairTotals<'a> = Arc<PairTotals>;
+
+    fn pair_totals(&self) -> Arc<PairTotals> {
+        self.pair_totals.load_full()
     }
 
     fn user(&self, name: &str) -> Option<Arc<UserProfile>> {

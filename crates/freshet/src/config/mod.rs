@@ -349,6 +349,10 @@ mod tests {
         assert_eq!(r.embedding.as_ref().map(|f| f.as_str()), Some("vec"));
         assert_eq!((r.spec.embedding.dimension, r.spec.embedding.sources), (Some(8), 2));
         assert!(r.spec.enabled(freshet_engine::recommend::Generator::Embedding));
+        assert_eq!(r.spec.cooccurrence.normalisation, freshet_engine::recommend::Normalisation::Cosine);
+        let llr = ok.to_owned() + "[recommender.cooccurrence]\nnormalisation = \"llr\"\n";
+        let r = plan_text(&llr).unwrap().pipeline.recommender.unwrap();
+        assert_eq!(r.spec.cooccurrence.normalisation, freshet_engine::recommend::Normalisation::Llr);
 
         let bad = r#"
             [sources.a]
@@ -361,6 +365,7 @@ mod tests {
             attributed_answers = 100000000
             [recommender.cooccurrence]
             weight = -1.0
+            normalisation = "jaccard"
             [recommender.sequence]
             full_weight_at = 2.0
             [recommender.embedding]
@@ -376,6 +381,7 @@ mod tests {
                 "recommender.recency_decay",
                 "recommender.attributed_answers",
                 "recommender.cooccurrence.weight",
+                "recommender.cooccurrence.normalisation",
                 "recommender.sequence.full_weight_at",
                 "recommender.embedding.dimension",
                 "recommender.interactions[0]",

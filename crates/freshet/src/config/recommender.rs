@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use freshet_engine::flow::Flow;
 use freshet_engine::pipeline::RecommenderPlan;
-use freshet_engine::recommend::{Placement, PlacementRule, RecommenderSpec};
+use freshet_engine::recommend::{Normalisation, Placement, PlacementRule, RecommenderSpec};
 use serde::Deserialize;
 
 use super::plan::Planner;
@@ -89,6 +89,9 @@ pub struct CooccurrenceConfig {
     pub candidate_damping: Option<f64>,
     /// Neighbours kept per item. Default: 400.
     pub max_neighbours: Option<usize>,
+    /// How a pair's count becomes its score: "cosine" (with the two
+    /// dampings) or "llr" (log-likelihood ratio; the dampings unused). Default: "cosine".
+    pub normalisation: Option<String>,
 }
 
 /// `[recommender.sequence]`.
@@ -249,6 +252,14 @@ pub fn spec(config: &RecommenderConfig, p: &mut Planner) -> RecommenderSpec {
             p.err("recommender.cooccurrence.max_neighbours", "must be >= 1");
         }
         s.cooccurrence.max_neighbours = n.max(1);
+    }
+    if let Some(name) = &c.normalisation {
+        match [Normalisation::Cosine, Normalisation::Llr].into_iter().find(|n| n.name() == name) {
+            Some(n) => s.cooccurrence.normalisation = n,
+            None => {
+                p.err("recommender.cooccurrence.normalisation", format!("expected \"cosine\" or \"llr\", got {name:?}"))
+            }
+        }
     }
 
     let q = &config.sequence;
