@@ -1,7 +1,9 @@
 //! The recommender's two hot paths: learning one interaction, and ranking
 //! top-10 for a user (from the published view, as the HTTP API does, and
 //! from the live model, as `freshet eval` does), plus similar items and
-//! forgetting an item.
+//! forgetting an item; ranking with a tenth of the catalog unavailable; and
+//! in `recommend_llr`, the same model with co-occurrence normalised by
+//! log-likelihood ratio.
 //!
 //! The model is built from a synthetic stream: 100k users, 20k items with
 //! skewed popularity, 1M interactions. The `recommend_embedding` group runs
@@ -12,7 +14,9 @@
 //! `cargo bench -p freshet-engine --bench recommend`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use freshet_engine::recommend::{Asked, Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar};
+use freshet_engine::recommend::{
+    Asked, Normalisation, Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar,
+};
 use rand::{Rng, SeedableRng};
 
 const USERS: u64 = 100_000;
@@ -24,9 +28,9 @@ fn skewed_item(rng: &mut impl Rng) -> u64 {
     ((x * x * x) * ITEMS as f64) as u64
 }
 
-fn model() -> (Recommender, RecommenderView) {
+fn model(spec: RecommenderSpec) -> (Recommender, RecommenderView) {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(1);
-    let mut m = Recommender::new(RecommenderSpec::default());
+    let mut m = Recommender::new(spec.clone());
     for i in 0..ITEMS {
         m.upsert_item(&format!("i{i}"), Some(&format!("c{}", i % 100)), &[], 0);
     }
@@ -34,13 +38,13 @@ fn model() -> (Recommender, RecommenderView) {
         let u = rng.random_range(0..USERS);
         m.interaction(&format!("u{u}"), &format!("i{}", skewed_item(&mut rng)), Some("view"), t as i64 * 100);
     }
-    let view = RecommenderView::new(RecommenderSpec::default(), 0);
+    let view = RecommenderView::new(spec, 0);
     view.publish(&mut m, true);
     (m, view)
 }
 
 fn bench(c: &mut Criterion) {
-    let (mut m, view) = model();
+    let (mut m, view) = model(RecommenderSpec::default());
     let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
     let mut out = Ranking::default();
     let mut g = c.benchmark_group("recommend");
@@ -67,6 +71,22 @@ fn bench(c: &mut Criterion) {
             out.items.len()
         })
     });
+    // Every tenth item out of stock: one more bit test per candidate.
+    for i in (0..ITEMS).step_by(10) {
+        m.set_available(&format!("i{i}"), false);
+    }
+    view.publish(&mut m, false);
+    g.bench_function("rank_top10_view_unavailable", |b| {
+        b.iter(|| {
+            n = (n + 1) % users.len();
+            rank(&view, &Query::for_user(&users[n], 10), &mut out);
+            out.items.len()
+        })
+    });
+    for i in (0..ITEMS).step_by(10) {
+        m.set_available(&format!("i{i}"), true);
+    }
+    view.publish(&mut m, false);
     // What attribution adds: keeping an answer's ten items, and looking an
     // interaction's answer up (the ring full, so slots are reused).
     rank(&view, &Query::for_user(&users[0], 10), &mut out);
@@ -99,6 +119,37 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             n = (n + 1) % items.len();
             m.forget_item(&items[n])
+        })
+    });
+    g.finish();
+}
+
+fn bench_llr(c: &mut Criterion) {
+    let mut spec = RecommenderSpec::default();
+    spec.cooccurrence.normalisation = Normalisation::Llr;
+    let (mut m, view) = model(spec);
+    let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
+    let mut out = Ranking::default();
+    let mut g = c.benchmark_group("recommend_llr");
+    g.throughput(Throughput::Elements(1));
+    let mut n = 0;
+    g.bench_function("rank_top10_view", |b| {
+        b.iter(|| {
+            n = (n + 1) % users.len();
+            rank(&view, &Query::for_user(&users[n], 10), &mut out);
+            out.items.len()
+        })
+    });
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
+    let events: Vec<(String, String)> = (0..10_000)
+        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
+        .collect();
+    let mut t = EVENTS as i64 * 100;
+    g.bench_function("learn_interaction", |b| {
+        b.iter(|| {
+            n = (n + 1) % events.len();
+            t += 100;
+            m.interaction(&events[n].0, &events[n].1, Some("view"), t);
         })
     });
     g.finish();
@@ -164,5 +215,5 @@ fn bench_embeddings(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_embeddings);
+criterion_group!(benches, bench, bench_llr, bench_embeddings);
 criterion_main!(benches);
