@@ -10,8 +10,9 @@
 //! writes its latest assignment to a compacted one-partition topic, keyed by
 //! its advertised address, and every process follows that topic to its end.
 //! A partition's owner is the member whose latest claim, among those that
-//! list it, is the newest: after a rebalance the new owner's claim replaces
-//! the old one's. A process that leaves writes a tombstone; one that dies
+//! list it, is the newest in the topic's order (never by the claims' own
+//! times: another host's clock may be ahead): after a rebalance the new
+//! owner's claim replaces the old one's. A process that leaves writes a tombstone; one that dies
 //! keeps its claim until the partitions' new owners write theirs. A live
 //! member writes its claim again every few seconds ([`Members::heartbeat`]),
 //! so a claim not renewed for a while is a dead member's. "A while" is
@@ -46,7 +47,9 @@ use crate::error::{IoError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Claim {
     partitions: Vec<u32>,
-    /// Wall-clock time of the claim (ms since the epoch).
+    /// Wall-clock time of the claim (ms since the epoch): tells the
+    /// member's own claims apart (a new one from a heartbeat), never
+    /// compared with another member's.
     at_ms: i64,
     /// Wall-clock time the member last said it is alive (its claim written again).
     #[serde(default)]
@@ -55,6 +58,15 @@ struct Claim {
 
 /// Claims by advertised address.
 type Claims = HashMap<String, Claim>;
+
+/// Where each member's claim was made, in the topic's order: the offset of
+/// the record that first carried it (its heartbeats keep it), or
+/// [`WRITTEN`] for this process's own claim until it is read back.
+type Claimed = HashMap<String, i64>;
+
+/// The place of a claim this process has written but not read back yet:
+/// after everything read so far.
+const WRITTEN: i64 = i64::MAX;
 
 /// A task half's status (see the module's doc).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -69,6 +81,8 @@ struct Status {
 #[derive(Debug, Default)]
 struct Book {
     claims: Claims,
+    /// Where each claim was made in the topic ([`Claimed`]).
+    claimed: Claimed,
     /// When this process last saw each claim renewed (written anew, or
     /// with a later `alive_ms`), on its own monotonic clock.
     renewed: HashMap<String, Instant>,
@@ -160,7 +174,7 @@ impl Members {
         let value = serde_json::to_vec(&claim).unwrap_or_default();
         self.write(&self.address, Some(&value))?;
         // Its own claim counts at once, before the follower reads it back.
-        lock(&self.book).take_claim(&self.address, claim, Instant::now());
+        lock(&self.book).take_claim(&self.address, claim, WRITTEN, Instant::now());
         Ok(())
     }
 
@@ -188,7 +202,8 @@ impl Members {
 
     /// The address of the member running `partition`'s task, if any has said so.
     pub fn owner(&self, partition: u32) -> Option<String> {
-        owner_of(&lock(&self.book).claims, partition)
+        let book = lock(&self.book);
+        owner_of(&book.claims, &book.claimed, partition)
     }
 
     /// This process's advertised address.
@@ -231,7 +246,7 @@ fn follow(consumer: &BaseConsumer<Logged>, book: &Mutex<Book>, stop: &AtomicBool
             None => continue,
         };
         let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-        lock(book).read(key, m.payload(), Instant::now());
+        lock(book).read(key, m.payload(), m.offset(), Instant::now());
     }
 }
 
@@ -239,9 +254,9 @@ impl Book {
     /// Takes in one record of the topic: a member's claim (or its
     /// tombstone), or a task half's status. A claim of this process read
     /// back may be older than one it wrote since: the newer (by its own
-    /// clock) stays. Statuses are taken in the topic's order. `now` is when
-    /// it was read.
-    fn read(&mut self, key: &str, value: Option<&[u8]>, now: Instant) {
+    /// clock) stays. Statuses are taken in the topic's order. `offset` is
+    /// the record's place in the topic, `now` when it was read.
+    fn read(&mut self, key: &str, value: Option<&[u8]>, offset: i64, now: Instant) {
         if key.starts_with(TASK_PREFIX) {
             match value.map(serde_json::from_slice::<Status>) {
                 // The topic's order, not the writers' clocks: another host's
@@ -259,9 +274,10 @@ impl Book {
         match value.map(serde_json::from_slice::<Claim>) {
             None => {
                 self.claims.remove(key);
+                self.claimed.remove(key);
                 self.renewed.remove(key);
             }
-            Some(Ok(claim)) => self.take_claim(key, claim, now),
+            Some(Ok(claim)) => self.take_claim(key, claim, offset, now),
             Some(Err(e)) => tracing::debug!(member = key, error = %e, "A members record that is not a claim; ignored."),
         }
     }
@@ -270,15 +286,26 @@ impl Book {
         self.statuses.get(&status_key(partition, half)).is_some_and(|s| s.done)
     }
 
-    /// Keeps `claim` of `member` unless the one held is newer; a claim newer
-    /// than the one held (or the first) is a renewal seen at `now`.
-    fn take_claim(&mut self, member: &str, claim: Claim, now: Instant) {
+    /// Keeps `claim` of `member`, read at `offset` (or [`WRITTEN`]), unless
+    /// the one held is newer by the member's own clock; a claim newer than
+    /// the one held (or the first) is a renewal seen at `now`. A claim with
+    /// a new `at_ms` is made where it is read; a heartbeat (the same
+    /// `at_ms`) keeps its claim's place, unless that was this process's
+    /// own claim not yet read back.
+    fn take_claim(&mut self, member: &str, claim: Claim, offset: i64, now: Instant) {
         let held = self.claims.get(member).map(|c| (c.at_ms, c.alive_ms));
         if held.is_none_or(|held| held <= (claim.at_ms, claim.alive_ms)) {
             if held != Some((claim.at_ms, claim.alive_ms)) {
                 self.renewed.insert(member.to_owned(), now);
             }
+            let place = self.claimed.entry(member.to_owned()).or_insert(offset);
+            if held.is_none_or(|(at_ms, _)| at_ms != claim.at_ms) || *place == WRITTEN {
+                *place = offset;
+            }
             self.claims.insert(member.to_owned(), claim);
+        } else if held.is_some_and(|(at_ms, _)| at_ms == claim.at_ms) && self.claimed.get(member) == Some(&WRITTEN) {
+            // This process's claim read back after a heartbeat of it was written: its place is now known.
+            self.claimed.insert(member.to_owned(), offset);
         }
     }
 
@@ -290,12 +317,13 @@ impl Book {
     }
 }
 
-/// The member whose newest claim lists `partition`, the newest such claim winning.
-fn owner_of(claims: &Claims, partition: u32) -> Option<String> {
+/// The member whose latest claim lists `partition`, the claim made last in the topic winning.
+fn owner_of(claims: &Claims, claimed: &Claimed, partition: u32) -> Option<String> {
+    let place = |member: &str| claimed.get(member).copied().unwrap_or(i64::MIN);
     claims
         .iter()
         .filter(|(_, c)| c.partitions.contains(&partition))
-        .max_by(|a, b| a.1.at_ms.cmp(&b.1.at_ms).then_with(|| a.0.cmp(b.0)))
+        .max_by(|a, b| place(a.0).cmp(&place(b.0)).then_with(|| a.0.cmp(b.0)))
         .map(|(member, _)| member.clone())
 }
 
@@ -311,20 +339,42 @@ fn wall_ms() -> i64 {
 mod tests {
     use super::*;
 
+    /// a's clock runs ten seconds ahead of b's: the topic's order, not the
+    /// claims' times, says who claimed a partition last.
     #[test]
-    fn the_newest_claim_of_a_partition_names_its_owner() {
-        let claim = |partitions: &[u32], at_ms| Claim { partitions: partitions.to_vec(), at_ms, alive_ms: at_ms };
-        let mut claims = Claims::new();
-        claims.insert("a:1".into(), claim(&[0, 1, 2, 3], 100));
-        assert_eq!(owner_of(&claims, 2).as_deref(), Some("a:1"));
-        // b joined: the rebalance gave it 2 and 3; a has not said so yet.
-        claims.insert("b:1".into(), claim(&[2, 3], 200));
-        assert_eq!(owner_of(&claims, 2).as_deref(), Some("b:1"));
-        assert_eq!(owner_of(&claims, 0).as_deref(), Some("a:1"));
-        claims.insert("a:1".into(), claim(&[0, 1], 210));
-        assert_eq!(owner_of(&claims, 3).as_deref(), Some("b:1"));
-        claims.remove("b:1");
-        assert_eq!(owner_of(&claims, 3), None, "b left, and nobody claimed 3 yet");
+    fn the_claim_made_last_in_the_topic_names_a_partitions_owner() {
+        let claim = |partitions: &[u32], at_ms: i64, alive_ms: i64| {
+            serde_json::to_vec(&Claim { partitions: partitions.to_vec(), at_ms, alive_ms }).unwrap()
+        };
+        let now = Instant::now();
+        let mut book = Book::default();
+        let owner = |book: &Book, partition| owner_of(&book.claims, &book.claimed, partition);
+        book.read("a:1", Some(&claim(&[0, 1, 2, 3], 10_100, 10_100)), 0, now);
+        assert_eq!(owner(&book, 2).as_deref(), Some("a:1"));
+        // b joined: the rebalance gave it 2 and 3, at an earlier time by b's clock; a has not said so yet.
+        book.read("b:1", Some(&claim(&[2, 3], 200, 200)), 1, now);
+        assert_eq!(owner(&book, 2).as_deref(), Some("b:1"), "an earlier clock lost a later claim");
+        assert_eq!(owner(&book, 0).as_deref(), Some("a:1"));
+        // a's heartbeat, later in the topic, does not win 2 back.
+        book.read("a:1", Some(&claim(&[0, 1, 2, 3], 10_100, 15_000)), 2, now);
+        assert_eq!(owner(&book, 2).as_deref(), Some("b:1"), "a heartbeat won a partition back");
+        book.read("a:1", Some(&claim(&[0, 1], 10_300, 15_100)), 3, now);
+        assert_eq!(owner(&book, 3).as_deref(), Some("b:1"));
+        book.read("b:1", None, 4, now);
+        assert_eq!(owner(&book, 3), None, "b left, and nobody claimed 3 yet");
+
+        // This process's own claim counts at once, as the newest, until it is
+        // read back and takes its place; a heartbeat written meanwhile keeps it pending.
+        book.read("c:1", Some(&claim(&[5], 300, 300)), 5, now);
+        let mine = Claim { partitions: vec![5], at_ms: 250, alive_ms: 250 };
+        book.take_claim("me:1", mine.clone(), WRITTEN, now);
+        assert_eq!(owner(&book, 5).as_deref(), Some("me:1"));
+        book.take_claim("me:1", Claim { alive_ms: 260, ..mine.clone() }, WRITTEN, now);
+        book.read("c:1", Some(&claim(&[5], 400, 400)), 7, now);
+        assert_eq!(owner(&book, 5).as_deref(), Some("me:1"), "not read back yet: the newest");
+        book.read("me:1", Some(&serde_json::to_vec(&mine).unwrap()), 6, now);
+        assert_eq!(owner(&book, 5).as_deref(), Some("c:1"), "read back before c's later claim");
+        assert_eq!(book.claims["me:1"].alive_ms, 260, "the older record read back replaced the newer claim");
     }
 
     #[test]
@@ -335,36 +385,40 @@ mod tests {
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
         let mut book = Book::default();
-        book.read("a:1", Some(&claim(100)), at(0));
+        book.read("a:1", Some(&claim(100)), 100, at(0));
         let b = json(serde_json::json!({ "partitions": [2, 3], "at_ms": 100, "alive_ms": 100 }));
-        book.read("b:1", Some(&b), at(0));
+        book.read("b:1", Some(&b), 101, at(0));
         // Seen at 40 s: a renews its claim; b says nothing more.
-        book.read("a:1", Some(&claim(5000)), at(40));
+        book.read("a:1", Some(&claim(5000)), 102, at(40));
         assert!(book.claimed_alive(1, at(30)) && !book.claimed_alive(2, at(30)) && book.claimed_alive(2, at(0)));
-        assert_eq!(owner_of(&book.claims, 2).as_deref(), Some("b:1"), "a stale claim still names its owner");
+        assert_eq!(
+            owner_of(&book.claims, &book.claimed, 2).as_deref(),
+            Some("b:1"),
+            "a stale claim still names its owner"
+        );
         // A's clock is far behind this host's, or far ahead: how its
         // `alive_ms` compares with this host's time does not matter, only
         // that it grew.
-        book.read("a:1", Some(&claim(5001)), at(100));
+        book.read("a:1", Some(&claim(5001)), 103, at(100));
         assert!(book.claimed_alive(0, at(95)));
         // An older heartbeat read back, or the same one again, is no renewal.
-        book.read("a:1", Some(&claim(200)), at(200));
-        book.read("a:1", Some(&claim(5001)), at(200));
+        book.read("a:1", Some(&claim(200)), 104, at(200));
+        book.read("a:1", Some(&claim(5001)), 105, at(200));
         assert!(!book.claimed_alive(0, at(150)));
         // Statuses are kept apart from claims, the last in the topic winning.
         let status = |done: bool, at_ms: i64| json(serde_json::json!({ "done": done, "at_ms": at_ms }));
-        book.read(&status_key(2, "input"), Some(&status(true, 300)), at(300));
-        book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)), at(300));
+        book.read(&status_key(2, "input"), Some(&status(true, 300)), 106, at(300));
+        book.read(&status_key(2, "repartitioned"), Some(&status(false, 300)), 107, at(300));
         assert!(book.is_done(2, "input") && !book.is_done(2, "repartitioned") && !book.is_done(3, "input"));
         // The task moved to a member whose clock is behind: its "done" comes
         // later in the topic, with an earlier time. It stands.
-        book.read(&status_key(2, "repartitioned"), Some(&status(true, 250)), at(300));
+        book.read(&status_key(2, "repartitioned"), Some(&status(true, 250)), 108, at(300));
         assert!(book.is_done(2, "repartitioned"), "a later status with an earlier clock was not taken");
         // Started again: not done.
-        book.read(&status_key(2, "input"), Some(&status(false, 500)), at(300));
+        book.read(&status_key(2, "input"), Some(&status(false, 500)), 109, at(300));
         assert!(!book.is_done(2, "input"));
         assert_eq!(book.claims.len(), 2, "statuses are not claims");
-        book.read("b:1", None, at(300));
+        book.read("b:1", None, 110, at(300));
         assert!(!book.claimed_alive(2, at(0)), "b left");
     }
 }
