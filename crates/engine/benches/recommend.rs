@@ -13,10 +13,13 @@
 //!
 //! `cargo bench -p freshet-engine --bench recommend`
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use freshet_engine::recommend::{
-    Asked, Normalisation, Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar,
+    Asked, ModelRead, Normalisation, Query, Ranking, Recommender, RecommenderSpec, RecommenderView, rank, similar,
 };
+
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
 use rand::{Rng, SeedableRng};
 
 const USERS: u64 = 100_000;
@@ -43,6 +46,34 @@ fn model(spec: RecommenderSpec) -> (Recommender, RecommenderView) {
     (m, view)
 }
 
+/// Ranks top 10 for each of `users` in turn, from `model`.
+fn bench_ranking(g: &mut Group<'_>, name: &str, model: &impl ModelRead, users: &[String], out: &mut Ranking) {
+    let mut n = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            n = (n + 1) % users.len();
+            rank(model, &Query::for_user(&users[n], 10), out);
+            out.items.len()
+        })
+    });
+}
+
+/// Learns 10,000 more skewed interactions in turn (and again), after the model's.
+fn bench_learning(g: &mut Group<'_>, m: &mut Recommender) {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
+    let events: Vec<(String, String)> = (0..10_000)
+        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
+        .collect();
+    let (mut n, mut t) = (0, EVENTS as i64 * 100);
+    g.bench_function("learn_interaction", |b| {
+        b.iter(|| {
+            n = (n + 1) % events.len();
+            t += 100;
+            m.interaction(&events[n].0, &events[n].1, Some("view"), t);
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let (mut m, view) = model(RecommenderSpec::default());
     let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
@@ -50,20 +81,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("recommend");
     g.throughput(Throughput::Elements(1));
     let mut n = 0;
-    g.bench_function("rank_top10_view", |b| {
-        b.iter(|| {
-            n = (n + 1) % users.len();
-            rank(&view, &Query::for_user(&users[n], 10), &mut out);
-            out.items.len()
-        })
-    });
-    g.bench_function("rank_top10_live", |b| {
-        b.iter(|| {
-            n = (n + 1) % users.len();
-            rank(&m, &Query::for_user(&users[n], 10), &mut out);
-            out.items.len()
-        })
-    });
+    bench_ranking(&mut g, "rank_top10_view", &view, &users, &mut out);
+    bench_ranking(&mut g, "rank_top10_live", &m, &users, &mut out);
     g.bench_function("similar_top10_view", |b| {
         b.iter(|| {
             n = (n + 1) % 1000;
@@ -76,13 +95,7 @@ fn bench(c: &mut Criterion) {
         m.set_available(&format!("i{i}"), false);
     }
     view.publish(&mut m, false);
-    g.bench_function("rank_top10_view_unavailable", |b| {
-        b.iter(|| {
-            n = (n + 1) % users.len();
-            rank(&view, &Query::for_user(&users[n], 10), &mut out);
-            out.items.len()
-        })
-    });
+    bench_ranking(&mut g, "rank_top10_view_unavailable", &view, &users, &mut out);
     for i in (0..ITEMS).step_by(10) {
         m.set_available(&format!("i{i}"), true);
     }
@@ -101,18 +114,7 @@ fn bench(c: &mut Criterion) {
             attribution.interaction(&ids[n], clicked, Some("click"))
         })
     });
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
-    let events: Vec<(String, String)> = (0..10_000)
-        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
-        .collect();
-    let mut t = EVENTS as i64 * 100;
-    g.bench_function("learn_interaction", |b| {
-        b.iter(|| {
-            n = (n + 1) % events.len();
-            t += 100;
-            m.interaction(&events[n].0, &events[n].1, Some("view"), t);
-        })
-    });
+    bench_learning(&mut g, &mut m);
     // Forgetting an item probes every item's two lists once (20k items here).
     let items: Vec<String> = (0..ITEMS).map(|i| format!("i{i}")).collect();
     g.bench_function("forget_item", |b| {
@@ -132,26 +134,8 @@ fn bench_llr(c: &mut Criterion) {
     let mut out = Ranking::default();
     let mut g = c.benchmark_group("recommend_llr");
     g.throughput(Throughput::Elements(1));
-    let mut n = 0;
-    g.bench_function("rank_top10_view", |b| {
-        b.iter(|| {
-            n = (n + 1) % users.len();
-            rank(&view, &Query::for_user(&users[n], 10), &mut out);
-            out.items.len()
-        })
-    });
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
-    let events: Vec<(String, String)> = (0..10_000)
-        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
-        .collect();
-    let mut t = EVENTS as i64 * 100;
-    g.bench_function("learn_interaction", |b| {
-        b.iter(|| {
-            n = (n + 1) % events.len();
-            t += 100;
-            m.interaction(&events[n].0, &events[n].1, Some("view"), t);
-        })
-    });
+    bench_ranking(&mut g, "rank_top10_view", &view, &users, &mut out);
+    bench_learning(&mut g, &mut m);
     g.finish();
 }
 
@@ -182,13 +166,7 @@ fn bench_embeddings(c: &mut Criterion) {
     let mut g = c.benchmark_group("recommend_embedding");
     g.throughput(Throughput::Elements(1));
     let mut n = 0;
-    g.bench_function("rank_top10_view", |b| {
-        b.iter(|| {
-            n = (n + 1) % users.len();
-            rank(&view, &Query::for_user(&users[n], 10), &mut out);
-            out.items.len()
-        })
-    });
+    bench_ranking(&mut g, "rank_top10_view", &view, &users, &mut out);
     g.bench_function("similar_top10_view", |b| {
         b.iter(|| {
             n = (n + 1) % 1000;

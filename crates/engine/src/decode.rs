@@ -162,7 +162,7 @@ pub struct DecodeStats {
     /// Lines accepted by a flow.
     pub accepted: u64,
     /// Rejections by kind (index = position in `RejectKind::ALL`): one dead
-    /// letter each. `Embedding` rejections are of accepted lines.
+    /// letter each. `Embedding` and `Availability` rejections are of accepted lines.
     pub rejected: [u64; RejectKind::ALL.len()],
     /// Events dropped by filters.
     pub filtered: u64,
@@ -755,11 +755,7 @@ impl<'p> Decoder<'p> {
                         }
                         Err(rejection) => {
                             let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
-                            let reason = format!(
-                                "flow {}: item {}: {rejection}; the item is catalogued without it",
-                                flow.name,
-                                String::from_utf8_lossy(item)
-                            );
+                            let reason = catalog_reason(&flow.name, item, rejection, "without it");
                             rejected.push((RejectKind::Embedding, reason));
                         }
                     }
@@ -774,12 +770,11 @@ impl<'p> Decoder<'p> {
                         Kind::Null => {}
                         _ => {
                             let item = batch.model_field(&ModelInput { kind, ts, offset, fields }, 0).unwrap_or(b"");
-                            let reason = format!(
-                                "flow {}: item {}: {path} is not true or false; the item is catalogued as available",
-                                flow.name,
-                                String::from_utf8_lossy(item)
-                            );
-                            rejected.push((RejectKind::Availability, reason));
+                            let problem = format!("{path} is not true or false");
+                            rejected.push((
+                                RejectKind::Availability,
+                                catalog_reason(&flow.name, item, problem, "as available"),
+                            ));
                         }
                     }
                 }
@@ -869,6 +864,11 @@ enum Val<'a> {
     Skip,
     Num(f64),
     Text(Value<'a>),
+}
+
+/// The dead letter's reason for a catalog event's field refused while its item is catalogued.
+fn catalog_reason(flow: &str, item: &[u8], problem: impl std::fmt::Display, how: &str) -> String {
+    format!("flow {flow}: item {}: {problem}; the item is catalogued {how}", String::from_utf8_lossy(item))
 }
 
 #[cfg(test)]

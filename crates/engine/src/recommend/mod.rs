@@ -69,16 +69,16 @@ pub trait ModelRead {
     type Unavailable<'a>: Deref<Target = FixedBitSet>
     where
         Self: 'a;
+    /// The co-occurrence weight totals, as ranking reads them once per request.
+    type PairTotals<'a>: Deref<Target = PairTotals>
+    where
+        Self: 'a;
     /// The spec the model runs with.
     fn spec(&self) -> &RecommenderSpec;
     /// Items the catalog marked unavailable: never recommended, still
     /// learned from and still seeds for others ([`Recommender::set_available`]).
     fn unavailable(&self) -> Self::Unavailable<'_>;
-    /// The co-occurrence weight totals, as ranking reads them once per request.
-    type PairTotals<'a>: Deref<Target = PairTotals>
-    where
-        Self: 'a;
-    /// The co-occurrence weight totals ([`Normalisation::Llr`] only; empty otherwise).
+    /// The co-occurrence weight totals ([`Normalisation::Llr`] only; zeros otherwise).
     fn pair_totals(&self) -> Self::PairTotals<'_>;
     /// A user's profile.
     fn user(&self, name: &str) -> Option<Self::User<'_>>;
@@ -545,8 +545,9 @@ impl Recommender {
     /// Encodes the model's state (postcard): the model, then, when any item
     /// has one or any item is unavailable, the embeddings as (item,
     /// generation, vector), then, when any item is unavailable, their
-    /// indexes. The HNSW graph is not stored; a restore rebuilds it. In two steps, so that the second
-    /// can run on another thread: [`Recommender::snapshot_copy`], [`ModelCopy::encode`].
+    /// indexes. The HNSW graph is not stored; a restore rebuilds it. In two
+    /// steps, so that the second can run on another thread:
+    /// [`Recommender::snapshot_copy`], [`ModelCopy::encode`].
     pub fn snapshot(&self) -> Vec<u8> {
         self.snapshot_copy().encode()
     }
@@ -622,6 +623,7 @@ impl Recommender {
 impl ModelRead for Recommender {
     type User<'a> = &'a UserProfile;
     type Unavailable<'a> = &'a FixedBitSet;
+    type PairTotals<'a> = &'a PairTotals;
 
     fn spec(&self) -> &RecommenderSpec {
         &self.spec
@@ -630,8 +632,6 @@ impl ModelRead for Recommender {
     fn unavailable(&self) -> &FixedBitSet {
         &self.unavailable
     }
-
-    type PairTotals<'a> = &'a PairTotals;
 
     fn pair_totals(&self) -> &PairTotals {
         &self.pair_totals

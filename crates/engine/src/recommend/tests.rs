@@ -232,11 +232,9 @@ fn forgetting_a_user_makes_them_a_cold_start_in_the_model_and_the_view() {
     assert!(!m.forget_user("u1"));
 }
 
-/// B, forgotten: nothing proposes it, in the model, its view or a restore
-/// (not co-occurrence through A, not trending, not its category, not
-/// similar items) until it is interacted with again.
-#[test]
-fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
+/// [`covisited`] with its items catalogued, a user who viewed A, and the
+/// published view; with A's and B's indexes.
+fn catalogued_covisits() -> (Recommender, RecommenderView, u32, u32) {
     let mut m = covisited();
     for item in ["A", "B", "C", "P"] {
         m.upsert_item(item, Some("c1"), &["t"], 0);
@@ -245,6 +243,15 @@ fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
     let view = RecommenderView::new(m.spec().clone(), 0);
     view.publish(&mut m, true);
     let (a, b) = (m.item_index("A").unwrap(), m.item_index("B").unwrap());
+    (m, view, a, b)
+}
+
+/// B, forgotten: nothing proposes it, in the model, its view or a restore
+/// (not co-occurrence through A, not trending, not its category, not
+/// similar items) until it is interacted with again.
+#[test]
+fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
+    let (mut m, view, a, b) = catalogued_covisits();
     assert_eq!(recommend(&m, "new", 1), vec!["B"]);
     assert!(lists(&m, a).iter().all(|items| items.contains(&b)), "B is proposed before it is forgotten");
 
@@ -283,14 +290,7 @@ fn a_forgotten_item_is_recommended_by_nothing_until_it_comes_back() {
 /// seeding; back in every list once available again.
 #[test]
 fn an_unavailable_item_is_in_no_list_until_it_is_available_again() {
-    let mut m = covisited();
-    for item in ["A", "B", "C", "P"] {
-        m.upsert_item(item, Some("c1"), &["t"], 0);
-    }
-    m.interaction("new", "A", Some("view"), 100 * MINUTE);
-    let view = RecommenderView::new(m.spec().clone(), 0);
-    view.publish(&mut m, true);
-    let (a, b) = (m.item_index("A").unwrap(), m.item_index("B").unwrap());
+    let (mut m, view, a, b) = catalogued_covisits();
     assert!(lists(&m, a).iter().all(|items| items.contains(&b)), "B is proposed while available");
 
     assert!(m.set_available("B", false));

@@ -212,6 +212,7 @@ impl RecommenderView {
 impl ModelRead for RecommenderView {
     type User<'a> = Arc<UserProfile>;
     type Unavailable<'a> = Arc<FixedBitSet>;
+    type PairTotals<'a> = Arc<PairTotals>;
 
     fn spec(&self) -> &RecommenderSpec {
         &self.spec
@@ -220,8 +221,6 @@ impl ModelRead for RecommenderView {
     fn unavailable(&self) -> Arc<FixedBitSet> {
         self.unavailable.load_full()
     }
-
-    type PairTotals<'a> = Arc<PairTotals>;
 
     fn pair_totals(&self) -> Arc<PairTotals> {
         self.pair_totals.load_full()
