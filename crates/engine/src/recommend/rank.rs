@@ -549,6 +549,7 @@ pub fn similar<M: ModelRead + ?Sized>(model: &M, item: u32, k: usize, out: &mut 
 
 /// Content candidates: the trending items of the attributes the user (and
 /// the context's items) like most, each weighted by its share of affinity.
+/// Unavailable items take none of an attribute's `per_attribute` places.
 fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u32], candidates: &mut Candidates) {
     let spec = &model.spec().content;
     let mut attributes: Vec<(u32, f64)> = affinity.iter().map(|&(a, w)| (a, f64::from(w))).collect();
@@ -568,12 +569,13 @@ fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u
     if total <= 0.0 {
         return;
     }
+    let unavailable = model.unavailable();
     for (attribute, w) in attributes {
         let share = w / total;
         let mut top = None;
         let mut taken = 0;
         model.trending(Some(attribute), &mut |item, score| {
-            if taken == spec.per_attribute {
+            if taken == spec.per_attribute || unavailable.contains(item as usize) {
                 return;
             }
             taken += 1;

@@ -149,6 +149,28 @@ fn a_new_item_is_recommendable_through_its_category_at_once() {
     assert!(!similar_items.contains(&"h1"), "similar items are not merely popular: {similar_items:?}");
 }
 
+/// A category's two most popular items are out of stock: its next two take
+/// the content generator's places (two per attribute here).
+#[test]
+fn unavailable_items_leave_their_places_in_a_category_to_the_next() {
+    let mut spec = RecommenderSpec::default().only(Generator::Content);
+    spec.content.per_attribute = 2;
+    let mut m = Recommender::new(spec);
+    for i in ["x1", "x2", "x3", "x4", "x5"] {
+        m.upsert_item(i, Some("c9"), &[], 0);
+    }
+    for (item, viewers) in [("x1", 5), ("x2", 4), ("x3", 3), ("x4", 2)] {
+        for u in 0..viewers {
+            m.interaction(&format!("{item}-fan{u}"), item, None, MINUTE);
+        }
+    }
+    m.interaction("fan", "x5", None, 2 * MINUTE);
+    assert_eq!(recommend(&m, "fan", 5), ["x1", "x2"]);
+    m.set_available("x1", false);
+    m.set_available("x2", false);
+    assert_eq!(recommend(&m, "fan", 5), ["x3", "x4"]);
+}
+
 #[test]
 fn tags_propose_their_items_too() {
     let mut m = Recommender::new(RecommenderSpec::default().only(Generator::Content));
