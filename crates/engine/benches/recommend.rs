@@ -46,6 +46,23 @@ fn model(spec: RecommenderSpec) -> (Recommender, RecommenderView) {
     (m, view)
 }
 
+/// A thousand users spread over the model's, the ones ranking benches ask for.
+fn sampled_users() -> Vec<String> {
+    (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect()
+}
+
+/// Ten items similar to each of the first thousand items in turn.
+fn bench_similar(g: &mut Group<'_>, view: &RecommenderView, out: &mut Ranking) {
+    let mut n = 0;
+    g.bench_function("similar_top10_view", |b| {
+        b.iter(|| {
+            n = (n + 1) % 1000;
+            similar(view, n as u32, 10, out);
+            out.items.len()
+        })
+    });
+}
+
 /// Ranks top 10 for each of `users` in turn, from `model`.
 fn bench_ranking(g: &mut Group<'_>, name: &str, model: &impl ModelRead, users: &[String], out: &mut Ranking) {
     let mut n = 0;
@@ -76,20 +93,14 @@ fn bench_learning(g: &mut Group<'_>, m: &mut Recommender) {
 
 fn bench(c: &mut Criterion) {
     let (mut m, view) = model(RecommenderSpec::default());
-    let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
+    let users = sampled_users();
     let mut out = Ranking::default();
     let mut g = c.benchmark_group("recommend");
     g.throughput(Throughput::Elements(1));
     let mut n = 0;
     bench_ranking(&mut g, "rank_top10_view", &view, &users, &mut out);
     bench_ranking(&mut g, "rank_top10_live", &m, &users, &mut out);
-    g.bench_function("similar_top10_view", |b| {
-        b.iter(|| {
-            n = (n + 1) % 1000;
-            similar(&view, n as u32, 10, &mut out);
-            out.items.len()
-        })
-    });
+    bench_similar(&mut g, &view, &mut out);
     // Every tenth item out of stock: one more bit test per candidate.
     for i in (0..ITEMS).step_by(10) {
         m.set_available(&format!("i{i}"), false);
@@ -130,7 +141,7 @@ fn bench_llr(c: &mut Criterion) {
     let mut spec = RecommenderSpec::default();
     spec.cooccurrence.normalisation = Normalisation::Llr;
     let (mut m, view) = model(spec);
-    let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
+    let users = sampled_users();
     let mut out = Ranking::default();
     let mut g = c.benchmark_group("recommend_llr");
     g.throughput(Throughput::Elements(1));
@@ -161,19 +172,12 @@ fn bench_embeddings(c: &mut Criterion) {
     }
     let view = RecommenderView::new(spec, 0);
     view.publish(&mut m, true);
-    let users: Vec<String> = (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect();
+    let users = sampled_users();
     let mut out = Ranking::default();
     let mut g = c.benchmark_group("recommend_embedding");
     g.throughput(Throughput::Elements(1));
-    let mut n = 0;
     bench_ranking(&mut g, "rank_top10_view", &view, &users, &mut out);
-    g.bench_function("similar_top10_view", |b| {
-        b.iter(|| {
-            n = (n + 1) % 1000;
-            similar(&view, n as u32, 10, &mut out);
-            out.items.len()
-        })
-    });
+    bench_similar(&mut g, &view, &mut out);
     let vectors: Vec<Vec<f32>> = (0..1000).map(|i| vector(&mut rng, i % 100)).collect();
     let mut i = 0usize;
     g.bench_function("upsert_item_with_embedding", |b| {

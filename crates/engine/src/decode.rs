@@ -1018,24 +1018,37 @@ mod tests {
         p
     }
 
+    /// `lines`, one event each, decoded by `p` as one chunk.
+    fn decode_lines(p: &Pipeline, lines: &[&str]) -> Decoded {
+        let mut decoder = Decoder::new(p);
+        let mut out = decoder.output();
+        let data = lines.iter().flat_map(|l| [l.as_bytes(), b"\n"]).flatten().copied().collect();
+        decoder.decode(&Chunk { data, ..Chunk::default() }, &mut out);
+        out
+    }
+
+    /// The reasons of the dead letters written to the pipeline's first sink.
+    fn dead_letter_reasons(out: &Decoded) -> Vec<String> {
+        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
+        dlq.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// How many lines were rejected as `kind`.
+    fn rejected(out: &Decoded, kind: RejectKind) -> u64 {
+        out.stats.rejected[RejectKind::ALL.iter().position(|k| *k == kind).unwrap()]
+    }
+
     #[test]
     fn a_bad_embedding_is_a_dead_letter_and_its_item_still_a_model_input() {
-        let lines = concat!(
+        let lines = [
             r#"{"k":"good","ts":1,"embedding":[1, 0.5, -2]}"#,
-            "\n",
             r#"{"k":"short","ts":2,"embedding":[1, 0.5]}"#,
-            "\n",
             r#"{"k":"text","ts":3,"embedding":"1,2,3"}"#,
-            "\n",
             r#"{"k":"none","ts":4,"embedding":null}"#,
-            "\n",
-        );
-        let decode = |p: &Pipeline| {
-            let mut decoder = Decoder::new(p);
-            let mut out = decoder.output();
-            decoder.decode(&Chunk { data: lines.as_bytes().to_vec(), ..Chunk::default() }, &mut out);
-            out
-        };
+        ];
+        let decode = |p: &Pipeline| decode_lines(p, &lines);
         let p = catalog(Some(3));
         let out = decode(&p);
         assert_eq!(out.stats.accepted, 4);
@@ -1058,20 +1071,14 @@ mod tests {
                 ("none".to_owned(), None)
             ]
         );
-        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
-        let reasons: Vec<String> = dlq
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_owned())
-            .collect();
         assert_eq!(
-            reasons,
+            dead_letter_reasons(&out),
             [
                 "flow f: item short: embedding has dimension 2, expected 3; the item is catalogued without it",
                 "flow f: item text: embedding is not an array of numbers; the item is catalogued without it",
             ]
         );
-        let embedding = RejectKind::ALL.iter().position(|k| *k == RejectKind::Embedding).unwrap();
-        assert_eq!(out.stats.rejected[embedding], 2);
+        assert_eq!(rejected(&out, RejectKind::Embedding), 2);
 
         // Off: the field is never read.
         let off = catalog(None);
@@ -1082,22 +1089,14 @@ mod tests {
 
     #[test]
     fn availability_is_read_from_catalog_events_and_a_bad_one_is_a_dead_letter() {
-        let lines = concat!(
+        let lines = [
             r#"{"k":"gone","ts":1,"available":false}"#,
-            "\n",
             r#"{"k":"back","ts":2,"available":true}"#,
-            "\n",
             r#"{"k":"plain","ts":3}"#,
-            "\n",
             r#"{"k":"null","ts":4,"available":null}"#,
-            "\n",
             r#"{"k":"word","ts":5,"available":"no"}"#,
-            "\n",
-        );
-        let p = catalog(None);
-        let mut decoder = Decoder::new(&p);
-        let mut out = decoder.output();
-        decoder.decode(&Chunk { data: lines.as_bytes().to_vec(), ..Chunk::default() }, &mut out);
+        ];
+        let out = decode_lines(&catalog(None), &lines);
         assert_eq!(out.stats.accepted, 5);
         let batch = &out.shards[0];
         let inputs: Vec<(String, ModelInputKind)> = batch
@@ -1110,14 +1109,11 @@ mod tests {
             inputs,
             [item("gone", false), item("back", true), item("plain", true), item("null", true), item("word", true)]
         );
-        let dlq = String::from_utf8(out.outputs.sinks[0].data.clone()).unwrap();
-        let reason: serde_json::Value = serde_json::from_str(dlq.trim()).unwrap();
         assert_eq!(
-            reason["reason"],
-            "flow f: item word: available is not true or false; the item is catalogued as available"
+            dead_letter_reasons(&out),
+            ["flow f: item word: available is not true or false; the item is catalogued as available"]
         );
-        let availability = RejectKind::ALL.iter().position(|k| *k == RejectKind::Availability).unwrap();
-        assert_eq!(out.stats.rejected[availability], 1);
+        assert_eq!(rejected(&out, RejectKind::Availability), 1);
     }
 
     /// Answers from a table by URL; counts batches. (The real client is

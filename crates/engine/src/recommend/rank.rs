@@ -6,6 +6,7 @@
 //! request's candidates, so weights compare generators, not their units.
 //! Ties go to the more popular item (decayed), then to the older item.
 
+use fixedbitset::FixedBitSet;
 use rustc_hash::FxHashMap;
 
 use super::spec::{Generator, Normalisation, root_llr};
@@ -275,6 +276,8 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         candidates.block(item);
     }
 
+    let unavailable = model.unavailable();
+
     // Co-occurrence first: `Candidates::accumulate` needs to run before any other generator.
     if weight(Generator::Cooccurrence) > 0.0 && spec.cooccurrence.normalisation == Normalisation::Llr {
         // Logarithms per neighbour: slower than the cosine's product, and
@@ -317,7 +320,7 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         }
     }
     if weight(Generator::Content) > 0.0 {
-        content(model, user.map_or(&[][..], |u| u.affinity()), &out.seeds, candidates);
+        content(model, user.map_or(&[][..], |u| u.affinity()), &out.seeds, &unavailable, candidates);
     }
     if weight(Generator::Embedding) > 0.0 {
         let mut w = 1.0;
@@ -345,7 +348,6 @@ pub fn rank<M: ModelRead + ?Sized>(model: &M, query: &Query<'_>, out: &mut Ranki
         })
         .collect();
     let filters = !excluded_categories.is_empty() || query.categories.is_some();
-    let unavailable = model.unavailable();
     let passes = |item: u32| {
         (item as usize) < item_end
             && !unavailable.contains(item as usize)
@@ -550,7 +552,13 @@ pub fn similar<M: ModelRead + ?Sized>(model: &M, item: u32, k: usize, out: &mut 
 /// Content candidates: the trending items of the attributes the user (and
 /// the context's items) like most, each weighted by its share of affinity.
 /// Unavailable items take none of an attribute's `per_attribute` places.
-fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u32], candidates: &mut Candidates) {
+fn content<M: ModelRead + ?Sized>(
+    model: &M,
+    affinity: &[(u32, f32)],
+    seeds: &[u32],
+    unavailable: &FixedBitSet,
+    candidates: &mut Candidates,
+) {
     let spec = &model.spec().content;
     let mut attributes: Vec<(u32, f64)> = affinity.iter().map(|&(a, w)| (a, f64::from(w))).collect();
     // Context items (and, for a user with no affinity yet, recent items) lend their categories.
@@ -569,7 +577,6 @@ fn content<M: ModelRead + ?Sized>(model: &M, affinity: &[(u32, f32)], seeds: &[u
     if total <= 0.0 {
         return;
     }
-    let unavailable = model.unavailable();
     for (attribute, w) in attributes {
         let share = w / total;
         let mut top = None;
