@@ -378,7 +378,9 @@ fn a_forgotten_user_is_gone_from_every_feature_and_stays_gone_after_crashes() {
     // Without checkpoints, a restart replays the log, forget included.
     let server = start_with(&s.config, &s.data, &s.out, &s.stderr, "1h");
     assert_eq!(post(&server.addr, &(events("alice", 5, 0) + &events("bob", 3, 0))), Outcome::Accepted);
+    // Each shard publishes its own view: wait for both users, who may live on different shards.
     wait_count(&server.addr, "alice", Some(5), "before the forget");
+    wait_count(&server.addr, "bob", Some(3), "before the forget");
     let (status, body) = support::request(&server.addr, "DELETE", "/v1/users/alice", "text/plain", "");
     assert_eq!(status, 202, "{body}");
     wait_count(&server.addr, "alice", None, "after the forget");
