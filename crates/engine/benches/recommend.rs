@@ -1,7 +1,8 @@
 //! The recommender's two hot paths: learning one interaction, and ranking
 //! top-10 for a user (from the published view, as the HTTP API does, and
 //! from the live model, as `freshet eval` does), plus similar items and
-//! forgetting an item; ranking with a tenth of the catalog unavailable; and
+//! forgetting an item; a checkpoint's copy of the model and learning while
+//! it is held; ranking with a tenth of the catalog unavailable; and
 //! in `recommend_llr`, the same model with co-occurrence normalised by
 //! log-likelihood ratio.
 //!
@@ -91,6 +92,34 @@ fn bench_learning(g: &mut Group<'_>, m: &mut Recommender) {
     });
 }
 
+/// A checkpoint's barrier on the model's shard: the copy it takes (the
+/// shard's pause), and learning a thousand interactions while a copy is
+/// held by the thread that encodes it (what the copy costs the events after it).
+fn bench_snapshot(g: &mut Group<'_>, m: &mut Recommender) {
+    g.bench_function("snapshot_copy", |b| b.iter(|| m.snapshot_copy()));
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
+    let events: Vec<(String, String)> = (0..1000)
+        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
+        .collect();
+    let mut t = 2 * EVENTS as i64 * 100;
+    g.bench_function("learn_1000_interactions_copy_held", |b| {
+        b.iter_custom(|iterations| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iterations {
+                let copy = m.snapshot_copy();
+                let started = std::time::Instant::now();
+                for (user, item) in &events {
+                    t += 100;
+                    m.interaction(user, item, Some("view"), t);
+                }
+                spent += started.elapsed();
+                drop(copy);
+            }
+            spent
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let (mut m, view) = model(RecommenderSpec::default());
     let users = sampled_users();
@@ -126,6 +155,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     bench_learning(&mut g, &mut m);
+    bench_snapshot(&mut g, &mut m);
     // Forgetting an item probes every item's two lists once (20k items here).
     let items: Vec<String> = (0..ITEMS).map(|i| format!("i{i}")).collect();
     g.bench_function("forget_item", |b| {

@@ -466,12 +466,12 @@ impl Shard {
     }
 
     /// Encodes the shard's state (taken between two inputs, i.e. at a barrier).
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&mut self) -> Vec<u8> {
         self.snapshot_copy().encode()
     }
 
     /// The shard's state for [`ShardCopy::encode`], which may run on another thread.
-    pub fn snapshot_copy(&self) -> ShardCopy {
+    pub fn snapshot_copy(&mut self) -> ShardCopy {
         let head = ShardSnapshotHead {
             progress: self.watermarks.progress(),
             watermark: self.watermarks.current(),
@@ -484,7 +484,7 @@ impl Shard {
         let capacity = blocks + dedup_keys * 32 + head.progress.len() * 24 + 64;
         // Encoding plain data into a Vec cannot fail.
         let head = postcard::to_extend(&head, Vec::with_capacity(capacity)).unwrap_or_default();
-        ShardCopy { head, recommender: self.recommender.as_ref().map(|(m, _)| m.snapshot_copy()) }
+        ShardCopy { head, recommender: self.recommender.as_mut().map(|(m, _)| m.snapshot_copy()) }
     }
 
     /// The combined watermark a snapshot of [`Shard::snapshot`] holds, read

@@ -38,7 +38,7 @@ use embedding::Embeddings;
 
 pub use attribution::{Asked, Attributed, Attribution, Counts as AttributionCounts};
 pub use embedding::{Embedded, EmbeddingIndex, EmbeddingRejection, UnitCosine, parse_json as parse_embedding};
-pub use neighbours::Neighbours;
+pub use neighbours::{Neighbours, SharedEntries};
 pub use rank::{Placement, PlacementRule, Query, Ranking, Scored, rank, similar};
 pub use snapshot::ModelCopy;
 pub(crate) use snapshot::push_varint;
@@ -161,7 +161,7 @@ pub struct Recommender {
     pair_totals: PairTotals,
     attribute_ids: FxHashMap<Box<str>, u32>,
     attributes: Vec<Box<str>>,
-    users: FxHashMap<Box<str>, UserProfile>,
+    users: FxHashMap<Arc<str>, UserEntry>,
     trending: Trending,
     /// Item embeddings and their index; a snapshot stores the vectors after
     /// the model's other state (so snapshots from before embeddings restore).
@@ -178,11 +178,6 @@ pub struct Recommender {
     /// (index 0 unused): learning reads it instead of calling `powf` per pair.
     #[serde(skip)]
     pair_weights: Vec<f64>,
-    /// The buffer of the last [`ModelCopy`]'s item lists, back from its
-    /// encoding: the next copy writes into pages already mapped (a fresh
-    /// buffer is faulted in page by page, on the shard).
-    #[serde(skip)]
-    spare_lists: snapshot::Spare,
 }
 
 /// Each item's total co-occurrence weight (pruned entries included) and
@@ -208,6 +203,17 @@ impl PairTotals {
     pub fn of(&self, item: u32) -> f64 {
         self.per_item.get(item as usize).copied().unwrap_or(0.0)
     }
+}
+
+/// A user's profile, shared with the serving view and with checkpoints'
+/// copies (the model copies it at its next write while they hold it), and
+/// the model's own flag for it. Stored as the profile alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct UserEntry {
+    profile: Arc<UserProfile>,
+    /// Changed since the model's changes were last taken (listed in its `Dirty::users`).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// Lists something as changed, once: `listed` is its own flag, `id` makes its entry.
@@ -252,7 +258,6 @@ impl Recommender {
         let embeddings = Embeddings::new(spec.embedding.dimension);
         Self {
             pair_weights: pair_weights(&spec),
-            spare_lists: Default::default(),
             spec,
             item_ids: FxHashMap::default(),
             items: Vec::new(),
@@ -315,11 +320,12 @@ impl Recommender {
         }
         let item = self.intern_item(item);
         let spec = &self.spec;
-        let profile = match self.users.get_mut(user) {
-            Some(profile) => profile,
+        let entry = match self.users.get_mut(user) {
+            Some(entry) => entry,
             None => self.users.entry(user.into()).or_default(),
         };
-        list_once(&mut profile.dirty, &mut self.dirty.users, || user.into());
+        list_once(&mut entry.dirty, &mut self.dirty.users, || user.into());
+        let profile = Arc::make_mut(&mut entry.profile);
         if spec.sequence.enabled
             && let Some((previous, at)) = profile.last
             && previous != item
@@ -500,17 +506,23 @@ impl Recommender {
         // pair with it (putting it back into other items' lists with no
         // event of its own) or make a transition from it. Their seen sets
         // keep it: it is still never proposed to someone who had it.
-        for (name, profile) in &mut self.users {
-            let (history, recent) = (profile.history.len(), profile.recent.len());
+        for (name, entry) in &mut self.users {
+            let had = |profile: &UserProfile| {
+                profile.last.is_some_and(|(item, _)| item == index)
+                    || profile.recent.contains(&index)
+                    || profile.history.iter().any(|&(item, _)| item == index)
+            };
+            // Looked at first: a profile is copied to be written if the view or a copy holds it.
+            if !had(&entry.profile) {
+                continue;
+            }
+            let profile = Arc::make_mut(&mut entry.profile);
             profile.history.retain(|&(item, _)| item != index);
             profile.recent.retain(|&item| item != index);
-            let was_last = profile.last.is_some_and(|(item, _)| item == index);
-            if was_last {
+            if profile.last.is_some_and(|(item, _)| item == index) {
                 profile.last = None;
             }
-            if was_last || (history, recent) != (profile.history.len(), profile.recent.len()) {
-                list_once(&mut profile.dirty, &mut self.dirty.users, || name.clone());
-            }
+            list_once(&mut entry.dirty, &mut self.dirty.users, || Box::from(&**name));
         }
         true
     }
@@ -535,9 +547,9 @@ impl Recommender {
             mark_dirty(&mut self.dirty.items, state, index as u32);
         }
         self.dirty.users.clear();
-        for (name, profile) in &mut self.users {
-            profile.dirty = false;
-            list_once(&mut profile.dirty, &mut self.dirty.users, || name.clone());
+        for (name, entry) in &mut self.users {
+            entry.dirty = false;
+            list_once(&mut entry.dirty, &mut self.dirty.users, || Box::from(&**name));
         }
         self
     }
@@ -548,7 +560,7 @@ impl Recommender {
     /// indexes. The HNSW graph is not stored; a restore rebuilds it. In two
     /// steps, so that the second can run on another thread:
     /// [`Recommender::snapshot_copy`], [`ModelCopy::encode`].
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&mut self) -> Vec<u8> {
         self.snapshot_copy().encode()
     }
 
@@ -577,8 +589,8 @@ impl Recommender {
             self.items[item as usize].dirty = false;
         }
         for name in &self.dirty.users {
-            if let Some(profile) = self.users.get_mut(name) {
-                profile.dirty = false;
+            if let Some(entry) = self.users.get_mut(&**name) {
+                entry.dirty = false;
             }
         }
         Dirty {
@@ -603,6 +615,13 @@ impl Recommender {
         &self.candidate_norms
     }
 
+    /// An item's neighbours and successors, to hold as they are now (the
+    /// model copies a list at its next write while they are held).
+    pub(crate) fn share_lists(&mut self, item: u32) -> (SharedEntries, SharedEntries) {
+        let state = &mut self.items[item as usize];
+        (state.neighbours.share(), state.successors.share())
+    }
+
     pub(crate) fn item_state(&self, item: u32) -> &ItemState {
         &self.items[item as usize]
     }
@@ -615,8 +634,9 @@ impl Recommender {
         &self.trending
     }
 
-    pub(crate) fn user_profile(&self, name: &str) -> Option<&UserProfile> {
-        self.users.get(name)
+    /// A user's profile, to hold as it is now (the model copies it at its next write).
+    pub(crate) fn shared_profile(&self, name: &str) -> Option<Arc<UserProfile>> {
+        self.users.get(name).map(|entry| Arc::clone(&entry.profile))
     }
 }
 
@@ -638,7 +658,7 @@ impl ModelRead for Recommender {
     }
 
     fn user(&self, name: &str) -> Option<&UserProfile> {
-        self.users.get(name)
+        self.users.get(name).map(|entry| &*entry.profile)
     }
 
     fn item_index(&self, name: &str) -> Option<u32> {

@@ -591,7 +591,7 @@ fn a_replaced_embedding_moves_the_item_and_a_snapshot_keeps_it() {
     assert!(off.embedding_index().is_none() && off.embedding(0).is_none());
     assert_eq!(off.item_count(), 20);
     // A snapshot of a model without embeddings is the model alone, as before.
-    let plain = covisited();
+    let mut plain = covisited();
     assert_eq!(plain.snapshot(), postcard::to_stdvec(&plain).unwrap());
 }
 

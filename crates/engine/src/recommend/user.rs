@@ -28,9 +28,6 @@ pub struct UserProfile {
     pub(crate) last: Option<(u32, i64)>,
     /// Attribute (category or tag) ids with their weight, heaviest first.
     pub(crate) affinity: Vec<(u32, f32)>,
-    /// Changed since the model's changes were last taken (listed in its `Dirty::users`).
-    #[serde(skip)]
-    pub(crate) dirty: bool,
 }
 
 impl UserProfile {

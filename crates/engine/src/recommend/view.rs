@@ -9,7 +9,11 @@
 //! `item_interval` (default 1 s): similar-items may be up to that old, and a
 //! new catalog item becomes recommendable within it. Neighbour weights are
 //! published as counts, with every item's damping beside them in one dense
-//! array of the same publication.
+//! array of the same publication. Publishing an item copies none of its
+//! lists: the view shares them with the model, which copies a list at its
+//! next write if the view still holds it (copy-on-write, see `neighbours`),
+//! so the copying is spread over the events instead of stopping the shard.
+//! The same goes for users' profiles.
 //!
 //! The embedding index is not copied: the view shares the model's, which
 //! takes searches concurrently with the model's inserts. An item's vector
@@ -23,6 +27,7 @@ use fixedbitset::FixedBitSet;
 
 use crate::features::view::serving_map;
 
+use super::neighbours::SharedEntries;
 use super::{
     Attribution, Embedded, EmbeddingIndex, ModelRead, NeighboursFn, PairTotals, Recommender, RecommenderSpec,
     UserProfile, Weighted,
@@ -41,8 +46,9 @@ pub struct ItemView {
     /// Distinct users.
     pub users: u32,
     source_norm: f32,
-    neighbours: Box<[(u32, f32)]>,
-    successors: Box<[(u32, f32)]>,
+    /// Shared with the model, which copies a list at its next write while the view holds it.
+    neighbours: SharedEntries,
+    successors: SharedEntries,
     successor_total: f64,
     embedding: Option<Embedded>,
 }
@@ -130,8 +136,8 @@ impl RecommenderView {
                 users.remove(name);
             }
             for name in &dirty.users {
-                if let Some(profile) = model.user_profile(name) {
-                    users.insert(name.clone(), Arc::new(profile.clone()));
+                if let Some(profile) = model.shared_profile(name) {
+                    users.insert(name.clone(), profile);
                     written += 1;
                 }
             }
@@ -176,20 +182,20 @@ impl RecommenderView {
         written
     }
 
-    fn publish_items(&self, model: &Recommender, dirty: impl Iterator<Item = u32>) -> usize {
+    fn publish_items(&self, model: &mut Recommender, dirty: impl Iterator<Item = u32>) -> usize {
         let items = self.items.pin();
         let ids = self.item_ids.pin();
         let mut written = 0;
         for index in dirty {
+            let (neighbours, successors) = model.share_lists(index);
             let state = model.item_state(index);
-            let neighbours: Box<[(u32, f32)]> = state.neighbours.entries().into();
             let view = ItemView {
                 name: state.name.clone(),
                 category: state.category,
                 users: state.users,
                 source_norm: state.source_norm,
                 neighbours,
-                successors: state.successors.entries().into(),
+                successors,
                 successor_total: state.successors.total(),
                 embedding: model.embedding(index).cloned(),
             };
