@@ -69,6 +69,9 @@ pub const RECOMMENDATION_UNATTRIBUTED: &str = "freshet_recommendation_unattribut
 pub const CHECKPOINTS: &str = "freshet_checkpoints_total";
 /// Barrier injection to checkpoint file written.
 pub const CHECKPOINT_DURATION: &str = "freshet_checkpoint_duration_seconds";
+/// How long a shard stops at a checkpoint's barrier to take its state (its
+/// features encoded, the recommender's shared), by `shard`: Flink's sync duration.
+pub const CHECKPOINT_SYNC_SECONDS: &str = "freshet_checkpoint_sync_duration_seconds";
 /// Size of the last checkpoint file.
 pub const CHECKPOINT_SIZE: &str = "freshet_checkpoint_size_bytes";
 /// Restarts of a failed job from its last checkpoint (outside causes only).
@@ -168,6 +171,7 @@ pub struct ShardMetrics {
     late: Vec<Counter>,
     lag: Gauge,
     latency: Histogram,
+    sync: Histogram,
 }
 
 impl ShardMetrics {
@@ -179,7 +183,13 @@ impl ShardMetrics {
             late: plan.pipeline.features.iter().map(|f| counter!(FEATURE_LATE, "feature" => f.name.clone())).collect(),
             lag: gauge!(WATERMARK_LAG, "shard" => shard.to_string()),
             latency: histogram!(PIPELINE_LATENCY),
+            sync: histogram!(CHECKPOINT_SYNC_SECONDS, "shard" => shard.to_string()),
         }
+    }
+
+    /// Records the time a barrier stopped the shard for its snapshot.
+    pub fn synced(&self, took: std::time::Duration) {
+        self.sync.record(took.as_secs_f64());
     }
 
     /// Records a step.

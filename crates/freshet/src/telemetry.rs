@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::metrics::{CHECKPOINT_DURATION, HTTP_DURATION, INGEST_LOG_SYNC_SECONDS, LATENCY_BUCKETS, PIPELINE_LATENCY};
+use crate::metrics::{
+    CHECKPOINT_DURATION, CHECKPOINT_SYNC_SECONDS, HTTP_DURATION, INGEST_LOG_SYNC_SECONDS, LATENCY_BUCKETS,
+    PIPELINE_LATENCY,
+};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +41,7 @@ pub fn init_metrics() -> Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(PIPELINE_LATENCY.into()), LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CHECKPOINT_DURATION.into()), LATENCY_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CHECKPOINT_SYNC_SECONDS.into()), LATENCY_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(INGEST_LOG_SYNC_SECONDS.into()), LATENCY_BUCKETS))
         .context("configuring metrics buckets")?
         .install_recorder()

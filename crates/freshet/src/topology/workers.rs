@@ -571,7 +571,10 @@ pub(super) fn shard(
         }
         if let (Some(id), Some(coordinator)) = (barrier, &coordinator) {
             // Everything before the barrier is shipped: snapshot, then tell the writer.
-            let _ = coordinator.send(CoordMsg::Shard { id, shard: index, state: shard.snapshot_copy() });
+            let started = Instant::now();
+            let state = shard.snapshot_copy();
+            metrics.synced(started.elapsed());
+            let _ = coordinator.send(CoordMsg::Shard { id, shard: index, state });
             if !send(&wtx, WriterMsg::Barrier { shard: index, id }, &shared) {
                 return latencies;
             }

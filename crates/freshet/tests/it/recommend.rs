@@ -723,3 +723,45 @@ fn catalog_embeddings_propose_the_nearest_items_and_a_wrong_dimension_is_dead_le
     let (_, metrics) = support::request(addr, "GET", "/metrics", "text/plain", "");
     assert!(metrics.contains("freshet_dlq_events_total{reason=\"embedding\"} 2"), "{metrics}");
 }
+
+/// The recommender's state is in the checkpoints: killed after a checkpoint
+/// that holds every event, a restart restores the item lists and the users'
+/// profiles (the ingest log has nothing after it to replay), and each
+/// barrier's stop of a shard is measured.
+#[test]
+fn a_restart_restores_the_recommenders_lists_and_profiles_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve::start(dir.path());
+    let addr = running.addr.clone();
+    covisitation_world(&addr);
+    post_events(&addr, &[view("newbie", A, LATER)]);
+    let (answer, _) = poll("newbie's view of A to be reflected", Duration::from_secs(5), || {
+        let v = recommend_ok(&addr, &json!({ "user_id": "newbie" }));
+        if v["cold_start"] == false { Ok(v) } else { Err(v.to_string()) }
+    });
+    let (status, similar_before) = similar(&addr, A, "");
+    assert_eq!(status, 200, "{similar_before}");
+    // Two more checkpoints: the second began after every event was applied.
+    let checkpoints = metric(&addr, "freshet_checkpoints_total").unwrap_or(0.0);
+    poll("two more checkpoints", Duration::from_secs(20), || {
+        let now = metric(&addr, "freshet_checkpoints_total").unwrap_or(0.0);
+        if now >= checkpoints + 2.0 { Ok(()) } else { Err(format!("{now} checkpoints")) }
+    });
+    let synced = metric(&addr, "freshet_checkpoint_sync_duration_seconds_count{shard=\"0\"}");
+    assert!(synced.is_some_and(|n| n >= 2.0), "barriers' stops are counted: {synced:?}");
+    drop(running);
+
+    let running = serve::start(dir.path());
+    let addr = running.addr.clone();
+    assert!(metric(&addr, "freshet_restore_duration_seconds").is_some(), "this start restored a checkpoint");
+    // Restored item lists are published one item interval after the start.
+    let (again, _) = poll("newbie's list as before", Duration::from_secs(5), || {
+        let v = recommend_ok(&addr, &json!({ "user_id": "newbie" }));
+        if ids(&v) == ids(&answer) { Ok(v) } else { Err(format!("{v}\nbefore: {answer}")) }
+    });
+    assert_eq!(again["cold_start"], false, "newbie's profile is back: {again}");
+    let (status, similar_again) = similar(&addr, A, "");
+    assert_eq!(status, 200, "{similar_again}");
+    assert_eq!(ids(&similar_again), ids(&similar_before));
+    assert_eq!(ids(&similar_again).first().map(String::as_str), Some(B), "{similar_again}");
+}
