@@ -506,12 +506,12 @@ impl Recommender {
         // pair with it (putting it back into other items' lists with no
         // event of its own) or make a transition from it. Their seen sets
         // keep it: it is still never proposed to someone who had it.
+        let had = |profile: &UserProfile| {
+            profile.last.is_some_and(|(item, _)| item == index)
+                || profile.recent.contains(&index)
+                || profile.history.iter().any(|&(item, _)| item == index)
+        };
         for (name, entry) in &mut self.users {
-            let had = |profile: &UserProfile| {
-                profile.last.is_some_and(|(item, _)| item == index)
-                    || profile.recent.contains(&index)
-                    || profile.history.iter().any(|&(item, _)| item == index)
-            };
             // Looked at first: a profile is copied to be written if the view or a copy holds it.
             if !had(&entry.profile) {
                 continue;
