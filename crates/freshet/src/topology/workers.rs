@@ -489,6 +489,10 @@ pub(super) fn shard(
     let mut pending: Vec<u64> = Vec::new();
     let item_every = plan.pipeline.recommender.as_ref().map(|r| Duration::from_millis(r.item_publish_ms as u64));
     let mut clock = PublishClock::new(plan.publish_interval, item_every);
+    // What a restore brought back is served at once, not one item interval
+    // later (users would get empty lists meanwhile). Features wait for
+    // their lane: their publication also writes sinks.
+    shard.publish_recommender_items();
     let mut seq = 0usize;
     let send_buffers = |outputs: freshet_engine::features::Outputs| -> bool {
         metrics.record_late(&outputs.late);

@@ -726,12 +726,12 @@ fn catalog_embeddings_propose_the_nearest_items_and_a_wrong_dimension_is_dead_le
 
 /// The recommender's state is in the checkpoints: killed after a checkpoint
 /// that holds every event, a restart restores the item lists and the users'
-/// profiles (the ingest log has nothing after it to replay), and each
-/// barrier's stop of a shard is measured.
+/// profiles (the ingest log has nothing after it to replay) and serves them
+/// at once (the restart's item interval is an hour), and each barrier's stop
+/// of a shard is measured.
 #[test]
 fn a_restart_restores_the_recommenders_lists_and_profiles_from_a_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = serve::start(dir.path());
+    let (running, dir) = start_with_config("");
     let addr = running.addr.clone();
     covisitation_world(&addr);
     post_events(&addr, &[view("newbie", A, LATER)]);
@@ -751,10 +751,16 @@ fn a_restart_restores_the_recommenders_lists_and_profiles_from_a_checkpoint() {
     assert!(synced.is_some_and(|n| n >= 2.0), "barriers' stops are counted: {synced:?}");
     drop(running);
 
-    let running = serve::start(dir.path());
+    let config = dir.path().join("config.toml");
+    let hourly = std::fs::read_to_string(&config).unwrap().replacen(
+        "[recommender]",
+        "[recommender]\nitem_publish_interval = \"1h\"",
+        1,
+    );
+    std::fs::write(&config, hourly).unwrap();
+    let running = serve::start_with(dir.path(), &[OsStr::new("--config"), config.as_os_str()]);
     let addr = running.addr.clone();
     assert!(metric(&addr, "freshet_restore_duration_seconds").is_some(), "this start restored a checkpoint");
-    // Restored item lists are published one item interval after the start.
     let (again, _) = poll("newbie's list as before", Duration::from_secs(5), || {
         let v = recommend_ok(&addr, &json!({ "user_id": "newbie" }));
         if ids(&v) == ids(&answer) { Ok(v) } else { Err(format!("{v}\nbefore: {answer}")) }
