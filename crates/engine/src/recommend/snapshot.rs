@@ -18,6 +18,7 @@
 //! lists are written in postcard's layout (LEB128 lengths and item indexes,
 //! little-endian floats).
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -42,6 +43,9 @@ pub struct ModelCopy {
     before_users: Vec<u8>,
     /// Every user's profile, shared, in the model's map order.
     users: Vec<(Arc<str>, Arc<UserProfile>)>,
+    /// `users` encoded, once, by whichever of [`ModelCopy::encoded_len`]
+    /// and [`ModelCopy::encode_into`] needs them first.
+    users_encoded: OnceCell<Vec<u8>>,
     /// The fields after the users, then the embeddings and unavailable items, encoded.
     tail: Vec<u8>,
 }
@@ -117,11 +121,15 @@ impl Recommender {
         if !unavailable.is_empty() {
             tail = postcard::to_extend(&unavailable, tail).expect("indexes serialise");
         }
-        ModelCopy { head, item_heads, item_head_ends, lists, before_users, users, tail }
+        ModelCopy { head, item_heads, item_head_ends, lists, before_users, users, users_encoded: OnceCell::new(), tail }
     }
 }
 
 impl ModelCopy {
+    fn users_encoded(&self) -> &[u8] {
+        self.users_encoded.get_or_init(|| postcard::to_stdvec(&UsersRef(&self.users)).expect("the model serialises"))
+    }
+
     /// The length of [`ModelCopy::encode`]'s bytes.
     pub fn encoded_len(&self) -> usize {
         let lists: usize = self.lists.iter().map(|(list, _)| varint_len(list.len() as u64) + 8).sum();
@@ -133,14 +141,13 @@ impl ModelCopy {
             + lists
             + entries
             + self.before_users.len()
-            + postcard::serialize_with_flavor(&UsersRef(&self.users), postcard::ser_flavors::Size::default())
-                .expect("the model serialises")
+            + self.users_encoded().len()
             + self.tail.len()
     }
 
-    /// Appends the snapshot's bytes (as [`Recommender::snapshot`]) to `out`.
+    /// Appends the snapshot's bytes (as [`Recommender::snapshot`]) to `out`,
+    /// which the caller has made room in ([`ModelCopy::encoded_len`]).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.reserve(self.encoded_len());
         out.extend_from_slice(&self.head);
         push_varint(out, self.item_head_ends.len() as u64);
         let mut head_from = 0;
@@ -157,7 +164,7 @@ impl ModelCopy {
             }
         }
         out.extend_from_slice(&self.before_users);
-        *out = postcard::to_extend(&UsersRef(&self.users), std::mem::take(out)).expect("the model serialises");
+        out.extend_from_slice(self.users_encoded());
         out.extend_from_slice(&self.tail);
     }
 
