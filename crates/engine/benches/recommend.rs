@@ -47,6 +47,12 @@ fn model(spec: RecommenderSpec) -> (Recommender, RecommenderView) {
     (m, view)
 }
 
+/// `n` more (user, item) interactions after the model's: any user, skewed items.
+fn skewed_events(seed: u64, n: usize) -> Vec<(String, String)> {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    (0..n).map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng)))).collect()
+}
+
 /// A thousand users spread over the model's, the ones ranking benches ask for.
 fn sampled_users() -> Vec<String> {
     (0..1000).map(|u| format!("u{}", u * 97 % USERS)).collect()
@@ -78,10 +84,7 @@ fn bench_ranking(g: &mut Group<'_>, name: &str, model: &impl ModelRead, users: &
 
 /// Learns 10,000 more skewed interactions in turn (and again), after the model's.
 fn bench_learning(g: &mut Group<'_>, m: &mut Recommender) {
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
-    let events: Vec<(String, String)> = (0..10_000)
-        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
-        .collect();
+    let events = skewed_events(2, 10_000);
     let (mut n, mut t) = (0, EVENTS as i64 * 100);
     g.bench_function("learn_interaction", |b| {
         b.iter(|| {
@@ -97,10 +100,7 @@ fn bench_learning(g: &mut Group<'_>, m: &mut Recommender) {
 /// held by the thread that encodes it (what the copy costs the events after it).
 fn bench_snapshot(g: &mut Group<'_>, m: &mut Recommender) {
     g.bench_function("snapshot_copy", |b| b.iter(|| m.snapshot_copy()));
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
-    let events: Vec<(String, String)> = (0..1000)
-        .map(|_| (format!("u{}", rng.random_range(0..USERS)), format!("i{}", skewed_item(&mut rng))))
-        .collect();
+    let events = skewed_events(3, 1000);
     let mut t = 2 * EVENTS as i64 * 100;
     g.bench_function("learn_1000_interactions_copy_held", |b| {
         b.iter_custom(|iterations| {
