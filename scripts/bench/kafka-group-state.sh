@@ -7,6 +7,8 @@
 #  2. p2 joins: the group moves 2 tasks to it, which restore their state
 #     from the changelog (times from p2's log lines);
 #  3. p2 stops (SIGINT): p1 takes its 2 tasks back and restores them.
+# STANDBY=1 runs the members with `standby = true`: p1 keeps copies of
+# every task's newest checkpoint, and step 3 restores from them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 USERS=${USERS:-1000000}
@@ -14,6 +16,11 @@ EVENTS=${EVENTS:-2000000}
 PORT=${KAFKA_PORT:-19394}
 source scripts/bench/broker.sh
 CONFIG=scripts/bench/kafka-group-users-job.toml
+if [ "${STANDBY:-0}" = 1 ]; then
+  sed 's/^scale_out = true$/scale_out = true\nstandby = true/' "$CONFIG" >"$WORK/job.toml"
+  grep -q '^standby = true$' "$WORK/job.toml"
+  CONFIG=$WORK/job.toml
+fi
 export FRESHET_TOPIC=users FRESHET_GROUP=state
 "$F" gen --events "$EVENTS" --users "$USERS" --out "$WORK/events.ndjson" 2>/dev/null
 "$F" kafka create-topic --topic users --partitions 4 >/dev/null

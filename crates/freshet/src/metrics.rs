@@ -80,6 +80,9 @@ pub const JOB_RESTARTS: &str = "freshet_job_restarts_total";
 pub const RESTORE_SECONDS: &str = "freshet_restore_duration_seconds";
 /// How long a group's task took to restore its state from the changelog (seconds), per task.
 pub const TASK_RESTORE_SECONDS: &str = "freshet_task_restore_duration_seconds";
+/// A group's task restores, by where the checkpoint came from (`from`:
+/// `standby`, a copy this process kept, or `changelog`, read through the broker).
+pub const TASK_RESTORES: &str = "freshet_task_restores_total";
 
 /// Forget requests accepted (`DELETE /v1/users/{id}`, `/v1/items/{id}`).
 pub const FORGET_REQUESTS: &str = "freshet_forget_requests_total";

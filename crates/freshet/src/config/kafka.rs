@@ -43,12 +43,25 @@ fn topic_name(p: &mut Planner, path: &str, topic: &str) {
     }
 }
 
+/// How a Kafka source is shared with a group, as configured.
+pub struct Sharing<'a> {
+    /// `scale_out`.
+    pub scale_out: Option<bool>,
+    /// `standby`.
+    pub standby: Option<bool>,
+    /// `partition_key`.
+    pub partition_key: Option<&'a str>,
+    /// `partitioner`.
+    pub partitioner: Option<&'a str>,
+}
+
 /// Plans `[sources.NAME]` of type kafka.
 pub fn source(
     p: &mut Planner,
     name: &str,
     (brokers, topic, group): (&str, &str, Option<&str>),
-    (bounded, scale_out, partition_key, partitioner): (Option<bool>, Option<bool>, Option<&str>, Option<&str>),
+    bounded: Option<bool>,
+    Sharing { scale_out, standby, partition_key, partitioner }: Sharing<'_>,
     (start, forget_on_tombstone): (Option<&str>, Option<&str>),
     properties: Option<&BTreeMap<String, String>>,
 ) -> KafkaSourceConfig {
@@ -74,6 +87,9 @@ pub fn source(
     if group.is_empty() {
         p.err(format!("{path}.group"), "must not be empty");
     }
+    if standby == Some(true) && scale_out != Some(true) {
+        p.err(format!("{path}.standby"), "stands by for the tasks of a group: it needs scale_out = true");
+    }
     if partition_key.is_some_and(str::is_empty) {
         p.err(format!("{path}.partition_key"), "must name a field");
     }
@@ -91,6 +107,7 @@ pub fn source(
         bounded: bounded.unwrap_or(false),
         start,
         scale_out: scale_out.unwrap_or(false),
+        standby: standby.unwrap_or(false),
         only: None,
         partition_key: partition_key.map(str::to_owned),
         partitioner,
@@ -146,6 +163,12 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
     };
     let path = format!("sources.{name}");
     if !k.in_tasks(!state.features.is_empty() || state.recommender || state.tables) {
+        if k.standby {
+            p.err(
+                format!("{path}.standby"),
+                "only a group that keeps state in tasks (features, or a bounded source) has task checkpoints to stand by for",
+            );
+        }
         if state.keyed_stages {
             p.err(
                 format!("{path}.scale_out"),

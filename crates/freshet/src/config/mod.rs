@@ -192,6 +192,12 @@ mod tests {
         assert_eq!(paths(&job(&forget("users"), kafka, &stateful)), ["sources.k.forget_on_tombstone"]);
         let unknown = "partition_key = \"user_id\"\npartitioner = \"random\"";
         assert_eq!(paths(&job(unknown, kafka, &stateful)), ["sources.k.partitioner"]);
+        // Standby copies are of tasks' checkpoints: a group that runs tasks has them, one that does not, none.
+        let standby = "partition_key = \"user_id\"\nstandby = true";
+        assert!(plan_text(&job(standby, kafka, &stateful)).is_ok());
+        assert_eq!(paths(&job("standby = true", stdout, "")), ["sources.k.standby"]);
+        let unscaled = job(standby, kafka, &stateful).replace("scale_out = true", "scale_out = false");
+        assert_eq!(paths(&unscaled), ["sources.k.standby"]);
     }
 
     #[test]

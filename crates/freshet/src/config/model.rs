@@ -125,6 +125,14 @@ pub enum SourceConfig {
         /// whose state moves with it through a changelog topic, and needs
         /// `partition_key`. Default: false.
         scale_out: Option<bool>,
+        /// With `scale_out` and state: keep a standby copy of every task of
+        /// the group (Kafka Streams' standby replicas): this process reads
+        /// the changelog topics as they are written and keeps each task's
+        /// newest checkpoint in memory, so a task that moves here (its owner
+        /// left or died) restores without reading its changelog through the
+        /// broker. Costs memory (every task's checkpoint, as bytes) and one
+        /// more reader of the changelogs. Default: false.
+        standby: Option<bool>,
         /// The event field the topic's records are keyed (partitioned) by,
         /// e.g. "user_id": state keyed by it belongs to one partition.
         partition_key: Option<String>,

@@ -69,6 +69,7 @@ use freshet_io::kafka::group::{Changelog, Markers, Membership};
 use freshet_io::kafka::members::Members;
 use freshet_io::kafka::sink::Repartition;
 use freshet_io::kafka::source::KafkaSourceConfig;
+use freshet_io::kafka::standby::Standby;
 use freshet_io::kafka::tombstones::Tombstones;
 use freshet_io::sink::Target;
 
@@ -98,6 +99,10 @@ const SHIP_EVERY: Duration = Duration::from_secs(5);
 /// big state (each checkpoint is the whole of it) takes a tenth of the
 /// time, and of the broker, at most.
 const SHIP_DUTY: u32 = 10;
+/// How long a restore waits for a standby copy to read up to its
+/// changelog's end (it follows the changelog within milliseconds unless the
+/// broker is slow) before it reads the changelog itself.
+const STANDBY_WAIT: Duration = Duration::from_secs(2);
 /// A repartitioned half's idle timeout: in effect never.
 const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 /// A task owned elsewhere, not done, that no member alive claimed this
@@ -289,6 +294,15 @@ pub fn run(
         None
     };
     let commits = Arc::new(std::sync::Mutex::new(Vec::<(u32, u64)>::new()));
+    let standbys = if source.standby {
+        let standby = |(half, log): (&Half, &Arc<Changelog>)| -> Result<(Half, Standby)> {
+            let copy = Standby::start(log).with_context(|| format!("source {name}: standby of {}", log.topic()))?;
+            Ok((*half, copy))
+        };
+        changelogs.iter().map(standby).collect::<Result<_>>()?
+    } else {
+        BTreeMap::new()
+    };
     let starter = Arc::new(Starter {
         planner,
         layout,
@@ -297,6 +311,7 @@ pub fn run(
         commits: commits.clone(),
         tasks_dir: data_dir.join("tasks"),
         tables,
+        standbys,
     });
     let mut running: BTreeMap<Key, Running> = BTreeMap::new();
     // Halves being restored and started, off this thread: the group is served meanwhile.
@@ -554,6 +569,8 @@ struct Starter {
     tasks_dir: std::path::PathBuf,
     /// The lookup tables the replica feeds (the tasks read them).
     tables: Option<Arc<freshet_engine::lookup::Tables>>,
+    /// With `standby`: each half's standby copies of every task.
+    standbys: BTreeMap<Half, Standby>,
 }
 
 impl Starter {
@@ -673,8 +690,17 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
     }
     let store = Store::open(dir, plan.keep_checkpoints)?;
     let stopped = || stop.load(Ordering::SeqCst);
-    let restored = changelog.fetch(partition, &stopped)?;
-    let bytes = restored.as_ref().map_or(0, Vec::len);
+    let (restored, from) = match starter.standbys.get(&half) {
+        Some(standby) => {
+            let (_, end) = changelog.offsets(partition)?;
+            match standby.newest(partition, end, STANDBY_WAIT) {
+                Some(copy) => (Some(copy), "standby"),
+                None => (changelog.fetch(partition, &stopped)?.map(Arc::new), "changelog"),
+            }
+        }
+        None => (changelog.fetch(partition, &stopped)?.map(Arc::new), "changelog"),
+    };
+    let bytes = restored.as_ref().map_or(0, |b| b.len());
     let checkpoint = match restored {
         Some(bytes) => {
             let cp: Checkpoint = postcard::from_bytes(&bytes).context("decoding a checkpoint from the changelog")?;
@@ -686,11 +712,13 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
     let took = started.elapsed();
     let label = format!("{partition}-{half:?}").to_lowercase();
     metrics::gauge!(crate::metrics::TASK_RESTORE_SECONDS, "task" => label).set(took.as_secs_f64());
+    metrics::counter!(crate::metrics::TASK_RESTORES, "from" => from).increment(1);
     tracing::info!(
         task = partition,
         ?half,
         checkpoint,
         bytes,
+        from,
         took_ms = took.as_millis() as u64,
         "Task restored from the changelog; starting."
     );
@@ -709,6 +737,7 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
         writer: (u64::from(std::process::id()) << 32) ^ crate::topology::wall_ms() as u64,
         commits: starter.commits.clone(),
         state: std::sync::Mutex::new(ShipState::default()),
+        shipped: AtomicBool::new(false),
     });
     let offered = shipper.clone();
     let hook: CheckpointHook = Arc::new(move |cp| offered.offer(cp));
@@ -731,6 +760,8 @@ struct Shipper {
     writer: u64,
     commits: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
     state: std::sync::Mutex<ShipState>,
+    /// Whether a checkpoint of this run of the half is in the changelog yet.
+    shipped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -845,6 +876,14 @@ impl Shipper {
             .and_then(|bytes| self.log.ship(partition, self.writer, cp.id, &bytes).map_err(anyhow::Error::from));
         match shipped {
             Ok(()) => {
+                if !self.shipped.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        task = partition,
+                        ?half,
+                        checkpoint = cp.id,
+                        "Task half's first checkpoint is in the changelog."
+                    );
+                }
                 let position =
                     cp.sources.get(self.source).and_then(|s| s.partitions.iter().find(|(q, _)| *q == partition));
                 if let (Half::Input, Some((_, next))) = (half, position) {

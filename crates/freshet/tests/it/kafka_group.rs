@@ -398,6 +398,67 @@ fn the_reference_job_as_a_group_of_three_with_one_killed_matches_the_flink_check
     crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
+/// Standby copies: the reference group job with `standby = true` as two
+/// processes. Each reads the changelogs as they are written and keeps every
+/// task's newest checkpoint, so when p2 stops (Ctrl-C: its halves ship their
+/// newest checkpoint, and it leaves the group) p1 restores p2's tasks from
+/// its own copies, not by reading the changelog through the broker, and goes
+/// on where p2 stopped: the outputs equal the checker's.
+#[test]
+fn a_member_that_stood_by_restores_the_tasks_of_one_that_stops_from_its_own_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "standby";
+    let (input, expected) = crate::kafka::workload(&broker, dir.path(), topic, 47, 60_000);
+    let example = std::fs::read_to_string(support::repo_root().join(GROUP_EXAMPLE)).unwrap();
+    let config = dir.path().join("standby.toml");
+    std::fs::write(&config, example.replace("scale_out = true\n", "scale_out = true\nstandby = true\n")).unwrap();
+    let job = (config.to_str().unwrap(), topic, "standbys");
+    let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
+    let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);
+    wait_for_settled_group(&mut [&mut p1, &mut p2]);
+    // Both halves of p2's tasks have a checkpoint in the changelog, which
+    // p1's copies read as it is written; then p2 runs on a little more.
+    let moved = p2.assigned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let shipped = |m: &Member, task: u32, half: &str| {
+        m.log().lines().any(|l| {
+            l.contains("Task half's first checkpoint is in the changelog.")
+                && l.contains(&format!("task={task} "))
+                && l.contains(&format!("half={half} "))
+        })
+    };
+    while !moved.iter().all(|&t| shipped(&p2, t, "Input") && shipped(&p2, t, "Repartitioned")) {
+        assert!(p2.alive(), "p2 exited before its tasks shipped a checkpoint:\n{}", p2.log());
+        assert_eq!(p2.assigned(), moved, "p2's tasks moved before they shipped a checkpoint:\n{}", p2.log());
+        assert!(Instant::now() < deadline, "p2's tasks shipped no checkpoint within 120 s:\n{}", p2.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let status = std::process::Command::new("kill").args(["-INT", &p2.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for_success(&mut [&mut p1, &mut p2]);
+    let log = p1.log();
+    let restores: Vec<&str> =
+        log.lines().filter(|l| l.contains("Task restored from the changelog; starting.")).collect();
+    for task in &moved {
+        for half in ["Input", "Repartitioned"] {
+            let from_standby = restores.iter().any(|l| {
+                l.contains(&format!("task={task} half={half} checkpoint="))
+                    && l.contains("from=\"standby\"")
+                    && !l.contains("checkpoint=None")
+            });
+            assert!(
+                from_standby,
+                "p1 did not restore the {half} half of p2's task {task} from its standby copy:\n{}\n---- p2:\n{}",
+                restores.join("\n"),
+                p2.log()
+            );
+        }
+    }
+    crate::kafka::check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
 /// A bounded group that loses a member for good: p2 is killed with SIGKILL
 /// mid-run and never comes back. p1 must not end with p2's tasks undone
 /// (tansu moves a dead member's partitions only when the group changes):

@@ -188,12 +188,13 @@ impl Drop for Membership {
 
 /// How many records at the end of a changelog partition a restore reads
 /// first (see [`Changelog::fetch`]).
-const TAIL_RECORDS: i64 = 64;
+pub(super) const TAIL_RECORDS: i64 = 64;
 
 /// A group's changelog topic.
 pub struct Changelog {
     connection: Connection,
     topic: String,
+    partitions: usize,
     producer: BaseProducer<Logged>,
 }
 
@@ -210,7 +211,7 @@ impl Changelog {
             .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
             .create_with_context(Logged { component: component.clone() })
             .map_err(|e| IoError::Kafka { component, message: format!("creating the producer: {e}") })?;
-        Ok(Self { connection: connection.clone(), topic: topic.to_owned(), producer })
+        Ok(Self { connection: connection.clone(), topic: topic.to_owned(), partitions, producer })
     }
 
     /// Writes checkpoint `id` of the task `partition` (by `writer`, a
@@ -246,10 +247,7 @@ impl Changelog {
     /// for a moment during a move, may interleave their pieces; whichever
     /// complete checkpoint a tail yields is a consistent state.)
     pub fn fetch(&self, partition: u32, stop: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>> {
-        let (low, high) = self
-            .consumer()?
-            .fetch_watermarks(&self.topic, partition as i32, Duration::from_secs(30))
-            .map_err(|e| self.error(format!("reading the end of partition {partition}: {e}")))?;
+        let (low, high) = self.offsets(partition)?;
         let mut tail = TAIL_RECORDS;
         loop {
             let from = high.saturating_sub(tail).max(low);
@@ -265,7 +263,7 @@ impl Changelog {
     }
 
     /// A consumer of the topic, in no group's assignment.
-    fn consumer(&self) -> Result<BaseConsumer<Logged>> {
+    pub(super) fn consumer(&self) -> Result<BaseConsumer<Logged>> {
         self.connection
             .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
             .create_with_context(Logged { component: format!("changelog {}", self.topic) })
@@ -281,7 +279,7 @@ impl Changelog {
         list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(from))
             .and_then(|()| consumer.assign(&list))
             .map_err(|e| self.error(format!("reading partition {partition}: {e}")))?;
-        let mut pieces: HashMap<(u64, u64), Vec<Option<Vec<u8>>>> = HashMap::new();
+        let mut assembler = Assembler::default();
         let mut last = None;
         let mut quiet = Instant::now();
         loop {
@@ -300,23 +298,30 @@ impl Changelog {
                 None => continue,
             };
             quiet = Instant::now();
-            let offset = m.offset();
-            if let Some((writer, id, index, count, piece)) = m.payload().and_then(parse) {
-                let slots = pieces.entry((writer, id)).or_insert_with(|| vec![None; count as usize]);
-                if let Some(slot) = slots.get_mut(index as usize) {
-                    *slot = Some(piece.to_vec());
-                }
-                if slots.iter().all(Option::is_some) {
-                    let whole = pieces.remove(&(writer, id)).unwrap_or_default();
-                    last = Some(whole.into_iter().flatten().flatten().collect::<Vec<u8>>());
-                    // Pieces of earlier checkpoints are of no use any more.
-                    pieces.retain(|(w, i), _| *w != writer || *i > id);
-                }
+            if let Some(whole) = m.payload().and_then(|value| assembler.take(value)) {
+                last = Some(whole);
             }
-            if offset + 1 >= high {
+            if m.offset() + 1 >= high {
                 return Ok(last);
             }
         }
+    }
+
+    /// The first and the next offset of task `partition`'s changelog partition.
+    pub fn offsets(&self, partition: u32) -> Result<(i64, i64)> {
+        self.consumer()?
+            .fetch_watermarks(&self.topic, partition as i32, Duration::from_secs(30))
+            .map_err(|e| self.error(format!("reading the end of partition {partition}: {e}")))
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Its partitions (one per task).
+    pub fn partitions(&self) -> usize {
+        self.partitions
     }
 
     fn error(&self, message: String) -> IoError {
@@ -386,6 +391,29 @@ impl Markers {
 
     fn error(&self, message: String) -> IoError {
         IoError::Kafka { component: format!("repartition {}", self.topic), message }
+    }
+}
+
+/// Puts checkpoints back together from their pieces, read in log order.
+#[derive(Default)]
+pub(super) struct Assembler {
+    /// Pieces so far, by (writer, checkpoint).
+    pieces: HashMap<(u64, u64), Vec<Option<Vec<u8>>>>,
+}
+
+impl Assembler {
+    /// Takes one record's value; returns the checkpoint it completes.
+    pub(super) fn take(&mut self, value: &[u8]) -> Option<Vec<u8>> {
+        let (writer, id, index, count, piece) = parse(value)?;
+        let slots = self.pieces.entry((writer, id)).or_insert_with(|| vec![None; count as usize]);
+        *slots.get_mut(index as usize)? = Some(piece.to_vec());
+        if !slots.iter().all(Option::is_some) {
+            return None;
+        }
+        let whole = self.pieces.remove(&(writer, id)).unwrap_or_default();
+        // Pieces of this writer's earlier checkpoints are of no use any more.
+        self.pieces.retain(|(w, i), _| *w != writer || *i > id);
+        Some(whole.into_iter().flatten().flatten().collect())
     }
 }
 

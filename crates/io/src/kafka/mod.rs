@@ -23,6 +23,7 @@ pub mod keys;
 pub mod members;
 pub mod sink;
 pub mod source;
+pub mod standby;
 pub mod tombstones;
 
 use std::sync::Mutex;

@@ -71,6 +71,10 @@ pub struct KafkaSourceConfig {
     /// Join the group and read only the partitions it assigns (several
     /// processes share the topic); offsets then live in the group.
     pub scale_out: bool,
+    /// With `scale_out` and state: keep a standby copy of every task's
+    /// newest checkpoint (see [`super::standby`]), so a task that moves
+    /// here restores without reading its changelog.
+    pub standby: bool,
     /// Read only these partitions (a task of a group that keeps state, see
     /// `freshet::group`); offsets are then committed by the group's member,
     /// not by this source.
