@@ -690,14 +690,13 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
     }
     let store = Store::open(dir, plan.keep_checkpoints)?;
     let stopped = || stop.load(Ordering::SeqCst);
-    let (restored, from) = match starter.standbys.get(&half) {
-        Some(standby) => {
-            let (_, end) = changelog.offsets(partition)?;
-            match standby.newest(partition, end, STANDBY_WAIT) {
-                Some(copy) => (Some(copy), "standby"),
-                None => (changelog.fetch(partition, &stopped)?.map(Arc::new), "changelog"),
-            }
-        }
+    // A standby copy is the changelog's newest checkpoint, read as it was written.
+    let copy = match starter.standbys.get(&half) {
+        Some(standby) => standby.newest(partition, changelog.offsets(partition)?.1, STANDBY_WAIT),
+        None => None,
+    };
+    let (restored, from) = match copy {
+        Some(copy) => (Some(copy), "standby"),
         None => (changelog.fetch(partition, &stopped)?.map(Arc::new), "changelog"),
     };
     let bytes = restored.as_ref().map_or(0, |b| b.len());

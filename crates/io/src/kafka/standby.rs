@@ -58,7 +58,9 @@ impl Standby {
         let mut list = TopicPartitionList::new();
         let mut copies = Vec::with_capacity(changelog.partitions());
         for partition in 0..changelog.partitions() as u32 {
-            let (low, high) = changelog.offsets(partition)?;
+            let (low, high) = consumer
+                .fetch_watermarks(changelog.topic(), partition as i32, Duration::from_secs(30))
+                .map_err(|e| error(format!("reading the end of partition {partition}: {e}")))?;
             let from = high.saturating_sub(TAIL_RECORDS).max(low);
             list.add_partition_offset(changelog.topic(), partition as i32, Offset::Offset(from))
                 .map_err(|e| error(format!("reading partition {partition}: {e}")))?;
