@@ -412,7 +412,9 @@ fn a_member_that_stood_by_restores_the_tasks_of_one_that_stops_from_its_own_copi
     let (input, expected) = crate::kafka::workload(&broker, dir.path(), topic, 47, 60_000);
     let example = std::fs::read_to_string(support::repo_root().join(GROUP_EXAMPLE)).unwrap();
     let config = dir.path().join("standby.toml");
-    std::fs::write(&config, example.replace("scale_out = true\n", "scale_out = true\nstandby = true\n")).unwrap();
+    let with_standby = example.replace("scale_out = true\n", "scale_out = true\nstandby = true\n");
+    assert_ne!(with_standby, example, "the example scales out");
+    std::fs::write(&config, with_standby).unwrap();
     let job = (config.to_str().unwrap(), topic, "standbys");
     let mut p1 = Member::spawn(&broker, dir.path(), "p1", job, &[]);
     let mut p2 = Member::spawn(&broker, dir.path(), "p2", job, &[]);

@@ -9,9 +9,11 @@
 //! the restore asks for: then its newest checkpoint is the one
 //! [`Changelog::fetch`] would find there (or one completed later, its
 //! pieces begun before the tail that `fetch` reads: just as consistent,
-//! and newer). Reading starts at each partition's tail, so a copy knows a
-//! checkpoint once one has been written whole since; until then, and when
-//! it lags behind, the restore reads the changelog as without a standby.
+//! and newer). Reading starts at each partition's tail (the records a
+//! restore would read first), all partitions at once, so a process that
+//! joins has copies of its first tasks too; a copy knows a checkpoint once
+//! one has been read whole since; until then, and when it lags behind, the
+//! restore reads the changelog as without a standby.
 //! Copies are kept as the checkpoint's bytes (decoding is the smaller part
 //! of a restore), also of the tasks this process runs itself: which those
 //! are changes with every rebalance, and the copy is ready when it moves.
