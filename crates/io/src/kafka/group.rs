@@ -18,7 +18,8 @@
 //! reads the partition to its end and returns the last complete checkpoint
 //! in log order. Two processes may briefly run the same task during a
 //! rebalance; their checkpoints are told apart by writer, and either is a
-//! consistent state (its offsets with its state).
+//! consistent state (its offsets with its state). A process that stands by
+//! ([`super::standby::Standby`]) reads the same pieces as they are written.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -221,13 +222,7 @@ impl Changelog {
         let count = pieces.len() as u32;
         let mut value = Vec::with_capacity(HEADER + PIECE_BYTES);
         for (index, piece) in pieces.into_iter().enumerate() {
-            value.clear();
-            value.extend_from_slice(MAGIC);
-            value.extend_from_slice(&writer.to_be_bytes());
-            value.extend_from_slice(&id.to_be_bytes());
-            value.extend_from_slice(&(index as u32).to_be_bytes());
-            value.extend_from_slice(&count.to_be_bytes());
-            value.extend_from_slice(piece);
+            put_piece(&mut value, (writer, id, index as u32, count), piece);
             let key = format!("{}/{index}", id % 2);
             let record = BaseRecord::to(&self.topic).partition(partition as i32).key(&key).payload(&value);
             super::send_with_room(&self.producer, record, &|| false)
@@ -417,6 +412,25 @@ impl Assembler {
     }
 }
 
+/// Makes `value` the record of piece `index` of `count` of checkpoint `id` by `writer`.
+fn put_piece(value: &mut Vec<u8>, (writer, id, index, count): (u64, u64, u32, u32), bytes: &[u8]) {
+    value.clear();
+    value.extend_from_slice(MAGIC);
+    value.extend_from_slice(&writer.to_be_bytes());
+    value.extend_from_slice(&id.to_be_bytes());
+    value.extend_from_slice(&index.to_be_bytes());
+    value.extend_from_slice(&count.to_be_bytes());
+    value.extend_from_slice(bytes);
+}
+
+/// A piece's record value (for tests of what reads them).
+#[cfg(test)]
+pub(super) fn piece(writer: u64, id: u64, index: u32, count: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::new();
+    put_piece(&mut value, (writer, id, index, count), bytes);
+    value
+}
+
 /// A piece: (writer, checkpoint, index, count, bytes).
 fn parse(value: &[u8]) -> Option<(u64, u64, u32, u32, &[u8])> {
     if value.len() < HEADER || &value[..4] != MAGIC {
@@ -432,12 +446,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn checkpoints_come_whole_in_log_order_whatever_their_pieces_interleave_with() {
+        let mut assembler = Assembler::default();
+        // Two writers (a task run by two processes for a moment) interleave.
+        assert_eq!(assembler.take(&piece(1, 5, 1, 2, b"2")), None);
+        assert_eq!(assembler.take(&piece(2, 8, 0, 2, b"x")), None);
+        assert_eq!(assembler.take(&piece(1, 5, 0, 2, b"1")), Some(b"12".to_vec()), "pieces in any order");
+        assert_eq!(assembler.take(&piece(2, 8, 1, 2, b"y")), Some(b"xy".to_vec()));
+        // A torn checkpoint (a crash halfway) is dropped once its writer completes a later one.
+        assert_eq!(assembler.take(&piece(1, 6, 0, 2, b"torn")), None);
+        assert_eq!(assembler.take(&piece(1, 7, 0, 1, b"next")), Some(b"next".to_vec()));
+        assert!(assembler.pieces.is_empty(), "nothing of writer 1 left: {:?}", assembler.pieces.keys());
+        assert_eq!(assembler.take(&piece(1, 7, 3, 1, b"?")), None, "an index out of its count");
+        assert_eq!(assembler.take(b"FRCL"), None, "a cut header");
+    }
+
+    #[test]
     fn a_piece_says_its_writer_checkpoint_index_and_count() {
-        let mut value = MAGIC.to_vec();
-        for part in [&7u64.to_be_bytes()[..], &42u64.to_be_bytes(), &2u32.to_be_bytes(), &3u32.to_be_bytes(), b"state"]
-        {
-            value.extend_from_slice(part);
-        }
+        let mut value = piece(7, 42, 2, 3, b"state");
         assert_eq!(parse(&value), Some((7, 42, 2, 3, &b"state"[..])));
         assert_eq!(parse(&value[..HEADER - 1]), None, "a cut header");
         value[0] = b'X';

@@ -129,3 +129,52 @@ impl Drop for Standby {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::group::piece;
+
+    /// A standby over `partitions` partitions, fed by hand (no broker).
+    fn fed(partitions: usize) -> Standby {
+        let copies = (0..partitions).map(|_| TaskCopy::default()).collect();
+        let shared = Arc::new(Shared { copies: Mutex::new(copies), read: Condvar::new() });
+        Standby { shared, stop: Arc::new(AtomicBool::new(false)), reader: None }
+    }
+
+    #[test]
+    fn a_copy_answers_with_the_newest_whole_checkpoint_once_it_has_read_to_the_end_asked() {
+        let standby = fed(2);
+        let wait = Duration::ZERO;
+        // Checkpoint 1 of writer 7 in two pieces, at offsets 0 and 1 of partition 1.
+        standby.shared.take(1, 0, Some(&piece(7, 1, 0, 2, b"ab")));
+        assert_eq!(standby.newest(1, 1, wait), None, "read to the end, but no whole checkpoint yet");
+        standby.shared.take(1, 1, Some(&piece(7, 1, 1, 2, b"cd")));
+        assert_eq!(standby.newest(1, 2, wait).as_deref().map(Vec::as_slice), Some(&b"abcd"[..]));
+        assert_eq!(standby.newest(1, 3, wait), None, "lagging behind the end asked (a newer one may be there)");
+        // The next one begun but not whole: the last whole one still answers; a record that is no piece moves on.
+        standby.shared.take(1, 2, Some(&piece(7, 2, 0, 2, b"ef")));
+        standby.shared.take(1, 3, Some(b"not a piece"));
+        assert_eq!(standby.newest(1, 4, wait).as_deref().map(Vec::as_slice), Some(&b"abcd"[..]));
+        standby.shared.take(1, 4, Some(&piece(7, 2, 1, 2, b"gh")));
+        assert_eq!(standby.newest(1, 5, wait).as_deref().map(Vec::as_slice), Some(&b"efgh"[..]));
+        assert_eq!(standby.newest(0, 0, wait), None, "the other partition has none");
+        assert_eq!(standby.newest(2, 0, wait), None, "no such partition");
+    }
+
+    #[test]
+    fn a_restore_waits_for_a_copy_that_lags_and_gives_up_after_its_wait() {
+        let standby = Arc::new(fed(1));
+        let feeder = standby.clone();
+        let fed_later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            feeder.shared.take(0, 0, Some(&piece(3, 9, 0, 1, b"state")));
+        });
+        let copy = standby.newest(0, 1, Duration::from_secs(10));
+        fed_later.join().unwrap();
+        assert_eq!(copy.as_deref().map(Vec::as_slice), Some(&b"state"[..]));
+        let started = Instant::now();
+        assert_eq!(standby.newest(0, 2, Duration::from_millis(30)), None, "offset 1 never comes");
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+}
