@@ -87,9 +87,6 @@ pub fn source(
     if group.is_empty() {
         p.err(format!("{path}.group"), "must not be empty");
     }
-    if standby == Some(true) && scale_out != Some(true) {
-        p.err(format!("{path}.standby"), "stands by for the tasks of a group: it needs scale_out = true");
-    }
     if partition_key.is_some_and(str::is_empty) {
         p.err(format!("{path}.partition_key"), "must name a field");
     }
@@ -155,6 +152,19 @@ pub struct KeptFeature<'a> {
 /// partition): each process keeps a replica of them that reads every
 /// partition.
 pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPlan], state: &KeptState<'_>) {
+    let stateful = !state.features.is_empty() || state.recommender || state.tables;
+    for s in sources {
+        if let SourceKind::Kafka(k) = &s.kind
+            && k.standby
+            && !k.in_tasks(stateful)
+        {
+            p.err(
+                format!("sources.{}.standby", s.name),
+                "stands by for the tasks of a group that keeps state (scale_out = true with features, or bounded): \
+                 this source runs none",
+            );
+        }
+    }
     let Some((name, k)) = sources.iter().find_map(|s| match &s.kind {
         SourceKind::Kafka(k) if k.scale_out => Some((s.name.as_str(), k)),
         _ => None,
@@ -162,13 +172,7 @@ pub fn check_scale_out(p: &mut Planner, sources: &[SourcePlan], sinks: &[SinkPla
         return;
     };
     let path = format!("sources.{name}");
-    if !k.in_tasks(!state.features.is_empty() || state.recommender || state.tables) {
-        if k.standby {
-            p.err(
-                format!("{path}.standby"),
-                "only a group that keeps state in tasks (features, or a bounded source) has task checkpoints to stand by for",
-            );
-        }
+    if !k.in_tasks(stateful) {
         if state.keyed_stages {
             p.err(
                 format!("{path}.scale_out"),
