@@ -109,7 +109,12 @@ const UPSTREAM_IDLE_TIMEOUT: &str = "3650days";
 /// long is taken for one nobody runs (see [`Orphans`]); twice as long after
 /// each time this process joined again for one, up to [`ORPHAN_AFTER_MAX`].
 const ORPHAN_AFTER: Duration = Duration::from_secs(30);
-const ORPHAN_AFTER_MAX: Duration = Duration::from_secs(600);
+const ORPHAN_AFTER_MAX: Duration = Duration::from_secs(120);
+/// A rebalance of this process's membership (its tasks revoked, no new
+/// assignment yet) that lasts this long is taken for one that will not end
+/// (a group re-forming around a member that died mid-rebalance), and the
+/// process joins the group again; at most once in this long.
+const REBALANCE_STUCK: Duration = Duration::from_secs(60);
 /// How often a process says it is alive (its claim again, in the members
 /// topic) and looks for tasks nobody runs.
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -448,8 +453,20 @@ pub fn run(
             if let Err(e) = members.heartbeat() {
                 tracing::debug!(error = %e, "Could not tell the group this process is alive.");
             }
+            let rebalancing = membership.rebalancing_for();
+            if orphans.rebalance_stuck(rebalancing, Instant::now()) {
+                tracing::warn!(
+                    waited_s = rebalancing.unwrap_or_default().as_secs(),
+                    "The group's rebalance has not given this process its tasks for a while; joining the group \
+                     again so that it re-forms."
+                );
+                if let Err(e) = membership.rejoin() {
+                    tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
+                }
+                orphans.last_rejoin = Some(Instant::now());
+            }
             // (Not when every task is here: none can be orphaned.)
-            if owned.len() < starter.layout.partitions && membership.rebalancing_for().is_none() {
+            if owned.len() < starter.layout.partitions && rebalancing.is_none() {
                 let unclaimed = |p: u32| {
                     !halves.iter().all(|h| members.is_done(p, h.name())) && !members.claimed_alive(p, ORPHAN_AFTER)
                 };
@@ -518,11 +535,13 @@ struct Orphans {
     seen: BTreeMap<u32, Instant>,
     /// How long a task may stay so.
     after: Duration,
+    /// When this process last joined the group again (for either reason).
+    last_rejoin: Option<Instant>,
 }
 
 impl Default for Orphans {
     fn default() -> Self {
-        Orphans { last_check: None, seen: BTreeMap::new(), after: ORPHAN_AFTER }
+        Orphans { last_check: None, seen: BTreeMap::new(), after: ORPHAN_AFTER, last_rejoin: None }
     }
 }
 
@@ -531,6 +550,15 @@ impl Orphans {
     fn rejoined(&mut self) {
         self.seen.clear();
         self.after = (self.after * 2).min(ORPHAN_AFTER_MAX);
+        self.last_rejoin = Some(Instant::now());
+    }
+
+    /// Whether a rebalance that has gone on for `rebalancing_for` at `now`
+    /// is stuck: [`REBALANCE_STUCK`] long, and as long since the last rejoin
+    /// (a rejoin starts a rebalance of its own, which may not say so).
+    fn rebalance_stuck(&self, rebalancing_for: Option<Duration>, now: Instant) -> bool {
+        rebalancing_for.is_some_and(|t| t >= REBALANCE_STUCK)
+            && self.last_rejoin.is_none_or(|at| now.duration_since(at) >= REBALANCE_STUCK)
     }
 
     /// Whether a check is due.
@@ -938,6 +966,26 @@ mod tests {
         assert_eq!(orphans.stuck([2].into_iter(), at(200)), None);
         assert_eq!(orphans.stuck([2].into_iter(), at(259)), None);
         assert_eq!(orphans.stuck([2].into_iter(), at(260)), Some(2));
+        // And no longer than ORPHAN_AFTER_MAX however many rejoins.
+        for _ in 0..5 {
+            orphans.rejoined();
+        }
+        assert_eq!(orphans.after, ORPHAN_AFTER_MAX);
+    }
+
+    #[test]
+    fn a_rebalance_that_does_not_end_is_joined_again_at_most_once_a_minute() {
+        let mut orphans = Orphans::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert!(!orphans.rebalance_stuck(None, at(0)), "no rebalance");
+        assert!(!orphans.rebalance_stuck(secs(59), at(0)));
+        assert!(orphans.rebalance_stuck(secs(60), at(0)));
+        orphans.last_rejoin = Some(at(0));
+        // The rejoin's own rebalance may not restart the clock: the last rejoin's time holds it back.
+        assert!(!orphans.rebalance_stuck(secs(100), at(59)));
+        assert!(orphans.rebalance_stuck(secs(120), at(60)));
     }
 
     /// Per-user and per-item counts over one scaled-out topic, with a dedup

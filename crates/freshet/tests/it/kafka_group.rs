@@ -78,6 +78,16 @@ impl Member {
         text.get(self.log_from..).unwrap_or_default().to_owned()
     }
 
+    /// For a failure message: the last lines of this run's log (librdkafka's
+    /// own chatter left out), then the whole log. CI shows the head of a
+    /// failure's output, so the end state comes first.
+    fn tail_then_log(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("freshet_io::kafka: librdkafka:")).collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("its last lines:\n{tail}\n---- its whole log:\n{log}")
+    }
+
     /// The partitions of this member's latest assignment (none before its first).
     fn assigned(&self) -> Vec<u32> {
         let log = self.log();
@@ -137,11 +147,11 @@ fn wait_for_success(members: &mut [&mut Member]) {
     let deadline = Instant::now() + Duration::from_secs(600);
     for m in members.iter_mut() {
         while m.alive() {
-            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes:\n{}", m.log());
+            assert!(Instant::now() < deadline, "a member did not finish within 10 minutes; {}", m.tail_then_log());
             thread::sleep(Duration::from_millis(200));
         }
         let status = m.child.wait().unwrap();
-        assert!(status.success(), "a member failed ({status}):\n{}", m.log());
+        assert!(status.success(), "a member failed ({status}); {}", m.tail_then_log());
     }
 }
 
