@@ -197,6 +197,9 @@ pub struct Changelog {
     topic: String,
     partitions: usize,
     producer: BaseProducer<Logged>,
+    /// Asks the broker for partitions' offsets (in no group, reads nothing):
+    /// kept, so that a restore does not connect a client of its own first.
+    offsets_client: BaseConsumer<Logged>,
 }
 
 impl Changelog {
@@ -212,7 +215,8 @@ impl Changelog {
             .client_config(&[("enable.idempotence", "true"), ("linger.ms", "5")])
             .create_with_context(Logged { component: component.clone() })
             .map_err(|e| IoError::Kafka { component, message: format!("creating the producer: {e}") })?;
-        Ok(Self { connection: connection.clone(), topic: topic.to_owned(), partitions, producer })
+        let offsets_client = consumer(connection, topic)?;
+        Ok(Self { connection: connection.clone(), topic: topic.to_owned(), partitions, producer, offsets_client })
     }
 
     /// Writes checkpoint `id` of the task `partition` (by `writer`, a
@@ -259,10 +263,7 @@ impl Changelog {
 
     /// A consumer of the topic, in no group's assignment.
     pub(super) fn consumer(&self) -> Result<BaseConsumer<Logged>> {
-        self.connection
-            .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
-            .create_with_context(Logged { component: format!("changelog {}", self.topic) })
-            .map_err(|e| self.error(format!("creating a consumer: {e}")))
+        consumer(&self.connection, &self.topic)
     }
 
     /// The last checkpoint completed in offsets `from..high` of `partition`
@@ -304,7 +305,7 @@ impl Changelog {
 
     /// The first and the next offset of task `partition`'s changelog partition.
     pub fn offsets(&self, partition: u32) -> Result<(i64, i64)> {
-        self.consumer()?
+        self.offsets_client
             .fetch_watermarks(&self.topic, partition as i32, Duration::from_secs(30))
             .map_err(|e| self.error(format!("reading the end of partition {partition}: {e}")))
     }
@@ -322,6 +323,17 @@ impl Changelog {
     fn error(&self, message: String) -> IoError {
         IoError::Kafka { component: format!("changelog {}", self.topic), message }
     }
+}
+
+/// A consumer of changelog `topic`, in no group's assignment.
+fn consumer(connection: &Connection, topic: &str) -> Result<BaseConsumer<Logged>> {
+    connection
+        .client_config(&[("group.id", "freshet-changelog-restore"), ("enable.auto.commit", "false")])
+        .create_with_context(Logged { component: format!("changelog {topic}") })
+        .map_err(|e| IoError::Kafka {
+            component: format!("changelog {topic}"),
+            message: format!("creating a consumer: {e}"),
+        })
 }
 
 /// What an upstream task tells every partition of its group's repartition
