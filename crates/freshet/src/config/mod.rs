@@ -90,6 +90,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_job_has_no_idle_partitions_whatever_its_idle_timeout() {
+        let job = |source: &str| {
+            format!(
+                r#"
+                [event_time]
+                idle_timeout = "2s"
+                [sources.k]
+                type = "kafka"
+                brokers = "127.0.0.1:9"
+                topic = "events"
+                {source}
+                [[flows]]
+                name = "f"
+                "#
+            )
+        };
+        let idle = |text: &str| plan_text(text).unwrap().pipeline.event_time.idle_timeout;
+        assert_eq!(idle(&job("bounded = true")), plan::NEVER_IDLE);
+        assert_eq!(idle(&job("")), 2_000, "an unbounded job keeps its idle timeout");
+        let mixed = job("bounded = true") + "[sources.api]\ntype = \"http\"\n";
+        assert_eq!(idle(&mixed), 2_000, "nor does a job with an unbounded source beside a bounded one");
+    }
+
+    #[test]
     fn durations_beyond_the_engine_time_range_are_refused() {
         let text = r#"
             [sources.a]

@@ -130,15 +130,23 @@ pub enum SharedTables {
     Reads(std::sync::Arc<freshet_engine::lookup::Tables>),
 }
 
+/// The idle timeout of a job whose partitions never go idle.
+pub const NEVER_IDLE: i64 = i64::MAX / 4;
+
+/// Whether every source of `sources` is bounded.
+fn all_bounded(sources: &[SourcePlan]) -> bool {
+    sources.iter().all(|s| match &s.kind {
+        SourceKind::File(_) => true,
+        SourceKind::Http(_) => false,
+        SourceKind::Kafka(k) => k.bounded,
+        SourceKind::Generator { options, .. } => options.events != u64::MAX,
+    })
+}
+
 impl Plan {
     /// Whether every source is bounded (the job ends with its input).
     pub fn bounded(&self) -> bool {
-        self.sources.iter().all(|s| match &s.kind {
-            SourceKind::File(_) => true,
-            SourceKind::Http(_) => false,
-            SourceKind::Kafka(k) => k.bounded,
-            SourceKind::Generator { options, .. } => options.events != u64::MAX,
-        })
+        all_bounded(&self.sources)
     }
 
     /// A description of everything that shapes state and outputs: a
@@ -560,6 +568,11 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     let time_field = et.field.clone().unwrap_or_else(|| "ts".into());
     let ooo = p.duration_ms("event_time.max_out_of_orderness", et.max_out_of_orderness.as_deref(), 5000);
     let idle = p.duration_ms("event_time.idle_timeout", et.idle_timeout.as_deref(), 30_000);
+    // A bounded job's partitions are never idle: each ends with its input,
+    // and one that is only slow to deliver (a busy broker, a slow start) must
+    // not let the others' watermark pass its events. So a replay gives the
+    // same results however fast it runs.
+    let idle = if all_bounded(&sources) { NEVER_IDLE } else { idle };
     let lateness = p.duration_ms("event_time.allowed_lateness", et.allowed_lateness.as_deref(), 0);
 
     // Flows.

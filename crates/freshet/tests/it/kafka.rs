@@ -188,10 +188,15 @@ pub fn workload(broker: &Broker, dir: &Path, topic: &str, seed: u64, events: u64
 
 /// The reference job over Kafka on `broker`, as a command (not started).
 fn kafka_job(broker: &Broker, topic: &str, data_dir: &Path) -> Command {
+    kafka_job_of(&support::repo_root().join("examples/kafka-reference-job.toml"), broker, topic, data_dir)
+}
+
+/// Job `config` (the reference job's, maybe edited) over Kafka on `broker`, as a command.
+fn kafka_job_of(config: &Path, broker: &Broker, topic: &str, data_dir: &Path) -> Command {
     let mut cmd = support::freshet();
     cmd.arg("run")
         .arg("--config")
-        .arg(support::repo_root().join("examples/kafka-reference-job.toml"))
+        .arg(config)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--listen")
@@ -286,6 +291,28 @@ fn kafka_reference_job_killed_and_restarted_matches_the_flink_checker() {
         eprintln!("kill {i}: after {:?}, {} checkpoint(s) of this run", started.elapsed(), checkpoints() - before);
     }
     finish(&mut kafka_job(&broker, topic, &data), "the run after the kills");
+    check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
+/// A bounded replay's partitions never go idle: one slow to deliver (a busy
+/// broker, a slow first fetch) holds the watermark back like any other, so
+/// the results do not depend on how fast the run goes. The reference job
+/// over Kafka with `idle_timeout = "1ms"`, where nearly every wait between
+/// two chunks of a partition is longer: were the setting obeyed, each
+/// partition's chunks would move the watermark alone past the others'
+/// events, and those would be dropped as late.
+#[test]
+fn a_bounded_kafka_replay_holds_every_partition_whatever_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "ref-idle";
+    let (input, expected) = workload(&broker, dir.path(), topic, 13, 40_000);
+    let job = std::fs::read_to_string(support::repo_root().join("examples/kafka-reference-job.toml")).unwrap();
+    let with_idle = job.replacen("[event_time]\n", "[event_time]\nidle_timeout = \"1ms\"\n", 1);
+    assert_ne!(job, with_idle, "the example has no [event_time] table to set the idle timeout in");
+    let config = dir.path().join("idle.toml");
+    std::fs::write(&config, with_idle).unwrap();
+    finish(&mut kafka_job_of(&config, &broker, topic, &dir.path().join("data")), "the job with a 1 ms idle timeout");
     check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
