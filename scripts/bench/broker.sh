@@ -1,9 +1,9 @@
 # Sourced by the Kafka benchmarks (after `cd` to the repository and setting
 # PORT): builds Freshet (release) as $F (or takes $FRESHET_BIN), makes a
 # work directory $WORK that is removed at exit with every process started
-# from it, and starts the
-# test broker (tansu 0.6.0, shared/peers/kafka) on 127.0.0.1:$PORT with
-# ${KAFKA_STORAGE:-sqlite} storage, exporting KAFKA_BROKERS.
+# from it, and starts the test broker (tansu 0.6.0, shared/peers/kafka) on
+# 127.0.0.1:$PORT with ${KAFKA_STORAGE:-sqlite} storage, exporting
+# KAFKA_BROKERS.
 TANSU_BIN=${TANSU_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
 WORK=$(mktemp -d)
 # (A member still stopping once the broker is gone would wait on it: killed for good after a second.)

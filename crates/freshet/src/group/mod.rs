@@ -463,7 +463,7 @@ pub fn run(
                 if let Err(e) = membership.rejoin() {
                     tracing::error!(error = %format!("{e:#}"), "Could not join the group again.");
                 }
-                orphans.last_rejoin = Some(Instant::now());
+                orphans.rejoined_for_a_rebalance();
             }
             // (Not when every task is here: none can be orphaned.)
             if owned.len() < starter.layout.partitions && rebalancing.is_none() {
@@ -550,6 +550,12 @@ impl Orphans {
     fn rejoined(&mut self) {
         self.seen.clear();
         self.after = (self.after * 2).min(ORPHAN_AFTER_MAX);
+        self.last_rejoin = Some(Instant::now());
+    }
+
+    /// After joining the group again because a rebalance did not end: the
+    /// tasks watched stay watched, for as long as before.
+    fn rejoined_for_a_rebalance(&mut self) {
         self.last_rejoin = Some(Instant::now());
     }
 
