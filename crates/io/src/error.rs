@@ -73,6 +73,16 @@ pub enum IoError {
         /// What failed, with librdkafka's reason.
         message: String,
     },
+    /// The job was stopped while a component waited (a sink for room in its
+    /// queue or for acknowledgements): nothing failed; what it had not
+    /// written is written again after a restart from the last checkpoint.
+    #[error("{component}: stopped while waiting for {waiting_for}")]
+    Stopped {
+        /// The component, e.g. `sink results`.
+        component: String,
+        /// What it waited for.
+        waiting_for: String,
+    },
 }
 
 impl IoError {
@@ -80,9 +90,11 @@ impl IoError {
     pub fn domain(&self) -> Domain {
         match self {
             IoError::Open { .. } | IoError::Create { .. } | IoError::Config { .. } => Domain::User,
-            IoError::Read { .. } | IoError::Write { .. } | IoError::HttpClient { .. } | IoError::Kafka { .. } => {
-                Domain::External
-            }
+            IoError::Read { .. }
+            | IoError::Write { .. }
+            | IoError::HttpClient { .. }
+            | IoError::Kafka { .. }
+            | IoError::Stopped { .. } => Domain::External,
         }
     }
 }

@@ -79,6 +79,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn fail(&self, e: anyhow::Error) {
+        let gave_up = e.chain().any(|c| matches!(c.downcast_ref(), Some(freshet_io::IoError::Stopped { .. })));
+        if gave_up && self.stop.load(Ordering::SeqCst) {
+            // A consequence of the stop, not a failure: what was not written
+            // is written again from the last checkpoint at the next start.
+            tracing::info!(reason = %format!("{e:#}"), "Stopped before every result was written.");
+            return;
+        }
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             tracing::error!(error = %format!("{e:#}"), "Job failed; stopping.");

@@ -316,6 +316,123 @@ fn a_bounded_kafka_replay_holds_every_partition_whatever_the_idle_timeout() {
     check_outputs(&broker, topic, &input, &expected, dir.path());
 }
 
+/// The reference job over Kafka with an HTTP source added (so it runs until
+/// stopped) and `idle_timeout = "1ms"`, written into `dir`.
+fn mixed_job_config(dir: &Path) -> PathBuf {
+    let job = std::fs::read_to_string(support::repo_root().join("examples/kafka-reference-job.toml")).unwrap();
+    let mixed = job.replacen("[event_time]\n", "[event_time]\nidle_timeout = \"1ms\"\n", 1)
+        + "\n[sources.api]\ntype = \"http\"\n";
+    assert!(
+        mixed.contains("idle_timeout = \"1ms\""),
+        "the example has no [event_time] table to set the idle timeout in"
+    );
+    let config = dir.join("mixed.toml");
+    std::fs::write(&config, mixed).unwrap();
+    config
+}
+
+/// A catalog event in year 2286, which neither output of the reference job counts.
+const CLOSING_EVENT: &str = r#"{"type":"item_upsert","item_id":"closing","ts":10000000000000}"#;
+
+/// An unbounded job started in the background, its output and log in files.
+struct LiveJob {
+    child: Child,
+    log: PathBuf,
+    addr: String,
+    deadline: Instant,
+}
+
+impl LiveJob {
+    /// Starts job `config` over `topic` and waits until it says where it listens.
+    fn start(config: &Path, broker: &Broker, topic: &str, dir: &Path) -> LiveJob {
+        let (out, log) = (dir.join("job.out"), dir.join("job.log"));
+        let child = kafka_job_of(config, broker, topic, &dir.join("data"))
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut job = LiveJob { child, log, addr: String::new(), deadline: Instant::now() + support::JOB_DEADLINE };
+        loop {
+            let printed = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(addr) = printed.split("http://").nth(1).and_then(|r| r.split('/').next()) {
+                job.addr = addr.to_owned();
+                return job;
+            }
+            job.wait("starting");
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A pause while it is still `what`; fails the test if it ended or the deadline passed.
+    fn wait(&mut self, what: &str) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the job ended while {what}: {}", self.log());
+        assert!(Instant::now() < self.deadline, "the job was still {what} at the deadline: {}", self.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    fn metrics(&self) -> String {
+        support::request(&self.addr, "GET", "/metrics", "text/plain", "").1
+    }
+
+    fn post(&self, events: &str) {
+        let (status, body) = support::request(&self.addr, "POST", "/v1/events", "application/x-ndjson", events);
+        assert_eq!(status, 202, "{body}");
+    }
+
+    /// Completed checkpoints.
+    fn checkpoints(&self) -> u64 {
+        let metrics = self.metrics();
+        metrics.lines().find_map(|l| l.strip_prefix("freshet_checkpoints_total ")?.parse().ok()).unwrap_or(0)
+    }
+
+    /// Stops it with SIGTERM; its exit status.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < self.deadline, "the job did not stop on SIGTERM: {}", self.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM while a Kafka sink waits for its broker is a stop, not a
+/// failure: exit status 0, and what was not written is written again from the
+/// last checkpoint at the next start. The broker is stopped, one window's
+/// result is produced, and the job is stopped while its checkpoint waits for
+/// the broker's acknowledgement.
+#[test]
+fn a_stop_while_a_sink_waits_for_its_broker_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("broker"));
+    let topic = "stop-waiting";
+    kafka_tool(&broker, &["create-topic", "--topic", topic, "--partitions", "4"]);
+    let mut job = LiveJob::start(&mixed_job_config(dir.path()), &broker, topic, dir.path());
+    while job.checkpoints() == 0 {
+        job.wait("starting");
+    }
+    broker.stop();
+    job.post(&format!("{{\"type\":\"view\",\"user_id\":\"u1\",\"item_id\":\"i1\",\"ts\":1000}}\n{CLOSING_EVENT}"));
+    while !job.log().contains("the checkpoint waits") {
+        job.wait("producing a result to a stopped broker");
+    }
+    let (status, log) = job.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}\n{log}");
+    assert!(log.contains("Stopped before every result was written"), "{log}");
+}
+
 #[test]
 fn kafka_job_waits_through_a_broker_restart_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -107,14 +107,31 @@ impl ProducerContext for Logged {
     }
 }
 
+/// Why [`send_with_room`] did not send a record.
+#[derive(Debug)]
+pub(crate) enum Unsent {
+    /// `stop` said to give up while the queue was full.
+    Stopped,
+    /// The producer refused it, with librdkafka's reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsent::Stopped => f.write_str("stopped while waiting for room in the queue"),
+            Unsent::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// Sends `record`; while the producer's local queue is full, serves
 /// delivery reports until there is room, unless `stop` says to give up.
-/// The error says what failed.
 pub(crate) fn send_with_room<K, P, C>(
     producer: &rdkafka::producer::BaseProducer<C>,
     mut record: rdkafka::producer::BaseRecord<'_, K, P, C::DeliveryOpaque>,
     stop: &dyn Fn() -> bool,
-) -> std::result::Result<(), String>
+) -> std::result::Result<(), Unsent>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -125,12 +142,12 @@ where
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
                 if stop() {
-                    return Err("stopped while waiting for room in the queue".into());
+                    return Err(Unsent::Stopped);
                 }
                 record = back;
                 producer.poll(std::time::Duration::from_millis(10));
             }
-            Err((e, _)) => return Err(format!("producing a record: {e}")),
+            Err((e, _)) => return Err(Unsent::Failed(format!("producing a record: {e}"))),
         }
     }
 }

@@ -275,7 +275,7 @@ impl KafkaSink {
             if let Some(p) = partition {
                 record = record.partition(p);
             }
-            super::send_with_room(&self.producer, record, &*self.stop).map_err(|m| self.failure(m))?;
+            super::send_with_room(&self.producer, record, &*self.stop).map_err(|u| self.unsent(u))?;
         }
         self.producer.poll(Duration::ZERO);
         self.check()
@@ -295,7 +295,7 @@ impl KafkaSink {
         let key = forget_marker_key(r.upstream, self.seq, &forget.id);
         self.seq += 1;
         let record = BaseRecord::to(&self.topic).key(&key[..]).payload(forget.entity.name()).partition(partition);
-        super::send_with_room(&self.producer, record, &*self.stop).map_err(|m| self.failure(m))?;
+        super::send_with_room(&self.producer, record, &*self.stop).map_err(|u| self.unsent(u))?;
         self.producer.poll(Duration::ZERO);
         self.check().map(|()| true)
     }
@@ -310,7 +310,7 @@ impl KafkaSink {
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
                     self.check()?;
                     if (self.stop)() {
-                        return Err(self.failure("stopped while waiting for acknowledgements".into()));
+                        return Err(self.stopped("acknowledgements"));
                     }
                     tracing::warn!(
                         sink = self.name.as_str(),
@@ -348,6 +348,18 @@ impl KafkaSink {
             )));
         }
         Ok(())
+    }
+
+    fn unsent(&self, unsent: super::Unsent) -> IoError {
+        match unsent {
+            super::Unsent::Stopped => self.stopped("room in the queue"),
+            super::Unsent::Failed(message) => self.failure(message),
+        }
+    }
+
+    /// The job was stopped while this sink waited for `what`: not a producer error.
+    fn stopped(&self, what: &str) -> IoError {
+        IoError::Stopped { component: format!("sink {}", self.name), waiting_for: what.to_owned() }
     }
 
     fn failure(&self, message: String) -> IoError {
