@@ -147,7 +147,7 @@ fn reference_pipeline(dedup: bool) -> Pipeline {
         unmatched: Unmatched::Drop,
         sources: vec!["events".into()],
         limits: Limits::default(),
-        event_time: EventTime { max_out_of_orderness: 5000, idle_timeout: 30_000 },
+        event_time: EventTime { max_out_of_orderness: 5000, idle_timeout: 30_000, bounded_sources: vec![] },
         shards: 1,
         recommender: None,
         tables: vec![],

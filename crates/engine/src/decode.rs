@@ -920,7 +920,7 @@ mod tests {
             unmatched: Unmatched::DeadLetter,
             sources: vec!["in".into()],
             limits: Limits::default(),
-            event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 10_000 },
+            event_time: EventTime { max_out_of_orderness: 1000, idle_timeout: 10_000, bounded_sources: vec![] },
             shards: 1,
             recommender: None,
             tables: vec![],

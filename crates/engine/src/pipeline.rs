@@ -79,12 +79,16 @@ impl Default for Limits {
 }
 
 /// Event-time settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EventTime {
     /// Bounded out-of-orderness (ms).
     pub max_out_of_orderness: i64,
-    /// A partition without events this long (wall ms) stops holding the watermark.
+    /// A partition without events this long (wall ms) stops holding the
+    /// watermark, unless its source is one of `bounded_sources`.
     pub idle_timeout: i64,
+    /// The bounded sources (by index): their partitions end with their
+    /// input and never go idle by the clock (see [`crate::time`]).
+    pub bounded_sources: Vec<u16>,
 }
 
 /// Everything the engine needs to run a job.

@@ -133,13 +133,13 @@ impl Shard {
     pub fn new(pipeline: &Pipeline, views: Option<Views>) -> Self {
         let features =
             pipeline.features.iter().enumerate().map(|(i, spec)| FeatureState::new(i as u16, spec.clone())).collect();
-        let et = pipeline.event_time;
+        let et = &pipeline.event_time;
         Self {
             features,
             dedups: pipeline.dedups().iter().map(|d| DedupTable::new(d.ttl)).collect(),
             ids: Vec::new(),
             kept: Vec::new(),
-            watermarks: Watermarks::new(et.max_out_of_orderness, et.idle_timeout),
+            watermarks: Watermarks::new(et.max_out_of_orderness, et.idle_timeout, &et.bounded_sources),
             outputs: Outputs::new(pipeline.sinks.len(), pipeline.features.len()),
             views,
             sinks: pipeline.sinks.len(),

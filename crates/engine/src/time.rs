@@ -7,6 +7,13 @@
 //! complete once `w >= end - 1`. The combined watermark is the minimum over
 //! partitions that are neither idle nor finished; it never goes back. Wall
 //! time is passed in by the runtime (milliseconds), never read here.
+//!
+//! A partition goes idle when it says so (an upstream's idle marker) or, for
+//! a source that is not bounded, after the idle timeout without event times.
+//! A bounded source's partitions never go idle by the clock: each ends with
+//! its input, and one that is only slow to deliver (a busy broker, a slow
+//! first fetch) must not let the others' watermark pass its events, or a
+//! replay's results would depend on its speed.
 
 use hashbrown::HashMap;
 
@@ -46,6 +53,10 @@ struct PartitionClock {
     max_ts: i64,
     last_active_ms: i64,
     finished: bool,
+    /// Said idle, until its next event time.
+    said_idle: bool,
+    /// Of a bounded source: never idle by the clock.
+    bounded: bool,
 }
 
 /// Tracks every partition's progress and derives the combined watermark.
@@ -54,49 +65,56 @@ pub struct Watermarks {
     partitions: HashMap<PartitionId, PartitionClock>,
     out_of_orderness: i64,
     idle_timeout_ms: i64,
+    /// Sources whose partitions never go idle by the clock (sorted).
+    bounded_sources: Vec<u16>,
     current: i64,
 }
 
 impl Watermarks {
-    /// Watermarks with a bounded out-of-orderness and an idle timeout (both ms).
-    pub fn new(out_of_orderness: i64, idle_timeout_ms: i64) -> Self {
-        Self { partitions: HashMap::new(), out_of_orderness, idle_timeout_ms, current: WATERMARK_MIN }
+    /// Watermarks with a bounded out-of-orderness and an idle timeout (both
+    /// ms); the partitions of `bounded_sources` never go idle by the clock.
+    pub fn new(out_of_orderness: i64, idle_timeout_ms: i64, bounded_sources: &[u16]) -> Self {
+        let mut bounded_sources = bounded_sources.to_vec();
+        bounded_sources.sort_unstable();
+        Self { partitions: HashMap::new(), out_of_orderness, idle_timeout_ms, bounded_sources, current: WATERMARK_MIN }
+    }
+
+    /// `partition`'s clock, created active at `now_ms` when new.
+    fn clock(&mut self, partition: PartitionId, now_ms: i64) -> &mut PartitionClock {
+        let bounded = self.bounded_sources.binary_search(&partition.0).is_ok();
+        self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts: i64::MIN,
+            last_active_ms: now_ms,
+            finished: false,
+            said_idle: false,
+            bounded,
+        })
+    }
+
+    /// Whether `p` holds the watermark back at wall time `now_ms`.
+    fn holds(&self, p: &PartitionClock, now_ms: i64) -> bool {
+        !p.finished && !p.said_idle && (p.bounded || now_ms.saturating_sub(p.last_active_ms) < self.idle_timeout_ms)
     }
 
     /// Records that `partition` delivered data (maybe without event times) at wall time `now_ms`.
     pub fn observe(&mut self, partition: PartitionId, max_ts: Option<i64>, now_ms: i64) {
-        let p = self.partitions.entry(partition).or_insert(PartitionClock {
-            max_ts: i64::MIN,
-            last_active_ms: now_ms,
-            finished: false,
-        });
+        let p = self.clock(partition, now_ms);
         if let Some(ts) = max_ts {
             p.max_ts = p.max_ts.max(ts);
             p.last_active_ms = now_ms;
+            p.said_idle = false;
         }
     }
 
-    /// Marks a partition idle at wall time `now_ms`, as if it had been silent
-    /// for the idle timeout: it no longer holds the watermark back until it
-    /// delivers an event time again.
+    /// Marks a partition idle (its upstream said so): it no longer holds the
+    /// watermark back until it delivers an event time again.
     pub fn idle(&mut self, partition: PartitionId, now_ms: i64) {
-        let silent_since = now_ms.saturating_sub(self.idle_timeout_ms);
-        let p = self.partitions.entry(partition).or_insert(PartitionClock {
-            max_ts: i64::MIN,
-            last_active_ms: silent_since,
-            finished: false,
-        });
-        p.last_active_ms = p.last_active_ms.min(silent_since);
+        self.clock(partition, now_ms).said_idle = true;
     }
 
     /// Marks a partition as finished (end of input): it no longer holds the watermark back.
     pub fn finish(&mut self, partition: PartitionId) {
-        let p = self.partitions.entry(partition).or_insert(PartitionClock {
-            max_ts: i64::MIN,
-            last_active_ms: 0,
-            finished: true,
-        });
-        p.finished = true;
+        self.clock(partition, 0).finished = true;
     }
 
     /// Recomputes the combined watermark at wall time `now_ms` and returns it.
@@ -108,7 +126,7 @@ impl Watermarks {
                 continue;
             }
             all_finished = false;
-            if now_ms.saturating_sub(p.last_active_ms) >= self.idle_timeout_ms {
+            if !self.holds(p, now_ms) {
                 continue;
             }
             let w = self.partition_watermark(p.max_ts);
@@ -135,7 +153,7 @@ impl Watermarks {
     pub fn others_min(&self, partition: PartitionId, now_ms: i64) -> i64 {
         let mut min = WATERMARK_MAX;
         for (id, p) in &self.partitions {
-            if *id == partition || p.finished || now_ms.saturating_sub(p.last_active_ms) >= self.idle_timeout_ms {
+            if *id == partition || !self.holds(p, now_ms) {
                 continue;
             }
             min = min.min(self.partition_watermark(p.max_ts));
@@ -163,7 +181,8 @@ impl Watermarks {
     /// Restores progress saved by [`Watermarks::progress`] and the combined watermark.
     pub fn restore(&mut self, progress: &[(PartitionId, i64, bool)], current: i64, now_ms: i64) {
         for &(id, max_ts, finished) in progress {
-            self.partitions.insert(id, PartitionClock { max_ts, last_active_ms: now_ms, finished });
+            let p = self.clock(id, now_ms);
+            (p.max_ts, p.last_active_ms, p.finished) = (max_ts, now_ms, finished);
         }
         self.current = self.current.max(current);
     }
@@ -180,7 +199,7 @@ mod tests {
 
     #[test]
     fn combined_watermark_is_min_over_active_partitions() {
-        let mut w = Watermarks::new(5000, 30_000);
+        let mut w = Watermarks::new(5000, 30_000, &[]);
         w.observe((0, 0), Some(100_000), 0);
         w.observe((0, 1), Some(50_000), 0);
         assert_eq!(w.advance(0), 50_000 - 5001);
@@ -195,7 +214,7 @@ mod tests {
     #[test]
     fn a_partition_said_idle_stops_holding_until_it_delivers_again() {
         // A timeout that never passes by itself (a group's repartition reader).
-        let mut w = Watermarks::new(0, i64::MAX / 4);
+        let mut w = Watermarks::new(0, i64::MAX / 4, &[]);
         w.observe((0, 0), Some(100_000), 1_000);
         w.observe((0, 1), Some(10_000), 1_000);
         assert_eq!(w.advance(1_000), 9_999);
@@ -214,12 +233,12 @@ mod tests {
 
     #[test]
     fn progress_restores_into_fresh_watermarks() {
-        let mut w = Watermarks::new(5000, 30_000);
+        let mut w = Watermarks::new(5000, 30_000, &[]);
         w.observe((0, 0), Some(100_000), 0);
         w.observe((1, 3), Some(90_000), 0);
         w.finish((1, 3));
         let wm = w.advance(0);
-        let mut fresh = Watermarks::new(5000, 30_000);
+        let mut fresh = Watermarks::new(5000, 30_000, &[]);
         fresh.restore(&w.progress(), wm, 50_000);
         assert_eq!(fresh.current(), wm);
         assert_eq!(fresh.progress(), w.progress());
@@ -228,8 +247,36 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_source_holds_the_watermark_however_long_it_is_silent() {
+        // Source 1 is bounded, source 0 is not; a 10 ms timeout.
+        let mut w = Watermarks::new(0, 10, &[1]);
+        w.observe((0, 0), Some(100_000), 0);
+        w.observe((1, 0), Some(10_000), 0);
+        w.observe((1, 1), Some(20_000), 0);
+        // An hour without a record: the bounded partitions still hold it.
+        w.observe((0, 0), Some(200_000), 3_600_000);
+        assert_eq!(w.advance(3_600_000), 9_999);
+        assert_eq!(w.others_min((0, 0), 3_600_000), 9_999);
+        // The unbounded one goes idle as usual.
+        w.observe((1, 0), Some(30_000), 3_600_000);
+        w.observe((1, 1), Some(40_000), 3_600_000);
+        assert_eq!(w.advance(3_600_100), 29_999);
+        // A bounded partition lets go when it ends, or when it is said idle.
+        w.finish((1, 0));
+        assert_eq!(w.advance(3_600_100), 39_999);
+        w.idle((1, 1), 3_600_100);
+        assert_eq!(w.advance(3_600_100), 39_999, "the idle unbounded partition does not count");
+        w.observe((0, 0), Some(300_000), 3_600_200);
+        assert_eq!(w.advance(3_600_200), 299_999);
+        // A restored bounded partition is bounded still.
+        let mut fresh = Watermarks::new(0, 10, &[1]);
+        fresh.restore(&[((0, 0), 400_000, false), ((1, 1), 50_000, false)], 0, 0);
+        assert_eq!(fresh.advance(1_000_000), 49_999);
+    }
+
+    #[test]
     fn all_idle_holds_and_all_finished_releases_everything() {
-        let mut w = Watermarks::new(0, 10);
+        let mut w = Watermarks::new(0, 10, &[]);
         w.observe((0, 0), Some(1000), 0);
         assert_eq!(w.advance(0), 999);
         assert_eq!(w.advance(100), 999);

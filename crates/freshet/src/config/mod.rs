@@ -90,7 +90,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bounded_job_has_no_idle_partitions_whatever_its_idle_timeout() {
+    fn a_bounded_source_never_goes_idle_beside_an_unbounded_one() {
         let job = |source: &str| {
             format!(
                 r#"
@@ -106,11 +106,20 @@ mod tests {
                 "#
             )
         };
-        let idle = |text: &str| plan_text(text).unwrap().pipeline.event_time.idle_timeout;
-        assert_eq!(idle(&job("bounded = true")), plan::NEVER_IDLE);
-        assert_eq!(idle(&job("")), 2_000, "an unbounded job keeps its idle timeout");
+        let event_time = |text: &str| {
+            let plan = plan_text(text).unwrap();
+            let et = plan.pipeline.event_time;
+            let bounded: Vec<&str> =
+                et.bounded_sources.iter().map(|&i| plan.sources[i as usize].name.as_str()).collect();
+            (et.idle_timeout, bounded.join(","))
+        };
+        assert_eq!(event_time(&job("bounded = true")), (2_000, "k".into()));
+        assert_eq!(event_time(&job("")), (2_000, "".into()));
+        // Sources are indexed in name order: "api" before "k", "z" after.
         let mixed = job("bounded = true") + "[sources.api]\ntype = \"http\"\n";
-        assert_eq!(idle(&mixed), 2_000, "nor does a job with an unbounded source beside a bounded one");
+        assert_eq!(event_time(&mixed), (2_000, "k".into()));
+        let mixed = job("") + "[sources.z]\ntype = \"file\"\npath = \"events.jsonl\"\n";
+        assert_eq!(event_time(&mixed), (2_000, "z".into()));
     }
 
     #[test]

@@ -130,23 +130,22 @@ pub enum SharedTables {
     Reads(std::sync::Arc<freshet_engine::lookup::Tables>),
 }
 
-/// The idle timeout of a job whose partitions never go idle.
-pub const NEVER_IDLE: i64 = i64::MAX / 4;
-
-/// Whether every source of `sources` is bounded.
-fn all_bounded(sources: &[SourcePlan]) -> bool {
-    sources.iter().all(|s| match &s.kind {
-        SourceKind::File(_) => true,
-        SourceKind::Http(_) => false,
-        SourceKind::Kafka(k) => k.bounded,
-        SourceKind::Generator { options, .. } => options.events != u64::MAX,
-    })
+impl SourceKind {
+    /// Whether the source ends with its input (its partitions never go idle).
+    pub fn bounded(&self) -> bool {
+        match self {
+            SourceKind::File(_) => true,
+            SourceKind::Http(_) => false,
+            SourceKind::Kafka(k) => k.bounded,
+            SourceKind::Generator { options, .. } => options.events != u64::MAX,
+        }
+    }
 }
 
 impl Plan {
     /// Whether every source is bounded (the job ends with its input).
     pub fn bounded(&self) -> bool {
-        all_bounded(&self.sources)
+        self.sources.iter().all(|s| s.kind.bounded())
     }
 
     /// A description of everything that shapes state and outputs: a
@@ -568,11 +567,9 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
     let time_field = et.field.clone().unwrap_or_else(|| "ts".into());
     let ooo = p.duration_ms("event_time.max_out_of_orderness", et.max_out_of_orderness.as_deref(), 5000);
     let idle = p.duration_ms("event_time.idle_timeout", et.idle_timeout.as_deref(), 30_000);
-    // A bounded job's partitions are never idle: each ends with its input,
-    // and one that is only slow to deliver (a busy broker, a slow start) must
-    // not let the others' watermark pass its events. So a replay gives the
-    // same results however fast it runs.
-    let idle = if all_bounded(&sources) { NEVER_IDLE } else { idle };
+    // A bounded source's partitions never go idle by the clock (engine::time).
+    let bounded_sources: Vec<u16> =
+        sources.iter().enumerate().filter(|(_, s)| s.kind.bounded()).map(|(i, _)| i as u16).collect();
     let lateness = p.duration_ms("event_time.allowed_lateness", et.allowed_lateness.as_deref(), 0);
 
     // Flows.
@@ -918,7 +915,7 @@ pub fn plan_with(config: &Config, origin: &str, cores: usize, read_schema: Schem
             unmatched,
             sources: sources.iter().map(|s| s.name.clone()).collect(),
             limits,
-            event_time: EventTime { max_out_of_orderness: ooo, idle_timeout: idle },
+            event_time: EventTime { max_out_of_orderness: ooo, idle_timeout: idle, bounded_sources },
             shards,
             recommender,
             tables,

@@ -408,6 +408,47 @@ impl Drop for LiveJob {
     }
 }
 
+/// A bounded source beside an unbounded one keeps its partitions from going
+/// idle too: the reference job over Kafka with an HTTP source added and
+/// `idle_timeout = "1ms"`, where nearly every wait between two chunks of a
+/// partition is longer; were the Kafka partitions let go between their
+/// chunks, each would move the watermark alone past the others' events. The
+/// job never ends (its HTTP source is open): a catalog event far ahead in
+/// event time, posted until the watermark follows it (it can only once every
+/// Kafka partition has ended; the HTTP partition itself goes idle 1 ms after
+/// each), closes every window, and the job is stopped once its results are
+/// written. They must be the oracle's.
+#[test]
+fn a_bounded_source_beside_an_unbounded_one_holds_the_watermark_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"));
+    let topic = "ref-mixed";
+    let (input, expected) = workload(&broker, dir.path(), topic, 14, 40_000);
+    let mut job = LiveJob::start(&mixed_job_config(dir.path()), &broker, topic, dir.path());
+    // Every shard's watermark past the closing event's: wall time minus it is negative.
+    let closed = |job: &LiveJob| {
+        let lags: Vec<f64> = (job.metrics().lines())
+            .filter(|l| l.starts_with("freshet_watermark_lag_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        !lags.is_empty() && lags.iter().all(|&lag| lag < -1e9)
+    };
+    while !closed(&job) {
+        job.post(CLOSING_EVENT);
+        job.wait("reading its input");
+        thread::sleep(Duration::from_millis(150));
+    }
+    // Two more checkpoints: the second began after every window closed, and
+    // completes once the broker has acknowledged every result.
+    let closed_at = job.checkpoints();
+    while job.checkpoints() < closed_at + 2 {
+        job.wait("writing its results");
+    }
+    let (status, log) = job.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}\n{log}");
+    check_outputs(&broker, topic, &input, &expected, dir.path());
+}
+
 /// SIGTERM while a Kafka sink waits for its broker is a stop, not a
 /// failure: exit status 0, and what was not written is written again from the
 /// last checkpoint at the next start. The broker is stopped, one window's
