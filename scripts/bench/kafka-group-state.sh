@@ -45,10 +45,10 @@ sleep 12 # two checkpoint intervals: every task's state is in the changelog
 T0=$(date +%s.%N); start p2
 until [ "$(plain p2 | grep -c 'Job started')" = 2 ]; do sleep 0.1; done
 echo "p2 joins: start -> its 2 tasks restored and running: $(echo "$(date +%s.%N) - $T0" | bc) s"
-plain p2 | grep -E "Task restored from the changelog|Restored\." | cut -c1-220
+plain p2 | grep -E "Task restored;|Restored\." | cut -c1-220
 T0=$(date +%s.%N); kill -INT "$(cat "$WORK/p2.pid")"
 n=$(plain p1 | grep -c 'Job started')
 until [ "$(plain p1 | grep -c 'Job started')" -ge $((n + 2)) ]; do sleep 0.1; done
 echo "p2 leaves: SIGINT -> p1 runs its 2 tasks again, restored: $(echo "$(date +%s.%N) - $T0" | bc) s"
-plain p1 | grep -E "Task restored from the changelog|Restored\." | tail -4 | cut -c1-220
+plain p1 | grep -E "Task restored;|Restored\." | tail -4 | cut -c1-220
 echo "changelog:"; "$F" kafka consume --topic state-events-changelog --count 2>/dev/null | tail -1 || true

@@ -736,7 +736,8 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
     let bytes = restored.as_ref().map_or(0, |b| b.len());
     let checkpoint = match restored {
         Some(bytes) => {
-            let cp: Checkpoint = postcard::from_bytes(&bytes).context("decoding a checkpoint from the changelog")?;
+            let cp: Checkpoint =
+                postcard::from_bytes(&bytes).with_context(|| format!("decoding a checkpoint from the {from}"))?;
             store.write(&cp)?;
             Some(cp.id)
         }
@@ -753,7 +754,7 @@ fn start(starter: &Starter, (partition, half): Key, dir: &Path) -> Result<Runnin
         bytes,
         from,
         took_ms = took.as_millis() as u64,
-        "Task restored from the changelog; starting."
+        "Task restored; starting."
     );
     let upstream = match (half, &layout.by) {
         (Half::Input, Some(_)) => Some(Upstream::new(

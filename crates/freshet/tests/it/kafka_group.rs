@@ -127,7 +127,7 @@ impl Member {
     /// Waits (up to 120 s) until this member runs a task.
     fn wait_for_a_task(&mut self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.log().contains("Task restored from the changelog; starting.") {
+        while !self.log().contains("Task restored; starting.") {
             assert!(self.alive(), "{name} exited before it ran a task:\n{}", self.log());
             assert!(Instant::now() < deadline, "{name} started no task within 120 s:\n{}", self.log());
             thread::sleep(Duration::from_millis(100));
@@ -451,8 +451,7 @@ fn a_member_that_stood_by_restores_the_tasks_of_one_that_stops_from_its_own_copi
     assert!(status.success());
     wait_for_success(&mut [&mut p1, &mut p2]);
     let log = p1.log();
-    let restores: Vec<&str> =
-        log.lines().filter(|l| l.contains("Task restored from the changelog; starting.")).collect();
+    let restores: Vec<&str> = log.lines().filter(|l| l.contains("Task restored; starting.")).collect();
     for task in &moved {
         for half in ["Input", "Repartitioned"] {
             let from_standby = restores.iter().any(|l| {
