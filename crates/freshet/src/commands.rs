@@ -122,6 +122,15 @@ pub fn run(args: RunArgs, log_format: LogFormat) -> Result<()> {
                 report(&summary);
                 return Ok(());
             }
+            // The user's stop reached a sink before the job's own stop flag
+            // did: a stop all the same (see `Shared::fail`).
+            Err(e) if stopped_by_user && crate::topology::gave_up_on_stop(&e) => {
+                tracing::info!(reason = %format!("{e:#}"), "Stopped before every result was written.");
+                if let Some(s) = server {
+                    s.stop();
+                }
+                return Ok(());
+            }
             Err(e) if data_dir.is_some() && !stopped_by_user && external(&e) => {
                 let delay = restarts.next_delay();
                 tracing::error!(

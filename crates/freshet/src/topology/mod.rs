@@ -77,10 +77,15 @@ pub(crate) struct Shared {
     pub last_checkpoint: std::sync::Mutex<(u64, u64)>,
 }
 
+/// Whether `e` is a component giving up because the job or the process was
+/// being stopped ([`freshet_io::IoError::Stopped`]): a consequence of a stop.
+pub fn gave_up_on_stop(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref(), Some(freshet_io::IoError::Stopped { .. })))
+}
+
 impl Shared {
     pub fn fail(&self, e: anyhow::Error) {
-        let gave_up = e.chain().any(|c| matches!(c.downcast_ref(), Some(freshet_io::IoError::Stopped { .. })));
-        if gave_up && self.stop.load(Ordering::SeqCst) {
+        if gave_up_on_stop(&e) && self.stop.load(Ordering::SeqCst) {
             // A consequence of the stop, not a failure: what was not written
             // is written again from the last checkpoint at the next start.
             tracing::info!(reason = %format!("{e:#}"), "Stopped before every result was written.");
