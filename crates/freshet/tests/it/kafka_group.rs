@@ -432,28 +432,34 @@ fn a_member_that_stood_by_restores_the_tasks_of_one_that_stops_from_its_own_copi
     // p1's copies read as it is written; then p2 runs on a little more. A
     // rebalance meanwhile (a broker starved for longer than the session
     // timeout makes the group form again) starts the wait over with p2's new
-    // tasks, counting only what p2 shipped since.
+    // tasks. A half has shipped when its latest start here was followed by
+    // its first checkpoint.
     let deadline = Instant::now() + Duration::from_secs(180);
-    let shipped = |m: &Member, since: usize, task: u32, half: &str| {
-        m.log().get(since..).unwrap_or_default().lines().any(|l| {
-            l.contains("Task half's first checkpoint is in the changelog.")
-                && l.contains(&format!("task={task} "))
-                && l.contains(&format!("half={half} "))
+    let shipped = |log: &str, task: u32, half: &str| {
+        let started = log.rfind(&format!("Task restored; starting. task={task} half={half} "));
+        started.is_some_and(|at| {
+            log[at..].lines().any(|l| {
+                l.contains("Task half's first checkpoint is in the changelog.")
+                    && l.contains(&format!("task={task} half={half} "))
+            })
         })
     };
     let moved = 'settled: loop {
         wait_for_settled_group(&mut [&mut p1, &mut p2]);
-        let (moved, since) = (p2.assigned(), p2.log().len());
-        while !moved.iter().all(|&t| shipped(&p2, since, t, "Input") && shipped(&p2, since, t, "Repartitioned")) {
-            assert!(p2.alive(), "p2 exited before its tasks shipped a checkpoint:\n{}", p2.log());
-            assert!(Instant::now() < deadline, "p2's tasks shipped no checkpoint within 180 s:\n{}", p2.log());
+        let moved = p2.assigned();
+        loop {
+            let log = p2.log();
+            if moved.iter().all(|&t| shipped(&log, t, "Input") && shipped(&log, t, "Repartitioned")) {
+                break 'settled moved;
+            }
+            assert!(p2.alive(), "p2 exited before its tasks shipped a checkpoint:\n{log}");
+            assert!(Instant::now() < deadline, "p2's tasks shipped no checkpoint within 180 s:\n{log}");
             if p2.assigned() != moved {
                 eprintln!("p2's tasks moved from {moved:?} before they shipped a checkpoint; waiting again");
                 continue 'settled;
             }
             thread::sleep(Duration::from_millis(100));
         }
-        break moved;
     };
     thread::sleep(Duration::from_secs(1));
     let status = std::process::Command::new("kill").args(["-INT", &p2.child.id().to_string()]).status().unwrap();
